@@ -1,0 +1,22 @@
+# Each target is one command. `make demo` and `make test` create .venv on first use.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+
+.PHONY: demo test lint lab release
+
+$(INSTALLED): pyproject.toml
+	$(PYTHON) -m venv $(VENV) && $(BIN)/pip install --quiet -e '.[dev]' && touch $(INSTALLED)
+
+demo: $(INSTALLED)
+	$(BIN)/python -m sslkit demo
+
+test: $(INSTALLED)
+	$(BIN)/python -m pytest
+
+lint: $(INSTALLED)
+	$(BIN)/ruff check sslkit tests autograder
+
+lab: $(INSTALLED)
+	$(BIN)/jupyter lab notebooks

@@ -1,0 +1,262 @@
+"""View generators: the SimCLR augmentation pipeline, batched and per image.
+
+Two forms of the same pipeline (random resized crop, horizontal flip, colour jitter, random
+grayscale, Gaussian blur):
+
+* ``SimCLRViews`` works on a whole batch (N, C, H, W) at once on any device, drawing fresh
+  random parameters for every sample. Training uses it: on 32x32 images it is far faster than
+  calling a per-image transform N times, and on a GPU the data never leaves the device.
+* ``view_transform`` is the torchvision pipeline for one image (PIL or tensor), for looking at
+  views of a photo and for DataLoader-style use.
+
+Both take the settings of a ``ViewConfig``; ``view_config_for`` holds the per-dataset presets.
+
+The contract helper ``rotate_batch`` (rotation prediction) lives here too.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.transforms import v2
+
+from sslkit.errors import SSLKitError
+
+LUMA = (0.299, 0.587, 0.114)  # ITU-R 601 weights, as torchvision's grayscale
+
+
+@dataclass(frozen=True)
+class ViewConfig:
+    size: int = 32  # output side in pixels
+    crop_scale: tuple[float, float] = (0.08, 1.0)  # crop area as a fraction of the image
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)  # crop aspect ratio w/h
+    flip_p: float = 0.5  # probability of a horizontal flip
+    rotate_degrees: float = 0.0  # crops rotated by an angle ~ U(-d, d) (0 in SimCLR)
+    jitter_p: float = 0.8  # probability of colour jitter
+    jitter_strength: float = 0.5  # s: brightness, contrast, saturation 0.8s; hue 0.2s
+    gray_p: float = 0.2  # probability of grayscale (colour images only)
+    blur_p: float = 0.0  # probability of Gaussian blur (SimCLR drops it on CIFAR)
+    blur_sigma: tuple[float, float] = (0.1, 2.0)  # blur sigma in pixels at 224 px, scaled to size
+
+
+def view_config_for(dataset: str, size: int | None = None) -> ViewConfig:
+    """Per-dataset presets (SimCLR's CIFAR settings; milder crops and no flip for digits)."""
+    if dataset in ("shifted_digits", "digits"):
+        # Digits are not mirror-symmetric and the shifted set is already placed at random, so:
+        # no flip, crops that keep most of the digit, brightness/contrast jitter only.
+        return ViewConfig(size=size or 32, crop_scale=(0.25, 1.0), flip_p=0.0,
+                          jitter_strength=0.8, blur_p=0.5, blur_sigma=(0.1, 2.0))
+    if dataset == "stl10":
+        return ViewConfig(size=size or 96, blur_p=0.5, jitter_strength=1.0)
+    return ViewConfig(size=size or 32)
+
+
+# ---------------------------------------------------------------------------------------------
+# Batched pipeline: each stage takes (N, C, H, W) floats in [0, 1] and per-sample parameters.
+
+
+def _uniform(n: int, low: float, high: float, generator: torch.Generator | None) -> torch.Tensor:
+    return low + (high - low) * torch.rand(n, generator=generator)
+
+
+def crop_params(n: int, cfg: ViewConfig, generator=None) -> torch.Tensor:
+    """Random resized crop boxes as fractions of the image: (n, 4) = (w, h, cx, cy).
+
+    Area ~ U(crop_scale), log aspect ratio ~ U(log crop_ratio), as torchvision draws them; a box
+    that does not fit (w or h > 1) is redrawn up to 10 times, then the whole image is used.
+    """
+    box = torch.tensor([1.0, 1.0, 0.5, 0.5]).repeat(n, 1)  # fallback: the full image
+    todo = torch.ones(n, dtype=torch.bool)
+    log_r = (math.log(cfg.crop_ratio[0]), math.log(cfg.crop_ratio[1]))
+    for _ in range(10):
+        area = _uniform(n, *cfg.crop_scale, generator)
+        ratio = torch.exp(_uniform(n, *log_r, generator))
+        w, h = torch.sqrt(area * ratio), torch.sqrt(area / ratio)
+        ok = todo & (w <= 1) & (h <= 1)
+        cx = w / 2 + (1 - w) * torch.rand(n, generator=generator)
+        cy = h / 2 + (1 - h) * torch.rand(n, generator=generator)
+        box[ok] = torch.stack([w, h, cx, cy], dim=1)[ok]
+        todo &= ~ok
+    return box
+
+
+def resized_crop_flip(
+    x: torch.Tensor, box: torch.Tensor, flip: torch.Tensor, size: int,
+    angle: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Crop each image to its box, mirror where flip is True, resize to size (bilinear).
+
+    x (N, C, H, W); box (N, 4) from crop_params; flip (N,) bool; angle (N,) radians or None
+    -> (N, C, size, size). One affine sampling grid per sample maps output coordinates in
+    [-1, 1] into the box: input = centre + R(angle) @ diag(±w, h) @ output.
+    """
+    w, h, cx, cy = box.to(x.device, x.dtype).unbind(dim=1)
+    sign = 1 - 2 * flip.to(x.device, x.dtype)  # -1 mirrors the x axis
+    a = torch.zeros_like(w) if angle is None else angle.to(x.device, x.dtype)
+    cos, sin = torch.cos(a), torch.sin(a)
+    theta = torch.stack(
+        [torch.stack([cos * w * sign, -sin * h, 2 * cx - 1], dim=1),
+         torch.stack([sin * w * sign, cos * h, 2 * cy - 1], dim=1)], dim=1)  # (N, 2, 3)
+    grid = F.affine_grid(theta, [x.shape[0], x.shape[1], size, size], align_corners=False)
+    # Shrinking a crop by more than 2x aliases with plain bilinear sampling: pre-blur by area.
+    if x.shape[-1] > 2 * size:
+        x = F.adaptive_avg_pool2d(x, 2 * size)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+
+
+def to_gray(x: torch.Tensor) -> torch.Tensor:
+    """(N, 3, H, W) -> (N, 1, H, W) luminance."""
+    weights = torch.tensor(LUMA, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    return (x * weights).sum(dim=1, keepdim=True)
+
+
+def _rgb_to_hsv(x: torch.Tensor) -> torch.Tensor:
+    r, g, b = x.unbind(dim=1)
+    maxc, _ = x.max(dim=1)
+    minc, _ = x.min(dim=1)
+    delta = maxc - minc
+    safe = torch.where(delta > 0, delta, torch.ones_like(delta))
+    hr = ((g - b) / safe) % 6
+    hg = (b - r) / safe + 2
+    hb = (r - g) / safe + 4
+    hue = torch.where(maxc == r, hr, torch.where(maxc == g, hg, hb)) / 6
+    hue = torch.where(delta > 0, hue, torch.zeros_like(hue))
+    sat = delta / torch.where(maxc > 0, maxc, torch.ones_like(maxc))  # 0 where maxc = 0
+    return torch.stack([hue, sat, maxc], dim=1)
+
+
+def _hsv_to_rgb(x: torch.Tensor) -> torch.Tensor:
+    hue, sat, val = x.unbind(dim=1)
+    # Each channel n in (5, 3, 1) -> v - v s max(0, min(k, 4 - k, 1)), k = (n + 6h) mod 6.
+    channels = []
+    for n in (5, 3, 1):
+        k = (n + 6 * hue) % 6
+        channels.append(val - val * sat * torch.clamp(torch.minimum(k, 4 - k), 0, 1))
+    return torch.stack(channels, dim=1)
+
+
+def color_jitter(x: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
+    """Brightness, contrast, saturation, hue with per-sample factors, in that order.
+
+    x (N, C, H, W) in [0, 1]; factors (N, 4) = (brightness, contrast, saturation, hue shift).
+    Brightness scales; contrast blends with the image's mean luminance; saturation blends with
+    the grayscale image; hue rotates H in HSV. Saturation and hue are skipped for C = 1.
+    (torchvision applies the four in a random order; a fixed order keeps this batched.)
+    """
+    f = factors.to(x.device, x.dtype).view(-1, 4, 1, 1, 1).unbind(dim=1)  # 4 x (N, 1, 1, 1)
+    x = (x * f[0]).clamp(0, 1)
+    gray = to_gray(x) if x.shape[1] == 3 else x
+    x = (f[1] * x + (1 - f[1]) * gray.mean(dim=(1, 2, 3), keepdim=True)).clamp(0, 1)
+    if x.shape[1] == 3:
+        x = (f[2] * x + (1 - f[2]) * to_gray(x)).clamp(0, 1)
+        hsv = _rgb_to_hsv(x)
+        hsv = torch.stack([(hsv[:, 0] + f[3][:, 0]) % 1, hsv[:, 1], hsv[:, 2]], dim=1)
+        x = _hsv_to_rgb(hsv).clamp(0, 1)
+    return x
+
+
+def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Blur each image with its own sigma (pixels): x (N, C, H, W), sigma (N,), sigma 0 = none.
+
+    Separable kernel of odd size about 4 sigma_max + 1, reflect padding; one grouped
+    convolution blurs all N*C planes at once.
+    """
+    n, c, h, w = x.shape
+    radius = max(1, min(int(math.ceil(2 * float(sigma.max()))), (min(h, w) - 1) // 2))
+    offsets = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)  # (k,)
+    s = sigma.to(x.device, x.dtype).clamp_min(1e-3).view(n, 1)
+    kernel = torch.exp(-0.5 * (offsets / s) ** 2)  # (N, k)
+    kernel = kernel / kernel.sum(dim=1, keepdim=True)
+    kernel = kernel.repeat_interleave(c, dim=0)  # (N*C, k): one kernel per plane
+    planes = F.pad(x.reshape(1, n * c, h, w), (radius, radius, radius, radius), mode="reflect")
+    planes = F.conv2d(planes, kernel.view(n * c, 1, 1, -1), groups=n * c)  # along width
+    planes = F.conv2d(planes, kernel.view(n * c, 1, -1, 1), groups=n * c)  # along height
+    return planes.view(n, c, h, w)
+
+
+class SimCLRViews(nn.Module):
+    """Random SimCLR views of a batch, new parameters for every sample.
+
+    forward(x) with x (N, C, H, W), uint8 in [0, 255] or float in [0, 1], on any device
+    -> (N, C, size, size) float32 in [0, 1]. ``two_views(x)`` -> (v1, v2), two independent draws.
+    A ``torch.Generator`` (on the CPU) makes the draws reproducible.
+    """
+
+    def __init__(self, cfg: ViewConfig = ViewConfig(), generator: torch.Generator | None = None):
+        super().__init__()
+        self.cfg = cfg
+        self.generator = generator
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 4:
+            raise SSLKitError(
+                f"views need a batch of shape (N, C, H, W), got {tuple(x.shape)}: "
+                "add a batch axis with x[None]"
+            )
+        cfg, g, n = self.cfg, self.generator, x.shape[0]
+        x = x.float() / 255 if x.dtype == torch.uint8 else x.float()
+        box = crop_params(n, cfg, g)
+        flip = torch.rand(n, generator=g) < cfg.flip_p
+        angle = None
+        if cfg.rotate_degrees:
+            angle = _uniform(n, -cfg.rotate_degrees, cfg.rotate_degrees, g) * math.pi / 180
+        x = resized_crop_flip(x, box, flip, cfg.size, angle)
+
+        s = cfg.jitter_strength
+        bcs = _uniform(3 * n, max(0.0, 1 - 0.8 * s), 1 + 0.8 * s, g).view(3, n)
+        hue = _uniform(n, -0.2 * s, 0.2 * s, g)
+        factors = torch.stack([*bcs, hue], dim=1)  # (N, 4)
+        off = torch.rand(n, generator=g) >= cfg.jitter_p
+        factors[off] = torch.tensor([1.0, 1.0, 1.0, 0.0])  # identity jitter
+        x = color_jitter(x, factors)
+
+        if x.shape[1] == 3:
+            gray = (torch.rand(n, generator=g) < cfg.gray_p).to(x.device).view(n, 1, 1, 1)
+            x = torch.where(gray, to_gray(x).expand_as(x), x)
+
+        scale = cfg.size / 224  # SimCLR's sigma range is given for 224 px images
+        sigma = _uniform(n, cfg.blur_sigma[0] * scale, cfg.blur_sigma[1] * scale, g)
+        sigma[torch.rand(n, generator=g) >= cfg.blur_p] = 0.0
+        if bool((sigma > 0).any()):
+            blurred = gaussian_blur(x, sigma)
+            x = torch.where((sigma > 0).to(x.device).view(n, 1, 1, 1), blurred, x)
+        return x
+
+    def two_views(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self(x), self(x)
+
+
+def view_transform(cfg: ViewConfig = ViewConfig()) -> v2.Compose:
+    """The same pipeline for ONE image with torchvision: PIL image or (C, H, W) tensor in,
+    float32 tensor (C, size, size) in [0, 1] out."""
+    s = cfg.jitter_strength
+    steps = [
+        v2.ToImage(),
+        v2.RandomResizedCrop(cfg.size, scale=cfg.crop_scale, ratio=cfg.crop_ratio, antialias=True),
+        v2.RandomHorizontalFlip(cfg.flip_p),
+        v2.RandomRotation(cfg.rotate_degrees),
+        v2.RandomApply([v2.ColorJitter(0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s)], p=cfg.jitter_p),
+        v2.RandomGrayscale(cfg.gray_p),
+    ]
+    if cfg.blur_p > 0:
+        scale = cfg.size / 224
+        sigma = (cfg.blur_sigma[0] * scale, cfg.blur_sigma[1] * scale)
+        kernel = 2 * max(1, math.ceil(2 * sigma[1])) + 1
+        steps.append(v2.RandomApply([v2.GaussianBlur(kernel, sigma)], p=cfg.blur_p))
+    steps.append(v2.ToDtype(torch.float32, scale=True))
+    return v2.Compose(steps)
+
+
+def rotate_batch(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """x (N, C, H, W) -> (x_rot (4N, C, H, W), labels (4N,)): the batch rotated by k*90°, k=0..3."""
+    if x.ndim != 4:
+        raise SSLKitError(
+            f"rotate_batch needs (N, C, H, W), got {tuple(x.shape)}: add a batch axis with x[None]"
+        )
+    x_rot = torch.cat([torch.rot90(x, k, dims=(2, 3)) for k in range(4)])
+    labels = torch.arange(4, device=x.device).repeat_interleave(x.shape[0])
+    return x_rot, labels

@@ -1,0 +1,134 @@
+"""The command line: ``sslkit train | eval | demo`` (also ``python -m sslkit``).
+
+    sslkit train simclr --dataset cifar10 --download --arch resnet18 --epochs 100 --out runs/simclr
+    sslkit train simclr --out runs/simclr --resume      # continue an interrupted run
+    sslkit eval runs/simclr                             # kNN, linear probe, t-SNE figure
+    sslkit demo                                         # the offline CPU demo (make demo)
+
+Unset options take the active profile's values (SSLKIT_PROFILE: ci, laptop or gpu). Bad input
+ends with one line on stderr that says what is wrong and how to fix it, and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+from sslkit.errors import SSLKitError
+
+
+def _train_parser(sub) -> None:
+    from sslkit.data import DATASETS
+    from sslkit.methods import METHODS
+    from sslkit.models import ARCHS
+    from sslkit.train import TrainConfig
+
+    p = sub.add_parser("train", help="self-supervised pre-training of one method")
+    p.add_argument("method", help=f"one of {', '.join(METHODS)}")
+    p.add_argument("--out", required=True, help="run folder: checkpoint, metrics.jsonl")
+    p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
+    p.add_argument("--stop-after-epoch", type=int, help="end this call after that epoch")
+    p.add_argument("--profile", help="ci | laptop | gpu (default: SSLKIT_PROFILE or automatic)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    helps = {"dataset": f"one of {', '.join(DATASETS)}", "arch": f"one of {', '.join(ARCHS)}"}
+    for f in fields(TrainConfig):
+        if f.name == "method":
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if f.type == "bool":
+            p.add_argument(flag, action="store_true", default=None)
+        else:
+            kind = {"int": int, "float": float, "int | None": int}.get(f.type, str)
+            p.add_argument(flag, type=kind, default=None, help=helps.get(f.name))
+
+
+def cmd_train(args) -> int:
+    from sslkit.profiles import get_profile
+    from sslkit.train import TrainConfig, train
+
+    overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig)
+                 if f.name != "method" and getattr(args, f.name) is not None}
+    cfg = TrainConfig.from_profile(get_profile(args.profile), method=args.method, **overrides)
+    _, rows = train(cfg, args.out, resume=args.resume, stop_after_epoch=args.stop_after_epoch,
+                    progress=not args.no_progress)
+    if rows:
+        print(f"epoch {rows[-1]['epoch']}: loss {rows[-1]['loss']:.4f}; "
+              f"checkpoint and metrics in {args.out}")
+    return 0
+
+
+def evaluate_run(out: str | Path, k: int | None = None, labels_per_class: int = 10,
+                 tsne_path: str | Path | None = None) -> dict:
+    """kNN and linear-probe accuracy of the run in `out` (+ a t-SNE figure); saves eval.json."""
+    from sslkit import evaluate, plots
+    from sslkit.train import load_trained
+
+    method, cfg, data = load_trained(out)
+    train_f = evaluate.extract_features(method.encoder, data.train_x)
+    test_f = evaluate.extract_features(method.encoder, data.test_x)
+    k = k or cfg.knn_k
+    result = {
+        "knn": evaluate.knn_accuracy(train_f, data.train_y, test_f, data.test_y, k=k),
+        "knn_k": k,
+        "linear": evaluate.linear_probe(train_f, data.train_y, test_f, data.test_y),
+        f"linear_{labels_per_class}_per_class": evaluate.linear_probe(
+            train_f, data.train_y, test_f, data.test_y, labels_per_class=labels_per_class),
+    }
+    tsne_path = Path(tsne_path or Path(out) / "tsne.png")
+    shown = test_f[:2000]
+    plots.tsne_panels({f"{cfg.method} features h": evaluate.tsne(shown)},
+                      data.test_y[: len(shown)], data.classes, path=tsne_path)
+    result["tsne"] = str(tsne_path)
+    (Path(out) / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def cmd_eval(args) -> int:
+    result = evaluate_run(args.out, args.k, args.labels_per_class, args.tsne)
+    for key, value in result.items():
+        print(f"{key:>22}: {value:.4f}" if isinstance(value, float) else f"{key:>22}: {value}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from sslkit.demo import run_demo
+
+    run_demo(args.out, epochs=args.epochs)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sslkit", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    _train_parser(sub)
+    p = sub.add_parser("eval", help="evaluate a trained run: kNN, linear probe, t-SNE")
+    p.add_argument("out", help="the run folder given to `sslkit train --out`")
+    p.add_argument("--k", type=int, help="kNN neighbours (default: the run's knn_k)")
+    p.add_argument("--labels-per-class", type=int, default=10)
+    p.add_argument("--tsne", help="where to write the t-SNE figure (default: OUT/tsne.png)")
+    p = sub.add_parser("demo", help="SimCLR on the embedded digits vs pixels and a random encoder")
+    p.add_argument("--out", default="demo-output", help="folder for the run and the figure")
+    p.add_argument("--epochs", type=int, help="pre-training epochs (default: the laptop profile)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    commands = {"train": cmd_train, "eval": cmd_eval, "demo": cmd_demo}
+    try:
+        return commands[args.command](args)
+    except SSLKitError as err:
+        print(f"sslkit: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("sslkit: interrupted; the last finished epoch is saved (continue with --resume)",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+

@@ -1,0 +1,86 @@
+"""Datasets as in-memory uint8 tensors.
+
+``load_dataset(name, root, ...)`` returns an ``ImageData``: train and test images (N, C, H, W)
+uint8, int64 labels, class names, and for STL-10 its unlabeled split. Views are made from these
+tensors in batches (sslkit.augment), on the CPU or on the GPU.
+
+    shifted_digits  the offline default: sklearn's digits, shifted, scaled, rotated (32x32, 1 ch)
+    digits          the same digits centred (32x32, 1 ch)
+    cifar10/100     torchvision's CIFAR files under ROOT (pass download=True to fetch them)
+    stl10           torchvision's STL-10 binary files under ROOT (96x96; with the unlabeled split)
+    folder          any ImageFolder tree ROOT/train/<class>/*, ROOT/test/<class>/* (resized)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from sslkit.errors import SSLKitError
+
+DATASETS = ("shifted_digits", "digits", "cifar10", "cifar100", "stl10", "folder")
+
+
+@dataclass(frozen=True)
+class ImageData:
+    name: str
+    train_x: torch.Tensor  # (N, C, H, W) uint8
+    train_y: torch.Tensor  # (N,) int64
+    test_x: torch.Tensor  # (M, C, H, W) uint8
+    test_y: torch.Tensor  # (M,) int64
+    classes: list[str]
+    unlabeled_x: torch.Tensor | None = None  # (U, C, H, W) uint8, extra images without labels
+
+    @property
+    def channels(self) -> int:
+        return self.train_x.shape[1]
+
+    @property
+    def image_size(self) -> int:
+        return self.train_x.shape[-1]
+
+    def pretrain_images(self) -> torch.Tensor:
+        """Every image self-supervised training may use: train (+ unlabeled)."""
+        if self.unlabeled_x is None:
+            return self.train_x
+        return torch.cat([self.train_x, self.unlabeled_x])
+
+    def subset(self, n_train: int | None = None, n_test: int | None = None) -> ImageData:
+        """The first n_train training and n_test test images (None keeps all)."""
+        return ImageData(self.name, self.train_x[:n_train], self.train_y[:n_train],
+                         self.test_x[:n_test], self.test_y[:n_test], self.classes,
+                         None if self.unlabeled_x is None else self.unlabeled_x[:n_train])
+
+
+def load_dataset(
+    name: str, root: str | Path = "data", download: bool = False, image_size: int = 32
+) -> ImageData:
+    """Load a dataset by name (see the module docstring). root: where files live."""
+    if name == "shifted_digits":
+        from sslkit.data.digits import shifted_digits
+
+        parts = shifted_digits()
+    elif name == "digits":
+        from sslkit.data.digits import plain_digits
+
+        parts = plain_digits()
+    elif name in ("cifar10", "cifar100"):
+        from sslkit.data.cifar import load_cifar
+
+        parts = load_cifar(root, classes=int(name[5:]), download=download)
+    elif name == "stl10":
+        from sslkit.data.stl10 import load_stl10
+
+        parts = load_stl10(root, download=download)
+    elif name == "folder":
+        from sslkit.data.folder import load_image_folder
+
+        parts = load_image_folder(root, image_size=image_size)
+    else:
+        raise SSLKitError(f"unknown dataset {name!r}: use one of {', '.join(DATASETS)}")
+    return ImageData(name=name, **parts)
+
+
+__all__ = ["DATASETS", "ImageData", "load_dataset"]

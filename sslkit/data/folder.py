@@ -1,0 +1,190 @@
+"""Any ImageFolder tree: ``ROOT/train/<class>/<image>`` and ``ROOT/test/<class>/<image>``.
+
+``val/`` is accepted in place of ``test/``. Classes are the sorted names of the folders in
+``train/``; ``test/`` must use the same names (a subset is fine) and gets the same label
+numbers. Images are decoded to RGB (grey and RGBA images are converted), then resized so the
+shorter side is ``image_size`` and centre-cropped to ``image_size`` x ``image_size``; images
+already that size are kept as they are, pixel for pixel.
+
+Decoding uses ``torchvision.io.decode_image`` on the file bytes (JPEG, PNG, GIF, WebP), which
+is several times faster than PIL for small images, and falls back to PIL for other formats
+(BMP, TIFF, PPM, ...). Hidden files and folders (``.ipynb_checkpoints``) are skipped, as are
+files whose extension is not an image extension.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torchvision.transforms.v2 import functional as tvf
+
+try:  # deprecated in torchvision 0.29 and due to be removed: then PIL does all the decoding
+    from torchvision.io import ImageReadMode, decode_image
+except ImportError:  # pragma: no cover - depends on the torchvision version
+    decode_image = None
+
+from sslkit.errors import SSLKitError
+
+IMAGE_EXTENSIONS = (
+    ".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff", ".ppm", ".pgm",
+)  # fmt: skip
+
+
+def _one_line(exc: BaseException) -> str:
+    """``Type: message`` of an exception, squeezed onto one line."""
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _visible_dirs(folder: Path) -> list[Path]:
+    dirs = [p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    return sorted(dirs, key=lambda p: p.name)
+
+
+def _image_files(folder: Path) -> list[Path]:
+    files = sorted(
+        (
+            p
+            for p in folder.iterdir()
+            if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".") and p.is_file()
+        ),
+        key=lambda p: p.name,
+    )
+    if not files:
+        raise SSLKitError(
+            f"class folder {folder} has no image files ({', '.join(IMAGE_EXTENSIONS)}): "
+            f"add images or remove the folder"
+        )
+    return files
+
+
+def _decode_with_pil(path: Path, data: bytes) -> torch.Tensor:
+    """Fallback decoder for formats torchvision cannot read: (3, H, W) uint8."""
+    import io
+
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as img:
+        rgb = np.array(img.convert("RGB"), dtype=np.uint8)  # (H, W, 3)
+    return torch.from_numpy(rgb).permute(2, 0, 1)
+
+
+def decode_rgb(path: Path) -> torch.Tensor:
+    """Read one image file as a (3, H, W) uint8 RGB tensor; one-line SSLKitError if unreadable."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise SSLKitError(f"cannot read image file {path} ({_one_line(exc)})") from exc
+    try:
+        if decode_image is None:
+            raise ValueError("torchvision.io cannot decode images")
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "The image decoding", DeprecationWarning)
+            encoded = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+            img = decode_image(encoded, mode=ImageReadMode.RGB)
+    except (RuntimeError, ValueError):
+        try:
+            img = _decode_with_pil(path, data)
+        except Exception as exc:
+            raise SSLKitError(
+                f"cannot decode image file {path} ({_one_line(exc)}): replace or delete the file"
+            ) from exc
+    if img.ndim == 4:  # animated GIF: (frames, C, H, W), keep the first frame
+        img = img[0]
+    if img.dtype != torch.uint8:  # 16-bit PNG
+        img = tvf.to_dtype(img, torch.uint8, scale=True)
+    return img
+
+
+def resize_center_crop(img: torch.Tensor, size: int) -> torch.Tensor:
+    """Resize a (3, H, W) image so its shorter side is ``size``, then centre-crop to a square.
+
+    An image that is already ``size`` x ``size`` is returned unchanged.
+    """
+    if img.shape[-2:] == (size, size):
+        return img
+    img = tvf.resize(img, [size], antialias=True)
+    return tvf.center_crop(img, [size, size])
+
+
+def _load_split(
+    files: list[Path], labels: list[int], image_size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decode ``files`` into (N, 3, image_size, image_size) uint8 and labels (N,) int64."""
+    x = torch.empty((len(files), 3, image_size, image_size), dtype=torch.uint8)
+    for i, path in enumerate(files):
+        x[i] = resize_center_crop(decode_rgb(path), image_size)
+    return x, torch.tensor(labels, dtype=torch.int64)
+
+
+def _list_split(split_dir: Path, class_index: dict[str, int]) -> tuple[list[Path], list[int]]:
+    """All image files of one split, class by class, with their label numbers."""
+    files: list[Path] = []
+    labels: list[int] = []
+    for class_dir in _visible_dirs(split_dir):
+        if class_dir.name not in class_index:
+            raise SSLKitError(
+                f"{split_dir} has class folder '{class_dir.name}' that "
+                f"{split_dir.parent / 'train'} lacks: the splits must use the same class names"
+            )
+        found = _image_files(class_dir)
+        files += found
+        labels += [class_index[class_dir.name]] * len(found)
+    return files, labels
+
+
+def load_image_folder(root: str | Path, image_size: int = 32) -> dict:
+    """Load an ImageFolder tree with ``train/`` and ``test/`` (or ``val/``) splits.
+
+    Returns a dict with ``train_x`` (N, 3, image_size, image_size) uint8, ``train_y`` (N,)
+    int64, ``test_x`` (M, 3, image_size, image_size), ``test_y`` (M,), ``classes`` (sorted
+    folder names of ``train/``) and ``unlabeled_x`` = None.
+    """
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
+        raise SSLKitError(f"image_size must be a positive integer, got {image_size!r}")
+    root = Path(root)
+    if not root.is_dir():
+        raise SSLKitError(
+            f"image folder {root} not found: pass --data-root to a folder that holds "
+            f"train/<class>/ and test/<class>/ (or val/<class>/)"
+        )
+    train_dir = root / "train"
+    if not train_dir.is_dir():
+        raise SSLKitError(
+            f"image folder {root} has no train/ subfolder: expected "
+            f"{root}/train/<class>/<image> and {root}/test/<class>/<image> (or val/)"
+        )
+    test_dir = next((root / name for name in ("test", "val") if (root / name).is_dir()), None)
+    if test_dir is None:
+        raise SSLKitError(
+            f"image folder {root} has no test/ or val/ subfolder: expected "
+            f"{root}/test/<class>/<image> next to {root}/train/"
+        )
+
+    classes = [p.name for p in _visible_dirs(train_dir)]
+    if not classes:
+        raise SSLKitError(
+            f"{train_dir} has no class folders: put the images of each class in "
+            f"{train_dir}/<class>/"
+        )
+    class_index = {name: i for i, name in enumerate(classes)}
+    train_files, train_labels = _list_split(train_dir, class_index)
+    test_files, test_labels = _list_split(test_dir, class_index)
+    if not test_files:
+        raise SSLKitError(
+            f"{test_dir} has no class folders: put the images of each class in {test_dir}/<class>/"
+        )
+
+    train_x, train_y = _load_split(train_files, train_labels, image_size)
+    test_x, test_y = _load_split(test_files, test_labels, image_size)
+    return {
+        "train_x": train_x,
+        "train_y": train_y,
+        "test_x": test_x,
+        "test_y": test_y,
+        "classes": classes,
+        "unlabeled_x": None,
+    }

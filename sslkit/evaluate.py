@@ -1,0 +1,122 @@
+"""Evaluation of frozen representations: feature extraction, weighted kNN, linear probe, t-SNE.
+
+The encoder is frozen; only its features h (before any projection head) are used. Raw pixels
+can be evaluated the same way by passing ``pixels(x)`` as features: the baseline that shows
+what self-supervision adds.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sslkit.errors import SSLKitError
+
+
+@torch.no_grad()
+def extract_features(
+    encoder: nn.Module, images: torch.Tensor, batch_size: int = 512, device: str | None = None
+) -> torch.Tensor:
+    """images (N, C, H, W) uint8 -> features (N, D) float32 on the CPU, encoder in eval mode."""
+    device = device or next(encoder.parameters()).device
+    was_training = encoder.training
+    encoder.eval()
+    feats = []
+    for start in range(0, len(images), batch_size):
+        x = images[start : start + batch_size].to(device).float() / 255
+        feats.append(encoder(x).float().cpu())
+    encoder.train(was_training)
+    return torch.cat(feats)
+
+
+def pixels(images: torch.Tensor) -> torch.Tensor:
+    """images (N, C, H, W) uint8 -> raw pixel features (N, C*H*W) in [0, 1]."""
+    return images.reshape(len(images), -1).float() / 255
+
+
+def knn_predict(
+    train_features: torch.Tensor,
+    train_labels: torch.Tensor,
+    test_features: torch.Tensor,
+    k: int = 200,
+    temperature: float = 0.1,
+    num_classes: int | None = None,
+    chunk_size: int = 1024,
+) -> torch.Tensor:
+    """Weighted kNN (Wu et al., 2018): predicted labels (M,) for test_features (M, D).
+
+    Cosine similarity to the train features (N, D); each of the k nearest neighbours votes for
+    its label with weight exp(sim / temperature); the class with the largest total wins, ties
+    going to the lower class index. k is capped at N. Test points go in chunks to bound memory.
+    """
+    if train_features.ndim != 2 or test_features.ndim != 2:
+        raise SSLKitError(
+            "knn_predict needs 2-D features (N, D) and (M, D), got "
+            f"{tuple(train_features.shape)} and {tuple(test_features.shape)}: flatten them first"
+        )
+    if train_features.shape[1] != test_features.shape[1]:
+        raise SSLKitError(
+            f"train and test features differ in size ({train_features.shape[1]} vs "
+            f"{test_features.shape[1]}): extract both with the same encoder"
+        )
+    num_classes = num_classes or int(train_labels.max()) + 1
+    k = min(k, len(train_features))
+    train = F.normalize(train_features.float(), dim=1)  # (N, D)
+    preds = []
+    for start in range(0, len(test_features), chunk_size):
+        test = F.normalize(test_features[start : start + chunk_size].float(), dim=1)  # (m, D)
+        sim, idx = (test @ train.T).topk(k, dim=1)  # (m, k)
+        weights = (sim / temperature).exp()  # (m, k)
+        votes = torch.zeros(len(test), num_classes, device=test.device)  # (m, classes)
+        votes.scatter_add_(1, train_labels.to(test.device)[idx], weights)
+        preds.append(votes.argmax(dim=1))  # argmax picks the first maximum: the lower class
+    return torch.cat(preds)
+
+
+def knn_accuracy(train_f, train_y, test_f, test_y, k: int = 200, temperature: float = 0.1):
+    """Fraction of test points whose kNN prediction equals their label."""
+    pred = knn_predict(train_f, train_y, test_f, k, temperature)
+    return float((pred == test_y.to(pred.device)).float().mean())
+
+
+def labels_per_class_subset(labels: torch.Tensor, per_class: int, seed: int = 0) -> np.ndarray:
+    """Indices of `per_class` random examples of every class (all of a class if it has fewer)."""
+    rng = np.random.default_rng(seed)
+    labels = labels.numpy()
+    picks = [rng.permutation(np.flatnonzero(labels == c))[:per_class] for c in np.unique(labels)]
+    return np.sort(np.concatenate(picks))
+
+
+def linear_probe(
+    train_f: torch.Tensor,
+    train_y: torch.Tensor,
+    test_f: torch.Tensor,
+    test_y: torch.Tensor,
+    labels_per_class: int | None = None,
+    seed: int = 0,
+) -> float:
+    """Test accuracy of a logistic-regression probe on frozen features.
+
+    Features are standardised with the training statistics; with labels_per_class, the probe
+    sees only that many labelled examples of each class (the limited-label setting).
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    idx = (np.arange(len(train_y)) if labels_per_class is None
+           else labels_per_class_subset(train_y, labels_per_class, seed))
+    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=1.0))
+    probe.fit(train_f[idx].numpy(), train_y[idx].numpy())
+    return float(probe.score(test_f.numpy(), test_y.numpy()))
+
+
+def tsne(features: torch.Tensor, seed: int = 0) -> np.ndarray:
+    """features (N, D) -> 2-D t-SNE embedding (N, 2) (scikit-learn, PCA initialisation)."""
+    from sklearn.manifold import TSNE
+
+    perplexity = min(30.0, max(2.0, (len(features) - 1) / 3))
+    model = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed)
+    return model.fit_transform(features.numpy())

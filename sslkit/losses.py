@@ -1,0 +1,303 @@
+"""Contrastive and metric-learning losses used throughout the course.
+
+What lives here (every loss returns a scalar: the mean over the anchors of the batch):
+
+* ``triplet_loss``      -- the classic hinge on squared Euclidean distances (anchor, positive,
+  negative), no normalisation.
+* ``info_nce``          -- one positive against K negatives per query, cosine similarity,
+  cross-entropy with the positive as class 0 (van den Oord et al., 2018).
+* ``nt_xent``           -- SimCLR's normalised temperature-scaled cross-entropy over the 2N views
+  of a batch (Chen et al., 2020, Algorithm 1), written as logits + labels + ``F.cross_entropy``.
+* ``nt_xent_loop``      -- the same value computed with a plain Python loop, line by line from
+  the paper; slow, but easy to check against the formula. Tests assert both agree.
+* ``nt_logistic`` and ``margin_triplet`` -- the other two losses of SimCLR's loss comparison
+  (Table 2 of the paper), with the same pairing of views as ``nt_xent``.
+* ``cosine_similarity_matrix`` -- the (N, M) matrix of cosine similarities the others build on.
+
+Conventions
+-----------
+* Embeddings are rows: ``z1``, ``z2`` have shape (N, D); ``z1[i]`` and ``z2[i]`` are two views
+  of the same image (a positive pair).
+* Precision: every function upcasts half-precision inputs (float16 / bfloat16) to float32 and
+  switches autocast off while it runs, so similarities, exponentials and the softmax are always
+  computed in float32 (float64 inputs stay float64, which ``torch.autograd.gradcheck`` needs).
+* Bad input raises :class:`sslkit.errors.SSLKitError` with a one-line message that names the
+  problem and the fix.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from sslkit.errors import SSLKitError
+
+__all__ = [
+    "cosine_similarity_matrix",
+    "info_nce",
+    "margin_triplet",
+    "nt_logistic",
+    "nt_xent",
+    "nt_xent_loop",
+    "triplet_loss",
+]
+
+
+# ----------------------------------------------------------------------------------------------
+# Private helpers: precision and input checks
+# ----------------------------------------------------------------------------------------------
+
+
+def _in_float32(fn):
+    """Decorator: run ``fn`` with floating tensor arguments upcast to >= float32, autocast off.
+
+    Non-floating tensors are passed through untouched so that the input check inside ``fn`` can
+    report them.
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        def up(x):
+            if isinstance(x, Tensor) and x.is_floating_point():
+                return x.to(torch.promote_types(x.dtype, torch.float32))
+            return x
+
+        args = tuple(up(a) for a in args)
+        kwargs = {k: up(v) for k, v in kwargs.items()}
+        tensors = [a for a in (*args, *kwargs.values()) if isinstance(a, Tensor)]
+        device_type = tensors[0].device.type if tensors else "cpu"
+        with torch.autocast(device_type=device_type, enabled=False):
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+def _shape(t: Tensor) -> str:
+    return str(tuple(t.shape))
+
+
+def _check_inputs(
+    fn: str,
+    tensors: dict[str, Tensor],
+    *,
+    min_pairs: int = 1,
+    temperature: float | None = None,
+    negatives: Tensor | None = None,
+) -> None:
+    """Raise SSLKitError (one line: problem + fix) unless the inputs of loss ``fn`` are valid.
+
+    ``tensors`` maps argument names to tensors that must all be floating, of shape (N, D) and
+    of one common shape, with N >= ``min_pairs``. ``negatives`` (info_nce only) must be (K, D)
+    or (N, K, D) with the same D (and N) as the first tensor.
+    """
+    for name, t in tensors.items():
+        if not isinstance(t, Tensor):
+            raise SSLKitError(f"{fn}: {name} must be a torch.Tensor (got {type(t).__name__}): "
+                              f"convert it with torch.as_tensor(...)")
+        if t.ndim != 2:
+            raise SSLKitError(f"{fn}: {name} must be (N, D), got shape {_shape(t)}: "
+                              f"flatten each embedding to one row, e.g. {name}.flatten(1)")
+        if not t.is_floating_point():
+            raise SSLKitError(f"{fn}: {name} must be a floating tensor (got {t.dtype}): "
+                              f"call {name}.float()")
+        if t.numel() == 0:
+            raise SSLKitError(f"{fn}: {name} is empty (shape {_shape(t)}): "
+                              f"pass at least {min_pairs} row(s) with D >= 1")
+    (first_name, first), *rest = tensors.items()
+    for name, t in rest:
+        if t.shape != first.shape:
+            raise SSLKitError(f"{fn}: {first_name} and {name} must have the same shape, got "
+                              f"{_shape(first)} and {_shape(t)}: pass one row per example, "
+                              f"embedded by the same network")
+    n, d = first.shape
+    if n < min_pairs:
+        raise SSLKitError(f"{fn} needs at least {min_pairs} pairs per batch (got {n}): "
+                          f"use a batch size of {min_pairs} or more")
+    if temperature is not None and not temperature > 0:
+        raise SSLKitError(f"{fn}: temperature must be > 0 (got {temperature}): "
+                          f"use a positive value such as 0.1 or 0.5")
+    if negatives is not None:
+        if not isinstance(negatives, Tensor) or negatives.ndim not in (2, 3):
+            got = _shape(negatives) if isinstance(negatives, Tensor) else type(negatives).__name__
+            raise SSLKitError(f"{fn}: negatives must be (K, D) or (N, K, D), got {got}: "
+                              f"stack the negative embeddings into one tensor")
+        if not negatives.is_floating_point():
+            raise SSLKitError(f"{fn}: negatives must be a floating tensor (got "
+                              f"{negatives.dtype}): call negatives.float()")
+        if negatives.shape[-1] != d:
+            raise SSLKitError(f"{fn}: negatives must have D={d} like {first_name}, got shape "
+                              f"{_shape(negatives)}: embed negatives with the same network")
+        if negatives.ndim == 3 and negatives.shape[0] != n:
+            raise SSLKitError(f"{fn}: negatives of shape (N, K, D) need N={n} like "
+                              f"{first_name}, got shape {_shape(negatives)}: give one set of "
+                              f"negatives per query, or a shared (K, D) tensor")
+        if negatives.shape[-2] == 0:
+            raise SSLKitError(f"{fn}: negatives is empty (shape {_shape(negatives)}): "
+                              f"pass at least one negative (K >= 1)")
+
+
+def _pair_similarities(z1: Tensor, z2: Tensor):
+    """Shared set-up of the SimCLR losses (Algorithm 1 of Chen et al., 2020).
+
+    Returns ``sim`` (2N, 2N) cosine similarities of the 2N views ``cat([z1, z2])``,
+    ``partner`` (2N,) with ``partner[i] = (i + N) mod 2N`` (index of the positive of view i),
+    and ``negative_mask`` (2N, 2N), True where k is a negative of anchor i (k != i, partner[i]).
+    """
+    n = z1.shape[0]
+    z = torch.cat([z1, z2], dim=0)  # (2N, D)
+    sim = cosine_similarity_matrix(z, z)  # (2N, 2N)
+    idx = torch.arange(2 * n, device=z.device)  # (2N,)
+    partner = (idx + n) % (2 * n)  # (2N,)
+    negative_mask = torch.ones(2 * n, 2 * n, dtype=torch.bool, device=z.device)  # (2N, 2N)
+    negative_mask[idx, idx] = False  # the anchor itself
+    negative_mask[idx, partner] = False  # its positive
+    return sim, partner, negative_mask
+
+
+# ----------------------------------------------------------------------------------------------
+# Public losses
+# ----------------------------------------------------------------------------------------------
+
+
+@_in_float32
+def cosine_similarity_matrix(a: Tensor, b: Tensor) -> Tensor:
+    """Cosine similarity of every row of ``a`` (N, D) with every row of ``b`` (M, D) -> (N, M).
+
+    Rows are L2-normalised first (``F.normalize``, eps 1e-12, so an all-zero row gives 0).
+    """
+    a = F.normalize(a, dim=-1)  # (N, D), unit rows
+    b = F.normalize(b, dim=-1)  # (M, D), unit rows
+    return a @ b.T  # (N, M)
+
+
+@_in_float32
+def triplet_loss(anchor: Tensor, positive: Tensor, negative: Tensor,
+                 margin: float = 1.0) -> Tensor:
+    """Triplet hinge on squared Euclidean distances (Schroff et al., 2015).
+
+    For each row i:  ``max(0, ||a_i - p_i||^2 - ||a_i - n_i||^2 + margin)``; returns the mean
+    over the N rows. No normalisation: the loss depends on the scale of the embeddings.
+
+    anchor, positive, negative: (N, D).
+    """
+    _check_inputs("triplet_loss", {"anchor": anchor, "positive": positive,
+                                   "negative": negative})
+    d_pos = (anchor - positive).pow(2).sum(dim=1)  # (N,)
+    d_neg = (anchor - negative).pow(2).sum(dim=1)  # (N,)
+    return F.relu(d_pos - d_neg + margin).mean()
+
+
+@_in_float32
+def info_nce(query: Tensor, positive: Tensor, negatives: Tensor,
+             temperature: float = 0.1) -> Tensor:
+    """InfoNCE: pick the positive out of 1 + K candidates (van den Oord et al., 2018).
+
+    query, positive: (N, D). negatives: (N, K, D) -- K negatives per query -- or (K, D) shared
+    by all queries. With cosine similarity s and temperature t, for each query i:
+
+        loss_i = -log( exp(s(q_i, p_i)/t) / (exp(s(q_i, p_i)/t) + sum_k exp(s(q_i, n_k)/t)) )
+
+    i.e. cross-entropy over logits [positive, negatives...] with the label 0. Mean over N.
+    """
+    _check_inputs("info_nce", {"query": query, "positive": positive},
+                  temperature=temperature, negatives=negatives)
+    q = F.normalize(query, dim=-1)  # (N, D)
+    p = F.normalize(positive, dim=-1)  # (N, D)
+    neg = F.normalize(negatives, dim=-1)  # (K, D) or (N, K, D)
+    pos_sim = (q * p).sum(dim=1, keepdim=True)  # (N, 1)
+    if neg.ndim == 2:
+        neg_sim = q @ neg.T  # (N, K), shared negatives
+    else:
+        neg_sim = torch.einsum("nd,nkd->nk", q, neg)  # (N, K), per-query negatives
+    logits = torch.cat([pos_sim, neg_sim], dim=1) / temperature  # (N, 1 + K)
+    labels = torch.zeros(q.shape[0], dtype=torch.long, device=q.device)  # (N,), class 0
+    return F.cross_entropy(logits, labels)
+
+
+@_in_float32
+def nt_xent(z1: Tensor, z2: Tensor, temperature: float = 0.5) -> Tensor:
+    """SimCLR's NT-Xent loss (Chen et al., 2020, Algorithm 1), vectorised.
+
+    z1, z2: (N, D), z1[i] and z2[i] are the two views of image i. The 2N views are stacked,
+    s_ij is their cosine similarity, and for each anchor i with partner j:
+
+        l(i, j) = -log( exp(s_ij/t) / sum_{k != i} exp(s_ik/t) )
+
+    (the denominator has the positive and the 2N - 2 negatives). Returns the mean of l over
+    all 2N anchors. Implementation: logits = similarity / t with the diagonal set to -inf,
+    labels = index of the partner, ``F.cross_entropy``. Needs N >= 2.
+    """
+    _check_inputs("nt_xent", {"z1": z1, "z2": z2}, min_pairs=2, temperature=temperature)
+    n = z1.shape[0]
+    z = torch.cat([z1, z2], dim=0)  # (2N, D)
+    logits = cosine_similarity_matrix(z, z) / temperature  # (2N, 2N)
+    self_mask = torch.eye(2 * n, dtype=torch.bool, device=z.device)  # (2N, 2N)
+    logits = logits.masked_fill(self_mask, float("-inf"))  # an anchor is not its own candidate
+    labels = (torch.arange(2 * n, device=z.device) + n) % (2 * n)  # (2N,), partner of view i
+    return F.cross_entropy(logits, labels)
+
+
+@_in_float32
+def nt_xent_loop(z1: Tensor, z2: Tensor, temperature: float = 0.5) -> Tensor:
+    """The same value as :func:`nt_xent`, as a plain loop over the 2N anchors (slow, readable).
+
+    Written straight from Algorithm 1 of the SimCLR paper. It exponentiates s/t directly, so
+    a very small temperature (t < ~0.012 in float32) overflows; use :func:`nt_xent` for training.
+    """
+    _check_inputs("nt_xent_loop", {"z1": z1, "z2": z2}, min_pairs=2, temperature=temperature)
+    n = z1.shape[0]
+    z = torch.cat([z1, z2], dim=0)  # (2N, D): views 0..N-1 from z1, N..2N-1 from z2
+    z = z / z.norm(dim=1, keepdim=True)  # unit rows, so a dot product is a cosine similarity
+    total = 0.0
+    for i in range(2 * n):
+        j = (i + n) % (2 * n)  # the other view of the same image
+        numerator = torch.exp(torch.dot(z[i], z[j]) / temperature)
+        denominator = 0.0
+        for k in range(2 * n):
+            if k != i:
+                denominator = denominator + torch.exp(torch.dot(z[i], z[k]) / temperature)
+        total = total - torch.log(numerator / denominator)  # l(i, j)
+    return total / (2 * n)
+
+
+@_in_float32
+def nt_logistic(z1: Tensor, z2: Tensor, temperature: float = 0.5) -> Tensor:
+    """NT-Logistic loss from SimCLR's loss comparison (Chen et al., 2020, Table 2).
+
+    Same pairing as :func:`nt_xent`: 2N anchors, each with one positive (its partner view) and
+    2N - 2 negatives. With cosine similarity s and temperature t, for anchor i:
+
+        loss_i = -log sigmoid(s(i, pos)/t) - SUM_{negatives k} log sigmoid(-s(i, k)/t)
+
+    Reduction: summed over the negatives, then averaged over the 2N anchors. Needs N >= 2.
+    (The paper also tries semi-hard negative mining; this is the plain all-negatives form.)
+    """
+    _check_inputs("nt_logistic", {"z1": z1, "z2": z2}, min_pairs=2, temperature=temperature)
+    sim, partner, negative_mask = _pair_similarities(z1, z2)  # (2N, 2N), ...
+    logits = sim / temperature  # (2N, 2N)
+    pos_logit = logits.gather(1, partner[:, None]).squeeze(1)  # (2N,)
+    pos_term = -F.logsigmoid(pos_logit)  # (2N,)
+    neg_term = (-F.logsigmoid(-logits) * negative_mask).sum(dim=1)  # (2N,), sum over negatives
+    return (pos_term + neg_term).mean()
+
+
+@_in_float32
+def margin_triplet(z1: Tensor, z2: Tensor, margin: float = 0.5) -> Tensor:
+    """Margin triplet loss from SimCLR's loss comparison (Chen et al., 2020, Table 2).
+
+    Same pairing as :func:`nt_xent`. With cosine similarity s (in [-1, 1], no temperature) and
+    margin m (default 0.5), for anchor i:
+
+        loss_i = SUM over the 2N-2 negatives k of max(s(i, k) - s(i, pos) + m, 0)
+
+    Reduction: summed over the negatives, then averaged over the 2N anchors. Needs N >= 2.
+    (The paper also tries semi-hard negative mining; this is the plain all-negatives form.)
+    """
+    _check_inputs("margin_triplet", {"z1": z1, "z2": z2}, min_pairs=2)
+    sim, partner, negative_mask = _pair_similarities(z1, z2)  # (2N, 2N), ...
+    pos_sim = sim.gather(1, partner[:, None])  # (2N, 1)
+    hinge = F.relu(sim - pos_sim + margin)  # (2N, 2N), one entry per (anchor, candidate)
+    return (hinge * negative_mask).sum(dim=1).mean()  # sum over negatives, mean over anchors

@@ -1,0 +1,37 @@
+"""Self-supervised methods: one file each, each an nn.Module that owns its networks and state
+and whose ``forward(x)`` returns the training loss for a batch of images.
+
+``build_method(name, ...)`` is what the training loop and the command line call.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from sslkit.augment import SimCLRViews, view_config_for
+from sslkit.errors import SSLKitError
+from sslkit.methods.simclr import SimCLR
+from sslkit.models import build_encoder
+
+METHODS = ("simclr",)
+
+
+def build_method(
+    name: str,
+    arch: str,
+    in_channels: int,
+    dataset: str,
+    image_size: int,
+    generator: torch.Generator | None = None,
+    **options,
+) -> nn.Module:
+    """A method module with a freshly initialised encoder. options: proj_dim, temperature, head."""
+    if name not in METHODS:
+        raise SSLKitError(f"unknown method {name!r}: use one of {', '.join(METHODS)}")
+    encoder = build_encoder(arch, in_channels)
+    views = SimCLRViews(view_config_for(dataset, image_size), generator)
+    return SimCLR(encoder, views, **options)
+
+
+__all__ = ["METHODS", "SimCLR", "build_method"]

@@ -1,0 +1,28 @@
+"""Encoders and heads. ``build_encoder(arch, in_channels)`` maps a name to a network whose
+``forward`` gives the representation h (N, feature_dim) and whose ``.feature_dim`` says its size.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from sslkit.errors import SSLKitError
+from sslkit.models.convnet import ConvNet
+from sslkit.models.heads import projection_head
+from sslkit.models.resnet import resnet
+
+ARCHS = {
+    "convnet-small": lambda c: ConvNet(c, (16, 32, 64, 128)),  # fast on a laptop CPU
+    "convnet": lambda c: ConvNet(c, (32, 64, 128, 256)),
+    "resnet18": lambda c: resnet(18, c),
+    "resnet50": lambda c: resnet(50, c),
+}
+
+
+def build_encoder(arch: str, in_channels: int = 3) -> nn.Module:
+    if arch not in ARCHS:
+        raise SSLKitError(f"unknown architecture {arch!r}: use one of {', '.join(ARCHS)}")
+    return ARCHS[arch](in_channels)
+
+
+__all__ = ["ARCHS", "ConvNet", "build_encoder", "projection_head", "resnet"]

@@ -1,0 +1,231 @@
+"""One plain training loop for every method.
+
+    for epoch:                      (a fresh permutation of the images, from a seeded generator)
+        for batch of images:        uint8 (B, C, H, W), moved to the device
+            lr <- schedule[step]    warm-up then cosine, one value per step (sslkit.schedules)
+            loss = method(batch)    the method makes its own views and returns its loss
+            backward, optimiser step
+        metrics.jsonl <- one line   epoch, mean loss, lr, seconds (and kNN accuracy if asked)
+        last.pt <- checkpoint       written atomically: a crash never leaves a broken file
+
+``--resume`` restores weights, optimiser, schedule position and every random state, so a run
+interrupted after epoch k and resumed ends with exactly the weights of an uninterrupted run.
+Mixed precision (bfloat16 autocast) is used on CUDA only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from sslkit.data import ImageData, load_dataset
+from sslkit.errors import SSLKitError
+from sslkit.evaluate import extract_features, knn_accuracy
+from sslkit.methods import build_method
+from sslkit.profiles import Profile
+from sslkit.schedules import cosine_schedule
+
+CHECKPOINT = "last.pt"
+METRICS = "metrics.jsonl"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    method: str = "simclr"  # see sslkit.methods.METHODS
+    dataset: str = "shifted_digits"  # see sslkit.data.DATASETS
+    data_root: str = "data"  # where dataset files live (or are downloaded to)
+    download: bool = False  # fetch torchvision datasets that are missing
+    image_size: int = 32  # side of the images for an ImageFolder tree
+    n_train: int | None = None  # use only the first n training images
+    n_test: int | None = None  # evaluate on the first n test images
+    arch: str = "convnet-small"  # see sslkit.models.ARCHS
+    head: str = "mlp"  # projection head: mlp | linear | none
+    proj_dim: int = 64  # projection output size
+    temperature: float = 0.2  # NT-Xent temperature
+    epochs: int = 60
+    batch_size: int = 128
+    optimizer: str = "adam"  # adam | adamw | sgd (momentum 0.9)
+    lr: float = 2e-3  # peak learning rate
+    weight_decay: float = 1e-6
+    warmup_epochs: int = 2
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    knn_every: int = 0  # run the kNN monitor every n epochs (0: never during training)
+    knn_k: int = 20  # neighbours in the kNN monitor
+
+    @classmethod
+    def from_profile(cls, profile: Profile, **overrides) -> TrainConfig:
+        """The profile's sizes, with any field overridden by keyword."""
+        shared = {f.name for f in fields(cls)} & set(asdict(profile))
+        base = cls(**{name: getattr(profile, name) for name in shared})
+        return replace(base, **overrides)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise SSLKitError(f"device {name!r} asked for but CUDA is not available: use --device cpu")
+    return torch.device(name)
+
+
+def make_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
+    raise SSLKitError(f"unknown optimizer {cfg.optimizer!r}: use adam, adamw or sgd")
+
+
+def load_data(cfg: TrainConfig) -> ImageData:
+    data = load_dataset(cfg.dataset, cfg.data_root, cfg.download, cfg.image_size)
+    return data.subset(cfg.n_train, cfg.n_test)
+
+
+def build(cfg: TrainConfig, data: ImageData, generator: torch.Generator | None = None):
+    """The method module for this config and data, freshly initialised from cfg.seed."""
+    torch.manual_seed(cfg.seed)
+    return build_method(cfg.method, cfg.arch, data.channels, cfg.dataset, data.image_size,
+                        generator, proj_dim=cfg.proj_dim, temperature=cfg.temperature,
+                        head=cfg.head)
+
+
+def save_atomic(obj, path: Path) -> None:
+    """torch.save to a temporary file beside `path`, flush it to disk, then rename over `path`."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_checkpoint(out: str | Path) -> dict:
+    """The checkpoint of the run in `out`, with a one-line error when there is none."""
+    path = Path(out) / CHECKPOINT
+    if not path.is_file():
+        raise SSLKitError(
+            f"no checkpoint at {path}: train first with `sslkit train ... --out {out}` "
+            "(or drop --resume to start a new run)"
+        )
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def _read_metrics(out: Path, up_to_epoch: int) -> list[dict]:
+    path = out / METRICS
+    if not path.is_file():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in rows if r["epoch"] <= up_to_epoch]
+
+
+def train(
+    cfg: TrainConfig,
+    out: str | Path,
+    resume: bool = False,
+    stop_after_epoch: int | None = None,
+    progress: bool = True,
+    data: ImageData | None = None,
+):
+    """Train cfg.method; checkpoint and metrics go to `out`. Returns (method, metrics rows).
+
+    stop_after_epoch: end this call after that epoch (the schedule still spans cfg.epochs), e.g.
+    to split a long run over several sessions and continue with resume=True.
+    """
+    out = Path(out)
+    if not resume and (out / CHECKPOINT).exists():
+        raise SSLKitError(
+            f"{out} already holds a run: pass --resume to continue it, or choose another --out"
+        )
+    ckpt = load_checkpoint(out) if resume else None
+    if ckpt is not None:
+        # Resuming continues the saved run with its own settings; only the device may change.
+        cfg = replace(TrainConfig(**ckpt["config"]), device=cfg.device)
+    out.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(cfg.device)
+    data = data or load_data(cfg)
+    images = data.pretrain_images().to(device)  # (N, C, H, W) uint8, kept on the device
+    steps_per_epoch = len(images) // cfg.batch_size
+    if cfg.batch_size < 2:
+        raise SSLKitError(
+            f"batch size {cfg.batch_size} leaves no negatives for the loss: use --batch-size 2 "
+            "or more"
+        )
+    if steps_per_epoch == 0:
+        raise SSLKitError(
+            f"batch size {cfg.batch_size} is larger than the training set ({len(images)} "
+            f"images): use --batch-size {len(images)} or less"
+        )
+
+    generator = torch.Generator().manual_seed(cfg.seed)  # permutations and augmentation
+    method = build(cfg, data, generator).to(device)
+    optimizer = make_optimizer(cfg, method.parameters())
+    lr = cosine_schedule(cfg.lr, 0.0, cfg.epochs, steps_per_epoch, cfg.warmup_epochs)
+    start_epoch = 0
+    if ckpt is not None:
+        method.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        generator.set_state(ckpt["generator"])
+        torch.set_rng_state(ckpt["torch_rng"])
+        start_epoch = ckpt["epoch"]
+    metrics = _read_metrics(out, start_epoch)
+    (out / METRICS).write_text("".join(json.dumps(r) + "\n" for r in metrics))
+
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    last_epoch = cfg.epochs if stop_after_epoch is None else min(stop_after_epoch, cfg.epochs)
+    epochs = tqdm(range(start_epoch, last_epoch), desc=cfg.method, unit="epoch",
+                  disable=not progress, initial=start_epoch, total=cfg.epochs)
+    method.train()
+    for epoch in epochs:
+        started = time.perf_counter()
+        order = torch.randperm(len(images), generator=generator).to(device)
+        total = torch.zeros((), device=device)
+        for b in range(steps_per_epoch):
+            step = epoch * steps_per_epoch + b
+            for group in optimizer.param_groups:
+                group["lr"] = float(lr[step])
+            x = images[order[b * cfg.batch_size : (b + 1) * cfg.batch_size]]
+            with autocast:
+                loss = method(x)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += loss.detach()
+        row = {"epoch": epoch + 1, "step": (epoch + 1) * steps_per_epoch,
+               "loss": float(total) / steps_per_epoch, "lr": float(lr[step]),
+               "seconds": round(time.perf_counter() - started, 3)}
+        if cfg.knn_every and ((epoch + 1) % cfg.knn_every == 0 or epoch + 1 == cfg.epochs):
+            row["knn"] = monitor_knn(method.encoder, data, cfg.knn_k)
+        metrics.append(row)
+        epochs.set_postfix({k: row[k] for k in ("loss", "knn") if k in row})
+        with open(out / METRICS, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        save_atomic({"config": asdict(cfg), "epoch": epoch + 1, "model": method.state_dict(),
+                     "optimizer": optimizer.state_dict(), "generator": generator.get_state(),
+                     "torch_rng": torch.get_rng_state()}, out / CHECKPOINT)
+    return method, metrics
+
+
+def monitor_knn(encoder: torch.nn.Module, data: ImageData, k: int) -> float:
+    """kNN accuracy (cosine, T=0.1) of the encoder's features, train -> test."""
+    train_f = extract_features(encoder, data.train_x)
+    test_f = extract_features(encoder, data.test_x)
+    return round(knn_accuracy(train_f, data.train_y, test_f, data.test_y, k=k), 4)
+
+
+def load_trained(out: str | Path, device: str = "cpu"):
+    """(method, config, data) of the run saved in `out`, weights loaded, in eval mode."""
+    ckpt = load_checkpoint(out)
+    cfg = TrainConfig(**ckpt["config"])
+    data = load_data(cfg)
+    method = build(cfg, data)
+    method.load_state_dict(ckpt["model"])
+    return method.to(device).eval(), cfg, data
