@@ -257,6 +257,11 @@ def rotate_batch(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         raise SSLKitError(
             f"rotate_batch needs (N, C, H, W), got {tuple(x.shape)}: add a batch axis with x[None]"
         )
+    if x.shape[2] != x.shape[3]:
+        raise SSLKitError(
+            f"rotate_batch needs square images (a quarter turn swaps H and W), got "
+            f"{tuple(x.shape)}: crop or resize them to H = W first"
+        )
     x_rot = torch.cat([torch.rot90(x, k, dims=(2, 3)) for k in range(4)])
     labels = torch.arange(4, device=x.device).repeat_interleave(x.shape[0])
     return x_rot, labels

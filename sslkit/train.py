@@ -98,14 +98,32 @@ def build(cfg: TrainConfig, data: ImageData, generator: torch.Generator | None =
                         head=cfg.head)
 
 
+def _check_names(cfg: TrainConfig) -> None:
+    """Fail on an unknown method, architecture or dataset before any data is loaded."""
+    from sslkit.data import DATASETS
+    from sslkit.methods import METHODS
+    from sslkit.models import ARCHS
+
+    for what, value, known in (("method", cfg.method, METHODS), ("architecture", cfg.arch, ARCHS),
+                                ("dataset", cfg.dataset, DATASETS)):
+        if value not in known:
+            raise SSLKitError(f"unknown {what} {value!r}: use one of {', '.join(known)}")
+
+
 def save_atomic(obj, path: Path) -> None:
-    """torch.save to a temporary file beside `path`, flush it to disk, then rename over `path`."""
+    """torch.save to a temporary file beside `path`, flush it to disk, then rename over `path`.
+
+    If saving fails, the temporary file is removed and `path` keeps its previous contents."""
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def load_checkpoint(out: str | Path) -> dict:
@@ -113,8 +131,8 @@ def load_checkpoint(out: str | Path) -> dict:
     path = Path(out) / CHECKPOINT
     if not path.is_file():
         raise SSLKitError(
-            f"no checkpoint at {path}: train first with `sslkit train ... --out {out}` "
-            "(or drop --resume to start a new run)"
+            f"no checkpoint at {path}: train first with `sslkit train METHOD --out {out}`, "
+            "or point to the folder of a finished run"
         )
     return torch.load(path, map_location="cpu", weights_only=False)
 
@@ -141,9 +159,15 @@ def train(
     to split a long run over several sessions and continue with resume=True.
     """
     out = Path(out)
+    _check_names(cfg)
     if not resume and (out / CHECKPOINT).exists():
         raise SSLKitError(
             f"{out} already holds a run: pass --resume to continue it, or choose another --out"
+        )
+    if resume and not (out / CHECKPOINT).is_file():
+        raise SSLKitError(
+            f"no checkpoint at {out / CHECKPOINT} to resume: drop --resume to start a new run, "
+            "or give the --out folder of the run to continue"
         )
     ckpt = load_checkpoint(out) if resume else None
     if ckpt is not None:

@@ -47,22 +47,32 @@ def _to_uint8(x: torch.Tensor) -> torch.Tensor:
     return (x.clamp(0, 1) * 255).round().to(torch.uint8)
 
 
-def _place(digit: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
-    """One 8x8 digit (1, 8, 8) -> a shifted 32x32 image (1, 32, 32) in [0, 1]."""
-    size = int(rng.integers(12, 21))  # 12..20 px inclusive
-    angle = np.deg2rad(rng.uniform(-20.0, 20.0))
-    brightness = rng.uniform(0.5, 1.0)
-    big = F.interpolate(digit[None], size=(size, size), mode="bilinear", align_corners=False)[0]
-    # Rotate about the centre inside a size x size box (corners that leave the box are cut,
-    # as they hold background in these digits).
-    cos, sin = float(np.cos(angle)), float(np.sin(angle))
-    theta = torch.tensor([[cos, -sin, 0.0], [sin, cos, 0.0]], dtype=torch.float32)
-    grid = F.affine_grid(theta[None], [1, 1, size, size], align_corners=False)
-    rotated = F.grid_sample(big[None], grid, mode="bilinear", align_corners=False)[0]
-    canvas = torch.zeros(1, CANVAS, CANVAS)
-    top, left = (int(v) for v in rng.integers(0, CANVAS - size + 1, size=2))
-    canvas[:, top : top + size, left : left + size] = rotated * brightness
-    return canvas
+def _shift(digits: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+    """8x8 digits (N, 1, 8, 8) -> shifted 32x32 images (N, 1, 32, 32) in [0, 1].
+
+    Per digit: side s ~ U{12..20} px, angle ~ U(-20°, 20°), top-left corner of its s x s box
+    uniform on the canvas, brightness ~ U(0.5, 1). One affine sampling grid per digit maps each
+    canvas pixel back into the 8x8 source (bilinear; outside the source is black), so scaling,
+    rotation and placement are a single resampling.
+    """
+    n = len(digits)
+    size = torch.tensor(rng.integers(12, 21, size=n), dtype=torch.float32)  # 12..20 inclusive
+    angle = torch.tensor(np.deg2rad(rng.uniform(-20.0, 20.0, size=n)), dtype=torch.float32)
+    brightness = torch.tensor(rng.uniform(0.5, 1.0, size=n), dtype=torch.float32)
+    corner = torch.tensor(rng.uniform(0.0, 1.0, size=(n, 2)), dtype=torch.float32)
+    corner = torch.floor(corner * (CANVAS - size + 1)[:, None])  # (N, 2) = (left, top) in px
+    centre = (corner + size[:, None] / 2) / CANVAS * 2 - 1  # box centre in [-1, 1] coordinates
+    # source coords = R(-angle) @ (canvas coords - centre) * (CANVAS / s)
+    zoom = CANVAS / size
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    rot = torch.stack([torch.stack([cos, sin], 1), torch.stack([-sin, cos], 1)], 1)  # (N, 2, 2)
+    linear = rot * zoom[:, None, None]
+    shift = -(linear @ centre[:, :, None])  # (N, 2, 1)
+    theta = torch.cat([linear, shift], dim=2)  # (N, 2, 3)
+    grid = F.affine_grid(theta, [n, 1, CANVAS, CANVAS], align_corners=False)
+    canvas = F.grid_sample(digits, grid, mode="bilinear", padding_mode="zeros",
+                           align_corners=False)
+    return canvas * brightness.view(n, 1, 1, 1)
 
 
 def shifted_digits(n_train: int = DEFAULT_TRAIN, seed: int = 0) -> dict:
@@ -70,8 +80,7 @@ def shifted_digits(n_train: int = DEFAULT_TRAIN, seed: int = 0) -> dict:
     images, labels = _source_digits()
     train_idx, test_idx = _split(labels, n_train, seed)
     rng = np.random.default_rng(seed)
-    shifted = torch.stack([_place(d, rng) for d in images])  # (1797, 1, 32, 32)
-    shifted = _to_uint8(shifted)
+    shifted = _to_uint8(_shift(images, rng))  # (1797, 1, 32, 32)
     return {
         "train_x": shifted[train_idx].contiguous(),
         "train_y": labels[train_idx],

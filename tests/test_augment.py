@@ -1,0 +1,407 @@
+"""sslkit.augment: each stage of the batched SimCLR pipeline against closed forms or a plain
+reference (torchvision's functional transforms, colorsys), the probabilities of the random
+stages, and the rotate_batch contract."""
+
+from __future__ import annotations
+
+import colorsys
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torchvision.transforms.v2 import functional as TF
+
+from sslkit.augment import (
+    LUMA,
+    SimCLRViews,
+    ViewConfig,
+    _hsv_to_rgb,
+    _rgb_to_hsv,
+    color_jitter,
+    crop_params,
+    gaussian_blur,
+    resized_crop_flip,
+    rotate_batch,
+    to_gray,
+    view_transform,
+)
+from sslkit.errors import SSLKitError
+
+FULL = torch.tensor([1.0, 1.0, 0.5, 0.5])  # the whole image as a crop box (w, h, cx, cy)
+IDENTITY_JITTER = torch.tensor([1.0, 1.0, 1.0, 0.0])
+# Everything off except what a test switches on.
+PLAIN = ViewConfig(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip_p=0.0, jitter_p=0.0,
+                   gray_p=0.0, blur_p=0.0)
+
+
+def gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def rand_images(n, c, h, w=None, seed=0) -> torch.Tensor:
+    return torch.rand(n, c, h, w or h, generator=gen(seed))
+
+
+def no_flip(n):
+    return torch.zeros(n, dtype=torch.bool)
+
+
+# ------------------------------------------------------------------------- SimCLRViews
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
+def test_views_shape_dtype_range(channels, dtype):
+    x = rand_images(16, channels, 40)
+    x = (x * 255).round().to(torch.uint8) if dtype == torch.uint8 else x
+    cfg = ViewConfig(size=24, blur_p=0.5)
+    v = SimCLRViews(cfg, gen())(x)
+    assert v.shape == (16, channels, 24, 24)
+    assert v.dtype == torch.float32
+    assert float(v.min()) >= 0.0 and float(v.max()) <= 1.0
+
+
+def test_uint8_and_float_inputs_give_the_same_views():
+    x8 = (rand_images(8, 3, 32) * 255).round().to(torch.uint8)
+    a = SimCLRViews(ViewConfig(blur_p=0.5), gen(3))(x8)
+    b = SimCLRViews(ViewConfig(blur_p=0.5), gen(3))(x8.float() / 255)
+    torch.testing.assert_close(a, b)
+
+
+def test_views_are_random_per_sample_and_per_call():
+    x = rand_images(1, 3, 32).repeat(8, 1, 1, 1)  # one image, eight times
+    views = SimCLRViews(ViewConfig(), gen())
+    v1, v2 = views.two_views(x)
+    flat = v1.flatten(1)
+    dist = torch.cdist(flat, flat) + torch.eye(8) * 1e9
+    assert float(dist.min()) > 1e-3, "two samples of one image in a batch got the same view"
+    assert float((v1 - v2).flatten(1).norm(dim=1).min()) > 1e-3, "two calls gave the same view"
+
+
+def test_views_reproducible_with_a_seeded_generator():
+    x = rand_images(8, 3, 32)
+    cfg = ViewConfig(blur_p=0.5)
+    a = SimCLRViews(cfg, gen(7)).two_views(x)
+    b = SimCLRViews(cfg, gen(7)).two_views(x)
+    c = SimCLRViews(cfg, gen(8)).two_views(x)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert not torch.equal(a[0], c[0])
+
+
+def test_views_with_everything_off_are_the_image():
+    x = rand_images(4, 3, 32)
+    torch.testing.assert_close(SimCLRViews(PLAIN, gen())(x), x, atol=1e-6, rtol=0)
+
+
+def test_views_reject_an_image_without_batch_axis():
+    with pytest.raises(SSLKitError) as err:
+        SimCLRViews()(torch.rand(3, 32, 32))
+    assert "\n" not in str(err.value) and "x[None]" in str(err.value)
+
+
+def fraction_changed(cfg: ViewConfig, x: torch.Tensor, n: int = 4000) -> float:
+    out = SimCLRViews(cfg, gen(1))(x.expand(n, *x.shape[1:]))
+    changed = (out - x).flatten(1).abs().amax(dim=1) > 1e-4
+    return float(changed.float().mean())
+
+
+# Binomial with n = 4000 and p <= 0.5: standard error <= 0.008; 0.035 is over 4 SE.
+@pytest.mark.parametrize("p", [0.0, 0.3, 1.0])
+def test_flip_probability(p):
+    x = rand_images(1, 1, 16)
+    out = SimCLRViews(ViewConfig(**{**PLAIN.__dict__, "flip_p": p, "size": 16}), gen(2))(
+        x.expand(4000, 1, 16, 16))
+    is_x = (out - x).flatten(1).abs().amax(dim=1) < 1e-5
+    is_flipped = (out - x.flip(3)).flatten(1).abs().amax(dim=1) < 1e-5
+    assert bool((is_x ^ is_flipped).all()), "every view is the image or its mirror"
+    assert abs(float(is_flipped.float().mean()) - p) < 0.035
+
+
+@pytest.mark.parametrize("field,p", [("jitter_p", 0.8), ("blur_p", 0.4)])
+def test_jitter_and_blur_probabilities(field, p):
+    x = rand_images(1, 1, 16)
+    # blur_sigma is given at 224 px: (14, 28) is a visible 1-2 px blur at 16 px.
+    cfg = ViewConfig(**{**PLAIN.__dict__, "size": 16, "blur_sigma": (14.0, 28.0), field: p})
+    assert abs(fraction_changed(cfg, x) - p) < 0.035
+
+
+@pytest.mark.parametrize("p", [0.0, 0.3, 1.0])
+def test_grayscale_probability(p):
+    x = rand_images(1, 3, 16)  # every pixel a random colour: no view is gray by accident
+    out = SimCLRViews(ViewConfig(**{**PLAIN.__dict__, "size": 16, "gray_p": p}), gen(4))(
+        x.expand(4000, 3, 16, 16))
+    spread = (out.amax(dim=1) - out.amin(dim=1)).flatten(1).amax(dim=1)  # 0 for a gray view
+    gray = spread == 0
+    assert abs(float(gray.float().mean()) - p) < 0.035
+    torch.testing.assert_close(out[gray], to_gray(x).expand(int(gray.sum()), 3, 16, 16))
+
+
+def test_brightness_factor_range():
+    # A constant image: contrast leaves it alone, so the view is clamp(0.5 * b) with
+    # b ~ U(1 - 0.8 s, 1 + 0.8 s) (mean 1, variance (1.6 s)^2 / 12).
+    s = 0.5
+    cfg = ViewConfig(**{**PLAIN.__dict__, "size": 8, "jitter_p": 1.0, "jitter_strength": s})
+    out = SimCLRViews(cfg, gen(5))(torch.full((4000, 1, 8, 8), 0.5))
+    b = out[:, 0, 0, 0] / 0.5
+    assert torch.allclose(out, out[:, :, :1, :1].expand_as(out))
+    assert float(b.min()) >= 1 - 0.8 * s - 1e-6 and float(b.max()) <= 1 + 0.8 * s + 1e-6
+    assert abs(float(b.mean()) - 1.0) < 0.01
+    assert abs(float(b.var()) - (1.6 * s) ** 2 / 12) < 0.005
+
+
+# ------------------------------------------------------------------------- crop_params
+def conditional_mean_area(scale, ratio, grid: int = 20001) -> float:
+    """E[area | the box fits] for area ~ U(scale), log r ~ U(log ratio), fit: area <= min(r, 1/r),
+    by numerical integration over log r (the inner integral over the area is closed form)."""
+    u = np.linspace(math.log(ratio[0]), math.log(ratio[1]), grid)
+    top = np.minimum(scale[1], np.exp(-np.abs(u)))
+    length = np.clip(top - scale[0], 0, None)
+    first_moment = np.where(length > 0, (top**2 - scale[0] ** 2) / 2, 0.0)
+    return float(first_moment.mean() / length.mean())
+
+
+@pytest.mark.parametrize("scale,ratio", [((0.08, 1.0), (3 / 4, 4 / 3)), ((0.5, 1.0), (0.5, 2.0))])
+def test_crop_boxes_follow_the_distribution(scale, ratio):
+    cfg = ViewConfig(crop_scale=scale, crop_ratio=ratio)
+    box = crop_params(20000, cfg, gen(6))
+    w, h, cx, cy = box.unbind(1)
+    eps = 1e-6
+    assert bool(((cx - w / 2 >= -eps) & (cx + w / 2 <= 1 + eps)).all()), "box leaves the image"
+    assert bool(((cy - h / 2 >= -eps) & (cy + h / 2 <= 1 + eps)).all()), "box leaves the image"
+    fallback = (box == FULL).all(dim=1)
+    drawn = ~fallback
+    area, aspect = (w * h)[drawn], (w / h)[drawn]
+    assert float(area.min()) >= scale[0] - eps and float(area.max()) <= scale[1] + eps
+    assert float(aspect.min()) >= ratio[0] - eps and float(aspect.max()) <= ratio[1] + eps
+    assert float(fallback.float().mean()) < 0.01
+    # Accepted draws follow the conditional law; the std of the area is < 0.3, so the standard
+    # error of the mean is < 0.0025.
+    assert abs(float(area.mean()) - conditional_mean_area(scale, ratio)) < 0.01
+    # The centre is uniform over the positions that keep the box inside.
+    inner = drawn & (w < 0.95) & (h < 0.95)
+    pos_x = (cx - w / 2)[inner] / (1 - w[inner])
+    pos_y = (cy - h / 2)[inner] / (1 - h[inner])
+    for pos in (pos_x, pos_y):
+        assert abs(float(pos.mean()) - 0.5) < 0.01 and abs(float(pos.var()) - 1 / 12) < 0.005
+
+
+def test_crop_boxes_fall_back_to_the_full_image():
+    # Area >= 0.9 with aspect in [1/4, 4]: most draws do not fit, so some boxes are the full
+    # image after 10 tries; every other box still obeys the constraints.
+    cfg = ViewConfig(crop_scale=(0.9, 1.0), crop_ratio=(0.25, 4.0))
+    box = crop_params(5000, cfg, gen(7))
+    fallback = (box == FULL).all(dim=1)
+    assert 0 < int(fallback.sum()) < len(box)
+    w, h = box[~fallback, 0], box[~fallback, 1]
+    assert bool(((w <= 1) & (h <= 1) & (w * h >= 0.9 - 1e-6)).all())
+
+
+def test_crop_params_reproducible():
+    cfg = ViewConfig()
+    assert torch.equal(crop_params(64, cfg, gen(3)), crop_params(64, cfg, gen(3)))
+    assert not torch.equal(crop_params(64, cfg, gen(3)), crop_params(64, cfg, gen(4)))
+
+
+# ------------------------------------------------------------------ resized_crop_flip
+def test_full_box_same_size_is_identity_and_flip_mirrors():
+    box = FULL.repeat(3, 1)
+    sq = rand_images(3, 3, 16)
+    torch.testing.assert_close(resized_crop_flip(sq, box, no_flip(3), 16), sq, atol=1e-6, rtol=0)
+    flip = torch.tensor([True, False, True])
+    out = resized_crop_flip(sq, box, flip, 16)
+    torch.testing.assert_close(out[flip], sq[flip].flip(3), atol=1e-6, rtol=0)
+    torch.testing.assert_close(out[~flip], sq[~flip], atol=1e-6, rtol=0)
+    wide = rand_images(3, 3, 12, 16)
+    assert resized_crop_flip(wide, box, no_flip(3), 8).shape == (3, 3, 8, 8)
+
+
+def test_pixel_aligned_crop_is_a_slice():
+    # Box = top-left quadrant, output side = half the input: output pixel j samples input pixel j.
+    x = rand_images(2, 3, 16)
+    box = torch.tensor([[0.5, 0.5, 0.25, 0.25], [0.5, 0.5, 0.75, 0.25]])
+    out = resized_crop_flip(x, box, no_flip(2), 8)
+    torch.testing.assert_close(out[0], x[0, :, :8, :8], atol=1e-6, rtol=0)
+    torch.testing.assert_close(out[1], x[1, :, :8, 8:], atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("factor", [2, 4])
+def test_shrinking_the_full_image_averages_pixels(factor):
+    # 2x: bilinear samples fall between two pixels on each axis; 4x: the area pre-blur first.
+    x = rand_images(2, 1, 32)
+    out = resized_crop_flip(x, FULL.repeat(2, 1), no_flip(2), 32 // factor)
+    torch.testing.assert_close(out, F.avg_pool2d(x, factor), atol=1e-6, rtol=0)
+
+
+def test_rotation_by_plus_90_degrees_is_rot90_counter_clockwise():
+    # Convention: a positive angle turns the picture counter-clockwise as displayed (row 0 on
+    # top), as torchvision's rotate does; +90 degrees is torch.rot90(x, 1, dims=(2, 3)).
+    x = rand_images(2, 3, 12)
+    out = resized_crop_flip(x, FULL.repeat(2, 1), no_flip(2), 12, torch.full((2,), math.pi / 2))
+    torch.testing.assert_close(out, torch.rot90(x, 1, dims=(2, 3)), atol=1e-5, rtol=0)
+    torch.testing.assert_close(out, TF.rotate(x, 90.0), atol=1e-5, rtol=0)
+    minus = resized_crop_flip(x, FULL.repeat(2, 1), no_flip(2), 12, torch.full((2,), -math.pi / 2))
+    torch.testing.assert_close(minus, torch.rot90(x, -1, dims=(2, 3)), atol=1e-5, rtol=0)
+
+
+# ------------------------------------------------------------------------- colour
+def test_to_gray_weights():
+    eye = torch.eye(3).view(3, 3, 1, 1)  # pure red, green, blue
+    torch.testing.assert_close(to_gray(eye).flatten(), torch.tensor(LUMA))
+    x = rand_images(2, 3, 5)
+    expected = 0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]
+    torch.testing.assert_close(to_gray(x), expected[:, None])
+    assert to_gray(x).shape == (2, 1, 5, 5)
+
+
+def test_rgb_hsv_known_colours_and_colorsys():
+    named = torch.tensor([[1, 0, 0], [0, 1, 0], [0, 0, 1], [0.5, 0.5, 0.5], [0, 0, 0],
+                          [1, 1, 0], [0.2, 0.4, 0.8]], dtype=torch.float32)
+    rgb = torch.cat([named, torch.rand(200, 3, generator=gen(9))])
+    hsv = _rgb_to_hsv(rgb.view(-1, 3, 1, 1)).view(-1, 3)
+    expected = torch.tensor([colorsys.rgb_to_hsv(*map(float, c)) for c in rgb],
+                            dtype=torch.float32)
+    torch.testing.assert_close(hsv, expected, atol=1e-5, rtol=0)
+    torch.testing.assert_close(hsv[:3, 0], torch.tensor([0.0, 1 / 3, 2 / 3]))
+
+
+def test_hsv_round_trip():
+    x = rand_images(4, 3, 8)
+    torch.testing.assert_close(_hsv_to_rgb(_rgb_to_hsv(x)), x, atol=1e-5, rtol=0)
+    hsv = torch.rand(200, 3, generator=gen(10))
+    rgb = _hsv_to_rgb(hsv.view(-1, 3, 1, 1)).view(-1, 3)
+    expected = torch.tensor([colorsys.hsv_to_rgb(*map(float, c)) for c in hsv],
+                            dtype=torch.float32)
+    torch.testing.assert_close(rgb, expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_identity_jitter_is_identity(channels):
+    x = rand_images(3, channels, 8)
+    out = color_jitter(x, IDENTITY_JITTER.repeat(3, 1))
+    torch.testing.assert_close(out, x, atol=1e-5, rtol=0)
+
+
+def test_brightness_scales_and_clamps():
+    x = rand_images(2, 3, 8)
+    f = torch.tensor([[0.5, 1.0, 1.0, 0.0], [2.0, 1.0, 1.0, 0.0]])
+    out = color_jitter(x, f)
+    torch.testing.assert_close(out[0], 0.5 * x[0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(out[1], (2 * x[1]).clamp(max=1), atol=1e-5, rtol=0)
+
+
+def test_contrast_on_one_channel_blends_with_the_mean():
+    x = rand_images(2, 1, 8)
+    f = torch.tensor([[0.5, 0.3, 1.0, 0.0], [1.0, 0.0, 1.0, 0.0]])  # brightness, then contrast
+    out = color_jitter(x, f)
+    darker = 0.5 * x[0]
+    expected0 = 0.3 * darker + 0.7 * darker.mean()
+    torch.testing.assert_close(out[0], expected0.clamp(0, 1), atol=1e-6, rtol=0)
+    torch.testing.assert_close(out[1], torch.full_like(x[1], float(x[1].mean())))
+
+
+def test_saturation_zero_gives_gray_and_full_hue_turn_is_identity():
+    x = rand_images(2, 3, 8)
+    gray = color_jitter(x, torch.tensor([[1.0, 1.0, 0.0, 0.0]] * 2))
+    torch.testing.assert_close(gray, to_gray(x).expand_as(x), atol=1e-5, rtol=0)
+    turned = color_jitter(x, torch.tensor([[1.0, 1.0, 1.0, 1.0]] * 2))
+    torch.testing.assert_close(turned, x, atol=1e-5, rtol=0)
+
+
+def test_color_jitter_agrees_with_torchvision_functionals():
+    # Brightness, contrast, saturation, hue in that order = torchvision's adjust_* composed.
+    x = rand_images(6, 3, 10)
+    f = torch.stack([torch.empty(6).uniform_(0.5, 1.5, generator=gen(11)),
+                     torch.empty(6).uniform_(0.5, 1.5, generator=gen(12)),
+                     torch.empty(6).uniform_(0.0, 1.5, generator=gen(13)),
+                     torch.empty(6).uniform_(-0.5, 0.5, generator=gen(14))], dim=1)
+    out = color_jitter(x, f)
+    for i in range(6):
+        b, c, s, h = (float(v) for v in f[i])
+        ref = TF.adjust_hue(TF.adjust_saturation(TF.adjust_contrast(
+            TF.adjust_brightness(x[i], b), c), s), h)
+        torch.testing.assert_close(out[i], ref, atol=2e-4, rtol=0)
+
+
+# ------------------------------------------------------------------------- blur
+def test_blur_keeps_a_constant_image():
+    x = torch.full((2, 3, 9, 9), 0.37)
+    torch.testing.assert_close(gaussian_blur(x, torch.tensor([0.7, 2.0])), x)
+
+
+def test_blur_impulse_response_is_the_sampled_gaussian():
+    sigma = 1.5
+    radius = math.ceil(2 * sigma)  # the kernel is truncated at 2 sigma
+    x = torch.zeros(1, 1, 15, 15)
+    x[0, 0, 7, 7] = 1.0
+    out = gaussian_blur(x, torch.tensor([sigma]))[0, 0]
+    k = torch.exp(-0.5 * (torch.arange(-radius, radius + 1.0) / sigma) ** 2)
+    k = k / k.sum()
+    expected = torch.zeros(15, 15)
+    expected[7 - radius : 8 + radius, 7 - radius : 8 + radius] = torch.outer(k, k)
+    torch.testing.assert_close(out, expected, atol=1e-6, rtol=0)
+    assert abs(float(out.sum()) - 1.0) < 1e-5
+
+
+def test_blur_sigma_zero_leaves_its_sample_unchanged():
+    x = rand_images(3, 3, 12)
+    out = gaussian_blur(x, torch.tensor([0.0, 1.2, 0.0]))
+    torch.testing.assert_close(out[[0, 2]], x[[0, 2]], atol=1e-6, rtol=0)
+    assert float((out[1] - x[1]).abs().max()) > 1e-2
+    # Reflect padding keeps the mean of a smooth image close (not exactly: edges are mirrored).
+    assert abs(float(out[1].mean() - x[1].mean())) < 0.02
+
+
+def test_blur_commutes_with_mirroring():
+    x = rand_images(2, 1, 11)
+    sigma = torch.tensor([0.8, 1.6])
+    torch.testing.assert_close(gaussian_blur(x.flip(3), sigma), gaussian_blur(x, sigma).flip(3))
+
+
+# ------------------------------------------------------------------------- view_transform
+@pytest.mark.parametrize("kind", ["pil", "uint8-3", "uint8-1"])
+def test_view_transform_shape_and_range(kind):
+    rng = np.random.default_rng(0)
+    if kind == "pil":
+        img, c = Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)), 3
+    else:
+        c = int(kind[-1])
+        img = torch.from_numpy(rng.integers(0, 256, (c, 40, 48), dtype=np.uint8))
+    torch.manual_seed(0)
+    out = view_transform(ViewConfig(size=24, blur_p=0.5))(img)
+    assert out.shape == (c, 24, 24) and out.dtype == torch.float32
+    assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
+
+
+def test_batched_and_torchvision_pipelines_agree_in_brightness():
+    # Same settings, two implementations (torchvision jitters in a random order): the mean and
+    # the spread of the per-view mean brightness agree loosely over many draws.
+    img = (rand_images(1, 3, 32, seed=15)[0] * 255).to(torch.uint8)
+    cfg = ViewConfig(blur_p=0.5)
+    batched = SimCLRViews(cfg, gen(16))(img[None].expand(400, -1, -1, -1)).mean(dim=(1, 2, 3))
+    torch.manual_seed(16)
+    tf = view_transform(cfg)
+    single = torch.stack([tf(img) for _ in range(400)]).mean(dim=(1, 2, 3))
+    assert abs(float(batched.mean() - single.mean())) < 0.03
+    assert 0.7 < float(batched.std() / single.std()) < 1.4
+
+
+# ------------------------------------------------------------------------- rotate_batch
+def test_rotate_batch_contract():
+    sq = rand_images(3, 2, 6)
+    x_rot, labels = rotate_batch(sq)
+    assert x_rot.shape == (12, 2, 6, 6) and labels.dtype == torch.int64
+    assert torch.equal(labels, torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]))
+    expected = torch.cat([torch.rot90(sq, k, dims=(2, 3)) for k in range(4)])
+    assert torch.equal(x_rot, expected)
+    for k in range(4):  # each block is block 0 turned k times
+        assert torch.equal(x_rot[labels == k], torch.rot90(x_rot[labels == 0], k, dims=(2, 3)))
+
+
+# A non-square batch cannot be stacked with its quarter turns (H and W swap).
+@pytest.mark.parametrize("shape", [(3, 8, 8), (2, 1, 3, 8, 8), (8,), (2, 3, 5, 7)])
+def test_rotate_batch_bad_shape_is_a_one_line_error(shape):
+    with pytest.raises(SSLKitError) as err:
+        rotate_batch(torch.zeros(shape))
+    msg = str(err.value)
+    assert "\n" not in msg and str(tuple(shape)) in msg

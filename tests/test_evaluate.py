@@ -1,0 +1,186 @@
+"""sslkit.evaluate: the weighted kNN against a plain loop written here, its tie and k rules and
+invariances; the linear probe on separable features; feature extraction."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from sslkit.errors import SSLKitError
+from sslkit.evaluate import (
+    extract_features,
+    knn_accuracy,
+    knn_predict,
+    labels_per_class_subset,
+    linear_probe,
+    pixels,
+)
+
+
+def gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def knn_plain(train_f, train_y, test_f, k, temperature, num_classes):
+    """Weighted kNN, one test point at a time, in plain Python floats."""
+    train = [[float(v) for v in row] for row in train_f]
+    labels = [int(y) for y in train_y]
+
+    def cosine(a, b):
+        dot = sum(x * y for x, y in zip(a, b))
+        return dot / (math.sqrt(sum(x * x for x in a)) * math.sqrt(sum(y * y for y in b)))
+
+    preds = []
+    for row in test_f:
+        q = [float(v) for v in row]
+        sims = sorted(((cosine(q, t), i) for i, t in enumerate(train)), reverse=True)
+        votes = [0.0] * num_classes
+        for sim, i in sims[: min(k, len(train))]:
+            votes[labels[i]] += math.exp(sim / temperature)
+        best = max(votes)
+        preds.append(votes.index(best))  # first maximum: ties to the lower class
+    return torch.tensor(preds)
+
+
+@pytest.mark.parametrize("k,temperature", [(1, 0.1), (5, 0.1), (20, 0.5), (60, 0.07)])
+def test_knn_matches_a_plain_loop(k, temperature):
+    train_f = torch.randn(60, 6, generator=gen(1))
+    train_y = torch.randint(0, 4, (60,), generator=gen(2))
+    test_f = torch.randn(25, 6, generator=gen(3))
+    expected = knn_plain(train_f, train_y, test_f, k, temperature, 4)
+    got = knn_predict(train_f, train_y, test_f, k=k, temperature=temperature)
+    assert torch.equal(got, expected)
+    # the chunked path gives the same answer
+    assert torch.equal(knn_predict(train_f, train_y, test_f, k, temperature, chunk_size=7), got)
+
+
+def test_knn_k1_is_the_nearest_neighbour_label():
+    train_f = torch.randn(40, 5, generator=gen(4))
+    train_y = torch.arange(40) % 7
+    test_f = torch.randn(30, 5, generator=gen(5))
+    cos = torch.nn.functional.cosine_similarity(test_f[:, None], train_f[None], dim=2)
+    assert torch.equal(knn_predict(train_f, train_y, test_f, k=1), train_y[cos.argmax(dim=1)])
+
+
+def clusters(n_per_class: int, classes: int, dim: int, seed: int, spread: float = 0.05):
+    """Tight clusters around orthogonal directions: cosine-separable by a wide margin."""
+    centres = torch.eye(dim)[:classes] * 5
+    y = torch.arange(classes).repeat_interleave(n_per_class)
+    x = centres[y] + spread * torch.randn(len(y), dim, generator=gen(seed))
+    return x, y
+
+
+def test_knn_perfect_on_well_separated_clusters():
+    train_f, train_y = clusters(20, 5, 8, seed=6)
+    test_f, test_y = clusters(10, 5, 8, seed=7)
+    assert torch.equal(knn_predict(train_f, train_y, test_f, k=10), test_y)
+    assert knn_accuracy(train_f, train_y, test_f, test_y, k=10) == 1.0
+
+
+def test_knn_tie_goes_to_the_lower_class():
+    # The test point is equally similar to one example of class 3 and one of class 1.
+    train_f = torch.tensor([[1.0, 1.0], [1.0, -1.0], [-1.0, 0.0]])
+    train_y = torch.tensor([3, 1, 0])
+    test = torch.tensor([[1.0, 0.0]])
+    assert knn_predict(train_f, train_y, test, k=2).tolist() == [1]
+    train_y_swapped = torch.tensor([1, 3, 0])
+    assert knn_predict(train_f, train_y_swapped, test, k=2).tolist() == [1]
+
+
+def test_knn_k_larger_than_n_is_capped():
+    train_f = torch.randn(12, 4, generator=gen(8))
+    train_y = torch.randint(0, 3, (12,), generator=gen(9))
+    test_f = torch.randn(9, 4, generator=gen(10))
+    assert torch.equal(knn_predict(train_f, train_y, test_f, k=1000),
+                       knn_predict(train_f, train_y, test_f, k=12))
+    assert torch.equal(knn_predict(train_f, train_y, test_f, k=1000),
+                       knn_plain(train_f, train_y, test_f, 12, 0.1, 3))
+
+
+def test_knn_invariant_to_feature_scale_and_label_count():
+    train_f = torch.randn(50, 6, generator=gen(11))
+    train_y = torch.randint(0, 5, (50,), generator=gen(12))
+    test_f = torch.randn(20, 6, generator=gen(13))
+    base = knn_predict(train_f, train_y, test_f, k=7)
+    # Powers of two scale exactly in floating point, so the cosines are bit-identical.
+    row_scale = 2.0 ** torch.randint(-4, 5, (50, 1), generator=gen(14)).float()
+    assert torch.equal(knn_predict(train_f * row_scale, train_y, test_f * 8, k=7), base)
+    # Declaring extra (empty) classes changes nothing.
+    assert torch.equal(knn_predict(train_f, train_y, test_f, k=7, num_classes=9), base)
+
+
+def test_knn_bad_shapes_are_one_line_errors():
+    with pytest.raises(SSLKitError) as err:
+        knn_predict(torch.zeros(4, 3), torch.zeros(4, dtype=torch.long), torch.zeros(2, 5))
+    assert "\n" not in str(err.value)
+    with pytest.raises(SSLKitError):
+        knn_predict(torch.zeros(4, 3, 2), torch.zeros(4, dtype=torch.long), torch.zeros(2, 6))
+
+
+def test_labels_per_class_subset_picks_exactly_that_many():
+    labels = torch.tensor([0] * 30 + [1] * 12 + [2] * 3 + [3] * 20)
+    idx = labels_per_class_subset(labels, 10, seed=1)
+    counts = np.bincount(labels.numpy()[idx], minlength=4)
+    assert counts.tolist() == [10, 10, 3, 10]  # a class with fewer keeps all it has
+    assert len(set(idx.tolist())) == len(idx) and np.all(np.diff(idx) > 0)
+    assert np.array_equal(idx, labels_per_class_subset(labels, 10, seed=1))
+    assert not np.array_equal(idx, labels_per_class_subset(labels, 10, seed=2))
+
+
+def test_linear_probe_separable_and_label_fraction():
+    # Linearly separable but not by cosine: class = sign of the first coordinate.
+    x = torch.randn(200, 5, generator=gen(15))
+    x[:, 0] += torch.where(x[:, 0] >= 0, 1.0, -1.0)
+    y = (x[:, 0] > 0).long()
+    assert linear_probe(x[:150], y[:150], x[150:], y[150:]) == 1.0
+    assert linear_probe(x[:150], y[:150], x[150:], y[150:], labels_per_class=5) >= 0.95
+    # Random labels cannot be predicted: chance level.
+    y_rand = torch.randint(0, 2, (200,), generator=gen(16))
+    assert linear_probe(x[:150], y_rand[:150], x[150:], y_rand[150:]) < 0.8
+
+
+def test_pixels_features():
+    images = torch.randint(0, 256, (4, 3, 5, 6), dtype=torch.uint8, generator=gen(17))
+    feats = pixels(images)
+    assert feats.shape == (4, 90) and feats.dtype == torch.float32
+    torch.testing.assert_close(feats.view(4, 3, 5, 6) * 255, images.float())
+
+
+class Recorder(nn.Module):
+    """A tiny encoder with BatchNorm (behaves differently in train and eval mode)."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Flatten(),
+                                 nn.Linear(144, 3))
+        self.seen = []
+
+    def forward(self, x):
+        self.seen.append((x.dtype, float(x.min()), float(x.max()), len(x)))
+        return self.net(x)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_extract_features_restores_mode_and_matches_eval_forward(training):
+    torch.manual_seed(0)
+    enc = Recorder()
+    enc.net[1].running_mean.fill_(0.3)  # non-trivial running statistics
+    enc.net[1].running_var.fill_(2.0)
+    enc.train(training)
+    images = torch.randint(0, 256, (10, 1, 8, 8), dtype=torch.uint8, generator=gen(18))
+    bn_before = {k: v.clone() for k, v in enc.state_dict().items()}
+    feats = extract_features(enc, images, batch_size=4)
+    assert enc.training is training and enc.net[1].training is training
+    for key, value in enc.state_dict().items():  # eval mode: running stats untouched
+        assert torch.equal(value, bn_before[key]), key
+    assert [s[3] for s in enc.seen] == [4, 4, 2]  # batched as asked
+    assert all(s[0] == torch.float32 and 0 <= s[1] and s[2] <= 1 for s in enc.seen)
+    enc.eval()
+    with torch.no_grad():
+        direct = enc(images.float() / 255)
+    assert feats.shape == (10, 3) and feats.dtype == torch.float32 and not feats.requires_grad
+    torch.testing.assert_close(feats, direct)

@@ -1,0 +1,115 @@
+"""sslkit.models: encoder output shapes, the CIFAR stem of the ResNets, heads, and the name
+errors. Shapes follow from the architectures' definitions in the module docstrings."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from sslkit.errors import SSLKitError
+from sslkit.models import ARCHS, ConvNet, build_encoder, projection_head, resnet
+
+
+@pytest.mark.parametrize("side", [32, 64])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_convnet_small_output(side, channels):
+    net = build_encoder("convnet-small", channels).eval()
+    h = net(torch.rand(2, channels, side, side))
+    assert net.feature_dim == 128
+    assert h.shape == (2, 128)
+
+
+def test_convnet_forward_blocks_shapes_and_agreement():
+    net = ConvNet(3, (4, 8, 12, 16)).eval()
+    x = torch.rand(3, 3, 32, 32)
+    pooled = net.forward_blocks(x)
+    assert [tuple(p.shape) for p in pooled] == [(3, 4), (3, 8), (3, 12), (3, 16)]
+    # The last block's pooled output is h; the first equals pooling block 1's feature map.
+    torch.testing.assert_close(pooled[-1], net(x))
+    torch.testing.assert_close(pooled[0], net.blocks[0](x).mean(dim=(2, 3)))
+    # Spatial side halves per block: 32 -> 16 -> 8 -> 4 -> 2.
+    y = x
+    for block, side in zip(net.blocks, (16, 8, 4, 2)):
+        y = block(y)
+        assert y.shape[-2:] == (side, side)
+
+
+def test_convnet_features_are_pooled_relu_outputs():
+    # ReLU outputs pooled over the whole map: h >= 0 everywhere.
+    net = build_encoder("convnet", 1).eval()
+    assert net.feature_dim == 256
+    h = net(torch.randn(4, 1, 32, 32))
+    assert h.shape == (4, 256) and bool((h >= 0).all())
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_resnet18_cifar_stem(channels):
+    net = build_encoder("resnet18", channels).eval()
+    conv = net.conv1
+    assert isinstance(conv, nn.Conv2d)
+    assert conv.in_channels == channels and conv.out_channels == 64
+    assert conv.kernel_size == (3, 3) and conv.stride == (1, 1) and conv.padding == (1, 1)
+    assert isinstance(net.maxpool, nn.Identity) and isinstance(net.fc, nn.Identity)
+    assert net.feature_dim == 512
+    with torch.no_grad():
+        assert net(torch.rand(2, channels, 32, 32)).shape == (2, 512)
+    # With the CIFAR stem the first stage sees the full 32x32 resolution.
+    with torch.no_grad():
+        stem = net.relu(net.bn1(net.conv1(torch.rand(1, channels, 32, 32))))
+        assert net.layer1(net.maxpool(stem)).shape == (1, 64, 32, 32)
+
+
+def test_resnet50_feature_dim_and_imagenet_stem():
+    assert resnet(50, 3).feature_dim == 2048
+    imagenet = resnet(18, 1, cifar_stem=False)
+    assert imagenet.conv1.kernel_size == (7, 7) and imagenet.conv1.stride == (2, 2)
+    assert imagenet.conv1.in_channels == 1
+    assert isinstance(imagenet.maxpool, nn.MaxPool2d)
+
+
+def test_every_arch_builds():
+    for arch in ARCHS:
+        if arch == "resnet50":
+            continue  # slow to build; feature size checked above
+        net = build_encoder(arch, 3)
+        assert isinstance(net.feature_dim, int) and net.feature_dim > 0
+
+
+def test_unknown_arch_is_a_one_line_error():
+    with pytest.raises(SSLKitError) as err:
+        build_encoder("resnet9000", 3)
+    msg = str(err.value)
+    assert "\n" not in msg and "resnet9000" in msg and "convnet-small" in msg
+
+
+@pytest.mark.parametrize("kind", ["mlp", "linear", "none"])
+def test_projection_head_kinds(kind):
+    head = projection_head(32, 8, hidden_dim=16, kind=kind).eval()
+    h = torch.randn(5, 32)
+    z = head(h)
+    if kind == "none":
+        assert torch.equal(z, h)
+    else:
+        assert z.shape == (5, 8)
+    if kind == "mlp":
+        linears = [m for m in head.modules() if isinstance(m, nn.Linear)]
+        assert [(m.in_features, m.out_features) for m in linears] == [(32, 16), (16, 8)]
+        assert any(isinstance(m, nn.BatchNorm1d) for m in head.modules())
+        assert any(isinstance(m, nn.ReLU) for m in head.modules())
+    if kind == "linear":  # affine: g(a + b) - g(b) = W a
+        a, b = torch.randn(5, 32), torch.randn(5, 32)
+        torch.testing.assert_close(head(a + b) - head(b), head(a) - head(torch.zeros(5, 32)),
+                                   atol=1e-5, rtol=0)
+
+
+def test_mlp_head_hidden_defaults_to_input_size():
+    head = projection_head(24, 4)
+    assert head[0].out_features == 24
+
+
+def test_unknown_head_is_a_one_line_error():
+    with pytest.raises(SSLKitError) as err:
+        projection_head(8, 4, kind="transformer")
+    msg = str(err.value)
+    assert "\n" not in msg and "transformer" in msg and "mlp" in msg

@@ -1,0 +1,173 @@
+"""sslkit.train: exact resume, atomic checkpoints, the metrics log and the one-line errors.
+
+All runs are on the CPU from a fixed seed on 128 shifted digits with the small ConvNet.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import replace
+
+import pytest
+import torch
+
+from sslkit.data import ImageData
+from sslkit.errors import SSLKitError
+from sslkit.train import CHECKPOINT, METRICS, TrainConfig, load_checkpoint, load_trained, train
+
+CFG = TrainConfig(n_train=128, n_test=64, batch_size=32, epochs=3, warmup_epochs=1,
+                  device="cpu", seed=0)
+
+
+@pytest.fixture(scope="module")
+def data(shifted_parts) -> ImageData:
+    return ImageData(name="shifted_digits", **shifted_parts).subset(CFG.n_train, CFG.n_test)
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory, data):
+    """One uninterrupted 3-epoch run: (method, metrics rows, out dir)."""
+    out = tmp_path_factory.mktemp("full")
+    method, rows = train(CFG, out, progress=False, data=data)
+    return method, rows, out
+
+
+def assert_same_state(a: dict, b: dict):
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), f"{key} differs"
+
+
+def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path, data, full_run):
+    method_full, rows_full, _ = full_run
+    out = tmp_path / "split"
+    _, rows_first = train(CFG, out, stop_after_epoch=1, progress=False, data=data)
+    assert [r["epoch"] for r in rows_first] == [1]
+    assert load_checkpoint(out)["epoch"] == 1
+    torch.manual_seed(12345)  # the global RNG state in between must not matter
+    method_resumed, rows = train(CFG, out, resume=True, progress=False, data=data)
+    assert_same_state(method_resumed.state_dict(), method_full.state_dict())
+    assert [r["loss"] for r in rows] == [r["loss"] for r in rows_full]
+    assert [r["lr"] for r in rows] == [r["lr"] for r in rows_full]
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    logged = [json.loads(line) for line in (out / METRICS).read_text().splitlines()]
+    assert [r["loss"] for r in logged] == [r["loss"] for r in rows_full]
+    # the optimiser state was restored too
+    ckpt_full = load_checkpoint(full_run[2])
+    ckpt_split = load_checkpoint(out)
+    for s_full, s_split in zip(ckpt_full["optimizer"]["state"].values(),
+                               ckpt_split["optimizer"]["state"].values()):
+        for key in s_full:
+            assert torch.equal(s_full[key], s_split[key])
+
+
+def test_resume_in_two_stops(tmp_path, data, full_run):
+    out = tmp_path / "thirds"
+    train(CFG, out, stop_after_epoch=1, progress=False, data=data)
+    train(CFG, out, resume=True, stop_after_epoch=2, progress=False, data=data)
+    method, rows = train(CFG, out, resume=True, progress=False, data=data)
+    assert_same_state(method.state_dict(), full_run[0].state_dict())
+    assert len(rows) == 3
+
+
+def test_same_seed_same_run_other_seed_other_run(tmp_path, data, full_run):
+    method_b, rows_b = train(CFG, tmp_path / "again", progress=False, data=data)
+    assert_same_state(method_b.state_dict(), full_run[0].state_dict())
+    _, rows_c = train(replace(CFG, seed=1, epochs=1), tmp_path / "other", progress=False,
+                      data=data)
+    assert rows_c[0]["loss"] != rows_b[0]["loss"]
+
+
+def test_metrics_rows_and_schedule(full_run):
+    _, rows, out = full_run
+    logged = [json.loads(line) for line in (out / METRICS).read_text().splitlines()]
+    assert logged == rows
+    steps_per_epoch = CFG.n_train // CFG.batch_size  # 4
+    for epoch, row in enumerate(logged, start=1):
+        assert {"epoch", "step", "loss", "lr", "seconds"} <= row.keys()
+        assert row["epoch"] == epoch and row["step"] == epoch * steps_per_epoch
+        assert isinstance(row["loss"], float) and row["loss"] > 0
+        assert row["seconds"] >= 0
+    # lr of each row = the schedule at the epoch's last step: ramp 0, .25, .5, .75 x base in
+    # epoch 1 (warm-up of one epoch), then the cosine from base down to 0 at the last step.
+    assert logged[0]["lr"] == pytest.approx(0.75 * CFG.lr)
+    assert logged[-1]["lr"] == pytest.approx(0.0, abs=1e-12)
+    # NT-Xent over 2N = 64 unit vectors at temperature T lies strictly between
+    # log(1 + (2N - 2) e^(-2/T)) and log(1 + (2N - 2) e^(2/T)) (cosines in [-1, 1]).
+    t = CFG.temperature
+    low, high = math.log(1 + 62 * math.exp(-2 / t)), math.log(1 + 62 * math.exp(2 / t))
+    assert all(low < row["loss"] < high for row in logged)
+
+
+def test_loss_decreases(full_run):
+    rows = full_run[1]
+    assert rows[-1]["loss"] < rows[0]["loss"]
+
+
+def test_checkpoint_contents_and_no_tmp_left(full_run):
+    out = full_run[2]
+    assert sorted(p.name for p in out.iterdir()) == sorted([CHECKPOINT, METRICS])
+    ckpt = load_checkpoint(out)
+    assert ckpt["epoch"] == 3
+    assert TrainConfig(**ckpt["config"]) == CFG
+    assert {"model", "optimizer", "generator", "torch_rng"} <= ckpt.keys()
+
+
+def test_failed_save_keeps_the_previous_checkpoint(tmp_path, data, monkeypatch):
+    out = tmp_path / "crash"
+    train(CFG, out, stop_after_epoch=1, progress=False, data=data)
+    before = (out / CHECKPOINT).read_bytes()
+    real_save = torch.save
+
+    def failing_save(obj, f, *args, **kwargs):
+        real_save({"partial": torch.zeros(1000)}, f)  # some bytes reach the file, then:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", failing_save)
+    with pytest.raises(OSError, match="disk full"):
+        train(CFG, out, resume=True, progress=False, data=data)
+    monkeypatch.undo()
+    assert (out / CHECKPOINT).read_bytes() == before
+    assert load_checkpoint(out)["epoch"] == 1
+    assert [p.name for p in out.iterdir() if p.name.endswith(".tmp")] == []
+    # and the run can still be continued
+    _, rows = train(CFG, out, resume=True, stop_after_epoch=2, progress=False, data=data)
+    assert [r["epoch"] for r in rows] == [1, 2]
+
+
+def one_line_error(call) -> str:
+    with pytest.raises(SSLKitError) as err:
+        call()
+    msg = str(err.value)
+    assert "\n" not in msg
+    return msg
+
+
+def test_existing_run_without_resume_is_an_error(full_run, data):
+    out = full_run[2]
+    before = (out / CHECKPOINT).read_bytes()
+    msg = one_line_error(lambda: train(CFG, out, progress=False, data=data))
+    assert "--resume" in msg and "--out" in msg
+    assert (out / CHECKPOINT).read_bytes() == before
+
+
+def test_resume_without_checkpoint_is_an_error(tmp_path, data):
+    msg = one_line_error(lambda: train(CFG, tmp_path / "nothing", resume=True, progress=False,
+                                       data=data))
+    assert "--resume" in msg and "--out" in msg
+
+
+@pytest.mark.parametrize("batch_size,hint", [(129, "--batch-size 128"), (1, "--batch-size 2")])
+def test_bad_batch_sizes_are_errors(tmp_path, data, batch_size, hint):
+    cfg = replace(CFG, batch_size=batch_size)
+    msg = one_line_error(lambda: train(cfg, tmp_path / "bs", progress=False, data=data))
+    assert hint in msg
+
+
+def test_load_trained_restores_the_weights(full_run, monkeypatch, data):
+    method, _, out = full_run
+    monkeypatch.setattr("sslkit.train.load_data", lambda cfg: data)
+    loaded, cfg, _ = load_trained(out)
+    assert cfg == CFG and not loaded.training
+    assert_same_state(loaded.state_dict(), method.state_dict())
