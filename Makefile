@@ -20,3 +20,11 @@ lint: $(INSTALLED)
 
 lab: $(INSTALLED)
 	$(BIN)/jupyter lab notebooks
+
+# nbgrader (autograder/ is the course root; see autograder/README.md)
+release: $(INSTALLED)
+	$(BIN)/python autograder/course.py release
+
+.PHONY: grade
+grade: $(INSTALLED)
+	$(BIN)/python autograder/course.py grade $(ASSIGNMENT)

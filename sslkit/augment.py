@@ -46,10 +46,10 @@ class ViewConfig:
 def view_config_for(dataset: str, size: int | None = None) -> ViewConfig:
     """Per-dataset presets (SimCLR's CIFAR settings; milder crops and no flip for digits)."""
     if dataset in ("shifted_digits", "digits"):
-        # Digits are not mirror-symmetric and the shifted set is already placed at random, so:
-        # no flip, crops that keep most of the digit, brightness/contrast jitter only.
-        return ViewConfig(size=size or 32, crop_scale=(0.25, 1.0), flip_p=0.0,
-                          jitter_strength=0.8, blur_p=0.5, blur_sigma=(0.1, 2.0))
+        # Digits are not mirror-symmetric, so no flip; small rotations and crops that keep most
+        # of the digit; brightness/contrast jitter (saturation and hue do not apply to grey).
+        return ViewConfig(size=size or 32, crop_scale=(0.4, 1.0), flip_p=0.0, rotate_degrees=20.0,
+                          jitter_strength=0.8)
     if dataset == "stl10":
         return ViewConfig(size=size or 96, blur_p=0.5, jitter_strength=1.0)
     return ViewConfig(size=size or 32)

@@ -116,7 +116,12 @@ def linear_probe(
 def tsne(features: torch.Tensor, seed: int = 0) -> np.ndarray:
     """features (N, D) -> 2-D t-SNE embedding (N, 2) (scikit-learn, PCA initialisation)."""
     from sklearn.manifold import TSNE
+    from threadpoolctl import threadpool_limits
 
+    if len(features) < 4:
+        raise SSLKitError(f"t-SNE needs at least 4 points (got {len(features)}): pass more")
     perplexity = min(30.0, max(2.0, (len(features) - 1) / 3))
     model = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed)
-    return model.fit_transform(features.numpy())
+    # One BLAS/OpenMP thread: on small sets, extra threads fighting torch's cost 30x the time.
+    with threadpool_limits(1):
+        return model.fit_transform(features.numpy())

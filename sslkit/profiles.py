@@ -45,7 +45,7 @@ PROFILES = {
     ),
     "laptop": Profile(
         name="laptop", dataset="shifted_digits", arch="convnet-small", n_train=None, n_test=None,
-        epochs=60, batch_size=128, lr=2e-3, optimizer="adam", weight_decay=1e-6, warmup_epochs=2,
+        epochs=200, batch_size=128, lr=2e-3, optimizer="adam", weight_decay=1e-6, warmup_epochs=5,
         temperature=0.2, proj_dim=64, knn_k=20, tsne_points=497,
     ),
     "gpu": Profile(

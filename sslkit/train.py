@@ -48,12 +48,12 @@ class TrainConfig:
     head: str = "mlp"  # projection head: mlp | linear | none
     proj_dim: int = 64  # projection output size
     temperature: float = 0.2  # NT-Xent temperature
-    epochs: int = 60
+    epochs: int = 200
     batch_size: int = 128
     optimizer: str = "adam"  # adam | adamw | sgd (momentum 0.9)
     lr: float = 2e-3  # peak learning rate
     weight_decay: float = 1e-6
-    warmup_epochs: int = 2
+    warmup_epochs: int = 5
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     knn_every: int = 0  # run the kNN monitor every n epochs (0: never during training)
@@ -190,7 +190,8 @@ def train(
         )
 
     generator = torch.Generator().manual_seed(cfg.seed)  # permutations and augmentation
-    method = build(cfg, data, generator).to(device)
+    # channels_last conv weights: about 25 % faster on CPU (oneDNN) and the layout GPUs prefer.
+    method = build(cfg, data, generator).to(device, memory_format=torch.channels_last)
     optimizer = make_optimizer(cfg, method.parameters())
     lr = cosine_schedule(cfg.lr, 0.0, cfg.epochs, steps_per_epoch, cfg.warmup_epochs)
     start_epoch = 0
@@ -245,10 +246,15 @@ def monitor_knn(encoder: torch.nn.Module, data: ImageData, k: int) -> float:
     return round(knn_accuracy(train_f, data.train_y, test_f, data.test_y, k=k), 4)
 
 
-def load_trained(out: str | Path, device: str = "cpu"):
-    """(method, config, data) of the run saved in `out`, weights loaded, in eval mode."""
+def load_trained(out: str | Path, device: str = "cpu", data_root: str | Path | None = None):
+    """(method, config, data) of the run saved in `out`, weights loaded, in eval mode.
+
+    data_root: where the run's dataset files are, when not at the path saved with the run
+    (which is relative to the folder the run was started from)."""
     ckpt = load_checkpoint(out)
     cfg = TrainConfig(**ckpt["config"])
+    if data_root is not None:
+        cfg = replace(cfg, data_root=str(data_root))
     data = load_data(cfg)
     method = build(cfg, data)
     method.load_state_dict(ckpt["model"])

@@ -1,0 +1,549 @@
+"""What the notebooks' test cells call: seeded cases, comparison with the sslkit reference, and
+failures that say what was expected and what came back.
+
+Every graded exercise has one check, ``check_<exercise>(answer, hidden=False)``:
+
+* ``hidden=False`` (the visible test cell): one or two small cases, fast, readable.
+* ``hidden=True`` (the hidden test cell): more seeds and shapes, gradients, invariances, and a
+  delegation guard. Students have sslkit installed, so an answer that only calls the reference
+  would pass every numerical test; while the student's function runs, the references it could
+  call are therefore swapped for stand-ins that raise.
+
+A failed check raises ``AssertionError`` with a one-line message; nothing is printed.
+
+The guard swaps the ``__code__`` of each reference function (for a decorated function, of the
+function it wraps), not the module attribute: a student may hold an alias
+(``from sslkit.losses import nt_xent as ref``), and an alias points at the same function object.
+The original code is restored in ``finally``.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import inspect
+import math
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sslkit import augment, losses
+from sslkit.methods.simclr import SimCLR
+from sslkit.models.convnet import ConvNet
+from sslkit.models.heads import projection_head
+
+# ----------------------------------------------------------------------------------------------
+# Delegation guard
+# ----------------------------------------------------------------------------------------------
+
+_MARK = "sslkit-grading: reference called: "
+
+
+def _blocked(*args, **kwargs):
+    raise RuntimeError("sslkit-grading: reference called: ?")
+
+
+REFERENCES = {
+    "similarity_matrix": {
+        "sslkit.losses.cosine_similarity_matrix": losses.cosine_similarity_matrix,
+        "sslkit.losses._pair_similarities": losses._pair_similarities,
+    },
+    "nt_xent_loop": {
+        "sslkit.losses.nt_xent": losses.nt_xent,
+        "sslkit.losses.nt_xent_loop": losses.nt_xent_loop,
+        "sslkit.losses.info_nce": losses.info_nce,
+        "sslkit.losses.cosine_similarity_matrix": losses.cosine_similarity_matrix,
+        "sslkit.losses._pair_similarities": losses._pair_similarities,
+    },
+    "simclr_step": {
+        "sslkit.methods.SimCLR.loss_on_views": SimCLR.loss_on_views,
+        "sslkit.methods.SimCLR.forward": SimCLR.forward,
+    },
+    "build_augmentation": {
+        "sslkit.augment.view_transform": augment.view_transform,
+        "sslkit.augment.SimCLRViews.forward": augment.SimCLRViews.forward,
+        "sslkit.augment.SimCLRViews.two_views": augment.SimCLRViews.two_views,
+        "sslkit.augment.crop_params": augment.crop_params,
+        "sslkit.augment.resized_crop_flip": augment.resized_crop_flip,
+        "sslkit.augment.color_jitter": augment.color_jitter,
+        "sslkit.augment.gaussian_blur": augment.gaussian_blur,
+    },
+}
+REFERENCES["nt_xent"] = REFERENCES["nt_xent_loop"]
+
+
+@contextmanager
+def references_blocked(references: dict[str, Callable]) -> Iterator[None]:
+    """While inside, every function in ``references`` (name -> function) raises when called."""
+    swapped = []
+    try:
+        for name, fn in references.items():
+            target = inspect.unwrap(fn)  # the undecorated function a wrapper calls
+            consts = tuple(_MARK + name if isinstance(c, str) and c.startswith(_MARK) else c
+                           for c in _blocked.__code__.co_consts)
+            code = _blocked.__code__.replace(co_consts=consts, co_name=target.__code__.co_name)
+            swapped.append((target, target.__code__))
+            target.__code__ = code
+        yield
+    finally:
+        for target, code in reversed(swapped):
+            target.__code__ = code
+
+
+def _quiet(check: Callable) -> Callable:
+    """Decorator: no warnings from a check (a test cell must print nothing to stderr)."""
+
+    @functools.wraps(check)
+    def wrapper(*args, **kwargs):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return check(*args, **kwargs)
+
+    return wrapper
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def _call(exercise: str, fn: Callable, *args, where: str = "", guard: bool = False):
+    """fn(*args); any exception becomes a one-line AssertionError naming the exercise.
+
+    guard: block the exercise's references (REFERENCES[exercise]) while fn runs.
+    """
+    try:
+        with references_blocked(REFERENCES[exercise] if guard else {}):
+            return fn(*args)
+    except AssertionError:
+        raise
+    except Exception as e:  # noqa: BLE001 -- a student's bug must become a readable failure
+        message = _one_line(e)
+        if _MARK in message:
+            ref = message.split(_MARK, 1)[1].split()[0]
+            raise AssertionError(
+                f"{exercise}: your answer calls the reference {ref}; write the computation "
+                "yourself (torch, F.normalize, F.cosine_similarity and F.cross_entropy are fine)"
+            ) from None
+        raise AssertionError(
+            f"{exercise} raised {type(e).__name__}{where}: {message}"
+        ) from None
+
+
+# ----------------------------------------------------------------------------------------------
+# Seeded inputs and comparisons
+# ----------------------------------------------------------------------------------------------
+
+
+def _randn(*shape: int, seed: int, dtype=torch.float32) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(*shape, generator=g, dtype=dtype)
+
+
+def _as_tensor(exercise: str, value, where: str) -> torch.Tensor:
+    if not isinstance(value, torch.Tensor):
+        raise AssertionError(f"{exercise}: expected a torch.Tensor, got {type(value).__name__}"
+                             f"{where}: keep the computation in torch")
+    return value
+
+
+def _scalar(exercise: str, value, where: str) -> torch.Tensor:
+    value = _as_tensor(exercise, value, where)
+    if value.numel() != 1:
+        raise AssertionError(f"{exercise}: expected a scalar (the mean over the anchors), got "
+                             f"shape {tuple(value.shape)}{where}: average with .mean()")
+    return value.reshape(())
+
+
+def _where(n: int, d: int, t: float | None = None) -> str:
+    return f" for N={n}, D={d}" + ("" if t is None else f", T={t}")
+
+
+# ----------------------------------------------------------------------------------------------
+# 1. build_augmentation(size)
+# ----------------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=1)
+def _photo() -> torch.Tensor:
+    """scikit-learn's china.jpg as a (3, 107, 160) uint8 tensor (shipped with sklearn)."""
+    from sklearn.datasets import load_sample_image
+    from torchvision.transforms.v2 import functional as TF
+
+    img = torch.tensor(load_sample_image("china.jpg")).permute(2, 0, 1).contiguous()
+    return TF.resize(img, [107, 160], antialias=True)
+
+
+def _gray3(img: torch.Tensor) -> torch.Tensor:
+    """A colour uint8 image with its luminance copied into all three channels."""
+    gray = augment.to_gray(img[None].float())[0].round().clamp(0, 255).to(torch.uint8)
+    return gray.expand(3, -1, -1).contiguous()
+
+
+def _corr(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.flatten() - a.mean(), b.flatten() - b.mean()
+    return float((a @ b) / (a.norm() * b.norm() + 1e-12))
+
+
+def _views(exercise: str, transform, image: torch.Tensor, count: int, size: int, where: str,
+           guard: bool):
+    """count views of image, each checked for type, dtype, shape and range."""
+    views = []
+    for _ in range(count):
+        v = _call(exercise, transform, image.clone(), where=where, guard=guard)
+        v = _as_tensor(exercise, v, where)
+        expected = (image.shape[0], size, size)
+        if tuple(v.shape) != expected:
+            raise AssertionError(f"{exercise}: expected a view of shape {expected}, got "
+                                 f"{tuple(v.shape)}{where}: crop to (size, size) and keep the "
+                                 f"channels first")
+        if v.dtype != torch.float32:
+            raise AssertionError(f"{exercise}: expected dtype torch.float32, got {v.dtype}{where}:"
+                                 f" end with v2.ToDtype(torch.float32, scale=True)")
+        lo, hi = float(v.min()), float(v.max())
+        if lo < 0 or hi > 1:
+            raise AssertionError(f"{exercise}: expected values in [0, 1], got [{lo:.3g}, "
+                                 f"{hi:.3g}]{where}: end with v2.ToDtype(torch.float32, "
+                                 f"scale=True)")
+        views.append(v)
+    return torch.stack(views)
+
+
+def _check_random(exercise: str, views: torch.Tensor, where: str) -> None:
+    if torch.equal(views[0], views[1]):
+        raise AssertionError(f"{exercise}: two calls gave the same view{where}: the transform must "
+                             f"draw new random parameters on every call")
+    flat = views.flatten(1)
+    distinct = len({tuple((row * 255).round().int().tolist()) for row in flat})
+    if distinct < len(views):
+        raise AssertionError(f"{exercise}: expected {len(views)} different views from "
+                             f"{len(views)} calls, got {distinct} different{where}")
+
+
+@_quiet
+def check_build_augmentation(build_augmentation: Callable, hidden: bool = False) -> None:
+    """Views of a photo: float32 (C, size, size) in [0, 1], new random parameters each call;
+    hidden: crop, flip, colour jitter and grayscale each present, statistically."""
+    ex = "build_augmentation"
+    photo = _photo()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)  # torchvision's transforms draw from torch's global generator
+        for size in (32, 24):
+            where = f" (size={size}, photo of shape {tuple(photo.shape)})"
+            transform = _call(ex, build_augmentation, size, where=where, guard=hidden)
+            if not callable(transform):
+                raise AssertionError(f"{ex}: expected a callable transform, got "
+                                     f"{type(transform).__name__}: return a v2.Compose([...])")
+            before = photo.clone()
+            views = _views(ex, transform, photo, 16, size, where, hidden)
+            if not torch.equal(photo, before):
+                raise AssertionError(f"{ex}: the transform changed its input image in place")
+            _check_random(ex, views, where)
+        if not hidden:
+            return
+
+        n, size = 64, 32
+        transform = _call(ex, build_augmentation, size, guard=True)
+        digit = torch.zeros(1, 32, 32, dtype=torch.uint8)
+        digit[:, 8:24, 12:20] = 200
+        _views(ex, transform, digit, 4, size, " (a 1-channel 32x32 image)", True)
+
+        # Crop: on a gray photo, colour changes keep the picture's structure, so a view that
+        # correlates poorly with the plain (or mirrored) resize must come from a crop.
+        gray = _gray3(photo)
+        resized = torch.from_numpy(
+            F.interpolate(gray[None].float(), size=(size, size), mode="area")[0, 0].numpy())
+        views = _views(ex, transform, gray, n, size, " (a gray photo)", True)
+        match = [max(_corr(v.mean(0), resized), _corr(v.mean(0), resized.flip(-1)))
+                 for v in views]
+        cropped = sum(m < 0.9 for m in match) / n
+        if cropped < 0.4:
+            raise AssertionError(f"{ex}: expected most views to be random crops, got {cropped:.0%}"
+                                 f" that differ from a plain resize of the photo: use "
+                                 f"v2.RandomResizedCrop(size, scale=(0.08, 1.0))")
+
+        # Flip: a left-to-right ramp stays a rising ramp under crops and colour jitter; only a
+        # horizontal flip makes it fall.
+        ramp = torch.linspace(30, 220, 48).round().to(torch.uint8).expand(3, 48, 48).contiguous()
+        views = _views(ex, transform, ramp, n, size, " (a horizontal ramp)", True)
+        cols = views.mean(dim=(1, 2))  # (n, size) mean of each column
+        flipped = float((cols[:, -1] < cols[:, 0]).float().mean())
+        if not 0.2 <= flipped <= 0.8:
+            raise AssertionError(f"{ex}: expected about half the views mirrored, got "
+                                 f"{flipped:.0%} (a horizontal ramp): use "
+                                 f"v2.RandomHorizontalFlip(p=0.5)")
+
+        # Colour: crops and flips leave a flat colour unchanged; jitter changes it, grayscale
+        # makes the three channels equal.
+        flat = torch.tensor([200, 90, 40], dtype=torch.uint8).view(3, 1, 1).expand(3, 48, 48)
+        views = _views(ex, transform, flat.contiguous(), n, size, " (a flat orange image)", True)
+        mean = views.mean(dim=(2, 3))  # (n, 3)
+        original = flat[:, 0, 0].float() / 255
+        is_gray = (mean.max(1).values - mean.min(1).values) < 1e-3
+        changed = (mean - original).abs().max(1).values > 2 / 255
+        gray_frac = float(is_gray.float().mean())
+        jitter_frac = float((changed & ~is_gray).float().mean())
+        if not 0.05 <= gray_frac <= 0.5:
+            raise AssertionError(f"{ex}: expected about 20% grayscale views, got {gray_frac:.0%} "
+                                 f"(a flat orange image): use v2.RandomGrayscale(p=0.2)")
+        if jitter_frac < 0.3:
+            raise AssertionError(f"{ex}: expected most views colour-jittered, got "
+                                 f"{jitter_frac:.0%} that change a flat colour (and are not gray): "
+                                 f"use v2.RandomApply([v2.ColorJitter(...)], p=0.8)")
+
+
+# ----------------------------------------------------------------------------------------------
+# 2. similarity_matrix(z1, z2)
+# ----------------------------------------------------------------------------------------------
+
+
+def _similarity_hint(got: torch.Tensor, z1: torch.Tensor, z2: torch.Tensor) -> str:
+    z = torch.cat([z1, z2])
+    zn = F.normalize(z, dim=1)
+    interleaved = F.normalize(torch.stack([z1, z2], dim=1).flatten(0, 1), dim=1)
+    variants = {
+        "did you L2-normalise each row (cosine, not dot product)?": z @ z.T,
+        "did you normalise each row (dim=1), not each column?": (F.normalize(z, dim=0)
+                                                                 @ F.normalize(z, dim=0).T),
+        "did you stack the views as [z1; z2] (all of z1, then all of z2)?":
+            interleaved @ interleaved.T,
+        "did you compare with a full row of the matrix, not a distance?":
+            torch.cdist(zn, zn),
+    }
+    for hint, value in variants.items():
+        if value.shape == got.shape and torch.allclose(got, value, atol=1e-4):
+            return " — " + hint
+    return ""
+
+
+def _compare_similarity(ex: str, fn: Callable, z1, z2, where: str, guard: bool) -> None:
+    got = _as_tensor(ex, _call(ex, fn, z1.clone(), z2.clone(), where=where, guard=guard), where)
+    expected = losses.cosine_similarity_matrix(torch.cat([z1, z2]), torch.cat([z1, z2]))
+    if tuple(got.shape) != tuple(expected.shape):
+        raise AssertionError(f"{ex}: expected shape {tuple(expected.shape)} (2N x 2N), got "
+                             f"{tuple(got.shape)}{where}: stack the views with torch.cat([z1, z2])"
+                             f" and compare every view with every view")
+    got = got.detach().to(expected.dtype)
+    if not torch.allclose(got, expected, atol=1e-5, rtol=1e-4):
+        i, j = divmod(int((got - expected).abs().argmax()), got.shape[1])
+        raise AssertionError(
+            f"{ex}: expected {float(expected[i, j]):.4f}, got {float(got[i, j]):.4f} at "
+            f"[{i}, {j}]{where}{_similarity_hint(got, z1, z2)}")
+
+
+@_quiet
+def check_similarity_matrix(similarity_matrix: Callable, hidden: bool = False) -> None:
+    """(2N, 2N) cosine similarities of the stacked views [z1; z2], compared with the reference."""
+    ex = "similarity_matrix"
+    cases = [(4, 8, 0)] if not hidden else [(2, 3, 1), (5, 16, 2), (8, 4, 3)]
+    for n, d, seed in cases:
+        z1, z2 = _randn(n, d, seed=seed), _randn(n, d, seed=seed + 100)
+        _compare_similarity(ex, similarity_matrix, z1, z2, _where(n, d), hidden)
+    if hidden:
+        n, d = 4, 6
+        z1, z2 = _randn(n, d, seed=7), _randn(n, d, seed=8)
+        where = _where(n, d) + " with rows scaled by 10"
+        _compare_similarity(ex, similarity_matrix, 10 * z1, 10 * z2, where, True)
+
+
+# ----------------------------------------------------------------------------------------------
+# 3.-4. nt_xent_loop and nt_xent
+# ----------------------------------------------------------------------------------------------
+
+
+def _nt_xent_variants(z1: torch.Tensor, z2: torch.Tensor, t: float) -> dict[str, torch.Tensor]:
+    """Values of the usual mistakes, each keyed by the hint that fixes it."""
+    n = len(z1)
+    z = torch.cat([z1, z2])
+    sim = F.normalize(z, dim=1) @ F.normalize(z, dim=1).T  # (2N, 2N)
+    eye = torch.eye(2 * n, dtype=torch.bool)
+    labels = (torch.arange(2 * n) + n) % (2 * n)
+    ref = losses.nt_xent(z1, z2, t)
+    ce = F.cross_entropy
+    negatives_only = sim.masked_fill(eye, float("-inf"))
+    negatives_only[torch.arange(2 * n), labels] = float("-inf")
+    return {
+        "did you exclude each view from its own denominator (mask the diagonal)?":
+            ce(sim / t, labels),
+        "did you divide by the temperature twice?": ce((sim / t / t).masked_fill(eye, -math.inf),
+                                                       labels),
+        "did you divide the similarities by the temperature?": ce(sim.masked_fill(eye, -math.inf),
+                                                                  labels),
+        "did you L2-normalise the embeddings (cosine similarity, not dot product)?":
+            ce((z @ z.T / t).masked_fill(eye, -math.inf), labels),
+        "did you average over all 2N anchors, not N?": 2 * ref,
+        "did you average over the anchors (not sum)?": 2 * n * ref,
+        "did you use the views of z2 as anchors too (all 2N anchors)?":
+            ce((sim / t).masked_fill(eye, -math.inf)[:n], labels[:n]),
+        "the denominator sums over the positive AND the 2N-2 negatives: did you leave the "
+        "positive out?":
+            (-sim[torch.arange(2 * n), labels] / t
+             + torch.logsumexp(negatives_only / t, dim=1)).mean(),
+        "did you pair view i with view i + N (mod 2N)?":
+            ce((sim / t).masked_fill(eye, -math.inf), torch.arange(2 * n).flip(0)),
+    }
+
+
+def _compare_loss(ex: str, fn: Callable, z1, z2, t: float, grad: bool) -> None:
+    n, d = z1.shape
+    where = _where(n, d, t)
+    a = z1.clone().requires_grad_(grad)
+    b = z2.clone().requires_grad_(grad)
+    got = _scalar(ex, _call(ex, fn, a, b, t, where=where, guard=grad), where)
+    expected = losses.nt_xent(z1, z2, t)
+    if not torch.allclose(got.detach().to(expected.dtype), expected, atol=1e-5, rtol=1e-4):
+        hint = ""
+        for text, value in _nt_xent_variants(z1, z2, t).items():
+            if torch.allclose(got.detach().to(value.dtype), value, atol=1e-4, rtol=1e-4):
+                hint = " — " + text
+                break
+        raise AssertionError(f"{ex}: expected {float(expected):.4f}, got {float(got):.4f}"
+                             f"{where}{hint}")
+    if not grad:
+        return
+    if not got.requires_grad:
+        raise AssertionError(f"{ex}: the loss carries no gradient{where}: keep the computation in "
+                             f"torch (no .item(), numpy or torch.no_grad())")
+    ga, gb = _call(ex, torch.autograd.grad, got, (a, b), where=where + " in backward")
+    ra, rb = z1.clone().requires_grad_(), z2.clone().requires_grad_()
+    ea, eb = torch.autograd.grad(losses.nt_xent(ra, rb, t), (ra, rb))
+    for name, g, e in (("z1", ga, ea), ("z2", gb, eb)):
+        if not torch.allclose(g, e, atol=1e-5, rtol=1e-4):
+            raise AssertionError(f"{ex}: the gradient with respect to {name} differs from the "
+                                 f"reference by up to {float((g - e).abs().max()):.2g}{where}")
+
+
+def _check_nt_xent(ex: str, fn: Callable, hidden: bool) -> None:
+    if hidden:
+        cases = [(2, 3, 1.0, 1), (3, 5, 0.1, 2), (5, 16, 0.2, 3), (8, 4, 0.5, 4)]
+    else:
+        cases = [(4, 8, 0.5, 0)]
+    for n, d, t, seed in cases:
+        z1, z2 = _randn(n, d, seed=seed), _randn(n, d, seed=seed + 100)
+        _compare_loss(ex, fn, z1, z2, t, grad=hidden)
+    if not hidden:
+        # Closed form: orthonormal pairs (z1 = z2 = rows of the identity): every positive has
+        # cosine 1, every negative 0, so each anchor's loss is log(1 + (2N-2) e^{-1/T}).
+        n, t = 4, 0.5
+        eye = torch.eye(n, 8)
+        where = _where(n, 8, t) + " with z1 = z2 = orthonormal rows"
+        got = _scalar(ex, _call(ex, fn, eye.clone(), eye.clone(), t, where=where), where)
+        expected = math.log(1 + (2 * n - 2) * math.exp(-1 / t))
+        if abs(float(got) - expected) > 1e-4:
+            raise AssertionError(f"{ex}: expected {expected:.4f} = log(1 + 6 e^-2), got "
+                                 f"{float(got):.4f}{where}")
+
+
+@_quiet
+def check_nt_xent_loop(nt_xent_loop: Callable, hidden: bool = False) -> None:
+    """The loop over the 2N anchors gives the reference NT-Xent (value; hidden: and gradients)."""
+    _check_nt_xent("nt_xent_loop", nt_xent_loop, hidden)
+
+
+@_quiet
+def check_nt_xent(nt_xent: Callable, hidden: bool = False) -> None:
+    """The vectorised NT-Xent gives the reference value (hidden: more cases and gradients)."""
+    _check_nt_xent("nt_xent", nt_xent, hidden)
+
+
+# ----------------------------------------------------------------------------------------------
+# 5. simclr_step(model, optimizer, v1, v2, temperature)
+# ----------------------------------------------------------------------------------------------
+
+
+def _step_case(seed: int, n: int = 6, t: float = 0.3):
+    """A tiny SimCLR (ConvNet with BatchNorm, MLP head), an optimiser and two batches of views."""
+    torch.manual_seed(seed)
+    encoder = ConvNet(1, (4, 8))
+    method = SimCLR(encoder, augment.SimCLRViews(augment.ViewConfig(size=8)), proj_dim=8,
+                    temperature=t)
+    method.head = projection_head(8, 8, 16)
+    v1 = torch.rand(n, 1, 8, 8, generator=torch.Generator().manual_seed(seed + 1))
+    v2 = torch.rand(n, 1, 8, 8, generator=torch.Generator().manual_seed(seed + 2))
+    return method.train(), v1, v2
+
+
+def _optimizer(module: nn.Module) -> torch.optim.Optimizer:
+    return torch.optim.SGD(module.parameters(), lr=0.1, momentum=0.9)
+
+
+def _stale_grads(module: nn.Module, seed: int) -> None:
+    """Leftover gradients from an earlier step, which zero_grad must clear."""
+    g = torch.Generator().manual_seed(seed)
+    for p in module.parameters():
+        p.grad = torch.randn(p.shape, generator=g)
+
+
+def _max_diff(a: nn.Module, b: nn.Module) -> float:
+    return max(float((p - q).abs().max()) for p, q in zip(a.parameters(), b.parameters()))
+
+
+def _step_hint(method: SimCLR, v1, v2, got: float) -> str:
+    """Why a step's loss differs from the reference's, where a usual mistake explains it."""
+    separate = copy.deepcopy(method)
+    with torch.no_grad():
+        z1, z2 = separate.embed(v1), separate.embed(v2)
+        apart = float(losses.nt_xent(z1, z2, method.temperature))
+        z = separate.embed(torch.cat([v1, v2]))
+        default_t = float(losses.nt_xent(*z.chunk(2), 0.5))
+    if abs(got - apart) < 1e-5:
+        return (" — put both views through the model in ONE forward pass "
+                "(model(torch.cat([v1, v2]))) so that BatchNorm sees all 2N views")
+    if abs(got - default_t) < 1e-5:
+        return " — did you pass the temperature argument to the loss?"
+    return (" — if your nt_xent does not pass its tests yet, call sslkit.losses.nt_xent here")
+
+
+def _check_one_step(ex: str, simclr_step: Callable, seed: int, steps: int,
+                    guard: bool) -> None:
+    method, v1, v2 = _step_case(seed)
+    t = method.temperature
+    student = copy.deepcopy(method)
+    model = nn.Sequential(student.encoder, student.head)  # images -> z
+    optimizer = _optimizer(model)
+    reference = copy.deepcopy(method)
+    ref_optimizer = _optimizer(reference)
+    where = f" (N={len(v1)} pairs of 1x8x8 views, T={t}, SGD lr=0.1 momentum=0.9)"
+    for step in range(steps):
+        _stale_grads(model, seed + step)
+        _stale_grads(reference, seed + step)
+        before = copy.deepcopy(model)
+        got = _call(ex, simclr_step, model, optimizer, v1.clone(), v2.clone(), t, where=where,
+                    guard=guard)
+        if not isinstance(got, float):
+            raise AssertionError(f"{ex}: expected the loss as a Python float, got "
+                                 f"{type(got).__name__}{where}: return loss.item()")
+        hint_state = copy.deepcopy(reference)
+        loss = reference.loss_on_views(v1, v2)
+        ref_optimizer.zero_grad()
+        loss.backward()
+        ref_optimizer.step()
+        expected = loss.item()
+        label = f"step {step + 1}: " if steps > 1 else ""
+        if abs(got - expected) > 1e-5:
+            raise AssertionError(f"{ex}: {label}expected loss {expected:.5f}, got {got:.5f}"
+                                 f"{where}{_step_hint(hint_state, v1, v2, got)}")
+        if _max_diff(model, before) == 0:
+            raise AssertionError(f"{ex}: {label}the weights did not change{where}: call "
+                                 f"loss.backward() and then optimizer.step()")
+        diff = _max_diff(model, nn.Sequential(reference.encoder, reference.head))
+        if diff > 1e-5:
+            raise AssertionError(
+                f"{ex}: {label}the loss is right but the updated weights differ from the "
+                f"reference's by up to {diff:.2g}{where}: call optimizer.zero_grad() before "
+                f"loss.backward(), then optimizer.step(), once per step")
+
+
+@_quiet
+def check_simclr_step(simclr_step: Callable, hidden: bool = False) -> None:
+    """One step from the same seed, weights and views gives the reference's loss and weights
+    (reference: sslkit.methods.SimCLR.loss_on_views, zero_grad, backward, step)."""
+    ex = "simclr_step"
+    if not hidden:
+        _check_one_step(ex, simclr_step, seed=0, steps=1, guard=False)
+    else:
+        _check_one_step(ex, simclr_step, seed=1, steps=2, guard=True)
+        _check_one_step(ex, simclr_step, seed=2, steps=1, guard=True)
