@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: demo test lint lab release
+.PHONY: demo test lint lab release pretrain
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV) && $(BIN)/pip install --quiet -e '.[dev]' && touch $(INSTALLED)
@@ -17,6 +17,9 @@ test: $(INSTALLED)
 
 lint: $(INSTALLED)
 	$(BIN)/ruff check sslkit tests autograder
+
+pretrain: $(INSTALLED)
+	$(BIN)/python -m sslkit train simclr --profile laptop --out runs/simclr
 
 lab: $(INSTALLED)
 	$(BIN)/jupyter lab notebooks

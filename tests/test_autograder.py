@@ -2,21 +2,20 @@
 
 The fixture copies ``autograder/`` and the assignment's source from ``solutions/`` into a
 temporary folder, generates the student release with the course's own wrapper (course.py),
-builds four submissions from the release and grades them with the course's configuration:
+builds five submissions from the release and grades them with the course's configuration:
 
     solved       the solution code in every exercise                     -> full marks
     blank        the release as handed out                               -> 0, and no crash
     delegating   the three losses only call sslkit's reference           -> 0 on those three
-    misbehaving  ``while True: pass`` in nt_xent_loop                    -> that exercise lost,
-                 a wrong simclr_step whose test cell says ``pass``,      -> graded by the original
+    looping      ``while True: pass`` in nt_xent_loop                    -> that exercise lost,
+                                                                            grading finishes
+    tampered     a wrong simclr_step whose test cell says ``pass``,      -> graded by the original
                  build_augmentation's test cell deleted,                 -> put back and scored
                  similarity_matrix's test cell worth 100 points          -> worth its 1 point
 
-(The misbehaviours touch different exercises, so one notebook run checks all of them; each run
-of the notebook costs one to two minutes on a busy 2-core machine.) Cells that call
-nt_xent_loop get a CELL_TIMEOUT of 20 s instead of the course's limit, so the infinite loop
-costs 2 x 20 s; the other cells keep the course's limit, which the slow cells of a loaded
-machine need. Exercises and points are read from the source notebook's nbgrader metadata,
+Cells that call nt_xent_loop get a CELL_TIMEOUT of 20 s instead of the course's limit, so the
+infinite loop costs 2 x 20 s; the other cells keep the course's limit, which the slow cells of
+a loaded machine need. Exercises and points are read from the source notebook's nbgrader metadata,
 scores from the gradebook and the exported CSV.
 """
 
@@ -61,12 +60,14 @@ def nt_xent(z1, z2, temperature):
     return sslkit.losses.nt_xent(z1, z2, temperature)
 """,
 }
-MISBEHAVING = {
+LOOPING = {
     "nt_xent_loop": """
 def nt_xent_loop(z1, z2, temperature):
     while True:
         pass
 """,
+}
+TAMPERED = {
     "simclr_step": """
 def simclr_step(model, optimizer, v1, v2, temperature):
     return nt_xent(model(v1), model(v2), temperature).item()  # no update: wrong
@@ -141,10 +142,10 @@ def override(nb, definitions: dict[str, str]):
     return nb
 
 
-def misbehaving(solution, tests):
-    """MISBEHAVING's definitions; simclr_step's tests emptied, build_augmentation's deleted,
+def tampered(solution, tests):
+    """TAMPERED's wrong simclr_step with its tests emptied, build_augmentation's tests deleted,
     similarity_matrix's worth 100 points."""
-    nb = override(solution, MISBEHAVING)
+    nb = override(solution, TAMPERED)
     nb.cells = [c for c in nb.cells if grade_id(c) not in tests["build_augmentation"]]
     for cell in nb.cells:
         if grade_id(cell) in tests["simclr_step"]:
@@ -182,7 +183,7 @@ def make_course(root: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def graded(tmp_path_factory):
-    """Generate, submit four notebooks, autograde, feedback, export; return what it made."""
+    """Generate, submit five notebooks, autograde, feedback, export; return what it made."""
     course = make_course(tmp_path_factory.mktemp("course"))
     ag = course / "autograder"
     run_course(course, "release")
@@ -195,7 +196,8 @@ def graded(tmp_path_factory):
         "solved": solution,
         "blank": release,
         "delegating": override(solution, DELEGATING),
-        "misbehaving": misbehaving(solution, tests),
+        "looping": override(solution, LOOPING),
+        "tampered": tampered(solution, tests),
     }
     (ag / "students.csv").write_text(
         "id,first_name,last_name,email\n"
@@ -209,9 +211,9 @@ def graded(tmp_path_factory):
 
     seconds = {
         student: run_course(course, "nbgrader", "autograde", ASSIGNMENT, f"--student={student}")
-        for student in ("solved", "misbehaving")
+        for student in ("solved", "looping")
     }
-    run_course(course, "grade", ASSIGNMENT)  # the other two, then feedback and grades.csv
+    run_course(course, "grade", ASSIGNMENT)  # the other three, then feedback and grades.csv
 
     scores = {}
     with Gradebook(f"sqlite:///{ag / 'gradebook.db'}", course_id="sslkit") as gb:
@@ -266,13 +268,22 @@ def test_calling_the_reference_scores_zero(graded):
     assert scores["build_augmentation"] == full_marks(graded)["build_augmentation"]
 
 
-def test_misbehaving_submission_loses_only_what_it_broke(graded):
-    expected = full_marks(graded) | {"nt_xent_loop": 0.0, "simclr_step": 0.0}
-    assert exercise_scores(graded, "misbehaving") == expected
+def test_infinite_loop_loses_that_exercise_only(graded):
+    expected = full_marks(graded) | {"nt_xent_loop": 0.0}
+    assert exercise_scores(graded, "looping") == expected
+
+
+def test_edited_test_cells_are_graded_with_the_originals(graded):
+    # simclr_step is wrong and its test cell says `pass`: the original test runs and fails it;
+    # build_augmentation's deleted test is put back and scores; similarity_matrix's test, set
+    # to 100 points, counts the points the source gives.
+    expected = full_marks(graded) | {"simclr_step": 0.0}
+    assert exercise_scores(graded, "tampered") == expected
+    assert graded["exported"]["tampered"] == sum(expected.values())
 
 
 def test_infinite_loop_is_cut_after_the_timeout(graded):
-    cells = autograded_cells(graded, "misbehaving")
+    cells = autograded_cells(graded, "looping")
     for test in graded["tests"]["nt_xent_loop"]:
         enames = [o.get("ename") for o in cells[test].outputs if o.output_type == "error"]
         assert "CellTimeoutError" in enames, f"{test} was not stopped by the timeout: {enames}"
@@ -282,7 +293,7 @@ def test_infinite_loop_is_cut_after_the_timeout(graded):
                   for c in graded["source"].cells if c.cell_type == "code")  # fmt: skip
     seconds = graded["seconds"]
     waited = hanging * CELL_TIMEOUT
-    assert waited < seconds["misbehaving"] < seconds["solved"] + waited + 60, (
-        f"grading took {seconds['misbehaving']:.0f} s with the loop, {seconds['solved']:.0f} s "
+    assert waited < seconds["looping"] < seconds["solved"] + waited + 60, (
+        f"grading took {seconds['looping']:.0f} s with the loop, {seconds['solved']:.0f} s "
         f"without ({hanging} cells call nt_xent_loop, {CELL_TIMEOUT} s each)"
     )
