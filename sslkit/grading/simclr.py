@@ -1,51 +1,22 @@
-"""What the notebooks' test cells call: seeded cases, comparison with the sslkit reference, and
-failures that say what was expected and what came back.
-
-Every graded exercise has one check, ``check_<exercise>(answer, hidden=False)``:
-
-* ``hidden=False`` (the visible test cell): one or two small cases, fast, readable.
-* ``hidden=True`` (the hidden test cell): more seeds and shapes, gradients, invariances, and a
-  delegation guard. Students have sslkit installed, so an answer that only calls the reference
-  would pass every numerical test; while the student's function runs, the references it could
-  call are therefore swapped for stand-ins that raise.
-
-A failed check raises ``AssertionError`` with a one-line message; nothing is printed.
-
-The guard swaps the ``__code__`` of each reference function (for a decorated function, of the
-function it wraps), not the module attribute: a student may hold an alias
-(``from sslkit.losses import nt_xent as ref``), and an alias points at the same function object.
-The original code is restored in ``finally``.
-"""
+"""Checks for 04_simclr: build_augmentation, similarity_matrix, nt_xent_loop, nt_xent,
+simclr_step. See sslkit.grading for the conventions."""
 
 from __future__ import annotations
 
 import copy
 import functools
-import inspect
 import math
-import warnings
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from sslkit import augment, losses
+from sslkit.grading.guard import as_tensor, call, case_label, quiet, randn, scalar
 from sslkit.methods.simclr import SimCLR
 from sslkit.models.convnet import ConvNet
 from sslkit.models.heads import projection_head
-
-# ----------------------------------------------------------------------------------------------
-# Delegation guard
-# ----------------------------------------------------------------------------------------------
-
-_MARK = "sslkit-grading: reference called: "
-
-
-def _blocked(*args, **kwargs):
-    raise RuntimeError("sslkit-grading: reference called: ?")
-
 
 REFERENCES = {
     "similarity_matrix": {
@@ -76,95 +47,9 @@ REFERENCES = {
 REFERENCES["nt_xent"] = REFERENCES["nt_xent_loop"]
 
 
-@contextmanager
-def references_blocked(references: dict[str, Callable]) -> Iterator[None]:
-    """While inside, every function in ``references`` (name -> function) raises when called."""
-    swapped = []
-    try:
-        for name, fn in references.items():
-            target = inspect.unwrap(fn)  # the undecorated function a wrapper calls
-            consts = tuple(_MARK + name if isinstance(c, str) and c.startswith(_MARK) else c
-                           for c in _blocked.__code__.co_consts)
-            code = _blocked.__code__.replace(co_consts=consts, co_name=target.__code__.co_name)
-            swapped.append((target, target.__code__))
-            target.__code__ = code
-        yield
-    finally:
-        for target, code in reversed(swapped):
-            target.__code__ = code
-
-
-def _quiet(check: Callable) -> Callable:
-    """Decorator: no warnings from a check (a test cell must print nothing to stderr)."""
-
-    @functools.wraps(check)
-    def wrapper(*args, **kwargs):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return check(*args, **kwargs)
-
-    return wrapper
-
-
-def _one_line(text: str) -> str:
-    return " ".join(str(text).split())
-
-
 def _call(exercise: str, fn: Callable, *args, where: str = "", guard: bool = False):
-    """fn(*args); any exception becomes a one-line AssertionError naming the exercise.
-
-    guard: block the exercise's references (REFERENCES[exercise]) while fn runs.
-    """
-    try:
-        with references_blocked(REFERENCES[exercise] if guard else {}):
-            return fn(*args)
-    except AssertionError:
-        raise
-    except Exception as e:  # noqa: BLE001 -- a student's bug must become a readable failure
-        message = _one_line(e)
-        if _MARK in message:
-            ref = message.split(_MARK, 1)[1].split()[0]
-            raise AssertionError(
-                f"{exercise}: your answer calls the reference {ref}; write the computation "
-                "yourself (torch, F.normalize, F.cosine_similarity and F.cross_entropy are fine)"
-            ) from None
-        raise AssertionError(
-            f"{exercise} raised {type(e).__name__}{where}: {message}"
-        ) from None
-
-
-# ----------------------------------------------------------------------------------------------
-# Seeded inputs and comparisons
-# ----------------------------------------------------------------------------------------------
-
-
-def _randn(*shape: int, seed: int, dtype=torch.float32) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(*shape, generator=g, dtype=dtype)
-
-
-def _as_tensor(exercise: str, value, where: str) -> torch.Tensor:
-    if not isinstance(value, torch.Tensor):
-        raise AssertionError(f"{exercise}: expected a torch.Tensor, got {type(value).__name__}"
-                             f"{where}: keep the computation in torch")
-    return value
-
-
-def _scalar(exercise: str, value, where: str) -> torch.Tensor:
-    value = _as_tensor(exercise, value, where)
-    if value.numel() != 1:
-        raise AssertionError(f"{exercise}: expected a scalar (the mean over the anchors), got "
-                             f"shape {tuple(value.shape)}{where}: average with .mean()")
-    return value.reshape(())
-
-
-def _where(n: int, d: int, t: float | None = None) -> str:
-    return f" for N={n}, D={d}" + ("" if t is None else f", T={t}")
-
-
-# ----------------------------------------------------------------------------------------------
-# 1. build_augmentation(size)
-# ----------------------------------------------------------------------------------------------
+    """guard.call with this notebook's references blocked when guard is True."""
+    return call(exercise, fn, *args, where=where, blocked=REFERENCES[exercise] if guard else None)
 
 
 @functools.lru_cache(maxsize=1)
@@ -194,7 +79,7 @@ def _views(exercise: str, transform, image: torch.Tensor, count: int, size: int,
     views = []
     for _ in range(count):
         v = _call(exercise, transform, image.clone(), where=where, guard=guard)
-        v = _as_tensor(exercise, v, where)
+        v = as_tensor(exercise, v, where)
         expected = (image.shape[0], size, size)
         if tuple(v.shape) != expected:
             raise AssertionError(f"{exercise}: expected a view of shape {expected}, got "
@@ -223,7 +108,7 @@ def _check_random(exercise: str, views: torch.Tensor, where: str) -> None:
                              f"{len(views)} calls, got {distinct} different{where}")
 
 
-@_quiet
+@quiet
 def check_build_augmentation(build_augmentation: Callable, hidden: bool = False) -> None:
     """Views of a photo: float32 (C, size, size) in [0, 1], new random parameters each call;
     hidden: crop, flip, colour jitter and grayscale each present, statistically."""
@@ -320,7 +205,7 @@ def _similarity_hint(got: torch.Tensor, z1: torch.Tensor, z2: torch.Tensor) -> s
 
 
 def _compare_similarity(ex: str, fn: Callable, z1, z2, where: str, guard: bool) -> None:
-    got = _as_tensor(ex, _call(ex, fn, z1.clone(), z2.clone(), where=where, guard=guard), where)
+    got = as_tensor(ex, _call(ex, fn, z1.clone(), z2.clone(), where=where, guard=guard), where)
     expected = losses.cosine_similarity_matrix(torch.cat([z1, z2]), torch.cat([z1, z2]))
     if tuple(got.shape) != tuple(expected.shape):
         raise AssertionError(f"{ex}: expected shape {tuple(expected.shape)} (2N x 2N), got "
@@ -334,18 +219,18 @@ def _compare_similarity(ex: str, fn: Callable, z1, z2, where: str, guard: bool) 
             f"[{i}, {j}]{where}{_similarity_hint(got, z1, z2)}")
 
 
-@_quiet
+@quiet
 def check_similarity_matrix(similarity_matrix: Callable, hidden: bool = False) -> None:
     """(2N, 2N) cosine similarities of the stacked views [z1; z2], compared with the reference."""
     ex = "similarity_matrix"
     cases = [(4, 8, 0)] if not hidden else [(2, 3, 1), (5, 16, 2), (8, 4, 3)]
     for n, d, seed in cases:
-        z1, z2 = _randn(n, d, seed=seed), _randn(n, d, seed=seed + 100)
-        _compare_similarity(ex, similarity_matrix, z1, z2, _where(n, d), hidden)
+        z1, z2 = randn(n, d, seed=seed), randn(n, d, seed=seed + 100)
+        _compare_similarity(ex, similarity_matrix, z1, z2, case_label(n, d), hidden)
     if hidden:
         n, d = 4, 6
-        z1, z2 = _randn(n, d, seed=7), _randn(n, d, seed=8)
-        where = _where(n, d) + " with rows scaled by 10"
+        z1, z2 = randn(n, d, seed=7), randn(n, d, seed=8)
+        where = case_label(n, d) + " with rows scaled by 10"
         _compare_similarity(ex, similarity_matrix, 10 * z1, 10 * z2, where, True)
 
 
@@ -389,10 +274,10 @@ def _nt_xent_variants(z1: torch.Tensor, z2: torch.Tensor, t: float) -> dict[str,
 
 def _compare_loss(ex: str, fn: Callable, z1, z2, t: float, grad: bool) -> None:
     n, d = z1.shape
-    where = _where(n, d, t)
+    where = case_label(n, d, t)
     a = z1.clone().requires_grad_(grad)
     b = z2.clone().requires_grad_(grad)
-    got = _scalar(ex, _call(ex, fn, a, b, t, where=where, guard=grad), where)
+    got = scalar(ex, _call(ex, fn, a, b, t, where=where, guard=grad), where)
     expected = losses.nt_xent(z1, z2, t)
     if not torch.allclose(got.detach().to(expected.dtype), expected, atol=1e-5, rtol=1e-4):
         hint = ""
@@ -422,28 +307,28 @@ def _check_nt_xent(ex: str, fn: Callable, hidden: bool) -> None:
     else:
         cases = [(4, 8, 0.5, 0)]
     for n, d, t, seed in cases:
-        z1, z2 = _randn(n, d, seed=seed), _randn(n, d, seed=seed + 100)
+        z1, z2 = randn(n, d, seed=seed), randn(n, d, seed=seed + 100)
         _compare_loss(ex, fn, z1, z2, t, grad=hidden)
     if not hidden:
         # Closed form: orthonormal pairs (z1 = z2 = rows of the identity): every positive has
         # cosine 1, every negative 0, so each anchor's loss is log(1 + (2N-2) e^{-1/T}).
         n, t = 4, 0.5
         eye = torch.eye(n, 8)
-        where = _where(n, 8, t) + " with z1 = z2 = orthonormal rows"
-        got = _scalar(ex, _call(ex, fn, eye.clone(), eye.clone(), t, where=where), where)
+        where = case_label(n, 8, t) + " with z1 = z2 = orthonormal rows"
+        got = scalar(ex, _call(ex, fn, eye.clone(), eye.clone(), t, where=where), where)
         expected = math.log(1 + (2 * n - 2) * math.exp(-1 / t))
         if abs(float(got) - expected) > 1e-4:
             raise AssertionError(f"{ex}: expected {expected:.4f} = log(1 + 6 e^-2), got "
                                  f"{float(got):.4f}{where}")
 
 
-@_quiet
+@quiet
 def check_nt_xent_loop(nt_xent_loop: Callable, hidden: bool = False) -> None:
     """The loop over the 2N anchors gives the reference NT-Xent (value; hidden: and gradients)."""
     _check_nt_xent("nt_xent_loop", nt_xent_loop, hidden)
 
 
-@_quiet
+@quiet
 def check_nt_xent(nt_xent: Callable, hidden: bool = False) -> None:
     """The vectorised NT-Xent gives the reference value (hidden: more cases and gradients)."""
     _check_nt_xent("nt_xent", nt_xent, hidden)
@@ -537,7 +422,7 @@ def _check_one_step(ex: str, simclr_step: Callable, seed: int, steps: int,
                 f"loss.backward(), then optimizer.step(), once per step")
 
 
-@_quiet
+@quiet
 def check_simclr_step(simclr_step: Callable, hidden: bool = False) -> None:
     """One step from the same seed, weights and views gives the reference's loss and weights
     (reference: sslkit.methods.SimCLR.loss_on_views, zero_grad, backward, step)."""
