@@ -398,3 +398,19 @@ def test_image_folder_errors(tmp_path):
 
     with pytest.raises(SSLKitError, match="image_size"):
         load_image_folder(tmp_path, image_size=0)
+
+
+def test_subset_draws_from_every_class_of_a_class_sorted_set():
+    # ImageFolder trees come sorted by class: the first n images would all be class 0.
+    from sslkit.data import ImageData
+
+    labels = torch.arange(10).repeat_interleave(50)  # (500,) sorted by class
+    images = torch.arange(500, dtype=torch.int64).view(500, 1, 1, 1).to(torch.uint8)
+    data = ImageData("folder", images, labels, images, labels, [str(c) for c in range(10)])
+    sub = data.subset(n_train=100, n_test=40)
+    assert len(sub.train_x) == 100 and len(sub.test_x) == 40
+    assert len(sub.train_y.unique()) == 10 and len(sub.test_y.unique()) >= 8
+    assert bool((sub.train_y[1:] >= sub.train_y[:-1]).all())  # original order kept
+    again = data.subset(n_train=100, n_test=40)
+    assert torch.equal(sub.train_y, again.train_y) and torch.equal(sub.train_x, again.train_x)
+    assert data.subset().train_x is images  # None keeps everything, no copy

@@ -47,11 +47,28 @@ class ImageData:
             return self.train_x
         return torch.cat([self.train_x, self.unlabeled_x])
 
-    def subset(self, n_train: int | None = None, n_test: int | None = None) -> ImageData:
-        """The first n_train training and n_test test images (None keeps all)."""
-        return ImageData(self.name, self.train_x[:n_train], self.train_y[:n_train],
-                         self.test_x[:n_test], self.test_y[:n_test], self.classes,
-                         None if self.unlabeled_x is None else self.unlabeled_x[:n_train])
+    def subset(self, n_train: int | None = None, n_test: int | None = None, seed: int = 0):
+        """n_train training and n_test test images drawn at random (fixed seed), kept in their
+        original order; None keeps all. Random, not the first n: folder datasets are sorted by
+        class, so their first n images would all be of one class."""
+
+        def pick(x: torch.Tensor | None, n: int | None) -> torch.Tensor | None:
+            if x is None or n is None or n >= len(x):
+                return None
+            g = torch.Generator().manual_seed(seed)
+            return torch.randperm(len(x), generator=g)[:n].sort().values
+
+        tr, te = pick(self.train_x, n_train), pick(self.test_x, n_test)
+        un = pick(self.unlabeled_x, n_train)
+        return ImageData(
+            self.name,
+            self.train_x if tr is None else self.train_x[tr],
+            self.train_y if tr is None else self.train_y[tr],
+            self.test_x if te is None else self.test_x[te],
+            self.test_y if te is None else self.test_y[te],
+            self.classes,
+            self.unlabeled_x if un is None else self.unlabeled_x[un],
+        )
 
 
 def load_dataset(
