@@ -17,15 +17,15 @@ and how large they are; the SimCLR features group them by which digit they are.
 from __future__ import annotations
 
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from sslkit import evaluate, plots
+from sslkit.errors import SSLKitError
 from sslkit.profiles import get_profile
-from sslkit.train import CHECKPOINT, TrainConfig, build, load_checkpoint, train
+from sslkit.train import CHECKPOINT, TrainConfig, build, load_checkpoint, load_data, train
 
 PROBE_SEEDS = 5  # the 10-labels-per-class probe is averaged over this many draws of labels
 
@@ -40,7 +40,6 @@ def _scores(train_f, test_f, data, k: int) -> tuple[float, float]:
 
 def run_demo(out: str | Path = "demo-output", epochs: int | None = None) -> dict:
     """Train (or reuse a finished run in out/simclr), evaluate, draw; returns the scores."""
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     out = Path(out)
     cfg = TrainConfig.from_profile(get_profile("laptop"), device="cpu")
     if epochs:
@@ -48,14 +47,12 @@ def run_demo(out: str | Path = "demo-output", epochs: int | None = None) -> dict
     run = out / "simclr"
     started = time.perf_counter()
     resume = (run / CHECKPOINT).exists()
-    if resume and load_checkpoint(run)["config"] != {**cfg.__dict__}:
-        raise SystemExit(f"{run} holds a run with other settings: delete it or use --out")
+    if resume and load_checkpoint(run)["config"] != asdict(cfg):
+        raise SSLKitError(f"{run} holds a run with other settings: delete it or pass --out DIR")
     print(f"SimCLR on {cfg.dataset}: {cfg.arch}, {cfg.epochs} epochs, batch {cfg.batch_size}, "
           f"NT-Xent T={cfg.temperature}, on the CPU")
     method, _ = train(cfg, run, resume=resume)
     train_time = time.perf_counter() - started
-
-    from sslkit.train import load_data
 
     data = load_data(cfg)
     random_encoder = build(cfg, data).encoder  # same architecture and seed, no training

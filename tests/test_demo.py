@@ -1,0 +1,28 @@
+"""The demo behind `make demo`, at one epoch: it trains, scores three representations and
+draws the t-SNE figure; pointed at a run made with other settings, it stops with one line."""
+
+import pytest
+
+from sslkit.demo import run_demo
+from sslkit.errors import SSLKitError
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    return out, run_demo(out, epochs=1)
+
+
+def test_demo_scores_three_representations(demo, capsys):
+    out, scores = demo
+    assert set(scores) == {"raw pixels", "random encoder", "SimCLR encoder"}
+    for name, s in scores.items():
+        assert 0.0 <= s["knn"] <= 1.0 and 0.0 <= s["linear_10"] <= 1.0, name
+        assert s["knn"] > 0.15, f"{name}: kNN {s['knn']} is not above chance (0.1) on digits"
+    assert (out / "tsne.png").stat().st_size > 10_000
+
+
+def test_demo_refuses_a_run_with_other_settings(demo):
+    out, _ = demo
+    with pytest.raises(SSLKitError, match="other settings"):
+        run_demo(out, epochs=2)
