@@ -16,6 +16,7 @@ The contract helper ``rotate_batch`` (rotation prediction) lives here too.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -265,3 +266,107 @@ def rotate_batch(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     x_rot = torch.cat([torch.rot90(x, k, dims=(2, 3)) for k in range(4)])
     labels = torch.arange(4, device=x.device).repeat_interleave(x.shape[0])
     return x_rot, labels
+
+
+# ---------------------------------------------------------------------------------------------
+# Tiles: the jigsaw puzzle (Noroozi & Favaro, 2016) and relative patch position (Doersch et
+# al., 2015). Tiles of a grid x grid split are numbered row by row: tile t sits at row t // grid,
+# column t % grid.
+
+
+def split_tiles(x: torch.Tensor, grid: int = 3) -> torch.Tensor:
+    """x (N, C, H, W) with H, W divisible by grid -> tiles (N, grid*grid, C, H/grid, W/grid)."""
+    n, c, h, w = x.shape
+    if h % grid or w % grid:
+        raise SSLKitError(f"split_tiles needs H and W divisible by grid={grid}, got "
+                          f"{tuple(x.shape)}: crop the images first (e.g. to 30x30 for grid 3)")
+    th, tw = h // grid, w // grid
+    tiles = x.reshape(n, c, grid, th, grid, tw)  # (N, C, row, th, col, tw)
+    return tiles.permute(0, 2, 4, 1, 3, 5).reshape(n, grid * grid, c, th, tw)
+
+
+def merge_tiles(tiles: torch.Tensor, grid: int = 3) -> torch.Tensor:
+    """The inverse of split_tiles: (N, grid*grid, C, th, tw) -> (N, C, grid*th, grid*tw)."""
+    n, _, c, th, tw = tiles.shape
+    x = tiles.reshape(n, grid, grid, c, th, tw)  # (N, row, col, C, th, tw)
+    x = x.permute(0, 3, 1, 4, 2, 5)  # (N, C, row, th, col, tw)
+    return x.reshape(n, c, grid * th, grid * tw)
+
+
+def jigsaw_tiles(x: torch.Tensor, perms: torch.Tensor, grid: int = 3) -> torch.Tensor:
+    """The shuffled tiles of each image: x (N, C, H, W), perms (N, grid*grid) int
+    -> (N, grid*grid, C, H/grid, W/grid) with out[n, i] = tile perms[n, i] of image n."""
+    tiles = split_tiles(x, grid)  # (N, T, C, th, tw)
+    idx = perms.to(x.device).long()[:, :, None, None, None].expand_as(tiles)
+    return tiles.gather(1, idx)
+
+
+@functools.lru_cache(maxsize=2)
+def _all_permutations(t: int) -> torch.Tensor:
+    """Every order of t items, (t!, t) int8, in lexicographic order (cached: 9! rows take a
+    second to build)."""
+    from itertools import permutations
+
+    return torch.tensor(list(permutations(range(t))), dtype=torch.int8)
+
+
+def hamming_permutations(count: int, grid: int = 3, seed: int = 0) -> torch.Tensor:
+    """count permutations of grid*grid tiles chosen for a large Hamming distance -> (count, T).
+
+    Greedy max-min selection (Noroozi & Favaro, 2016): start from a random permutation; then
+    repeatedly add the permutation whose smallest Hamming distance (number of positions that
+    differ) to those already chosen is largest. Candidates are visited in a seeded random
+    order and ties go to the first, so a seed always gives the same set.
+    """
+    t = grid * grid
+    if grid > 3:
+        raise SSLKitError(f"hamming_permutations enumerates all (grid*grid)! orders: grid={grid} "
+                          "is too large, use grid <= 3")
+    if not 1 <= count <= math.factorial(t):
+        raise SSLKitError(f"count must be between 1 and {t}! = {math.factorial(t)}, got {count}")
+    g = torch.Generator().manual_seed(seed)
+    every = _all_permutations(t)  # (T!, T)
+    every = every[torch.randperm(len(every), generator=g)]
+    chosen = [0]
+    min_dist = (every != every[0]).sum(dim=1)  # (T!,) distance to the nearest chosen
+    for _ in range(count - 1):
+        best = int(min_dist.argmax())  # the first maximum in the shuffled order
+        chosen.append(best)
+        min_dist = torch.minimum(min_dist, (every != every[best]).sum(dim=1))
+    return every[chosen].long()
+
+
+def min_hamming_distance(perms: torch.Tensor) -> int:
+    """The smallest Hamming distance between two different rows of perms (P, T), P >= 2."""
+    dist = (perms[:, None, :] != perms[None, :, :]).sum(dim=2)  # (P, P)
+    dist.fill_diagonal_(perms.shape[1] + 1)
+    return int(dist.min())
+
+
+def jitter_tiles(tiles: torch.Tensor, size: int, generator: torch.Generator | None = None):
+    """A random size x size crop of every tile, its own offset each: (N, T, C, th, tw) ->
+    (N, T, C, size, size). The gaps this leaves between neighbouring tiles stop a network from
+    matching edges that continue from tile to tile (a shortcut both tile tasks warn about)."""
+    n, t, c, th, tw = tiles.shape
+    oy = torch.randint(0, th - size + 1, (n, t), generator=generator).to(tiles.device)
+    ox = torch.randint(0, tw - size + 1, (n, t), generator=generator).to(tiles.device)
+    steps = torch.arange(size, device=tiles.device)
+    rows = (oy[..., None] + steps)[:, :, None, :, None].expand(n, t, c, size, tw)
+    out = tiles.gather(3, rows)  # (N, T, C, size, tw)
+    cols = (ox[..., None] + steps)[:, :, None, None, :].expand(n, t, c, size, size)
+    return out.gather(4, cols)  # (N, T, C, size, size)
+
+
+# The 8 neighbours of the centre tile (4) of a 3x3 grid, in reading order: label k <-> tile
+# NEIGHBOURS[k], whose offset from the centre is (row, col) = divmod(NEIGHBOURS[k], 3) - (1, 1).
+NEIGHBOURS = (0, 1, 2, 3, 5, 6, 7, 8)
+
+
+def patch_pairs(x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Relative patch position pairs: x (N, C, H, W) with H, W divisible by 3, labels (N,) in
+    0..7 -> (centre (N, C, H/3, W/3), neighbour (N, C, H/3, W/3)): the middle tile of the 3x3
+    grid and its neighbour NEIGHBOURS[label]."""
+    tiles = split_tiles(x, 3)  # (N, 9, C, th, tw)
+    which = torch.tensor(NEIGHBOURS, device=x.device)[labels.to(x.device).long()]  # (N,)
+    rows = torch.arange(len(x), device=x.device)
+    return tiles[:, 4], tiles[rows, which]

@@ -11,10 +11,13 @@ from torch import nn
 
 from sslkit.augment import SimCLRViews, view_config_for
 from sslkit.errors import SSLKitError
+from sslkit.methods.jigsaw import Jigsaw
+from sslkit.methods.relative_patch import RelativePatch
+from sslkit.methods.rotation import Rotation
 from sslkit.methods.simclr import SimCLR
 from sslkit.models import build_encoder
 
-METHODS = ("simclr",)
+METHODS = ("simclr", "rotation", "jigsaw", "relative_patch")
 
 
 def build_method(
@@ -26,12 +29,21 @@ def build_method(
     generator: torch.Generator | None = None,
     **options,
 ) -> nn.Module:
-    """A method module with a freshly initialised encoder. options: proj_dim, temperature, head."""
+    """A method module with a freshly initialised encoder.
+
+    options: proj_dim, temperature, head (SimCLR's; the pretext tasks, which classify with their
+    own heads, ignore them)."""
     if name not in METHODS:
         raise SSLKitError(f"unknown method {name!r}: use one of {', '.join(METHODS)}")
     encoder = build_encoder(arch, in_channels)
+    if name == "rotation":
+        return Rotation(encoder)
+    if name == "jigsaw":
+        return Jigsaw(encoder, generator=generator)
+    if name == "relative_patch":
+        return RelativePatch(encoder, generator=generator)
     views = SimCLRViews(view_config_for(dataset, image_size), generator)
     return SimCLR(encoder, views, **options)
 
 
-__all__ = ["METHODS", "SimCLR", "build_method"]
+__all__ = ["METHODS", "Jigsaw", "RelativePatch", "Rotation", "SimCLR", "build_method"]

@@ -1,0 +1,81 @@
+"""Jigsaw puzzles (Noroozi & Favaro, 2016): cut an image into a 3x3 grid of tiles, shuffle the
+tiles with one of a fixed set of permutations, and train the network to say which permutation
+was used.
+
+    x (N, C, H, W)
+      random crop to 3*cell, 3x3 tiles, shuffled by perms[label]    (jigsaw_tiles)
+      a random crop of each tile, resized to tile_size              (gaps between tiles)
+                                   tiles (N, 9, C, S, S), labels (N,) in 0..P-1
+    h = f(tile), one tile at a time, shared weights   (9N, feature_dim)
+    concatenated in the shuffled order                (N, 9*feature_dim)
+    logits = g(...)                                   (N, P)   an MLP
+    loss = cross_entropy(logits, labels)
+
+The permutation set is chosen for a large minimum Hamming distance (``hamming_permutations``):
+two permutations that differ in only two tiles would make classes the network can hardly tell
+apart. The tiles are encoded separately, so the encoder cannot compare edges across tiles; the
+random crop inside each tile leaves gaps, so the head cannot either: what is left is to
+recognise what each tile shows and where in an object it belongs.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sslkit.augment import hamming_permutations, jigsaw_tiles, jitter_tiles
+
+
+def tile_head(in_dim: int, hidden_dim: int, classes: int) -> nn.Sequential:
+    """The classifier on the concatenated tile features: Linear-BN-ReLU-Linear."""
+    return nn.Sequential(nn.Linear(in_dim, hidden_dim, bias=False), nn.BatchNorm1d(hidden_dim),
+                         nn.ReLU(inplace=True), nn.Linear(hidden_dim, classes))
+
+
+class Jigsaw(nn.Module):
+    def __init__(
+        self,
+        encoder: nn.Module,
+        num_permutations: int = 30,  # P classes (the paper: 1000 on ImageNet)
+        grid: int = 3,  # grid x grid tiles
+        gap: int = 2,  # pixels cut from each tile side by the random crop (in total)
+        tile_size: int = 16,  # tiles are resized to this for the encoder (ConvNet needs >= 16)
+        hidden_dim: int = 256,
+        seed: int = 0,  # chooses the permutation set
+        generator: torch.Generator | None = None,  # permutations drawn per image, crops
+    ):
+        super().__init__()
+        self.encoder = encoder
+        self.grid, self.gap, self.tile_size = grid, gap, tile_size
+        self.register_buffer("permutations", hamming_permutations(num_permutations, grid, seed))
+        tiles = grid * grid
+        self.head = tile_head(tiles * encoder.feature_dim, hidden_dim, num_permutations)
+        self.generator = generator
+
+    def make_puzzles(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (N, C, H, W) uint8 or [0, 1] floats -> (tiles (N, T, C, S, S), labels (N,))."""
+        x = x.float() / 255 if x.dtype == torch.uint8 else x
+        n, g = len(x), self.generator
+        cell = min(x.shape[2:]) // self.grid
+        x = jitter_tiles(x[:, None], self.grid * cell, g)[:, 0]  # random (3 cell)^2 crop
+        labels = torch.randint(len(self.permutations), (n,), generator=g).to(x.device)
+        tiles = jigsaw_tiles(x, self.permutations[labels], self.grid)  # (N, T, C, cell, cell)
+        tiles = jitter_tiles(tiles, cell - self.gap, g)  # (N, T, C, cell - gap, cell - gap)
+        s = self.tile_size
+        tiles = F.interpolate(tiles.flatten(0, 1), size=(s, s), mode="bilinear",
+                              align_corners=False)
+        return tiles.unflatten(0, (n, -1)), labels  # (N, T, C, S, S)
+
+    def classify(self, tiles: torch.Tensor) -> torch.Tensor:
+        """tiles (N, T, C, S, S) in the shuffled order -> logits (N, P)."""
+        h = self.encoder(tiles.flatten(0, 1))  # (N*T, feature_dim): every tile on its own
+        return self.head(h.reshape(len(tiles), -1))  # (N, T*feature_dim) -> (N, P)
+
+    def logits_labels(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        tiles, labels = self.make_puzzles(x)
+        return self.classify(tiles), labels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (N, C, H, W) -> scalar loss."""
+        return F.cross_entropy(*self.logits_labels(x))

@@ -1,0 +1,209 @@
+"""Tests for sslkit.grading.pretext: for every graded exercise of solutions/01_pretext_tasks that
+it checks (rotate_batch, rotation_step, jigsaw_tiles), the solution (taken from the source
+notebook's solution cells) passes the visible and hidden checks, typical wrong answers fail with
+a one-line message, and answers that delegate to the sslkit reference fail the hidden check.
+The notebook's reconstruction exercises (checked by sslkit.grading.reconstruction) are run
+through their checks too, so that the notebook's solutions stay right."""
+
+import json
+import math
+import types
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sslkit import augment
+from sslkit.augment import rotate_batch as reference_rotate_batch  # the alias form
+from sslkit.grading import pretext as grading
+from sslkit.grading import reconstruction
+
+NOTEBOOK = (Path(__file__).parent.parent / "solutions" / "01_pretext_tasks"
+            / "01_pretext_tasks.ipynb")
+SOLUTION_CELLS = ("rotate_batch", "rotation_step", "jigsaw_tiles", "split_lab", "merge_lab",
+                  "masked_reconstruction_loss")
+
+
+@pytest.fixture(scope="module")
+def solution() -> types.SimpleNamespace:
+    """The notebook's solution cells, run in order in one namespace, as the notebook does."""
+    cells = {c["metadata"].get("nbgrader", {}).get("grade_id"): "".join(c["source"])
+             for c in json.loads(NOTEBOOK.read_text())["cells"]}
+    namespace = {"torch": torch, "F": F, "nn": nn, "math": math}
+    for grade_id in SOLUTION_CELLS:
+        exec(compile(cells[grade_id], f"{NOTEBOOK.name}:{grade_id}", "exec"), namespace)
+    return types.SimpleNamespace(**{name: namespace[name] for name in SOLUTION_CELLS})
+
+
+def fails(check, answer, hidden: bool, match: str) -> str:
+    """Run a check that must fail; return its message after checking it is one line."""
+    with pytest.raises(AssertionError, match=match) as info:
+        check(answer, hidden=hidden)
+    message = str(info.value)
+    assert "\n" not in message and message.strip() == message
+    return message
+
+
+CHECKS = {
+    "rotate_batch": grading.check_rotate_batch,
+    "rotation_step": grading.check_rotation_step,
+    "jigsaw_tiles": grading.check_jigsaw_tiles,
+    "split_lab": reconstruction.check_split_lab,
+    "merge_lab": reconstruction.check_merge_lab,
+    "masked_reconstruction_loss": reconstruction.check_masked_reconstruction_loss,
+}
+
+
+@pytest.mark.parametrize("hidden", [False, True], ids=["visible", "hidden"])
+@pytest.mark.parametrize("exercise", list(CHECKS))
+def test_solution_passes(solution, exercise, hidden):
+    CHECKS[exercise](getattr(solution, exercise), hidden=hidden)
+
+
+def test_guard_restores_the_references():
+    x = torch.randn(2, 1, 3, 3)
+    fails(grading.check_rotate_batch, lambda x: augment.rotate_batch(x), True, "reference")
+    fails(grading.check_rotate_batch, lambda x: reference_rotate_batch(x), True, "reference")
+    assert torch.equal(augment.rotate_batch(x)[0], torch.cat([torch.rot90(x, k, dims=(2, 3))
+                                                              for k in range(4)]))
+    assert reference_rotate_batch(x)[1].tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. rotate_batch
+
+
+def test_rotate_batch_wrong_answers():
+    check = grading.check_rotate_batch
+
+    def labels_repeated(x):
+        return (torch.cat([torch.rot90(x, k, dims=(2, 3)) for k in range(4)]),
+                torch.arange(4).repeat(len(x)))
+
+    def clockwise(x):
+        return (torch.cat([torch.rot90(x, -k, dims=(2, 3)) for k in range(4)]),
+                torch.arange(4).repeat_interleave(len(x)))
+
+    def interleaved(x):
+        rot = torch.stack([torch.rot90(x, k, dims=(2, 3)) for k in range(4)], dim=1)
+        return rot.flatten(0, 1), torch.arange(4).repeat_interleave(len(x))
+
+    def float_labels(x):
+        return (torch.cat([torch.rot90(x, k, dims=(2, 3)) for k in range(4)]),
+                torch.arange(4).repeat_interleave(len(x)).float())
+
+    assert "repeat_interleave" in fails(check, labels_repeated, False, "expected labels")
+    assert "wrong way" in fails(check, clockwise, False, "x_rot differs")
+    assert "blocks" in fails(check, interleaved, False, "x_rot differs")
+    fails(check, float_labels, False, "integer labels")
+    fails(check, lambda x: torch.cat([x] * 4), False, "expected a pair")
+    fails(check, lambda x: (x, torch.zeros(len(x))), False, "shape")
+
+
+def test_rotate_batch_delegation_fails_hidden():
+    def delegating(x):
+        return augment.rotate_batch(x)
+
+    grading.check_rotate_batch(delegating)  # numerically fine: passes the visible check
+    fails(grading.check_rotate_batch, delegating, True, "calls the reference sslkit")
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. rotation_step
+
+
+def test_rotation_step_wrong_answers(solution):
+    check = grading.check_rotation_step
+    rotate = solution.rotate_batch
+
+    def separate_passes(model, optimizer, x):
+        x_rot, labels = rotate(x)
+        loss = sum(F.cross_entropy(model(part), lab)
+                   for part, lab in zip(x_rot.chunk(4), labels.chunk(4))) / 4
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        return loss.item()
+
+    def no_zero_grad(model, optimizer, x):
+        x_rot, labels = rotate(x)
+        loss = F.cross_entropy(model(x_rot), labels)
+        loss.backward()
+        optimizer.step()
+        return loss.item()
+
+    def no_step(model, optimizer, x):
+        x_rot, labels = rotate(x)
+        return F.cross_entropy(model(x_rot), labels).item()
+
+    def returns_tensor(model, optimizer, x):
+        x_rot, labels = rotate(x)
+        loss = F.cross_entropy(model(x_rot), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        return loss
+
+    assert "ONE forward pass" in fails(check, separate_passes, False, "expected loss")
+    fails(check, no_zero_grad, False, "zero_grad")
+    fails(check, no_step, False, "did not change")
+    fails(check, returns_tensor, False, "Python float")
+
+
+def test_rotation_step_delegation_fails_hidden(solution):
+    def delegating(model, optimizer, x):
+        x_rot, labels = augment.rotate_batch(x)  # the reference instead of one's own
+        loss = F.cross_entropy(model(x_rot), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        return loss.item()
+
+    grading.check_rotation_step(delegating)
+    fails(grading.check_rotation_step, delegating, True, "calls the reference sslkit")
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. jigsaw_tiles
+
+
+def test_jigsaw_tiles_wrong_answers(solution):
+    check = grading.check_jigsaw_tiles
+
+    def tiles_of(x):
+        n, c, h, w = x.shape
+        t = x.reshape(n, c, 3, h // 3, 3, w // 3).permute(0, 2, 4, 1, 3, 5)
+        return t.reshape(n, 9, c, h // 3, w // 3)
+
+    def inverse_permutation(x, perms):
+        tiles = tiles_of(x)
+        out = torch.empty_like(tiles)
+        out[torch.arange(len(x))[:, None], perms] = tiles
+        return out
+
+    def column_major(x, perms):
+        n, c, h, w = x.shape
+        t = x.reshape(n, c, 3, h // 3, 3, w // 3).permute(0, 4, 2, 1, 3, 5)
+        return t.reshape(n, 9, c, h // 3, w // 3)[torch.arange(n)[:, None], perms]
+
+    def unshuffled(x, perms):
+        return tiles_of(x)
+
+    assert "inverse permutation" in fails(check, inverse_permutation, False, "tiles differ")
+    assert "row by row" in fails(check, column_major, False, "tiles differ")
+    assert "apply the permutation" in fails(check, unshuffled, False, "tiles differ")
+    fails(check, lambda x, perms: x, False, "expected shape")
+
+
+def test_jigsaw_tiles_delegation_fails_hidden():
+    def via_jigsaw_tiles(x, perms):
+        return augment.jigsaw_tiles(x, perms)
+
+    def via_split_tiles(x, perms):
+        return augment.split_tiles(x)[torch.arange(len(x))[:, None], perms]
+
+    for answer in (via_jigsaw_tiles, via_split_tiles):
+        grading.check_jigsaw_tiles(answer)
+        fails(grading.check_jigsaw_tiles, answer, True, "calls the reference sslkit")
