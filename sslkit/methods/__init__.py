@@ -15,9 +15,10 @@ from sslkit.methods.jigsaw import Jigsaw
 from sslkit.methods.relative_patch import RelativePatch
 from sslkit.methods.rotation import Rotation
 from sslkit.methods.simclr import SimCLR
+from sslkit.methods.triplet import Triplet
 from sslkit.models import build_encoder
 
-METHODS = ("simclr", "rotation", "jigsaw", "relative_patch")
+METHODS = ("simclr", "triplet", "rotation", "jigsaw", "relative_patch")
 
 
 def build_method(
@@ -43,7 +44,10 @@ def build_method(
     if name == "relative_patch":
         return RelativePatch(encoder, generator=generator)
     views = SimCLRViews(view_config_for(dataset, image_size), generator)
+    if name == "triplet":  # margin and mining keep the module's defaults (0.2, semi-hard)
+        return Triplet(encoder, views, proj_dim=options.get("proj_dim", 64),
+                       head=options.get("head", "mlp"), generator=generator)
     return SimCLR(encoder, views, **options)
 
 
-__all__ = ["METHODS", "Jigsaw", "RelativePatch", "Rotation", "SimCLR", "build_method"]
+__all__ = ["METHODS", "Jigsaw", "RelativePatch", "Rotation", "SimCLR", "Triplet", "build_method"]
