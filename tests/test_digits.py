@@ -133,4 +133,8 @@ def test_load_dataset_names():
     assert data.name == "digits" and data.channels == 1 and data.image_size == 32
     sub = data.subset(10, 5)
     assert len(sub.train_x) == 10 and len(sub.test_y) == 5
-    assert torch.equal(sub.pretrain_images(), data.train_x[:10])
+    assert torch.equal(sub.pretrain_images(), sub.train_x)  # no unlabeled split
+    # a seeded random subset of the training images, in their original order
+    flat = data.train_x.flatten(1)
+    rows = [int((flat == img.flatten()).all(dim=1).nonzero()[0]) for img in sub.train_x]
+    assert rows == sorted(rows) and len(set(rows)) == 10
