@@ -117,3 +117,58 @@ def case_label(n: int, d: int, t: float | None = None) -> str:
 # ----------------------------------------------------------------------------------------------
 # 1. build_augmentation(size)
 # ----------------------------------------------------------------------------------------------
+
+
+# ----------------------------------------------------------------------------------------------
+# Comparisons shared by the loss and training-step exercises
+# ----------------------------------------------------------------------------------------------
+
+
+def close(got: torch.Tensor, expected: torch.Tensor, atol: float = 1e-5) -> bool:
+    got = got.detach().to(expected.dtype)
+    return got.shape == expected.shape and torch.allclose(got, expected, atol=atol, rtol=1e-4)
+
+
+def match_value(exercise: str, got: torch.Tensor, expected: torch.Tensor,
+                variants: dict[str, torch.Tensor], where: str) -> None:
+    """Fail unless got ≈ expected (scalars); the hint names the known mistake (a key of
+    ``variants``) whose value ``got`` equals, if any."""
+    if close(got, expected):
+        return
+    hint = next((" — " + text for text, value in variants.items()
+                 if close(got, value, atol=1e-4)), "")
+    raise AssertionError(f"{exercise}: expected {float(expected):.4f}, got {float(got):.4f}"
+                         f"{where}{hint}")
+
+
+def require_grad(exercise: str, got: torch.Tensor, where: str) -> None:
+    if not got.requires_grad:
+        raise AssertionError(f"{exercise}: the loss carries no gradient{where}: keep the "
+                             "computation in torch (no .item(), numpy or torch.no_grad())")
+
+
+def max_param_diff(a: torch.nn.Module, b: torch.nn.Module) -> float:
+    return max(float((p - q).abs().max()) for p, q in zip(a.parameters(), b.parameters()))
+
+
+def match_step(exercise: str, got, expected: float, model: torch.nn.Module,
+               before: torch.nn.Module, reference: torch.nn.Module, label: str, where: str,
+               hint: Callable[[], str]) -> None:
+    """The checks of one training step: the loss came back as a float equal to the reference's,
+    the weights changed, and they equal the reference's updated weights. ``hint()`` explains a
+    wrong loss; ``reference`` holds the reference's parameters in the model's order."""
+    if not isinstance(got, float):
+        raise AssertionError(f"{exercise}: expected the loss as a Python float, got "
+                             f"{type(got).__name__}{where}: return loss.item()")
+    if abs(got - expected) > 1e-5:
+        raise AssertionError(f"{exercise}: {label}expected loss {expected:.5f}, got {got:.5f}"
+                             f"{where}{hint()}")
+    if max_param_diff(model, before) == 0:
+        raise AssertionError(f"{exercise}: {label}the weights did not change{where}: call "
+                             "loss.backward() and then optimizer.step()")
+    diff = max_param_diff(model, reference)
+    if diff > 1e-5:
+        raise AssertionError(
+            f"{exercise}: {label}the loss is right but the updated weights differ from the "
+            f"reference's by up to {diff:.2g}{where}: call optimizer.zero_grad() before "
+            "loss.backward(), then optimizer.step(), once per step")

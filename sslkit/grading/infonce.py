@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from sslkit import losses, mutual_info
-from sslkit.grading.guard import as_tensor, call, quiet, randn
+from sslkit.grading.guard import as_tensor, call, close, match_value, quiet, randn, require_grad
 
 __all__ = ["check_gaussian_mi", "check_info_nce", "check_negative_weights"]
 
@@ -38,11 +38,6 @@ REFERENCES = {
 def _call(exercise: str, fn: Callable, *args, where: str = "", guard: bool = False):
     """guard.call with this notebook's references blocked when guard is True."""
     return call(exercise, fn, *args, where=where, blocked=REFERENCES[exercise] if guard else None)
-
-
-def _close(got: torch.Tensor, expected: torch.Tensor, atol: float = 1e-5) -> bool:
-    got = got.detach().to(expected.dtype)
-    return got.shape == expected.shape and torch.allclose(got, expected, atol=atol, rtol=1e-4)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -108,19 +103,11 @@ def _compare_info_nce(fn: Callable, q, p, neg, t: float, grad: bool) -> None:
                              f"{tuple(got.shape)}{where}: average with .mean()")
     got = got.reshape(())
     expected = losses.info_nce(q, p, neg, t)
-    if not _close(got, expected):
-        hint = ""
-        for text, value in _info_nce_variants(q, p, neg, t).items():
-            if _close(got, value, atol=1e-4):
-                hint = " — " + text
-                break
-        raise AssertionError(f"{ex}: expected {float(expected):.4f}, got {float(got):.4f}"
-                             f"{where}{hint}")
+    if not close(got, expected):  # the variants are only computed for a wrong answer
+        match_value(ex, got, expected, _info_nce_variants(q, p, neg, t), where)
     if not grad:
         return
-    if not got.requires_grad:
-        raise AssertionError(f"{ex}: the loss carries no gradient{where}: keep the computation in "
-                             f"torch (no .item(), numpy or torch.no_grad())")
+    require_grad(ex, got, where)
     grads = _call(ex, torch.autograd.grad, got, (a, b, c), where=where + " in backward")
     refs = [v.clone().requires_grad_() for v in (q, p, neg)]
     expected_grads = torch.autograd.grad(losses.info_nce(*refs, t), refs)
@@ -192,10 +179,10 @@ def _compare_weights(fn: Callable, s: torch.Tensor, t: float, where: str, guard:
                 if got.shape[-1:] == s.shape[-1:] else "")
         raise AssertionError(f"{ex}: expected shape {tuple(expected.shape)}, got "
                              f"{tuple(got.shape)}{where}{hint}")
-    if not _close(got, expected, atol=1e-5):
+    if not close(got, expected, atol=1e-5):
         hint = ""
         for text, value in _weights_variants(s, t).items():
-            if _close(got, value, atol=1e-4):
+            if close(got, value, atol=1e-4):
                 hint = " — " + text
                 break
         got = got.detach().to(expected.dtype)
