@@ -297,3 +297,50 @@ def test_infinite_loop_is_cut_after_the_timeout(graded):
         f"grading took {seconds['looping']:.0f} s with the loop, {seconds['solved']:.0f} s "
         f"without ({hanging} cells call nt_xent_loop, {CELL_TIMEOUT} s each)"
     )
+
+
+# ----------------------------------------------------------------------------- every assignment
+IGNORED = (".ipynb_checkpoints", "__pycache__")
+OTHERS = sorted(p.parent.name for p in REPO.glob("solutions/*/*.ipynb")
+                if p.parent.name != ASSIGNMENT)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def graded_solutions(tmp_path_factory):
+    """Every other assignment released, its solution submitted and autograded; returns
+    {assignment: {grade_id: (auto_score, max_score, cell_type)}}."""
+    course = tmp_path_factory.mktemp("all")
+    shutil.copytree(REPO / "autograder", course / "autograder",
+                    ignore=shutil.ignore_patterns("gradebook.db", "submitted", "autograded",
+                                                  "feedback", "*.csv", "__pycache__"))  # fmt: skip
+    for name in OTHERS:
+        shutil.copytree(REPO / "solutions" / name, course / "solutions" / name,
+                        ignore=shutil.ignore_patterns(*IGNORED))
+    run_course(course, "release")
+    for name in OTHERS:
+        source = nbformat.read(course / "solutions" / name / f"{name}.ipynb", as_version=4)
+        release = nbformat.read(course / "notebooks" / name / f"{name}.ipynb", as_version=4)
+        folder = course / "autograder" / "submitted" / "solver" / name
+        folder.mkdir(parents=True)
+        nbformat.write(solved(release, source), folder / f"{name}.ipynb")
+        run_course(course, "nbgrader", "autograde", name)
+    grades = {}
+    with Gradebook(f"sqlite:///{course / 'autograder' / 'gradebook.db'}",
+                   course_id="sslkit") as gb:  # fmt: skip
+        for name in OTHERS:
+            notebook = gb.find_submission_notebook(name, name, "solver")
+            grades[name] = {g.name: (g.auto_score, float(g.max_score), g.cell.cell_type)
+                            for g in notebook.grades}  # fmt: skip
+    return grades
+
+
+@pytest.mark.parametrize("name", OTHERS)
+def test_every_solution_scores_full_marks_under_nbgrader(graded_solutions, name):
+    # nbgrader fails a test cell that writes to stderr, which nbval does not check: this runs
+    # each solution notebook as the autograder does. Written answers (markdown) are graded by
+    # hand and have no automatic score.
+    grades = graded_solutions[name]
+    code = {gid: (auto, top) for gid, (auto, top, kind) in grades.items() if kind == "code"}
+    assert code, f"{name} has no automatically graded test cell"
+    lost = {gid: f"{auto}/{top}" for gid, (auto, top) in code.items() if auto != top}
+    assert not lost, f"{name}: the solution loses points under nbgrader: {lost}"
