@@ -1,0 +1,32 @@
+"""The exponential moving average that MoCo's key encoder and DINO's teacher follow.
+
+    target <- m * target + (1 - m) * online      parameter by parameter, no gradient
+
+With m close to 1 the target changes slowly, so the keys (MoCo) or the teacher's outputs (DINO)
+computed at different steps stay consistent with each other. Buffers such as BatchNorm's
+running statistics are not averaged: the target keeps its own.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from sslkit.errors import SSLKitError
+
+
+@torch.no_grad()
+def update_momentum(online: nn.Module, target: nn.Module, m: float) -> None:
+    """target <- m * target + (1 - m) * online for every parameter; online is not changed."""
+    if not 0.0 <= m <= 1.0:
+        raise SSLKitError(f"momentum m must be in [0, 1] (got {m}): MoCo uses 0.99-0.999")
+    online_params, target_params = list(online.parameters()), list(target.parameters())
+    if len(online_params) != len(target_params) or any(
+        a.shape != b.shape for a, b in zip(online_params, target_params)
+    ):
+        raise SSLKitError(
+            "update_momentum needs two copies of the same network: make the target with "
+            "copy.deepcopy(online)"
+        )
+    for p_online, p_target in zip(online_params, target_params):
+        p_target.mul_(m).add_(p_online.detach(), alpha=1 - m)
