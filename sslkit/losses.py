@@ -37,8 +37,12 @@ from sslkit.errors import SSLKitError
 
 __all__ = [
     "cosine_similarity_matrix",
+    "dino_loss",
+    "dino_loss_loop",
     "info_nce",
     "margin_triplet",
+    "moco_loss",
+    "moco_loss_loop",
     "nt_logistic",
     "nt_xent",
     "nt_xent_loop",
@@ -301,3 +305,115 @@ def margin_triplet(z1: Tensor, z2: Tensor, margin: float = 0.5) -> Tensor:
     pos_sim = sim.gather(1, partner[:, None])  # (2N, 1)
     hinge = F.relu(sim - pos_sim + margin)  # (2N, 2N), one entry per (anchor, candidate)
     return (hinge * negative_mask).sum(dim=1).mean()  # sum over negatives, mean over anchors
+
+
+# ----------------------------------------------------------------------------------------------
+# MoCo (He et al., 2020): queries against their keys and a queue of old keys
+# ----------------------------------------------------------------------------------------------
+
+
+def _check_queue(fn: str, q: Tensor, queue: Tensor) -> None:
+    if not isinstance(queue, Tensor) or queue.ndim != 2 or queue.shape[1] != q.shape[1]:
+        got = _shape(queue) if isinstance(queue, Tensor) else type(queue).__name__
+        raise SSLKitError(f"{fn}: queue must be (K, D) with D={q.shape[1]} like q, got {got}: "
+                          f"store one key per row")
+    if not queue.is_floating_point() or queue.shape[0] == 0:
+        raise SSLKitError(f"{fn}: queue must be a non-empty floating tensor (got {queue.dtype}, "
+                          f"shape {_shape(queue)}): fill it with normalised random keys")
+
+
+@_in_float32
+def moco_loss(q: Tensor, k: Tensor, queue: Tensor, temperature: float = 0.2) -> Tensor:
+    """MoCo's InfoNCE: each query q_i must pick its key k_i out of [k_i, queue_0..queue_{K-1}].
+
+    q, k: (N, D) queries (query encoder) and keys (momentum encoder); queue: (K, D) keys of
+    earlier batches, the negatives. Keys and queue carry no gradient (detached here). With
+    cosine similarities and temperature t:
+
+        logits_i = [q_i . k_i, q_i . queue_0, ..., q_i . queue_{K-1}] / t      (1 + K,)
+        loss = mean_i cross_entropy(logits_i, label 0)
+    """
+    _check_inputs("moco_loss", {"q": q, "k": k}, temperature=temperature)
+    _check_queue("moco_loss", q, queue)
+    q = F.normalize(q, dim=1)  # (N, D)
+    k = F.normalize(k.detach(), dim=1)  # (N, D), no gradient into the key encoder
+    queue = F.normalize(queue.detach(), dim=1)  # (K, D)
+    # legend: n = query, d = feature, k = queue entry
+    l_pos = (q * k).sum(dim=1, keepdim=True)  # (N, 1)
+    l_neg = torch.einsum("nd,kd->nk", q, queue)  # (N, K)
+    logits = torch.cat([l_pos, l_neg], dim=1) / temperature  # (N, 1 + K), positive first
+    labels = torch.zeros(q.shape[0], dtype=torch.long, device=q.device)  # (N,)
+    return F.cross_entropy(logits, labels)
+
+
+@_in_float32
+def moco_loss_loop(q: Tensor, k: Tensor, queue: Tensor, temperature: float = 0.2) -> Tensor:
+    """The same value as :func:`moco_loss`, one query at a time (slow, readable)."""
+    _check_inputs("moco_loss_loop", {"q": q, "k": k}, temperature=temperature)
+    _check_queue("moco_loss_loop", q, queue)
+    total = 0.0
+    for i in range(q.shape[0]):
+        qi = q[i] / q[i].norm()
+        pos = torch.exp(torch.dot(qi, k[i].detach() / k[i].detach().norm()) / temperature)
+        neg = sum(torch.exp(torch.dot(qi, n.detach() / n.detach().norm()) / temperature)
+                  for n in queue)
+        total = total - torch.log(pos / (pos + neg))
+    return total / q.shape[0]
+
+
+# ----------------------------------------------------------------------------------------------
+# DINO (Caron et al., 2021): cross-entropy between a centred, sharpened teacher and the student
+# ----------------------------------------------------------------------------------------------
+
+
+def _check_dino(fn: str, student_out, teacher_out, center) -> None:
+    if len(teacher_out) == 0 or len(student_out) < len(teacher_out):
+        raise SSLKitError(f"{fn}: need >= 1 teacher output and at least as many student outputs "
+                          f"(global crops first), got {len(student_out)} and {len(teacher_out)}")
+    shape = student_out[0].shape
+    if any(t.shape != shape for t in (*student_out, *teacher_out)) or len(shape) != 2:
+        raise SSLKitError(f"{fn}: every output must be (N, K) with the same shape")
+    if center.shape[-1] != shape[1]:
+        raise SSLKitError(f"{fn}: center must have K={shape[1]} entries, got {_shape(center)}")
+
+
+def dino_loss(student_out, teacher_out, center: Tensor, student_temp: float = 0.1,
+              teacher_temp: float = 0.04) -> Tensor:
+    """DINO's loss. student_out: list of V (N, K) logits, global crops first; teacher_out: list
+    of G (N, K) logits of the global crops; center (K,) or (1, K).
+
+        p_t = softmax((t - center) / teacher_temp)   no gradient (centring + sharpening)
+        loss = mean over pairs (g, v), v != g, of mean_n sum_k -p_t[g] log softmax(s[v] / T_s)
+    """
+    _check_dino("dino_loss", student_out, teacher_out, center)
+    with torch.autocast(device_type=center.device.type, enabled=False):
+        s = torch.stack([_up(x) for x in student_out]) / student_temp  # (V, N, K)
+        t = torch.stack([_up(x).detach() for x in teacher_out])  # (G, N, K)
+        p_t = F.softmax((t - _up(center).detach()) / teacher_temp, dim=-1)  # (G, N, K)
+        log_p_s = F.log_softmax(s, dim=-1)  # (V, N, K)
+        # legend: g = teacher crop, v = student crop, n = image, k = output dimension
+        ce = -torch.einsum("gnk,vnk->gv", p_t, log_p_s) / s.shape[1]  # (G, V) mean over n
+        g_count, v_count = ce.shape
+        keep = ~torch.eye(g_count, v_count, dtype=torch.bool, device=ce.device)  # drop v == g
+        return ce[keep].mean()
+
+
+def _up(x: Tensor) -> Tensor:
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
+def dino_loss_loop(student_out, teacher_out, center: Tensor, student_temp: float = 0.1,
+                   teacher_temp: float = 0.04) -> Tensor:
+    """The same value as :func:`dino_loss`, one (teacher crop, student crop) pair at a time."""
+    _check_dino("dino_loss_loop", student_out, teacher_out, center)
+    total, pairs = 0.0, 0
+    for g, t in enumerate(teacher_out):
+        t, c = t.detach(), center.detach()
+        p_t = F.softmax((_up(t) - _up(c)) / teacher_temp, dim=-1)
+        for v, s in enumerate(student_out):
+            if v == g:  # a crop is never compared with itself
+                continue
+            log_p_s = F.log_softmax(_up(s) / student_temp, dim=-1)
+            total = total + (-(p_t * log_p_s).sum(dim=-1)).mean()
+            pairs += 1
+    return total / pairs

@@ -11,14 +11,17 @@ from torch import nn
 
 from sslkit.augment import SimCLRViews, view_config_for
 from sslkit.errors import SSLKitError
+from sslkit.methods.dino import DINO, MultiCropViews
 from sslkit.methods.jigsaw import Jigsaw
+from sslkit.methods.moco import MoCo, moco_view_config
 from sslkit.methods.relative_patch import RelativePatch
 from sslkit.methods.rotation import Rotation
 from sslkit.methods.simclr import SimCLR
 from sslkit.methods.triplet import Triplet
 from sslkit.models import build_encoder
+from sslkit.models.vit import ViT
 
-METHODS = ("simclr", "triplet", "rotation", "jigsaw", "relative_patch")
+METHODS = ("simclr", "triplet", "rotation", "jigsaw", "relative_patch", "moco", "dino")
 
 
 def build_method(
@@ -36,6 +39,15 @@ def build_method(
     own heads, ignore them)."""
     if name not in METHODS:
         raise SSLKitError(f"unknown method {name!r}: use one of {', '.join(METHODS)}")
+    if name == "dino":  # arch "vit" (or "vit-<dim>"): the small ViT, 4x4 patches; else a CNN
+        # SimCLR's options do not apply (DINO has its own head and temperatures)
+        options = {k: v for k, v in options.items() if k not in ("proj_dim", "temperature", "head")}
+        vit = arch.startswith("vit")
+        encoder = (ViT(image_size, 4, in_channels, dim=int(arch[4:] or 64)) if vit
+                   else build_encoder(arch, in_channels))
+        return DINO(encoder, MultiCropViews(view_config_for(dataset, image_size),
+                                            local_size=image_size // 2, generator=generator),
+                    **options)
     encoder = build_encoder(arch, in_channels)
     if name == "rotation":
         return Rotation(encoder)
@@ -43,6 +55,9 @@ def build_method(
         return Jigsaw(encoder, generator=generator)
     if name == "relative_patch":
         return RelativePatch(encoder, generator=generator)
+    if name == "moco":  # v2: MLP head and blur; queue size and momentum keep the defaults
+        return MoCo(encoder, SimCLRViews(moco_view_config(view_config_for(dataset, image_size)),
+                                         generator), **options)
     views = SimCLRViews(view_config_for(dataset, image_size), generator)
     if name == "triplet":  # margin and mining keep the module's defaults (0.2, semi-hard)
         return Triplet(encoder, views, proj_dim=options.get("proj_dim", 64),
@@ -50,4 +65,7 @@ def build_method(
     return SimCLR(encoder, views, **options)
 
 
-__all__ = ["METHODS", "Jigsaw", "RelativePatch", "Rotation", "SimCLR", "Triplet", "build_method"]
+__all__ = [
+    "DINO", "METHODS", "Jigsaw", "MoCo", "RelativePatch", "Rotation", "SimCLR", "Triplet",
+    "build_method",
+]

@@ -10,12 +10,14 @@ from sslkit.errors import SSLKitError
 from sslkit.models.convnet import ConvNet
 from sslkit.models.heads import projection_head
 from sslkit.models.resnet import resnet
+from sslkit.models.vit import ViT
 
 ARCHS = {
     "convnet-small": lambda c: ConvNet(c, (16, 32, 64, 128)),  # fast on a laptop CPU
     "convnet": lambda c: ConvNet(c, (32, 64, 128, 256)),
     "resnet18": lambda c: resnet(18, c),
     "resnet50": lambda c: resnet(50, c),
+    "vit": lambda c: ViT(32, 4, c),  # small ViT: 4x4 patches, dim 64, depth 4 (DINO)
 }
 
 
@@ -25,4 +27,4 @@ def build_encoder(arch: str, in_channels: int = 3) -> nn.Module:
     return ARCHS[arch](in_channels)
 
 
-__all__ = ["ARCHS", "ConvNet", "build_encoder", "projection_head", "resnet"]
+__all__ = ["ARCHS", "ConvNet", "build_encoder", "ViT", "projection_head", "resnet"]

@@ -1,0 +1,197 @@
+"""DINO (Caron et al., 2021): self-distillation with no labels. A student network is trained to
+predict, from any crop of an image, the output of a teacher network on a global crop of the same
+image; the teacher is an exponential moving average (EMA) of the student, never trained by
+gradient.
+
+    crops = 2 global (large) + n_local (small) views of x     global crops first
+    s_v = g_s(f_s(crop_v))              (N, K) for every crop      student, with gradient
+    update_momentum(student -> teacher, m[step])                   BEFORE the teacher pass
+    t_g = g_t(f_t(crop_g))              (N, K) for global crops    teacher, no gradient
+    loss = dino_loss(s, t, center, student_temp, teacher_temp[step])
+    center <- c * center + (1 - c) * mean of the teacher outputs over the batch   AFTER the loss
+
+Two ways to collapse, and the two tricks that stop them:
+* one dimension dominates (every image -> the same one-hot): centring subtracts the running
+  mean of the teacher outputs, so no dimension can win for all images;
+* uniform output (every image -> the same flat distribution): sharpening, a teacher temperature
+  lower than the student's, pushes the teacher towards peaked distributions.
+Centring alone pushes towards uniform, sharpening alone towards one dimension; used together
+they balance. ``centering`` and ``sharpening`` switch each off for the collapse experiment, and
+``last_stats`` holds the two diagnostics: the teacher's output entropy and KL(teacher || student).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import replace
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sslkit.augment import SimCLRViews, ViewConfig
+from sslkit.errors import SSLKitError
+from sslkit.losses import dino_loss
+from sslkit.methods.momentum import update_momentum
+from sslkit.schedules import cosine_schedule
+
+
+def teacher_temp_schedule(warmup_temp: float, final_temp: float, warmup_steps: int,
+                          total_steps: int) -> np.ndarray:
+    """(total_steps,) teacher temperatures: linear warmup_temp -> final_temp, then constant."""
+    warmup = min(warmup_steps, total_steps)
+    ramp = np.linspace(warmup_temp, final_temp, warmup) if warmup else np.zeros(0)
+    return np.concatenate([ramp, np.full(total_steps - warmup, final_temp)])
+
+
+def momentum_schedule(base: float, total_steps: int) -> np.ndarray:
+    """(total_steps,) teacher momentum: cosine from base up to 1, as in DINO."""
+    return cosine_schedule(base, 1.0, 1, max(total_steps, 1))
+
+
+@torch.no_grad()
+def update_center(center: torch.Tensor, teacher_out: list[torch.Tensor],
+                  momentum: float = 0.9) -> torch.Tensor:
+    """center (1, K) <- momentum * center + (1 - momentum) * mean over every teacher row."""
+    batch_mean = torch.cat(teacher_out).mean(dim=0, keepdim=True)  # (1, K)
+    return center * momentum + batch_mean * (1 - momentum)
+
+
+class WeightNormLinear(nn.Module):
+    """Linear layer with unit-norm weight rows and no bias: weight_norm with the gain g fixed to
+    1 (DINO's ``norm_last_layer``), which stabilises training."""
+
+    def __init__(self, in_dim: int, out_dim: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(out_dim, in_dim) * in_dim ** -0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, F.normalize(self.weight, dim=1))  # (N, out_dim)
+
+
+class DINOHead(nn.Module):
+    """h (N, in_dim) -> MLP -> bottleneck -> L2-normalise -> weight-normalised layer -> (N, K)."""
+
+    def __init__(self, in_dim: int, out_dim: int = 256, hidden_dim: int = 256,
+                 bottleneck_dim: int = 64):
+        super().__init__()
+        self.mlp = nn.Sequential(
+            nn.Linear(in_dim, hidden_dim), nn.GELU(),
+            nn.Linear(hidden_dim, hidden_dim), nn.GELU(),
+            nn.Linear(hidden_dim, bottleneck_dim),
+        )
+        self.last_layer = WeightNormLinear(bottleneck_dim, out_dim)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.last_layer(F.normalize(self.mlp(h), dim=1))
+
+
+class MultiCropViews(nn.Module):
+    """x (N, C, H, W) -> [2 global crops (N, C, S, S)] + [n_local crops (N, C, s, s)]."""
+
+    def __init__(self, cfg: ViewConfig = ViewConfig(), n_local: int = 4, local_size: int = 16,
+                 global_scale: tuple[float, float] = (0.4, 1.0),
+                 local_scale: tuple[float, float] = (0.05, 0.4),
+                 generator: torch.Generator | None = None):
+        super().__init__()
+        self.n_local = n_local
+        self.global_views = SimCLRViews(replace(cfg, crop_scale=global_scale), generator)
+        self.local_views = SimCLRViews(replace(cfg, size=local_size, crop_scale=local_scale),
+                                       generator)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return ([self.global_views(x) for _ in range(2)]
+                + [self.local_views(x) for _ in range(self.n_local)])
+
+
+class DINO(nn.Module):
+    def __init__(
+        self,
+        encoder: nn.Module,
+        views: MultiCropViews,
+        out_dim: int = 256,  # K, the number of output "prototypes" (65536 in the paper)
+        hidden_dim: int = 256,
+        bottleneck_dim: int = 64,
+        student_temp: float = 0.1,
+        teacher_temp: float = 0.04,  # final teacher temperature (sharpening)
+        warmup_teacher_temp: float = 0.04,  # DINO: 0.04, warmed up to 0.07 for ViT-S in 30 ep.
+        warmup_steps: int = 0,
+        total_steps: int = 1000,  # length of the schedules (the last value is kept after it)
+        momentum: float = 0.996,  # teacher EMA momentum at step 0, cosine to 1
+        center_momentum: float = 0.9,
+        centering: bool = True,
+        sharpening: bool = True,  # False: the teacher uses the student's temperature
+    ):
+        super().__init__()
+        self.encoder = encoder  # student backbone, the representation kept after training
+        self.head = DINOHead(encoder.feature_dim, out_dim, hidden_dim, bottleneck_dim)
+        self.teacher_encoder = copy.deepcopy(encoder)  # a separate copy, never the same object
+        self.teacher_head = copy.deepcopy(self.head)
+        for p in [*self.teacher_encoder.parameters(), *self.teacher_head.parameters()]:
+            p.requires_grad_(False)  # updated by EMA only
+        self.views = views
+        self.student_temp = student_temp
+        self.centering, self.sharpening = centering, sharpening
+        self.center_momentum = center_momentum
+        self.teacher_temps = teacher_temp_schedule(warmup_teacher_temp, teacher_temp,
+                                                   warmup_steps, total_steps)
+        self.momentums = momentum_schedule(momentum, total_steps)
+        self.register_buffer("center", torch.zeros(1, out_dim))
+        self.register_buffer("step", torch.zeros((), dtype=torch.long))
+        self.last_stats: dict[str, float] = {}
+
+    # -- stages -------------------------------------------------------------------------------
+    def _at(self, schedule: np.ndarray) -> float:
+        return float(schedule[min(int(self.step), len(schedule) - 1)])
+
+    def student_outputs(self, crops: list[torch.Tensor]) -> list[torch.Tensor]:
+        """One pass per crop size (global crops together, local crops together)."""
+        out = []
+        for group in (crops[:2], crops[2:]):
+            if group:
+                out += self.head(self.encoder(torch.cat(group))).chunk(len(group))
+        return out
+
+    @torch.no_grad()
+    def teacher_outputs(self, global_crops: list[torch.Tensor]) -> list[torch.Tensor]:
+        z = self.teacher_head(self.teacher_encoder(torch.cat(global_crops)))
+        return list(z.chunk(len(global_crops)))
+
+    @torch.no_grad()
+    def momentum_update(self) -> None:
+        m = self._at(self.momentums)
+        update_momentum(self.encoder, self.teacher_encoder, m)
+        update_momentum(self.head, self.teacher_head, m)
+
+    def teacher_temp(self) -> float:
+        return self._at(self.teacher_temps) if self.sharpening else self.student_temp
+
+    @torch.no_grad()
+    def _diagnostics(self, s_out, t_out, teacher_temp: float) -> None:
+        """Teacher entropy and KL(teacher || student) over the (global teacher, other crop)
+        pairs, in nats, stored in ``last_stats``."""
+        p_t = [F.softmax((t - self.center) / teacher_temp, dim=-1) for t in t_out]
+        ent = torch.stack([-(p * torch.log(p.clamp_min(1e-12))).sum(-1).mean() for p in p_t])
+        kls = [F.kl_div(F.log_softmax(s / self.student_temp, dim=-1), p, reduction="batchmean")
+               for g, p in enumerate(p_t) for v, s in enumerate(s_out) if v != g]
+        self.last_stats = {"teacher_entropy": float(ent.mean()),
+                           "kl": float(torch.stack(kls).mean())}
+
+    def loss_on_crops(self, crops: list[torch.Tensor]) -> torch.Tensor:
+        if len(crops) < 2:
+            raise SSLKitError("DINO needs at least the 2 global crops")
+        s_out = self.student_outputs(crops)  # V x (N, K)
+        self.momentum_update()  # before the teacher pass
+        t_out = self.teacher_outputs(crops[:2])  # 2 x (N, K)
+        temp = self.teacher_temp()
+        loss = dino_loss(s_out, t_out, self.center, self.student_temp, temp)
+        self._diagnostics([s.detach() for s in s_out], t_out, temp)
+        if self.centering:
+            self.center.copy_(update_center(self.center, t_out, self.center_momentum))
+        self.step += 1
+        return loss
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (N, C, H, W) images (uint8 or [0, 1] floats) -> scalar loss."""
+        return self.loss_on_crops(self.views(x))

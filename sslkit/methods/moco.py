@@ -1,0 +1,152 @@
+"""MoCo v1/v2 (He et al., 2020; Chen et al., 2020): a query encoder trained by gradient, a key
+encoder that follows it as a moving average, and a FIFO queue of keys used as negatives.
+
+    v1, v2 = two views of x                       (N, C, S, S) each
+    q = g_q(f_q(v1))                              (N, D)   query network, trained
+    update_momentum(query -> key, m)              BEFORE the key pass: θk <- m θk + (1-m) θq
+    k = g_k(f_k(v2))  under no_grad               (N, D)   key network, never gets a gradient
+    loss = moco_loss(q, k, queue, T)              positive k_i, negatives = the K queued keys
+    enqueue(k)                                    AFTER the loss: the oldest N keys are replaced
+
+Why a queue: the number of negatives K is decoupled from the batch size (65536 negatives at
+batch 256), and since the key encoder moves slowly, keys of the last K/N batches are still
+comparable with today's queries -- unlike a memory bank (InstDisc, PIRL), whose entries were
+computed by encoders of up to an epoch ago.
+
+v1 vs v2: v2 adds an MLP projection head, blur and a lower temperature (0.2 instead of 0.07,
+here per-run). ``symmetric=True`` also swaps the roles of the views and sums both losses (as in
+the MoCo CIFAR-10 demo); the keys of both views are enqueued.
+
+BatchNorm leakage: with plain BN, the keys of a batch are normalised with statistics of the
+same batch the positive comes from, and the network can "cheat" through them. Shuffle-BN
+(several GPUs) computes the key BN statistics on a different subset of samples than the query
+BN statistics. ``bn_splits=s`` emulates it on one device: queries go through the network in s
+groups in order, keys in s groups of a random permutation (then un-shuffled).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import replace
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sslkit.augment import SimCLRViews, ViewConfig
+from sslkit.errors import SSLKitError
+from sslkit.losses import moco_loss
+from sslkit.methods.momentum import update_momentum
+from sslkit.models.heads import projection_head
+
+
+def moco_view_config(base: ViewConfig, version: str = "v2") -> ViewConfig:
+    """v1: crops, flip, colour jitter (strength 0.4 of 1), grayscale; v2 adds Gaussian blur
+    (p=0.5) and the full jitter strength of SimCLR's recipe (p=0.8)."""
+    if version == "v1":
+        return replace(base, jitter_strength=min(base.jitter_strength, 0.5), blur_p=0.0)
+    if version == "v2":
+        return replace(base, blur_p=0.5)
+    raise SSLKitError(f"unknown MoCo version {version!r}: use 'v1' or 'v2'")
+
+
+def check_queue_size(queue_size: int, batch: int) -> None:
+    """One-line error unless the queue holds a whole number of batches."""
+    if batch <= 0 or queue_size % batch != 0:
+        raise SSLKitError(f"MoCo queue size K={queue_size} is not divisible by the keys per step "
+                          f"({batch}): choose K as a multiple of the batch size, e.g. "
+                          f"{max(batch, (queue_size // max(batch, 1)) * batch)}")
+
+
+class MoCo(nn.Module):
+    def __init__(
+        self,
+        encoder: nn.Module,
+        views: SimCLRViews,
+        proj_dim: int = 128,
+        hidden_dim: int | None = None,
+        head: str = "mlp",  # v2: "mlp"; v1: "linear"
+        temperature: float = 0.2,  # v2: 0.2; v1: 0.07
+        queue_size: int = 4096,  # K negatives (65536 in the paper, 4096 in the CIFAR demo)
+        momentum: float = 0.99,  # m of the key encoder (0.999 in the paper, 0.99 CIFAR demo)
+        symmetric: bool = False,  # also use (v2 -> query, v1 -> key) and sum the two losses
+        bn_splits: int = 1,  # > 1: emulate shuffle-BN with this many groups
+    ):
+        super().__init__()
+        self.encoder = encoder  # f_q, the representation kept after training
+        self.head = projection_head(encoder.feature_dim, proj_dim, hidden_dim, kind=head)
+        self.key_encoder = copy.deepcopy(self.encoder)  # f_k
+        self.key_head = copy.deepcopy(self.head)  # g_k
+        for p in [*self.key_encoder.parameters(), *self.key_head.parameters()]:
+            p.requires_grad_(False)  # updated by momentum only
+        self.views = views
+        self.temperature = temperature
+        self.momentum = momentum
+        self.symmetric = symmetric
+        self.bn_splits = bn_splits
+        out_dim = encoder.feature_dim if head == "none" else proj_dim
+        queue = F.normalize(torch.randn(queue_size, out_dim), dim=1)  # (K, D) random unit keys
+        self.register_buffer("queue", queue)
+        self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
+
+    # -- stages -------------------------------------------------------------------------------
+
+    def _grouped(self, net, v: torch.Tensor, perm: torch.Tensor | None) -> torch.Tensor:
+        """net(v) with BatchNorm statistics per group of N / bn_splits samples (in perm order)."""
+        s = self.bn_splits
+        if s <= 1:
+            return net(v)
+        if len(v) % s:
+            raise SSLKitError(f"bn_splits={s} needs a batch divisible by it (got {len(v)}): "
+                              f"use a batch size that is a multiple of {s}")
+        if perm is None:
+            return torch.cat([net(part) for part in v.chunk(s)])
+        out = torch.cat([net(part) for part in v[perm].chunk(s)])
+        return out[torch.argsort(perm)]  # un-shuffle: row i is the key of sample i again
+
+    def embed_query(self, v: torch.Tensor) -> torch.Tensor:
+        """v (N, C, S, S) -> q (N, D) through the query network (with gradient)."""
+        return self._grouped(lambda x: self.head(self.encoder(x)), v, None)
+
+    @torch.no_grad()
+    def embed_keys(self, v: torch.Tensor) -> torch.Tensor:
+        """v (N, C, S, S) -> k (N, D) through the key network (no gradient, shuffled groups)."""
+        perm = torch.randperm(len(v), device=v.device) if self.bn_splits > 1 else None
+        return self._grouped(lambda x: self.key_head(self.key_encoder(x)), v, perm)
+
+    @torch.no_grad()
+    def momentum_update(self) -> None:
+        """θk <- m θk + (1 - m) θq for the encoder and the head."""
+        update_momentum(self.encoder, self.key_encoder, self.momentum)
+        update_momentum(self.head, self.key_head, self.momentum)
+
+    @torch.no_grad()
+    def enqueue(self, keys: torch.Tensor) -> None:
+        """Write keys (B, D) over the oldest B rows of the queue; the pointer wraps around."""
+        queue_size, b = self.queue.shape[0], keys.shape[0]
+        check_queue_size(queue_size, b)
+        ptr = int(self.queue_ptr)
+        self.queue[ptr:ptr + b] = keys.detach().to(self.queue.dtype)  # moco_loss normalises
+        self.queue_ptr.fill_((ptr + b) % queue_size)
+
+    def loss_on_views(self, v1: torch.Tensor, v2: torch.Tensor) -> torch.Tensor:
+        """One MoCo loss: momentum update, keys, loss against the queue, then enqueue."""
+        n = len(v1)
+        check_queue_size(self.queue.shape[0], 2 * n if self.symmetric else n)
+        q1 = self.embed_query(v1)  # (N, D)
+        self.momentum_update()  # before the key pass
+        k2 = self.embed_keys(v2)  # (N, D)
+        negatives = self.queue.clone()  # (K, D), the state before this batch is enqueued
+        loss = moco_loss(q1, k2, negatives, self.temperature)
+        keys = k2
+        if self.symmetric:
+            q2, k1 = self.embed_query(v2), self.embed_keys(v1)
+            loss = loss + moco_loss(q2, k1, negatives, self.temperature)
+            keys = torch.cat([k2, k1])
+        self.enqueue(keys)  # after the loss
+        return loss
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (N, C, H, W) images (uint8 or [0, 1] floats) -> scalar loss."""
+        v1, v2 = self.views.two_views(x)
+        return self.loss_on_views(v1, v2)

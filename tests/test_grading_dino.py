@@ -1,0 +1,203 @@
+"""Tests for sslkit.grading.dino: for every graded exercise of 06_dino, a correct answer passes
+the visible and hidden checks, typical wrong answers fail with a one-line message, and answers
+that delegate to the sslkit reference fail the hidden check."""
+
+import copy
+import json
+import math
+import types
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sslkit import losses
+from sslkit.grading import dino as grading
+from sslkit.methods import dino as dino_method
+from sslkit.methods.momentum import update_momentum
+
+NOTEBOOK = Path(__file__).parent.parent / "solutions" / "06_dino" / "06_dino.ipynb"
+SOLUTION_CELLS = ("dino_loss", "update_center", "update_teacher", "dino_step")
+
+
+@pytest.fixture(scope="module")
+def solution() -> types.SimpleNamespace:
+    cells = {c["metadata"].get("nbgrader", {}).get("grade_id"): "".join(c["source"])
+             for c in json.loads(NOTEBOOK.read_text())["cells"]}
+    namespace = {"torch": torch, "F": F, "nn": nn, "math": math, "copy": copy}
+    for grade_id in SOLUTION_CELLS:
+        exec(compile(cells[grade_id], f"{NOTEBOOK.name}:{grade_id}", "exec"), namespace)
+    return types.SimpleNamespace(**{name: namespace[name] for name in SOLUTION_CELLS})
+
+
+# -- correct answers written independently of the notebook, to build wrong ones from ----------
+
+def dino_loss(student_out, teacher_out, center, student_temp=0.1, teacher_temp=0.04):
+    total, pairs = 0.0, 0
+    for g, t in enumerate(teacher_out):
+        p_t = F.softmax((t.detach() - center) / teacher_temp, dim=-1)
+        for v, s in enumerate(student_out):
+            if v == g:
+                continue
+            total = total + (-p_t * F.log_softmax(s / student_temp, dim=-1)).sum(-1).mean()
+            pairs += 1
+    return total / pairs
+
+
+@torch.no_grad()
+def update_center(center, teacher_out, momentum=0.9):
+    return momentum * center + (1 - momentum) * torch.cat(teacher_out).mean(0, keepdim=True)
+
+
+@torch.no_grad()
+def update_teacher(student, teacher, m):
+    for ps, pt in zip(student.parameters(), teacher.parameters()):
+        pt.mul_(m).add_(ps.detach(), alpha=1 - m)
+
+
+def dino_step(student, teacher, center, optimizer, crops, m, student_temp, teacher_temp,
+              center_momentum):
+    s_out = [student(v) for v in crops]
+    with torch.no_grad():
+        t_out = [teacher(v) for v in crops[:2]]
+    loss = dino_loss(s_out, t_out, center, student_temp, teacher_temp)
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    update_teacher(student, teacher, m)
+    return loss.item(), update_center(center, t_out, center_momentum)
+
+
+CHECKS = {
+    "dino_loss": (grading.check_dino_loss, dino_loss),
+    "update_center": (grading.check_update_center, update_center),
+    "update_teacher": (grading.check_update_teacher, update_teacher),
+    "dino_step": (grading.check_dino_step, dino_step),
+}
+
+
+def fails(check, answer, hidden: bool, match: str) -> str:
+    with pytest.raises(AssertionError, match=match) as info:
+        check(answer, hidden=hidden)
+    message = str(info.value)
+    assert "\n" not in message and message.strip() == message
+    return message
+
+
+@pytest.mark.parametrize("hidden", [False, True], ids=["visible", "hidden"])
+@pytest.mark.parametrize("exercise", list(CHECKS))
+def test_solution_passes(solution, exercise, hidden):
+    check, answer = CHECKS[exercise]
+    check(getattr(solution, exercise), hidden=hidden)  # the notebook's solution cell
+    check(answer, hidden=hidden)
+
+
+def test_the_sslkit_references_pass_the_visible_checks():
+    grading.check_dino_loss(losses.dino_loss)
+    grading.check_dino_loss(losses.dino_loss_loop)
+    grading.check_update_center(dino_method.update_center)
+    grading.check_update_teacher(update_momentum)
+
+
+# -- wrong answers -----------------------------------------------------------------------------
+
+def test_dino_loss_wrong_answers():
+    check = grading.check_dino_loss
+
+    def with_self(s_out, t_out, c, ts=0.1, tt=0.04):
+        ce = [(-F.softmax((t - c) / tt, -1) * F.log_softmax(s / ts, -1)).sum(-1).mean()
+              for t in t_out for s in s_out]
+        return torch.stack(ce).mean()
+
+    def no_centre(s_out, t_out, c, ts=0.1, tt=0.04):
+        return dino_loss(s_out, t_out, torch.zeros_like(c), ts, tt)
+
+    def swapped_temps(s_out, t_out, c, ts=0.1, tt=0.04):
+        return dino_loss(s_out, t_out, c, tt, ts)
+
+    def teacher_gets_gradient(s_out, t_out, c, ts=0.1, tt=0.04):
+        total = 0.0
+        for g, t in enumerate(t_out):
+            p = F.softmax((t - c) / tt, -1)
+            total = total + sum((-p * F.log_softmax(s / ts, -1)).sum(-1).mean()
+                                for v, s in enumerate(s_out) if v != g)
+        return total / (len(t_out) * (len(s_out) - 1))
+
+    assert "itself" in fails(check, with_self, False, "expected")
+    assert "centre" in fails(check, no_centre, False, "expected")
+    assert "temp" in fails(check, swapped_temps, False, "expected")
+    teacher_gets_gradient([torch.zeros(2, 3)] * 2, [torch.zeros(2, 3)] * 2, torch.zeros(3))
+    check(teacher_gets_gradient)  # the value is right ...
+    fails(check, teacher_gets_gradient, True, "teacher")  # ... but the teacher is trained
+    fails(check, lambda *a: losses.dino_loss(*a), True, "reference")
+    fails(check, lambda *a: 1.0, False, "torch.Tensor")
+
+
+def test_update_center_wrong_answers():
+    check = grading.check_update_center
+
+    def swapped(c, t_out, m=0.9):
+        return (1 - m) * c + m * torch.cat(t_out).mean(0, keepdim=True)
+
+    def first_crop_only(c, t_out, m=0.9):
+        return m * c + (1 - m) * t_out[0].mean(0, keepdim=True)
+
+    assert "swap" in fails(check, swapped, False, "centre")
+    assert "cat" in fails(check, first_crop_only, False, "centre")
+    fails(check, lambda c, t, m: c, False, "centre")
+    fails(check, lambda *a: dino_method.update_center(*a), True, "reference")
+
+
+def test_update_teacher_wrong_answers():
+    check = grading.check_update_teacher
+
+    @torch.no_grad()
+    def swapped(student, teacher, m):
+        for ps, pt in zip(student.parameters(), teacher.parameters()):
+            pt.mul_(1 - m).add_(ps, alpha=m)
+
+    def with_history(student, teacher, m):
+        for ps, pt in zip(student.parameters(), teacher.parameters()):
+            pt.data = m * pt.data + (1 - m) * ps.data
+            pt.requires_grad_(True)
+
+    @torch.no_grad()
+    def copies(student, teacher, m):
+        teacher.load_state_dict(student.state_dict())
+
+    assert "swap" in fails(check, swapped, False, "differs")
+    fails(check, with_history, False, "autograd")
+    fails(check, copies, False, "differs")
+    fails(check, lambda s, t, m: update_momentum(s, t, m), True, "reference")
+
+
+def test_dino_step_wrong_answers():
+    check = grading.check_dino_step
+
+    def no_teacher_update(student, teacher, center, opt, crops, m, ts, tt, cm):
+        return dino_step(student, teacher, center, opt, crops, 1.0, ts, tt, cm)
+
+    def no_step(student, teacher, center, opt, crops, m, ts, tt, cm):
+        s_out = [student(v) for v in crops]
+        t_out = [teacher(v).detach() for v in crops[:2]]
+        loss = dino_loss(s_out, t_out, center, ts, tt)
+        return loss.item(), update_center(center, t_out, cm)
+
+    def stale_centre(student, teacher, center, opt, crops, m, ts, tt, cm):
+        return dino_step(student, teacher, center, opt, crops, m, ts, tt, cm)[0], center
+
+    def tensor_loss(student, teacher, center, opt, crops, m, ts, tt, cm):
+        loss, c = dino_step(student, teacher, center, opt, crops, m, ts, tt, cm)
+        return torch.tensor(loss), c
+
+    fails(check, no_teacher_update, False, "teacher")
+    fails(check, no_step, False, "did not change")
+    fails(check, stale_centre, False, "centre")
+    fails(check, tensor_loss, False, "float")
+
+    def delegates(student, teacher, center, opt, crops, m, ts, tt, cm):
+        dino_method.DINO.loss_on_crops(None, crops)
+
+    fails(check, delegates, True, "reference")

@@ -1,0 +1,230 @@
+"""Tests for sslkit.grading.moco: for every graded exercise of solutions/05_moco, the solution
+(taken from the source notebook's solution cells) passes the visible and hidden checks, typical
+wrong answers fail with a one-line message, and answers that delegate to the sslkit reference
+fail the hidden check."""
+
+import json
+import math
+import types
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sslkit import losses
+from sslkit.grading import moco as grading
+from sslkit.methods.momentum import update_momentum as reference_update_momentum
+
+NOTEBOOK = Path(__file__).parent.parent / "solutions" / "05_moco" / "05_moco.ipynb"
+SOLUTION_CELLS = ("update_momentum", "enqueue", "moco_loss", "moco_step")
+
+
+@pytest.fixture(scope="module")
+def solution() -> types.SimpleNamespace:
+    cells = {c["metadata"].get("nbgrader", {}).get("grade_id"): "".join(c["source"])
+             for c in json.loads(NOTEBOOK.read_text())["cells"]}
+    namespace = {"torch": torch, "F": F, "nn": nn, "math": math}
+    for grade_id in SOLUTION_CELLS:
+        exec(compile(cells[grade_id], f"{NOTEBOOK.name}:{grade_id}", "exec"), namespace)
+    return types.SimpleNamespace(namespace=namespace,
+                                 **{name: namespace[name] for name in SOLUTION_CELLS})
+
+
+def fails(check, answer, hidden: bool, match: str) -> str:
+    with pytest.raises(AssertionError, match=match) as info:
+        check(answer, hidden=hidden)
+    message = str(info.value)
+    assert "\n" not in message and message.strip() == message
+    return message
+
+
+CHECKS = {
+    "update_momentum": grading.check_update_momentum,
+    "enqueue": grading.check_enqueue,
+    "moco_loss": grading.check_moco_loss,
+    "moco_step": grading.check_moco_step,
+}
+
+
+@pytest.mark.parametrize("hidden", [False, True], ids=["visible", "hidden"])
+@pytest.mark.parametrize("exercise", list(CHECKS))
+def test_solution_passes(solution, exercise, hidden):
+    CHECKS[exercise](getattr(solution, exercise), hidden=hidden)
+
+
+# 1. update_momentum
+
+def test_update_momentum_wrong_answers():
+    check = grading.check_update_momentum
+
+    def swapped(online, target, m):
+        with torch.no_grad():
+            for a, b in zip(online.parameters(), target.parameters()):
+                b.mul_(1 - m).add_(a, alpha=m)
+
+    def with_history(online, target, m):
+        for a, b in zip(online.parameters(), target.parameters()):
+            b.data = m * b.data + (1 - m) * a.data
+            b.requires_grad_(True)
+
+    def moves_online(online, target, m):
+        with torch.no_grad():
+            for a, b in zip(online.parameters(), target.parameters()):
+                b.mul_(m).add_(a, alpha=1 - m)
+                a.copy_(b)
+
+    def averages_buffers(online, target, m):
+        with torch.no_grad():
+            for a, b in zip(online.parameters(), target.parameters()):
+                b.mul_(m).add_(a, alpha=1 - m)
+            for a, b in zip(online.buffers(), target.buffers()):
+                if b.is_floating_point():
+                    b.mul_(m).add_(a, alpha=1 - m)
+
+    fails(check, swapped, False, "swap m and 1 - m")
+    fails(check, moves_online, False, "online network changed")
+    fails(check, with_history, True, "autograd history")
+    fails(check, averages_buffers, True, "buffers")
+
+
+def test_update_momentum_delegation_fails_hidden():
+    grading.check_update_momentum(reference_update_momentum)
+    fails(grading.check_update_momentum, reference_update_momentum, True,
+          "calls the reference sslkit")
+    online, target = nn.Linear(2, 2), nn.Linear(2, 2)
+    reference_update_momentum(online, target, 0.0)  # the guard restored the reference
+    assert torch.equal(online.weight, target.weight)
+
+
+# 2. enqueue
+
+def test_enqueue_wrong_answers(solution):
+    check = grading.check_enqueue
+
+    def no_wrap(queue, ptr, keys):
+        queue[ptr:ptr + len(keys)] = keys
+        return ptr + len(keys)
+
+    def no_check(queue, ptr, keys):
+        b = min(len(keys), len(queue) - ptr)
+        queue[ptr:ptr + b] = keys[:b]
+        return (ptr + len(keys)) % len(queue)
+
+    def copy_not_in_place(queue, ptr, keys):
+        queue = queue.clone()
+        queue[ptr:ptr + len(keys)] = keys
+        return (ptr + len(keys)) % len(queue)
+
+    def tensor_ptr(queue, ptr, keys):
+        return torch.tensor(solution.enqueue(queue, ptr, keys))
+
+    grading.check_enqueue(tensor_ptr, hidden=True)  # a 0-d tensor pointer is fine
+    fails(check, no_wrap, False, "expected the pointer 0, got 8")
+    fails(check, no_check, False, "expected an error")
+    fails(check, copy_not_in_place, False, "in place")
+
+
+def test_enqueue_delegation_fails_hidden():
+    from sslkit.methods.moco import MoCo
+
+    def via_method(queue, ptr, keys):
+        holder = types.SimpleNamespace(queue=queue, queue_ptr=torch.tensor(ptr))
+        MoCo.enqueue(holder, keys)
+        return int(holder.queue_ptr)
+
+    grading.check_enqueue(via_method)
+    fails(grading.check_enqueue, via_method, True, "calls the reference sslkit")
+
+
+# 3. moco_loss
+
+def test_moco_loss_wrong_answers(solution):
+    check = grading.check_moco_loss
+
+    def variant(normalise=True, positive_last=False, t_used=True, reduce="mean", detach=True):
+        def loss(q, k, queue, t):
+            if detach:
+                k, queue = k.detach(), queue.detach()
+            if normalise:
+                q, k, queue = (F.normalize(x, dim=1) for x in (q, k, queue))
+            pos, neg = (q * k).sum(1, keepdim=True), q @ queue.T
+            logits = torch.cat([neg, pos] if positive_last else [pos, neg], 1)
+            logits = logits / t if t_used else logits
+            label = torch.full((len(q),), logits.shape[1] - 1 if positive_last else 0)
+            return F.cross_entropy(logits, label, reduction=reduce)
+        return loss
+
+    fails(check, variant(normalise=False), False, "L2-normalise")
+    fails(check, variant(t_used=False), False, "temperature")
+    fails(check, variant(reduce="sum"), False, "average over the N")
+    fails(check, lambda q, k, u, t: variant()(q, k, u, t).detach(), True, "no gradient")
+    fails(check, variant(detach=False), True, "gradient reached the keys")
+    fails(check, lambda q, k, u, t: variant(reduce="none")(q, k, u, t), False, "scalar")
+
+
+def test_moco_loss_alternatives_and_delegation():
+    def with_info_nce_formula(q, k, queue, t):
+        q = F.normalize(q, dim=1)
+        logits = torch.cat([F.cosine_similarity(q, k.detach()).unsqueeze(1),
+                            q @ F.normalize(queue.detach(), dim=1).T], 1) / t
+        return -torch.log_softmax(logits, 1)[:, 0].mean()
+
+    grading.check_moco_loss(with_info_nce_formula, hidden=True)
+    for answer in (losses.moco_loss, lambda q, k, u, t: losses.info_nce(q, k.detach(),
+                                                                         u.detach(), t)):
+        grading.check_moco_loss(answer)
+        fails(grading.check_moco_loss, answer, True, "calls the reference sslkit")
+
+
+# 4. moco_step
+
+def make_step(solution, order="right"):
+    ns = solution.namespace
+    update, enqueue, loss_fn = ns["update_momentum"], ns["enqueue"], ns["moco_loss"]
+
+    def step(query_net, key_net, queue, ptr, optimizer, v1, v2, m, t):
+        q = query_net(v1)
+        if order != "late_momentum":
+            update(query_net, key_net, m)
+        with torch.no_grad():
+            k = key_net(v2)
+        if order == "late_momentum":
+            update(query_net, key_net, m)
+        if order == "enqueue_first":
+            ptr = enqueue(queue, ptr, k)
+        loss = loss_fn(q, k, queue, t)
+        if order != "no_zero_grad":
+            optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if order != "enqueue_first":
+            ptr = enqueue(queue, ptr, k) if order != "no_enqueue" else ptr
+        return loss.item(), ptr
+
+    return step
+
+
+def test_moco_step_wrong_answers(solution):
+    check = grading.check_moco_step
+    fails(check, make_step(solution, "late_momentum"), False, "BEFORE the key pass")
+    fails(check, make_step(solution, "enqueue_first"), False, "AFTER computing the loss")
+    fails(check, make_step(solution, "no_zero_grad"), False, "zero_grad")
+    fails(check, make_step(solution, "no_enqueue"), False, "pointer")
+
+
+def test_moco_step_delegation_fails_hidden(solution):
+    def via_reference(query_net, key_net, queue, ptr, optimizer, v1, v2, m, t):
+        reference_update_momentum(query_net, key_net, m)
+        q = query_net(v1)
+        with torch.no_grad():
+            k = key_net(v2)
+        loss = losses.moco_loss(q, k, queue, t)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        return loss.item(), solution.enqueue(queue, ptr, k)
+
+    grading.check_moco_step(via_reference)
+    fails(grading.check_moco_step, via_reference, True, "calls the reference sslkit")

@@ -1,0 +1,152 @@
+"""moco_loss per the contract and the MoCo method: closed form, agreement with a plain loop,
+no gradient into keys or queue, scale invariance; the queue's wrap-around and size check; the
+momentum update before the key pass; a short run that learns."""
+
+import copy
+import math
+
+import pytest
+import torch
+
+from sslkit.augment import SimCLRViews, ViewConfig
+from sslkit.errors import SSLKitError
+from sslkit.losses import moco_loss, moco_loss_loop
+from sslkit.methods import MoCo, build_method
+from sslkit.models.convnet import ConvNet
+
+
+def test_closed_form_with_orthogonal_queue():
+    # q = k = e_i, queue rows orthogonal to every query: positive logit 1/T, K negatives at 0.
+    n, k_size, t = 3, 5, 0.2
+    eye = torch.eye(n + k_size)
+    q, queue = eye[:n], eye[n:]
+    expected = -math.log(math.exp(1 / t) / (math.exp(1 / t) + k_size))
+    assert float(moco_loss(q, q.clone(), queue, t)) == pytest.approx(expected, abs=1e-5)
+    assert float(moco_loss_loop(q, q.clone(), queue, t)) == pytest.approx(expected, abs=1e-5)
+
+
+@pytest.mark.parametrize("n,d,k,t", [(1, 3, 1, 1.0), (4, 8, 16, 0.2), (7, 5, 12, 0.07)])
+def test_vectorised_equals_loop(n, d, k, t):
+    g = torch.Generator().manual_seed(n + d + k)
+    q, key, queue = (torch.randn(s, d, generator=g, dtype=torch.float64) for s in (n, n, k))
+    assert torch.allclose(moco_loss(q, key, queue, t), moco_loss_loop(q, key, queue, t))
+
+
+def test_no_gradient_into_keys_or_queue_and_gradcheck():
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(4, 6, generator=g, dtype=torch.float64, requires_grad=True)
+    k = torch.randn(4, 6, generator=g, dtype=torch.float64, requires_grad=True)
+    queue = torch.randn(8, 6, generator=g, dtype=torch.float64, requires_grad=True)
+    moco_loss(q, k, queue, 0.2).backward()
+    assert k.grad is None and queue.grad is None and q.grad is not None
+    assert torch.autograd.gradcheck(lambda a: moco_loss(a, k, queue, 0.5), (q,))
+
+
+def test_scale_invariance_and_half_precision():
+    g = torch.Generator().manual_seed(1)
+    q, k, queue = torch.randn(5, 4, generator=g), torch.randn(5, 4, generator=g), \
+        torch.randn(10, 4, generator=g)
+    ref = moco_loss(q, k, queue)
+    scaled = moco_loss(3 * q, 0.1 * k, 7 * queue)
+    assert torch.allclose(ref, scaled, atol=1e-6)
+    half = moco_loss(q.half(), k.half(), queue.half())
+    assert half.dtype == torch.float32 and torch.allclose(half, ref, atol=1e-2)
+
+
+def test_bad_queue_is_a_one_line_error():
+    q = torch.randn(4, 6)
+    for queue in (torch.randn(8, 5), torch.randn(8), torch.zeros(0, 6)):
+        with pytest.raises(SSLKitError) as info:
+            moco_loss(q, q, queue)
+        assert "\n" not in str(info.value)
+
+
+def tiny_moco(queue_size=12, **options) -> MoCo:
+    torch.manual_seed(0)
+    return MoCo(ConvNet(1, (4, 8)), SimCLRViews(ViewConfig(size=8)), proj_dim=6,
+                queue_size=queue_size, **options)
+
+
+def test_queue_wraps_around():
+    method = tiny_moco(queue_size=12)
+    for step in range(5):  # 5 batches of 4 into 12 rows
+        method.enqueue(torch.full((4, 6), float(step + 1)))
+    expected = torch.tensor([4.0] * 4 + [5.0] * 4 + [3.0] * 4)  # batch 4 and 5 wrapped over 1, 2
+    assert torch.equal(method.queue[:, 0], expected)
+    assert int(method.queue_ptr) == (5 * 4) % 12 == 8
+
+
+def test_queue_size_not_divisible_by_batch_is_one_line():
+    method = tiny_moco(queue_size=10)
+    with pytest.raises(SSLKitError, match="not divisible") as info:
+        method.loss_on_views(torch.rand(4, 1, 8, 8), torch.rand(4, 1, 8, 8))
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("bn_splits", [1, 2])
+def test_key_network_moves_by_momentum_and_gets_no_gradient(bn_splits):
+    method = tiny_moco(momentum=0.9, bn_splits=bn_splits).train()
+    with torch.no_grad():  # make the two networks differ
+        for p in [*method.key_encoder.parameters(), *method.key_head.parameters()]:
+            p.add_(0.1)
+    old_k = [p.clone() for p in [*method.key_encoder.parameters(), *method.key_head.parameters()]]
+    q_params = [p.clone() for p in [*method.encoder.parameters(), *method.head.parameters()]]
+    queue_before = method.queue.clone()
+    loss = method.loss_on_views(torch.rand(4, 1, 8, 8), torch.rand(4, 1, 8, 8))
+    loss.backward()
+    new_k = [*method.key_encoder.parameters(), *method.key_head.parameters()]
+    for old, q, new in zip(old_k, q_params, new_k):
+        assert torch.allclose(new, 0.9 * old + 0.1 * q, atol=1e-6)
+        assert new.grad is None
+    assert torch.equal(method.queue[4:], queue_before[4:])  # the 4 new keys replaced rows 0..3
+    assert not torch.equal(method.queue[:4], queue_before[:4])
+
+
+def test_keys_are_used_before_they_are_enqueued():
+    method = tiny_moco(queue_size=4)
+    v1, v2 = torch.rand(4, 1, 8, 8), torch.rand(4, 1, 8, 8)
+    copy_ = copy.deepcopy(method)
+    loss = method.loss_on_views(v1, v2)
+    q = copy_.embed_query(v1)
+    copy_.momentum_update()
+    k = copy_.embed_keys(v2)
+    assert torch.allclose(loss, moco_loss(q, k, copy_.queue, copy_.temperature), atol=1e-6)
+
+
+def test_symmetric_loss_enqueues_both_views():
+    method = tiny_moco(queue_size=16, symmetric=True)
+    loss = method.loss_on_views(torch.rand(4, 1, 8, 8), torch.rand(4, 1, 8, 8))
+    assert loss.ndim == 0 and int(method.queue_ptr) == 8
+
+
+def test_steps_on_a_fixed_batch_lower_the_loss():
+    # Same views and the same (reset) queue every step: the loss must fall, and stay finite.
+    torch.manual_seed(0)
+    method = build_method("moco", "convnet-small", 1, "shifted_digits", 16, proj_dim=16,
+                          temperature=0.2, queue_size=64, momentum=0.9)
+    opt = torch.optim.Adam([p for p in method.parameters() if p.requires_grad], lr=2e-3)
+    v1, v2 = torch.rand(16, 1, 16, 16), torch.rand(16, 1, 16, 16)
+    queue = method.queue.clone()
+    losses = []
+    for _ in range(15):
+        method.queue.copy_(queue)
+        method.queue_ptr.zero_()
+        loss = method.loss_on_views(v1, v2)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert all(math.isfinite(v) for v in losses)
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_the_training_loop_runs_moco_and_checkpoints_the_queue(tmp_path):
+    from sslkit.profiles import get_profile
+    from sslkit.train import TrainConfig, load_checkpoint, train
+
+    cfg = TrainConfig.from_profile(get_profile("ci"), method="moco", epochs=1, n_train=128,
+                                   n_test=50, batch_size=32, device="cpu")
+    _, rows = train(cfg, out=tmp_path, progress=False)
+    assert math.isfinite(rows[-1]["loss"])
+    state = load_checkpoint(tmp_path)["model"]
+    assert state["queue"].shape == (4096, cfg.proj_dim) and int(state["queue_ptr"]) == 128
