@@ -3,7 +3,6 @@ from the source notebook's solution cells) passes the visible and hidden checks,
 answers fail with a one-line message, and answers that delegate to the sslkit reference fail
 the hidden check."""
 
-import json
 import math
 import types
 from pathlib import Path
@@ -11,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from solution_cells import fails, run_solution_cells
 from torch import nn
 from torchvision.transforms import v2
 
@@ -26,21 +26,8 @@ SOLUTION_CELLS = ("build_augmentation", "similarity_matrix", "nt_xent_loop", "nt
 @pytest.fixture(scope="module")
 def solution() -> types.SimpleNamespace:
     """The notebook's solution cells, run in order in one namespace, as the notebook does."""
-    cells = {c["metadata"].get("nbgrader", {}).get("grade_id"): "".join(c["source"])
-             for c in json.loads(NOTEBOOK.read_text())["cells"]}
     namespace = {"torch": torch, "F": F, "nn": nn, "v2": v2, "math": math}
-    for grade_id in SOLUTION_CELLS:
-        exec(compile(cells[grade_id], f"{NOTEBOOK.name}:{grade_id}", "exec"), namespace)
-    return types.SimpleNamespace(**{name: namespace[name] for name in SOLUTION_CELLS})
-
-
-def fails(check, answer, hidden: bool, match: str) -> str:
-    """Run a check that must fail; return its message after checking it is one line."""
-    with pytest.raises(AssertionError, match=match) as info:
-        check(answer, hidden=hidden)
-    message = str(info.value)
-    assert "\n" not in message and message.strip() == message
-    return message
+    return run_solution_cells(NOTEBOOK, SOLUTION_CELLS, namespace)
 
 
 CHECKS = {

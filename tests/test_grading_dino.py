@@ -3,7 +3,6 @@ the visible and hidden checks, typical wrong answers fail with a one-line messag
 that delegate to the sslkit reference fail the hidden check."""
 
 import copy
-import json
 import math
 import types
 from pathlib import Path
@@ -11,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from solution_cells import run_solution_cells
 from torch import nn
 
 from sslkit import losses
@@ -24,12 +24,8 @@ SOLUTION_CELLS = ("dino_loss", "update_center", "update_teacher", "dino_step")
 
 @pytest.fixture(scope="module")
 def solution() -> types.SimpleNamespace:
-    cells = {c["metadata"].get("nbgrader", {}).get("grade_id"): "".join(c["source"])
-             for c in json.loads(NOTEBOOK.read_text())["cells"]}
     namespace = {"torch": torch, "F": F, "nn": nn, "math": math, "copy": copy}
-    for grade_id in SOLUTION_CELLS:
-        exec(compile(cells[grade_id], f"{NOTEBOOK.name}:{grade_id}", "exec"), namespace)
-    return types.SimpleNamespace(**{name: namespace[name] for name in SOLUTION_CELLS})
+    return run_solution_cells(NOTEBOOK, SOLUTION_CELLS, namespace)
 
 
 # -- correct answers written independently of the notebook, to build wrong ones from ----------

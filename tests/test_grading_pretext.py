@@ -5,7 +5,6 @@ a one-line message, and answers that delegate to the sslkit reference fail the h
 The notebook's reconstruction exercises (checked by sslkit.grading.reconstruction) are run
 through their checks too, so that the notebook's solutions stay right."""
 
-import json
 import math
 import types
 from pathlib import Path
@@ -13,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from solution_cells import fails, run_solution_cells
 from torch import nn
 
 from sslkit import augment
@@ -29,21 +29,8 @@ SOLUTION_CELLS = ("rotate_batch", "rotation_step", "jigsaw_tiles", "split_lab", 
 @pytest.fixture(scope="module")
 def solution() -> types.SimpleNamespace:
     """The notebook's solution cells, run in order in one namespace, as the notebook does."""
-    cells = {c["metadata"].get("nbgrader", {}).get("grade_id"): "".join(c["source"])
-             for c in json.loads(NOTEBOOK.read_text())["cells"]}
     namespace = {"torch": torch, "F": F, "nn": nn, "math": math}
-    for grade_id in SOLUTION_CELLS:
-        exec(compile(cells[grade_id], f"{NOTEBOOK.name}:{grade_id}", "exec"), namespace)
-    return types.SimpleNamespace(**{name: namespace[name] for name in SOLUTION_CELLS})
-
-
-def fails(check, answer, hidden: bool, match: str) -> str:
-    """Run a check that must fail; return its message after checking it is one line."""
-    with pytest.raises(AssertionError, match=match) as info:
-        check(answer, hidden=hidden)
-    message = str(info.value)
-    assert "\n" not in message and message.strip() == message
-    return message
+    return run_solution_cells(NOTEBOOK, SOLUTION_CELLS, namespace)
 
 
 CHECKS = {

@@ -5,6 +5,7 @@ sslkit reference (directly or through an alias) fail the hidden check."""
 
 import pytest
 import torch
+from solution_cells import fails
 
 from sslkit.grading import reconstruction as grading
 from sslkit.methods import colorization, inpainting
@@ -53,15 +54,6 @@ def student_merge_lab(L, ab, gamma=True, clamp=True, white=WHITE):
 def student_loss(x, recon, mask):
     diff = mask * (x - recon)
     return (diff**2).sum() / (mask.sum() * x.shape[1]).clamp(min=1)
-
-
-def fails(check, answer, hidden: bool, match: str) -> str:
-    """Run a check that must fail; return its message after checking it is one line."""
-    with pytest.raises(AssertionError, match=match) as info:
-        check(answer, hidden=hidden)
-    message = str(info.value)
-    assert "\n" not in message and message.strip() == message
-    return message
 
 
 CHECKS = [

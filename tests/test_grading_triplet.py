@@ -3,13 +3,13 @@ solution (taken from the source notebook's solution cells) passes the visible an
 typical wrong answers fail with a one-line message, and answers that delegate to the sslkit
 reference (by module attribute or by alias) fail the hidden check."""
 
-import json
 import types
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from solution_cells import fails, run_solution_cells
 
 from sslkit import losses
 from sslkit.grading import triplet as grading
@@ -31,21 +31,7 @@ CHECKS = {
 @pytest.fixture(scope="module")
 def solution() -> types.SimpleNamespace:
     """The notebook's solution cells, run in order in one namespace, as the notebook does."""
-    cells = {c["metadata"].get("nbgrader", {}).get("grade_id"): "".join(c["source"])
-             for c in json.loads(NOTEBOOK.read_text())["cells"]}
-    namespace = {"torch": torch, "F": F}
-    for grade_id in SOLUTION_CELLS:
-        exec(compile(cells[grade_id], f"{NOTEBOOK.name}:{grade_id}", "exec"), namespace)
-    return types.SimpleNamespace(**{name: namespace[name] for name in SOLUTION_CELLS})
-
-
-def fails(check, answer, hidden: bool, match: str) -> str:
-    """Run a check that must fail; return its message after checking it is one line."""
-    with pytest.raises(AssertionError, match=match) as info:
-        check(answer, hidden=hidden)
-    message = str(info.value)
-    assert "\n" not in message and message.strip() == message
-    return message
+    return run_solution_cells(NOTEBOOK, SOLUTION_CELLS, {"torch": torch, "F": F})
 
 
 @pytest.mark.parametrize("hidden", [False, True], ids=["visible", "hidden"])
