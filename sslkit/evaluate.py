@@ -125,3 +125,91 @@ def tsne(features: torch.Tensor, seed: int = 0) -> np.ndarray:
     # One BLAS/OpenMP thread: on small sets, extra threads fighting torch's cost 30x the time.
     with threadpool_limits(1):
         return model.fit_transform(features.numpy())
+
+
+# ---------------------------------------------------------------------------------------------
+# Accuracy and a linear probe in torch (the loop the notebook's exercise writes)
+
+
+def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, k: int = 1) -> float:
+    """Fraction of rows of logits (N, C) whose label (N,) is among the k highest logits.
+
+    Classes are ranked by logit, equal logits by class index (lower first, as argmax does), so
+    k=1 is the accuracy of argmax and k=C is 1. The label's rank is the number of classes ranked
+    before it: those with a larger logit, or an equal logit and a lower index.
+    """
+    if logits.ndim != 2 or labels.shape != logits.shape[:1]:
+        raise SSLKitError(
+            f"topk_accuracy needs logits (N, C) and labels (N,), got {tuple(logits.shape)} and "
+            f"{tuple(labels.shape)}: pass one row of class scores per label"
+        )
+    if not 1 <= k:
+        raise SSLKitError(f"k={k} is not a number of classes: use k >= 1")
+    labels = labels.to(logits.device).long()
+    classes = torch.arange(logits.shape[1], device=logits.device)  # (C,)
+    own = logits.gather(1, labels[:, None])  # (N, 1) the label's logit
+    ahead = (logits > own) | ((logits == own) & (classes < labels[:, None]))  # (N, C)
+    return float((ahead.sum(dim=1) < k).float().mean())
+
+
+class Standardize(nn.Module):
+    """x -> (x - mean) / std with the statistics of the training features, kept as buffers."""
+
+    def __init__(self, features: torch.Tensor, eps: float = 1e-6):
+        super().__init__()
+        self.register_buffer("mean", features.mean(dim=0))  # (D,)
+        self.register_buffer("std", features.std(dim=0) + eps)  # (D,)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+def linear_probe_step(
+    head: nn.Module, optimizer: torch.optim.Optimizer, features: torch.Tensor,
+    labels: torch.Tensor,
+) -> float:
+    """One step of the probe: cross-entropy of head(features) (N, C) against labels (N,),
+    zero_grad, backward, step. Returns the loss (before the step) as a float."""
+    loss = F.cross_entropy(head(features), labels)
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
+def train_linear_probe(
+    train_f: torch.Tensor,
+    train_y: torch.Tensor,
+    num_classes: int | None = None,
+    epochs: int = 100,
+    batch_size: int = 256,
+    lr: float = 1e-2,
+    weight_decay: float = 1e-4,
+    seed: int = 0,
+) -> nn.Sequential:
+    """A linear classifier on frozen features (N, D): Standardize, then Linear(D, C) from zero.
+
+    Adam on shuffled mini-batches (a seeded order), ``linear_probe_step`` per batch. Returns the
+    probe in eval mode; probe(features) (M, D) -> logits (M, C). Starting from zero weights, the
+    (convex) problem and the seed fix the result.
+    """
+    if train_f.ndim != 2 or len(train_f) != len(train_y):
+        raise SSLKitError(
+            f"train_linear_probe needs features (N, D) and labels (N,), got "
+            f"{tuple(train_f.shape)} and {tuple(train_y.shape)}: extract features first"
+        )
+    train_f, train_y = train_f.float(), train_y.long()
+    num_classes = num_classes or int(train_y.max()) + 1
+    linear = nn.Linear(train_f.shape[1], num_classes)
+    nn.init.zeros_(linear.weight)
+    nn.init.zeros_(linear.bias)
+    probe = nn.Sequential(Standardize(train_f), linear)
+    optimizer = torch.optim.Adam(linear.parameters(), lr=lr, weight_decay=weight_decay)
+    inputs = probe[0](train_f)  # standardised once: (N, D)
+    generator = torch.Generator().manual_seed(seed)
+    for _ in range(epochs):
+        order = torch.randperm(len(inputs), generator=generator)
+        for start in range(0, len(order), batch_size):
+            batch = order[start : start + batch_size]
+            linear_probe_step(linear, optimizer, inputs[batch], train_y[batch])
+    return probe.eval()
