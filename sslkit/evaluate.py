@@ -213,3 +213,72 @@ def train_linear_probe(
             batch = order[start : start + batch_size]
             linear_probe_step(linear, optimizer, inputs[batch], train_y[batch])
     return probe.eval()
+
+
+# ---------------------------------------------------------------------------------------------
+# Fine-tuning: encoder and a linear head trained together on a labelled set
+
+
+def _augment(x: torch.Tensor, cfg, generator: torch.Generator) -> torch.Tensor:
+    """Label-preserving views for supervised training: the crop, flip and rotation of cfg (a
+    ViewConfig), no colour changes. x (N, C, H, W) floats -> (N, C, cfg.size, cfg.size)."""
+    from sslkit.augment import crop_params, resized_crop_flip
+
+    n = len(x)
+    box = crop_params(n, cfg, generator)  # (n, 4)
+    flip = torch.rand(n, generator=generator) < cfg.flip_p
+    angle = (2 * torch.rand(n, generator=generator) - 1) * np.deg2rad(cfg.rotate_degrees)
+    return resized_crop_flip(x, box, flip, cfg.size, angle.float())
+
+
+def fine_tune(
+    encoder: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    num_classes: int | None = None,
+    steps: int = 300,
+    batch_size: int = 64,
+    lr: float = 1e-3,
+    weight_decay: float = 1e-4,
+    augment=None,
+    seed: int = 0,
+) -> nn.Sequential:
+    """Train a copy of ``encoder`` and a zero-initialised Linear(feature_dim, C) end to end with
+    cross-entropy on labelled images (N, C, H, W) uint8 and labels (N,).
+
+    Every step draws batch_size images at random (with replacement, so 10 labelled images work
+    as well as 10,000) from a seeded generator, optionally through ``augment`` (a ViewConfig:
+    its crop, flip and rotation), and takes one Adam step. The same number of steps for every
+    label budget keeps comparisons fair. The encoder passed in is left untouched (a deep copy is
+    trained, on the encoder's device). Returns nn.Sequential(encoder, head) in eval mode,
+    mapping float images in [0, 1] to logits (use ``extract_features`` to apply it in batches).
+    """
+    import copy
+
+    if images.ndim != 4 or len(images) != len(labels) or len(images) == 0:
+        raise SSLKitError(
+            f"fine_tune needs images (N, C, H, W) and labels (N,) with N > 0, got "
+            f"{tuple(images.shape)} and {tuple(labels.shape)}: pass the labelled subset"
+        )
+    if not hasattr(encoder, "feature_dim"):
+        raise SSLKitError("fine_tune needs an encoder with .feature_dim (see sslkit.models): "
+                          "pass method.encoder, not the whole method")
+    labels = labels.long()
+    num_classes = num_classes or int(labels.max()) + 1
+    device = next(encoder.parameters()).device
+    head = nn.Linear(encoder.feature_dim, num_classes)
+    nn.init.zeros_(head.weight)
+    nn.init.zeros_(head.bias)
+    model = nn.Sequential(copy.deepcopy(encoder), head).to(device).train()
+    for q in model.parameters():
+        q.requires_grad_(True)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    generator = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        idx = torch.randint(0, len(images), (batch_size,), generator=generator)
+        x = images[idx].float() / 255  # (B, C, H, W)
+        if augment is not None:
+            x = _augment(x, augment, generator)
+        # the probe's step (cross-entropy, zero_grad, backward, step), now through the encoder
+        linear_probe_step(model, optimizer, x.to(device), labels[idx].to(device))
+    return model.eval()
