@@ -40,6 +40,8 @@ __all__ = [
     "dino_loss",
     "dino_loss_loop",
     "info_nce",
+    "mae_loss",
+    "mae_loss_loop",
     "margin_triplet",
     "moco_loss",
     "moco_loss_loop",
@@ -417,3 +419,76 @@ def dino_loss_loop(student_out, teacher_out, center: Tensor, student_temp: float
             total = total + (-(p_t * log_p_s).sum(dim=-1)).mean()
             pairs += 1
     return total / pairs
+
+
+# ----------------------------------------------------------------------------------------------
+# MAE (He et al., 2021): pixel regression on the masked patches only
+# ----------------------------------------------------------------------------------------------
+
+NORM_PIX_EPS = 1e-6  # added to each patch's variance before the square root, as in MAE's code
+
+
+def _check_mae(fn: str, pred, target, mask, norm_pix: bool) -> None:
+    for name, t in (("pred", pred), ("target", target), ("mask", mask)):
+        if not isinstance(t, Tensor):
+            raise SSLKitError(f"{fn}: {name} must be a torch.Tensor (got {type(t).__name__}): "
+                              f"convert it with torch.as_tensor(...)")
+    if pred.ndim != 3 or pred.shape != target.shape:
+        raise SSLKitError(f"{fn}: pred and target must both be (N, L, P) patch pixels, got "
+                          f"{_shape(pred)} and {_shape(target)}: patchify the images first")
+    if not pred.is_floating_point() or not target.is_floating_point():
+        raise SSLKitError(f"{fn}: pred and target must be floating tensors (got {pred.dtype} "
+                          f"and {target.dtype}): call .float()")
+    if mask.shape != pred.shape[:2]:
+        raise SSLKitError(f"{fn}: mask must be (N, L) = {tuple(pred.shape[:2])} with 1 = "
+                          f"masked, got {_shape(mask)}: pass the mask from random_masking")
+    if norm_pix and pred.shape[2] < 2:
+        raise SSLKitError(f"{fn}: norm_pix needs at least 2 values per patch (got P="
+                          f"{pred.shape[2]}): use norm_pix=False")
+
+
+def _normalise_patches(target: Tensor) -> Tensor:
+    """(N, L, P) -> each patch minus its mean, over sqrt(its unbiased variance + 1e-6)."""
+    mean = target.mean(dim=-1, keepdim=True)  # (N, L, 1)
+    var = target.var(dim=-1, keepdim=True)  # (N, L, 1), unbiased (divides by P - 1)
+    return (target - mean) / (var + NORM_PIX_EPS) ** 0.5
+
+
+@_in_float32
+def mae_loss(pred: Tensor, target: Tensor, mask: Tensor, norm_pix: bool = False) -> Tensor:
+    """MAE's reconstruction loss: mean squared error over the masked patches only.
+
+    pred, target: (N, L, P) pixels of the L patches of each image (``models.vit.patchify``);
+    mask: (N, L), 1 = masked (hidden from the encoder), 0 = visible. With norm_pix, each target
+    patch is first normalised by its own mean and unbiased variance (+ 1e-6), as MAE's code does.
+
+        per_patch[n, l] = mean_p (pred[n, l, p] - target[n, l, p])^2          (N, L)
+        loss = sum(per_patch * mask) / sum(mask)
+
+    Visible patches do not enter the loss (their predictions get no gradient); a mask with no
+    masked patch gives 0. The target carries no gradient.
+    """
+    _check_mae("mae_loss", pred, target, mask, norm_pix)
+    target = target.detach()
+    if norm_pix:
+        target = _normalise_patches(target)  # (N, L, P)
+    per_patch = (pred - target).pow(2).mean(dim=-1)  # (N, L)
+    mask = mask.to(per_patch.dtype)
+    return (per_patch * mask).sum() / mask.sum().clamp_min(1)
+
+
+@_in_float32
+def mae_loss_loop(pred: Tensor, target: Tensor, mask: Tensor, norm_pix: bool = False) -> Tensor:
+    """The same value as :func:`mae_loss`, one patch at a time (slow, readable)."""
+    _check_mae("mae_loss_loop", pred, target, mask, norm_pix)
+    total, masked = pred.new_zeros(()), 0
+    for n in range(pred.shape[0]):
+        for patch in range(pred.shape[1]):
+            if mask[n, patch] == 0:  # a visible patch: the encoder saw it, nothing to predict
+                continue
+            t = target[n, patch].detach()  # (P,)
+            if norm_pix:
+                t = (t - t.mean()) / torch.sqrt(t.var() + NORM_PIX_EPS)
+            total = total + ((pred[n, patch] - t) ** 2).mean()
+            masked += 1
+    return total / max(masked, 1)

@@ -129,3 +129,23 @@ def test_every_method_trains_from_the_command_line(tmp_path, method):
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 1 and torch.isfinite(torch.tensor(rows[0]["loss"]))
     assert (out / "last.pt").is_file()
+
+
+def test_mae_trains_from_the_command_line_with_a_vit(tmp_path):
+    # MAE always uses a ViT encoder (--arch vit); the run loads back and its encoder gives
+    # features for evaluation.
+    from sslkit.evaluate import extract_features
+    from sslkit.train import load_trained
+
+    out = tmp_path / "mae"
+    assert main(["train", "mae", "--out", str(out), "--arch", "vit", *SMALL]) == 0
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 1 and torch.isfinite(torch.tensor(rows[0]["loss"]))
+    method, cfg, data = load_trained(out)
+    assert cfg.method == "mae" and method.encoder.pos_embed.requires_grad is False
+    assert extract_features(method.encoder, data.test_x[:5]).shape == (5, 64)
+
+
+def test_mae_with_a_cnn_exits_2(tmp_path, capsys):
+    err = run_error(["train", "mae", "--out", str(tmp_path / "r"), *SMALL], capsys)
+    assert "--arch vit" in err

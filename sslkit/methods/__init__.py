@@ -13,6 +13,7 @@ from sslkit.augment import SimCLRViews, view_config_for
 from sslkit.errors import SSLKitError
 from sslkit.methods.dino import DINO, MultiCropViews
 from sslkit.methods.jigsaw import Jigsaw
+from sslkit.methods.mae import MAE, mae_view_config
 from sslkit.methods.moco import MoCo, moco_view_config
 from sslkit.methods.relative_patch import RelativePatch
 from sslkit.methods.rotation import Rotation
@@ -21,7 +22,7 @@ from sslkit.methods.triplet import Triplet
 from sslkit.models import build_encoder
 from sslkit.models.vit import ViT
 
-METHODS = ("simclr", "triplet", "rotation", "jigsaw", "relative_patch", "moco", "dino")
+METHODS = ("simclr", "triplet", "rotation", "jigsaw", "relative_patch", "moco", "dino", "mae")
 
 
 def build_method(
@@ -48,6 +49,13 @@ def build_method(
         return DINO(encoder, MultiCropViews(view_config_for(dataset, image_size),
                                             local_size=image_size // 2, generator=generator),
                     **options)
+    if name == "mae":  # a ViT encoder always: arch "vit" (dim 64) or "vit-<dim>"
+        if not arch.startswith("vit"):
+            raise SSLKitError(f"MAE needs a ViT encoder, got --arch {arch!r}: use --arch vit")
+        dim = int(arch[4:] or 64)
+        return MAE(image_size, 4, in_channels, dim=dim, decoder_dim=dim // 2,
+                   views=SimCLRViews(mae_view_config(view_config_for(dataset, image_size)),
+                                     generator))
     encoder = build_encoder(arch, in_channels)
     if name == "rotation":
         return Rotation(encoder)
@@ -66,6 +74,6 @@ def build_method(
 
 
 __all__ = [
-    "DINO", "METHODS", "Jigsaw", "MoCo", "RelativePatch", "Rotation", "SimCLR", "Triplet",
+    "DINO", "MAE", "METHODS", "Jigsaw", "MoCo", "RelativePatch", "Rotation", "SimCLR", "Triplet",
     "build_method",
 ]

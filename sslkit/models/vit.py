@@ -23,7 +23,8 @@ def patchify(imgs: torch.Tensor, patch_size: int) -> torch.Tensor:
     n, c, h, w = imgs.shape
     p = patch_size
     if h % p or w % p:
-        raise SSLKitError(f"image side {h}x{w} is not a multiple of the patch size {p}")
+        raise SSLKitError(f"image side {h}x{w} is not a multiple of the patch size {p}: crop or "
+                          f"resize the images, or choose a patch size that divides {h} and {w}")
     x = imgs.reshape(n, c, h // p, p, w // p, p)
     # legend: n image, c channel, h/w patch row/column, p/q pixel row/column in the patch
     x = torch.einsum("nchpwq->nhwpqc", x)
@@ -46,6 +47,9 @@ def unpatchify(patches: torch.Tensor, patch_size: int, channels: int | None = No
 def random_masking(x: torch.Tensor, mask_ratio: float, noise: torch.Tensor | None = None):
     """MAE's per-sample random masking. x (N, L, D) -> (x_kept (N, len_keep, D), mask (N, L)
     with 1 = masked, ids_restore (N, L)). Patches with the smallest noise are kept."""
+    if not 0 <= mask_ratio < 1:
+        raise SSLKitError(f"mask ratio must be in [0, 1), got {mask_ratio}: use e.g. 0.75 "
+                          "(MAE's default)")
     n, length, d = x.shape
     len_keep = int(length * (1 - mask_ratio))
     if noise is None:
