@@ -11,7 +11,10 @@ What lives here (every loss returns a scalar: the mean over the anchors of the b
 * ``nt_xent_loop``      -- the same value computed with a plain Python loop, line by line from
   the paper; slow, but easy to check against the formula. Tests assert both agree.
 * ``nt_logistic`` and ``margin_triplet`` -- the other two losses of SimCLR's loss comparison
-  (Table 2 of the paper), with the same pairing of views as ``nt_xent``.
+  (Table 2 of the paper), with the same pairing of views as ``nt_xent``; ``semi_hard=True``
+  keeps only the negatives less similar to the anchor than its positive (the paper's Table 4).
+* ``nt_xent_logits``    -- the logits and labels NT-Xent takes its cross-entropy of, with the
+  variants of SimCLR's ablations: no L2 normalisation (Table 5), semi-hard negatives (Table 4).
 * ``cosine_similarity_matrix`` -- the (N, M) matrix of cosine similarities the others build on.
 
 Conventions
@@ -47,6 +50,7 @@ __all__ = [
     "moco_loss_loop",
     "nt_logistic",
     "nt_xent",
+    "nt_xent_logits",
     "nt_xent_loop",
     "triplet_loss",
 ]
@@ -163,6 +167,17 @@ def _pair_similarities(z1: Tensor, z2: Tensor):
     return sim, partner, negative_mask
 
 
+def _semi_hard(sim: Tensor, partner: Tensor, negative_mask: Tensor) -> Tensor:
+    """Semi-hard negatives (after FaceNet): of each anchor's negatives, keep only those LESS
+    similar to it than its positive. sim, negative_mask (2N, 2N); partner (2N,) -> (2N, 2N) bool.
+
+    The negatives harder than the positive are dropped; they are the ones that most often
+    share the anchor's class, and the ones that can make a loss push an embedding to collapse.
+    """
+    pos_sim = sim.gather(1, partner[:, None])  # (2N, 1)
+    return negative_mask & (sim < pos_sim)
+
+
 # ----------------------------------------------------------------------------------------------
 # Public losses
 # ----------------------------------------------------------------------------------------------
@@ -247,6 +262,30 @@ def nt_xent(z1: Tensor, z2: Tensor, temperature: float = 0.5) -> Tensor:
 
 
 @_in_float32
+def nt_xent_logits(z1: Tensor, z2: Tensor, temperature: float = 0.5, normalize: bool = True,
+                   semi_hard: bool = False) -> tuple[Tensor, Tensor]:
+    """The (logits (2N, 2N), labels (2N,)) whose cross-entropy is NT-Xent, with the variants of
+    SimCLR's ablations; ``F.cross_entropy(*nt_xent_logits(z1, z2, t))`` equals ``nt_xent``.
+
+    normalize=False: raw dot products z_i . z_k / t instead of cosine similarities (Table 5 of
+    the paper, where the contrastive task gets easier but the representation worse).
+    semi_hard=True: each anchor's negatives that are more similar to it than its positive are
+    left out of the softmax (logit -inf), as the semi-hard mining of Table 4.
+    The anchor's own entry is always -inf; the label is the index of its partner view.
+    """
+    _check_inputs("nt_xent_logits", {"z1": z1, "z2": z2}, min_pairs=2, temperature=temperature)
+    sim, partner, negative_mask = _pair_similarities(z1, z2)  # (2N, 2N), (2N,), (2N, 2N)
+    if not normalize:
+        z = torch.cat([z1, z2], dim=0)  # (2N, D)
+        sim = z @ z.T  # (2N, 2N) dot products
+    keep = _semi_hard(sim, partner, negative_mask) if semi_hard else negative_mask  # (2N, 2N)
+    keep = keep.clone()
+    keep[torch.arange(len(partner), device=keep.device), partner] = True  # the positive stays
+    logits = (sim / temperature).masked_fill(~keep, float("-inf"))  # (2N, 2N)
+    return logits, partner
+
+
+@_in_float32
 def nt_xent_loop(z1: Tensor, z2: Tensor, temperature: float = 0.5) -> Tensor:
     """The same value as :func:`nt_xent`, as a plain loop over the 2N anchors (slow, readable).
 
@@ -270,7 +309,8 @@ def nt_xent_loop(z1: Tensor, z2: Tensor, temperature: float = 0.5) -> Tensor:
 
 
 @_in_float32
-def nt_logistic(z1: Tensor, z2: Tensor, temperature: float = 0.5) -> Tensor:
+def nt_logistic(z1: Tensor, z2: Tensor, temperature: float = 0.5,
+                semi_hard: bool = False) -> Tensor:
     """NT-Logistic loss from SimCLR's loss comparison (Chen et al., 2020, Table 2).
 
     Same pairing as :func:`nt_xent`: 2N anchors, each with one positive (its partner view) and
@@ -279,10 +319,13 @@ def nt_logistic(z1: Tensor, z2: Tensor, temperature: float = 0.5) -> Tensor:
         loss_i = -log sigmoid(s(i, pos)/t) - SUM_{negatives k} log sigmoid(-s(i, k)/t)
 
     Reduction: summed over the negatives, then averaged over the 2N anchors. Needs N >= 2.
-    (The paper also tries semi-hard negative mining; this is the plain all-negatives form.)
+    semi_hard=True sums only over the negatives less similar to the anchor than its positive
+    (the paper's "NT-Logi. (sh)"); by default every negative counts.
     """
     _check_inputs("nt_logistic", {"z1": z1, "z2": z2}, min_pairs=2, temperature=temperature)
     sim, partner, negative_mask = _pair_similarities(z1, z2)  # (2N, 2N), ...
+    if semi_hard:
+        negative_mask = _semi_hard(sim, partner, negative_mask)
     logits = sim / temperature  # (2N, 2N)
     pos_logit = logits.gather(1, partner[:, None]).squeeze(1)  # (2N,)
     pos_term = -F.logsigmoid(pos_logit)  # (2N,)
@@ -291,7 +334,8 @@ def nt_logistic(z1: Tensor, z2: Tensor, temperature: float = 0.5) -> Tensor:
 
 
 @_in_float32
-def margin_triplet(z1: Tensor, z2: Tensor, margin: float = 0.5) -> Tensor:
+def margin_triplet(z1: Tensor, z2: Tensor, margin: float = 0.5,
+                   semi_hard: bool = False) -> Tensor:
     """Margin triplet loss from SimCLR's loss comparison (Chen et al., 2020, Table 2).
 
     Same pairing as :func:`nt_xent`. With cosine similarity s (in [-1, 1], no temperature) and
@@ -300,10 +344,14 @@ def margin_triplet(z1: Tensor, z2: Tensor, margin: float = 0.5) -> Tensor:
         loss_i = SUM over the 2N-2 negatives k of max(s(i, k) - s(i, pos) + m, 0)
 
     Reduction: summed over the negatives, then averaged over the 2N anchors. Needs N >= 2.
-    (The paper also tries semi-hard negative mining; this is the plain all-negatives form.)
+    semi_hard=True sums only over the negatives less similar than the positive, so a hinge is
+    active only for s(i, pos) - m < s(i, k) < s(i, pos): FaceNet's semi-hard band ("Margin (sh)"
+    in the paper); by default every negative counts.
     """
     _check_inputs("margin_triplet", {"z1": z1, "z2": z2}, min_pairs=2)
     sim, partner, negative_mask = _pair_similarities(z1, z2)  # (2N, 2N), ...
+    if semi_hard:
+        negative_mask = _semi_hard(sim, partner, negative_mask)
     pos_sim = sim.gather(1, partner[:, None])  # (2N, 1)
     hinge = F.relu(sim - pos_sim + margin)  # (2N, 2N), one entry per (anchor, candidate)
     return (hinge * negative_mask).sum(dim=1).mean()  # sum over negatives, mean over anchors
