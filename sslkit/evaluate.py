@@ -207,11 +207,12 @@ def train_linear_probe(
     optimizer = torch.optim.Adam(linear.parameters(), lr=lr, weight_decay=weight_decay)
     inputs = probe[0](train_f)  # standardised once: (N, D)
     generator = torch.Generator().manual_seed(seed)
-    for _ in range(epochs):
-        order = torch.randperm(len(inputs), generator=generator)
-        for start in range(0, len(order), batch_size):
-            batch = order[start : start + batch_size]
-            linear_probe_step(linear, optimizer, inputs[batch], train_y[batch])
+    with torch.enable_grad():  # trains even when called under torch.no_grad()
+        for _ in range(epochs):
+            order = torch.randperm(len(inputs), generator=generator)
+            for start in range(0, len(order), batch_size):
+                batch = order[start : start + batch_size]
+                linear_probe_step(linear, optimizer, inputs[batch], train_y[batch])
     return probe.eval()
 
 
@@ -274,11 +275,12 @@ def fine_tune(
         q.requires_grad_(True)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     generator = torch.Generator().manual_seed(seed)
-    for _ in range(steps):
-        idx = torch.randint(0, len(images), (batch_size,), generator=generator)
-        x = images[idx].float() / 255  # (B, C, H, W)
-        if augment is not None:
-            x = _augment(x, augment, generator)
-        # the probe's step (cross-entropy, zero_grad, backward, step), now through the encoder
-        linear_probe_step(model, optimizer, x.to(device), labels[idx].to(device))
+    with torch.enable_grad():  # trains even when called under torch.no_grad()
+        for _ in range(steps):
+            idx = torch.randint(0, len(images), (batch_size,), generator=generator)
+            x = images[idx].float() / 255  # (B, C, H, W)
+            if augment is not None:
+                x = _augment(x, augment, generator)
+            # the probe's step (cross-entropy, zero_grad, backward, step), through the encoder
+            linear_probe_step(model, optimizer, x.to(device), labels[idx].to(device))
     return model.eval()

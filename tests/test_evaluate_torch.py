@@ -120,6 +120,15 @@ def test_probe_loop_separates_separable_features():
         assert probe(x).shape == (len(x), 4)
 
 
+def test_probe_loop_trains_under_no_grad():
+    x, y = separable(seed=5, noise_seed=6)
+    expected = train_linear_probe(x, y, epochs=3, batch_size=16)
+    with torch.no_grad():
+        got = train_linear_probe(x, y, epochs=3, batch_size=16)
+    assert torch.equal(got[1].weight, expected[1].weight)
+    assert bool(got[1].weight.abs().max() > 0)
+
+
 def test_probe_loop_is_deterministic_and_invariant_to_feature_scale():
     x, y = separable(seed=3, noise_seed=4)
     a = train_linear_probe(x, y, epochs=5, batch_size=16, seed=1)

@@ -60,6 +60,16 @@ def test_fine_tune_without_steps_gives_zero_logits_and_trains_frozen_encoders():
                                                       encoder.parameters()))
 
 
+def test_fine_tune_trains_under_no_grad():
+    torch.manual_seed(0)
+    encoder = build_encoder("convnet-small", 1)
+    images, labels = small_images()
+    expected = fine_tune(encoder, images, labels, steps=2, batch_size=4)
+    with torch.no_grad():
+        got = fine_tune(encoder, images, labels, steps=2, batch_size=4)
+    assert all(torch.equal(p, q) for p, q in zip(got.parameters(), expected.parameters()))
+
+
 def test_fine_tune_bad_input():
     encoder = build_encoder("convnet-small", 1)
     images, labels = small_images()
