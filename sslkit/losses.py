@@ -16,6 +16,9 @@ What lives here (every loss returns a scalar: the mean over the anchors of the b
 * ``nt_xent_logits``    -- the logits and labels NT-Xent takes its cross-entropy of, with the
   variants of SimCLR's ablations: no L2 normalisation (Table 5), semi-hard negatives (Table 4).
 * ``cosine_similarity_matrix`` -- the (N, M) matrix of cosine similarities the others build on.
+* ``cpc_loss``          -- CPC's InfoNCE on a grid of patches: predict the patches k rows
+  below from a context, among every patch of the batch; ``cpc_loss_loop`` is the plain
+  loop over k, t and j, and ``cpc_logits`` the scores as K classification problems.
 
 Conventions
 -----------
@@ -40,6 +43,9 @@ from sslkit.errors import SSLKitError
 
 __all__ = [
     "cosine_similarity_matrix",
+    "cpc_logits",
+    "cpc_loss",
+    "cpc_loss_loop",
     "dino_loss",
     "dino_loss_loop",
     "info_nce",
@@ -540,3 +546,98 @@ def mae_loss_loop(pred: Tensor, target: Tensor, mask: Tensor, norm_pix: bool = F
             total = total + ((pred[n, patch] - t) ** 2).mean()
             masked += 1
     return total / max(masked, 1)
+
+
+# ----------------------------------------------------------------------------------------------
+# CPC (van den Oord et al., 2018): predict the patches k rows below from the context above
+# ----------------------------------------------------------------------------------------------
+
+
+def _check_cpc(fn: str, z, c, W) -> None:
+    for name, t, want in (("z", z, "(N, rows, cols, D)"), ("c", c, "(N, rows, cols, H)"),
+                          ("W", W, "(K, D, H)")):
+        if not isinstance(t, Tensor) or not t.is_floating_point():
+            got = t.dtype if isinstance(t, Tensor) else type(t).__name__
+            raise SSLKitError(f"{fn}: {name} must be a floating tensor {want} (got {got}): "
+                              f"convert it with torch.as_tensor(...).float()")
+    if z.ndim != 4 or 0 in z.shape:
+        raise SSLKitError(f"{fn}: z must be (N, rows, cols, D), one encoding per patch of the "
+                          f"grid, got shape {_shape(z)}: reshape the patch encodings to the grid")
+    if c.ndim != 4 or c.shape[:3] != z.shape[:3]:
+        raise SSLKitError(f"{fn}: c must be (N, rows, cols, H) on the grid of z "
+                          f"{tuple(z.shape[:3])}, got shape {_shape(c)}: run the context network "
+                          f"over the same patch encodings")
+    if W.ndim != 3 or W.shape[1:] != (z.shape[3], c.shape[3]) or W.shape[0] == 0:
+        raise SSLKitError(f"{fn}: W must be (K, D, H) = (K, {z.shape[3]}, {c.shape[3]}), one "
+                          f"map per step k = 1..K, got shape {_shape(W)}: stack the K maps")
+    if W.shape[0] >= z.shape[1]:
+        raise SSLKitError(f"{fn}: predicting K={W.shape[0]} rows ahead needs more than K rows, "
+                          f"got {z.shape[1]}: use K <= {z.shape[1] - 1} or a finer patch grid")
+
+
+@_in_float32
+def cpc_logits(z: Tensor, c: Tensor, W: Tensor) -> list[tuple[Tensor, Tensor]]:
+    """CPC's scores as K classification problems, one per step k = 1..K.
+
+    z: (N, R, C, D) patch encodings on an R x C grid; c: (N, R, C, H) contexts, c[n, t, j]
+    summarising rows <= t of column j; W: (K, D, H), W[k - 1] is the map of step k. The score
+    of a candidate patch encoding z' for context c_t at step k is s_k = z'ᵀ W_k c_t.
+
+    Candidates: every one of the M = N·R·C patch encodings of the batch (all images, rows and
+    columns, flattened in (n, row, col) order), as in CPC v2. For each context (n, t, j) with
+    t + k < R, the positive is z[n, t + k, j], flat index (n·R + t + k)·C + j; the negatives are
+    the other M - 1 patches: other images (tells images apart) and other positions of the same
+    image (so the prediction has to be about *where*, not only about *which image*).
+
+    Returns [(logits (N·(R-k)·C, M), labels (N·(R-k)·C,)) for k = 1..K].
+    """
+    _check_cpc("cpc_logits", z, c, W)
+    n, rows, cols, d = z.shape
+    candidates = z.reshape(n * rows * cols, d)  # (M, D)
+    flat = torch.arange(n * rows * cols, device=z.device).view(n, rows, cols)  # (N, R, C)
+    out = []
+    for k in range(1, W.shape[0] + 1):
+        # legend: n = image, t = context row, j = column, d = z feature, h = context feature
+        pred = torch.einsum("dh,ntjh->ntjd", W[k - 1], c[:, : rows - k])  # (N, R-k, C, D)
+        logits = pred.reshape(-1, d) @ candidates.T  # (N·(R-k)·C, M)
+        labels = flat[:, k:].reshape(-1)  # (N·(R-k)·C,), the patch k rows below
+        out.append((logits, labels))
+    return out
+
+
+@_in_float32
+def cpc_loss(z: Tensor, c: Tensor, W: Tensor) -> Tensor:
+    """CPC's InfoNCE (van den Oord et al., 2018) on a grid of patches, vectorised.
+
+    z: (N, R, C, D), c: (N, R, C, H), W: (K, D, H); candidates and positives as in
+    :func:`cpc_logits`. For step k and context (n, t, j), with s_k(z', c) = z'ᵀ W_k c:
+
+        l_k(n, t, j) = -log( exp s_k(z[n,t+k,j], c[n,t,j]) / sum_z' exp s_k(z', c[n,t,j]) )
+
+    where z' runs over every patch encoding of the batch.
+
+    loss = mean over k of (mean over the N·(R-k)·C contexts of l_k): every step counts equally,
+    although there are fewer contexts further ahead. Needs R > K.
+    """
+    return torch.stack([F.cross_entropy(logits, labels)
+                        for logits, labels in cpc_logits(z, c, W)]).mean()
+
+
+@_in_float32
+def cpc_loss_loop(z: Tensor, c: Tensor, W: Tensor) -> Tensor:
+    """The same value as :func:`cpc_loss`, a plain loop over k, images, rows t and columns j."""
+    _check_cpc("cpc_loss_loop", z, c, W)
+    n, rows, cols, _ = z.shape
+    candidates = [z[m, u, i] for m in range(n) for u in range(rows) for i in range(cols)]
+    per_step = []
+    for k in range(1, W.shape[0] + 1):
+        terms = []
+        for b in range(n):
+            for t in range(rows - k):  # a context needs a row k below it
+                for j in range(cols):
+                    prediction = W[k - 1] @ c[b, t, j]  # (D,), W_k c_t
+                    scores = torch.stack([torch.dot(cand, prediction) for cand in candidates])
+                    positive = torch.dot(z[b, t + k, j], prediction)
+                    terms.append(torch.logsumexp(scores, dim=0) - positive)  # -log softmax
+        per_step.append(torch.stack(terms).mean())
+    return torch.stack(per_step).mean()

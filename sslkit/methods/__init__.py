@@ -11,6 +11,7 @@ from torch import nn
 
 from sslkit.augment import SimCLRViews, view_config_for
 from sslkit.errors import SSLKitError
+from sslkit.methods.cpc import CPC, build_cpc
 from sslkit.methods.dino import DINO, MultiCropViews
 from sslkit.methods.jigsaw import Jigsaw
 from sslkit.methods.mae import MAE, mae_view_config
@@ -22,7 +23,8 @@ from sslkit.methods.triplet import Triplet
 from sslkit.models import build_encoder
 from sslkit.models.vit import ViT
 
-METHODS = ("simclr", "triplet", "rotation", "jigsaw", "relative_patch", "moco", "dino", "mae")
+METHODS = ("simclr", "triplet", "rotation", "jigsaw", "relative_patch", "moco", "dino", "mae",
+           "cpc")
 
 
 def build_method(
@@ -56,6 +58,12 @@ def build_method(
         return MAE(image_size, 4, in_channels, dim=dim, decoder_dim=dim // 2,
                    views=SimCLRViews(mae_view_config(view_config_for(dataset, image_size)),
                                      generator))
+    if name == "cpc":  # its own patch encoder (GroupNorm, never BatchNorm); arch sets the width
+        widths = {"convnet-small": 32, "convnet": 64}
+        if arch not in widths:
+            raise SSLKitError(f"CPC encodes patches with its own LayerNorm network, not {arch!r}: "
+                              f"use --arch convnet-small or --arch convnet")
+        return build_cpc(dataset, in_channels, widths[arch], generator=generator)
     encoder = build_encoder(arch, in_channels)
     if name == "rotation":
         return Rotation(encoder)
@@ -74,6 +82,7 @@ def build_method(
 
 
 __all__ = [
+    "CPC",
     "DINO", "MAE", "METHODS", "Jigsaw", "MoCo", "RelativePatch", "Rotation", "SimCLR", "Triplet",
     "build_method",
 ]
