@@ -8,6 +8,15 @@
         metrics.jsonl <- one line   epoch, mean loss, lr, seconds (and kNN accuracy if asked)
         last.pt <- checkpoint       written atomically: a crash never leaves a broken file
 
+Two data paths: ``loader="device"`` (default) keeps the dataset as uint8 on the device and the
+method makes its views there in batches; ``loader="dataloader"`` keeps it in CPU memory and a
+DataLoader makes the views per image with torchvision in worker processes.
+
+Several processes (torchrun, see sslkit.distributed): batch_size is the global batch of one
+optimiser step; each rank takes its slice of it, BatchNorm is synchronised, DDP averages the
+gradients, and rank 0 writes the files. ``accumulate`` splits each rank's slice into
+micro-batches whose gradients add up before one optimiser step.
+
 ``--resume`` restores weights, optimiser, schedule position and every random state, so a run
 interrupted after epoch k and resumed ends with exactly the weights of an uninterrupted run.
 Mixed precision (bfloat16 autocast) is used on CUDA only.
@@ -15,6 +24,7 @@ Mixed precision (bfloat16 autocast) is used on CUDA only.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -22,17 +32,21 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
+from sslkit import distributed
 from sslkit.data import ImageData, load_dataset
 from sslkit.errors import SSLKitError
 from sslkit.evaluate import extract_features, knn_accuracy
 from sslkit.methods import build_method
+from sslkit.methods.momentum import set_step_position
 from sslkit.profiles import Profile
 from sslkit.schedules import cosine_schedule
 
 CHECKPOINT = "last.pt"
 METRICS = "metrics.jsonl"
+LOADERS = ("device", "dataloader")
 
 
 @dataclass(frozen=True)
@@ -58,6 +72,12 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     knn_every: int = 0  # run the kNN monitor every n epochs (0: never during training)
     knn_k: int = 20  # neighbours in the kNN monitor
+    accumulate: int = 1  # micro-batches per optimiser step (batch_size counts all of them)
+    loader: str = "device"  # device: the dataset as uint8 on the device, views made there in
+    #                         batches; dataloader: views made per image by torchvision in
+    #                         worker processes (CPU), for data too large for the device
+    workers: int = 2  # DataLoader worker processes (loader "dataloader" only)
+    compile: bool = False  # torch.compile the encoder and the head
 
     @classmethod
     def from_profile(cls, profile: Profile, **overrides) -> TrainConfig:
@@ -90,12 +110,18 @@ def load_data(cfg: TrainConfig) -> ImageData:
     return data.subset(cfg.n_train, cfg.n_test)
 
 
-def build(cfg: TrainConfig, data: ImageData, generator: torch.Generator | None = None):
-    """The method module for this config and data, freshly initialised from cfg.seed."""
+def build(cfg: TrainConfig, data: ImageData, generator: torch.Generator | None = None,
+          total_steps: int | None = None):
+    """The method module for this config and data, freshly initialised from cfg.seed.
+
+    total_steps: optimiser steps of the whole run, for methods with per-step schedules (DINO's
+    teacher momentum and temperature)."""
     torch.manual_seed(cfg.seed)
+    options = {"proj_dim": cfg.proj_dim, "temperature": cfg.temperature, "head": cfg.head}
+    if cfg.method == "dino" and total_steps:
+        options["total_steps"] = total_steps
     return build_method(cfg.method, cfg.arch, data.channels, cfg.dataset, data.image_size,
-                        generator, proj_dim=cfg.proj_dim, temperature=cfg.temperature,
-                        head=cfg.head)
+                        generator, **options)
 
 
 def _check_names(cfg: TrainConfig) -> None:
@@ -145,6 +171,94 @@ def _read_metrics(out: Path, up_to_epoch: int) -> list[dict]:
     return [r for r in rows if r["epoch"] <= up_to_epoch]
 
 
+def _micro_batches(cfg: TrainConfig) -> int:
+    """Images per forward on this process: batch_size / (processes x accumulate), checked."""
+    w = distributed.world_size()
+    if cfg.accumulate < 1:
+        raise SSLKitError(f"accumulate must be >= 1 (got {cfg.accumulate}): use --accumulate 1 "
+                          "for one forward per optimiser step")
+    per_forward, rest = divmod(cfg.batch_size, w * cfg.accumulate)
+    if rest or per_forward < 1:
+        raise SSLKitError(
+            f"batch size {cfg.batch_size} cannot be split into {w} process(es) x "
+            f"{cfg.accumulate} micro-batch(es): use a --batch-size divisible by "
+            f"{w * cfg.accumulate}")
+    return per_forward
+
+
+def step_batches(order: torch.Tensor, step: int, cfg: TrainConfig) -> list[torch.Tensor]:
+    """The image indices of this process's micro-batches in optimiser step `step` of an epoch.
+
+    Global batch = order[step*B : (step+1)*B]; rank r takes slice r (the distributed sampler),
+    then splits it into cfg.accumulate micro-batches. Concatenated over ranks in rank order, the
+    micro-batches give back the global batch."""
+    batch = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
+    return list(distributed.shard(batch).chunk(cfg.accumulate))
+
+
+def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, micro_batches: list,
+               autocast=None) -> torch.Tensor:
+    """One optimiser step: forward and backward of every micro-batch, then optimizer.step().
+
+    Each loss is divided by the number of micro-batches, so the accumulated gradient is that of
+    the mean loss over the step's images. Under DDP, gradients are averaged over the ranks once,
+    at the last micro-batch (``no_sync`` before). Methods with a moving average learn where each
+    forward sits in the step (``set_step_position``). Returns the step's mean loss (detached).
+    """
+    autocast = autocast or contextlib.nullcontext()
+    optimizer.zero_grad(set_to_none=True)
+    total = 0.0
+    k = len(micro_batches)
+    for i, x in enumerate(micro_batches):
+        last = i == k - 1
+        set_step_position(model, first=i == 0, last=last)
+        no_sync = isinstance(model, DistributedDataParallel) and not last
+        with model.no_sync() if no_sync else contextlib.nullcontext():
+            with autocast:
+                loss = model(x) / k
+            loss.backward()
+        total = total + loss.detach()
+    optimizer.step()
+    return total
+
+
+class _ViewsDataset(torch.utils.data.Dataset):
+    """images (N, C, H, W) uint8 in CPU memory; item i -> the method's views of image i, made
+    by torchvision (or the raw image for methods that make their own inputs)."""
+
+    def __init__(self, images: torch.Tensor, transform=None):
+        self.images, self.transform = images, transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int):
+        return self.transform(self.images[i]) if self.transform else self.images[i]
+
+
+def _loader_epoch(cfg: TrainConfig, method, images: torch.Tensor, order: torch.Tensor,
+                  steps: range, device: torch.device):
+    """The DataLoader path: per step, the list of micro-batches, views made per image on the CPU
+    in cfg.workers processes, then moved to the device."""
+    from sslkit.methods import DINO, MoCo, SimCLR
+
+    views = getattr(method, "views", None)
+    transform = views.per_image() if isinstance(method, (SimCLR, MoCo, DINO)) else None
+    batches = [b.tolist() for s in steps for b in step_batches(order, s, cfg)]
+    loader = torch.utils.data.DataLoader(
+        _ViewsDataset(images, transform), batch_sampler=batches, num_workers=cfg.workers,
+        pin_memory=device.type == "cuda")
+
+    def to_device(batch):
+        if isinstance(batch, (list, tuple)):
+            return [v.to(device, non_blocking=True) for v in batch]
+        return batch.to(device, non_blocking=True)
+
+    it = iter(loader)
+    for _ in steps:
+        yield [to_device(next(it)) for _ in range(cfg.accumulate)]
+
+
 def train(
     cfg: TrainConfig,
     out: str | Path,
@@ -157,6 +271,9 @@ def train(
 
     stop_after_epoch: end this call after that epoch (the schedule still spans cfg.epochs), e.g.
     to split a long run over several sessions and continue with resume=True.
+
+    Under torchrun (or inside a process group the caller made) every process calls train();
+    rank 0 alone writes metrics and checkpoints, and every rank returns the same weights.
     """
     out = Path(out)
     _check_names(cfg)
@@ -173,10 +290,16 @@ def train(
     if ckpt is not None:
         # Resuming continues the saved run with its own settings; only the device may change.
         cfg = replace(TrainConfig(**ckpt["config"]), device=cfg.device)
-    out.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(cfg.device)
+    if cfg.loader not in LOADERS:
+        raise SSLKitError(f"unknown loader {cfg.loader!r}: use one of {', '.join(LOADERS)}")
+    device = distributed.setup(resolve_device(cfg.device))
+    distributed.barrier()  # every rank has checked `out` before rank 0 writes to it
+    if distributed.is_main():
+        out.mkdir(parents=True, exist_ok=True)
     data = data or load_data(cfg)
-    images = data.pretrain_images().to(device)  # (N, C, H, W) uint8, kept on the device
+    images = data.pretrain_images()  # (N, C, H, W) uint8
+    if cfg.loader == "device":
+        images = images.to(device)  # the whole dataset kept on the device, 1 byte per value
     steps_per_epoch = len(images) // cfg.batch_size
     if cfg.batch_size < 2:
         raise SSLKitError(
@@ -188,54 +311,84 @@ def train(
             f"batch size {cfg.batch_size} is larger than the training set ({len(images)} "
             f"images): use --batch-size {len(images)} or less"
         )
+    _micro_batches(cfg)
 
-    generator = torch.Generator().manual_seed(cfg.seed)  # permutations and augmentation
+    generator = torch.Generator().manual_seed(cfg.seed)  # permutations (and augmentation)
+    views_generator = generator  # one process: one stream, as before DDP existed
+    if distributed.is_distributed():  # the same permutation everywhere, other views per rank
+        views_generator = torch.Generator().manual_seed(cfg.seed + 1 + distributed.rank())
+    total_steps = cfg.epochs * steps_per_epoch
     # channels_last conv weights: about 25 % faster on CPU (oneDNN) and the layout GPUs prefer.
-    method = build(cfg, data, generator).to(device, memory_format=torch.channels_last)
+    method = build(cfg, data, views_generator, total_steps=total_steps)
+    if not getattr(method, "per_rank_batchnorm", False):
+        method = distributed.sync_batchnorm(method, device)
+    method = method.to(device, memory_format=torch.channels_last)
     optimizer = make_optimizer(cfg, method.parameters())
     lr = cosine_schedule(cfg.lr, 0.0, cfg.epochs, steps_per_epoch, cfg.warmup_epochs)
     start_epoch = 0
+    if distributed.is_distributed():
+        torch.manual_seed(cfg.seed + 1 + distributed.rank())
     if ckpt is not None:
         method.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         generator.set_state(ckpt["generator"])
-        torch.set_rng_state(ckpt["torch_rng"])
+        rngs = ckpt.get("torch_rngs", [ckpt["torch_rng"]])
+        views_states = ckpt.get("views_generators")
+        if len(rngs) == distributed.world_size():  # the same number of processes as saved
+            torch.set_rng_state(rngs[distributed.rank()])
+            if views_states is not None:
+                views_generator.set_state(views_states[distributed.rank()])
         start_epoch = ckpt["epoch"]
     metrics = _read_metrics(out, start_epoch)
-    (out / METRICS).write_text("".join(json.dumps(r) + "\n" for r in metrics))
+    if distributed.is_main():
+        (out / METRICS).write_text("".join(json.dumps(r) + "\n" for r in metrics))
+    model = distributed.wrap(method, device)
+    if cfg.compile:
+        for part in ("encoder", "head"):
+            if isinstance(getattr(method, part, None), torch.nn.Module):
+                getattr(method, part).compile()
 
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
     last_epoch = cfg.epochs if stop_after_epoch is None else min(stop_after_epoch, cfg.epochs)
     epochs = tqdm(range(start_epoch, last_epoch), desc=cfg.method, unit="epoch",
-                  disable=not progress, initial=start_epoch, total=cfg.epochs)
+                  disable=not (progress and distributed.is_main()), initial=start_epoch,
+                  total=cfg.epochs)
     method.train()
     for epoch in epochs:
         started = time.perf_counter()
-        order = torch.randperm(len(images), generator=generator).to(device)
+        order = torch.randperm(len(images), generator=generator)
+        if cfg.loader == "device":
+            order = order.to(device)
+            batches = ([images[i] for i in step_batches(order, b, cfg)]
+                       for b in range(steps_per_epoch))
+        else:
+            batches = _loader_epoch(cfg, method, images, order, range(steps_per_epoch), device)
         total = torch.zeros((), device=device)
-        for b in range(steps_per_epoch):
+        for b, micro_batches in enumerate(batches):
             step = epoch * steps_per_epoch + b
             for group in optimizer.param_groups:
                 group["lr"] = float(lr[step])
-            x = images[order[b * cfg.batch_size : (b + 1) * cfg.batch_size]]
-            with autocast:
-                loss = method(x)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total += loss.detach()
+            total += train_step(model, optimizer, micro_batches, autocast)
+        total = distributed.all_reduce_mean(total)
         row = {"epoch": epoch + 1, "step": (epoch + 1) * steps_per_epoch,
                "loss": float(total) / steps_per_epoch, "lr": float(lr[step]),
                "seconds": round(time.perf_counter() - started, 3)}
-        if cfg.knn_every and ((epoch + 1) % cfg.knn_every == 0 or epoch + 1 == cfg.epochs):
+        if distributed.is_main() and cfg.knn_every and (
+                (epoch + 1) % cfg.knn_every == 0 or epoch + 1 == cfg.epochs):
             row["knn"] = monitor_knn(method.encoder, data, cfg.knn_k)
         metrics.append(row)
         epochs.set_postfix({k: row[k] for k in ("loss", "knn") if k in row})
-        with open(out / METRICS, "a") as f:
-            f.write(json.dumps(row) + "\n")
-        save_atomic({"config": asdict(cfg), "epoch": epoch + 1, "model": method.state_dict(),
-                     "optimizer": optimizer.state_dict(), "generator": generator.get_state(),
-                     "torch_rng": torch.get_rng_state()}, out / CHECKPOINT)
+        state = {"config": asdict(cfg), "epoch": epoch + 1, "model": method.state_dict(),
+                 "optimizer": optimizer.state_dict(), "generator": generator.get_state(),
+                 "torch_rng": torch.get_rng_state()}
+        if distributed.is_distributed():  # each rank's own random streams, to resume exactly
+            state["torch_rngs"] = distributed.gather_objects(torch.get_rng_state())
+            state["views_generators"] = distributed.gather_objects(views_generator.get_state())
+        if distributed.is_main():
+            with open(out / METRICS, "a") as f:
+                f.write(json.dumps(row) + "\n")
+            save_atomic(state, out / CHECKPOINT)
+        distributed.barrier()  # no rank runs ahead of the checkpoint
     return method, metrics
 
 

@@ -18,6 +18,11 @@ Two ways to collapse, and the two tricks that stop them:
 Centring alone pushes towards uniform, sharpening alone towards one dimension; used together
 they balance. ``centering`` and ``sharpening`` switch each off for the collapse experiment, and
 ``last_stats`` holds the two diagnostics: the teacher's output entropy and KL(teacher || student).
+
+Several processes: the centre moves towards the mean teacher output over the batches of all
+ranks (all-reduced), so it stays the same on every rank. Gradient accumulation: the teacher
+moves at the first micro-batch of an optimiser step, and the centre and the schedule step move
+once, after the last micro-batch, with the mean over all micro-batches of the step.
 """
 
 from __future__ import annotations
@@ -30,10 +35,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sslkit.augment import SimCLRViews, ViewConfig
+from sslkit import distributed
+from sslkit.augment import PerImageViews, SimCLRViews, ViewConfig
 from sslkit.errors import SSLKitError
 from sslkit.losses import dino_loss
-from sslkit.methods.momentum import update_momentum
+from sslkit.methods.momentum import StepPosition, update_momentum
 from sslkit.schedules import cosine_schedule
 
 
@@ -53,8 +59,11 @@ def momentum_schedule(base: float, total_steps: int) -> np.ndarray:
 @torch.no_grad()
 def update_center(center: torch.Tensor, teacher_out: list[torch.Tensor],
                   momentum: float = 0.9) -> torch.Tensor:
-    """center (1, K) <- momentum * center + (1 - momentum) * mean over every teacher row."""
+    """center (1, K) <- momentum * center + (1 - momentum) * mean over every teacher row (of
+    every rank, under torchrun: the ranks hold batches of the same size, so the mean of their
+    means is the mean over the whole batch)."""
     batch_mean = torch.cat(teacher_out).mean(dim=0, keepdim=True)  # (1, K)
+    batch_mean = distributed.all_reduce_mean(batch_mean)
     return center * momentum + batch_mean * (1 - momentum)
 
 
@@ -101,11 +110,16 @@ class MultiCropViews(nn.Module):
                                        generator)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        x = x.float() / 255 if x.dtype == torch.uint8 else x  # converted once for every crop
         return ([self.global_views(x) for _ in range(2)]
                 + [self.local_views(x) for _ in range(self.n_local)])
 
+    def per_image(self) -> PerImageViews:
+        """The same crops for one image with torchvision (the DataLoader path)."""
+        return PerImageViews([self.global_views.cfg] * 2 + [self.local_views.cfg] * self.n_local)
 
-class DINO(nn.Module):
+
+class DINO(nn.Module, StepPosition):
     def __init__(
         self,
         encoder: nn.Module,
@@ -140,6 +154,7 @@ class DINO(nn.Module):
         self.register_buffer("center", torch.zeros(1, out_dim))
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
         self.last_stats: dict[str, float] = {}
+        self._pending_teacher: list[torch.Tensor] = []  # this step's teacher outputs so far
 
     # -- stages -------------------------------------------------------------------------------
     def _at(self, schedule: np.ndarray) -> float:
@@ -182,16 +197,22 @@ class DINO(nn.Module):
         if len(crops) < 2:
             raise SSLKitError("DINO needs at least the 2 global crops")
         s_out = self.student_outputs(crops)  # V x (N, K)
-        self.momentum_update()  # before the teacher pass
+        if self.first_micro_batch:
+            self.momentum_update()  # before the teacher pass, once per optimiser step
         t_out = self.teacher_outputs(crops[:2])  # 2 x (N, K)
         temp = self.teacher_temp()
         loss = dino_loss(s_out, t_out, self.center, self.student_temp, temp)
         self._diagnostics([s.detach() for s in s_out], t_out, temp)
-        if self.centering:
-            self.center.copy_(update_center(self.center, t_out, self.center_momentum))
-        self.step += 1
+        self._pending_teacher += [t.detach().float() for t in t_out]
+        if self.last_micro_batch:  # once per optimiser step, from all its micro-batches
+            if self.centering:
+                self.center.copy_(update_center(self.center, self._pending_teacher,
+                                                self.center_momentum))
+            self._pending_teacher = []
+            self.step += 1
         return loss
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x (N, C, H, W) images (uint8 or [0, 1] floats) -> scalar loss."""
-        return self.loss_on_crops(self.views(x))
+    def forward(self, x) -> torch.Tensor:
+        """x (N, C, H, W) images (uint8 or [0, 1] floats) -> scalar loss; or x = the list of
+        crops already made (2 global first)."""
+        return self.loss_on_crops(list(x) if isinstance(x, (tuple, list)) else self.views(x))

@@ -21,7 +21,14 @@ BatchNorm leakage: with plain BN, the keys of a batch are normalised with statis
 same batch the positive comes from, and the network can "cheat" through them. Shuffle-BN
 (several GPUs) computes the key BN statistics on a different subset of samples than the query
 BN statistics. ``bn_splits=s`` emulates it on one device: queries go through the network in s
-groups in order, keys in s groups of a random permutation (then un-shuffled).
+groups in order, keys in s groups of a random permutation (then un-shuffled). Under torchrun
+each rank keeps its own BatchNorm statistics (``per_rank_batchnorm``), shuffled within the rank.
+
+Several processes: the keys of every rank are gathered before the queue update, so all ranks
+enqueue the same keys in the same order and hold the same queue (a per-rank queue would give
+each rank other negatives). Gradient accumulation: the key encoder moves at the first
+micro-batch of an optimiser step only, and the keys of all micro-batches are enqueued together
+after the last one, so every micro-batch sees the queue one big batch would have seen.
 """
 
 from __future__ import annotations
@@ -33,10 +40,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sslkit import distributed
 from sslkit.augment import SimCLRViews, ViewConfig
 from sslkit.errors import SSLKitError
 from sslkit.losses import moco_loss
-from sslkit.methods.momentum import update_momentum
+from sslkit.methods.momentum import StepPosition, update_momentum
 from sslkit.models.heads import projection_head
 
 
@@ -58,7 +66,9 @@ def check_queue_size(queue_size: int, batch: int) -> None:
                           f"{max(batch, (queue_size // max(batch, 1)) * batch)}")
 
 
-class MoCo(nn.Module):
+class MoCo(nn.Module, StepPosition):
+    per_rank_batchnorm = True  # torchrun: BN statistics per rank, not synchronised
+
     def __init__(
         self,
         encoder: nn.Module,
@@ -88,6 +98,7 @@ class MoCo(nn.Module):
         queue = F.normalize(torch.randn(queue_size, out_dim), dim=1)  # (K, D) random unit keys
         self.register_buffer("queue", queue)
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
+        self._pending_keys: list[torch.Tensor] = []  # keys of this step's micro-batches
 
     # -- stages -------------------------------------------------------------------------------
 
@@ -131,10 +142,11 @@ class MoCo(nn.Module):
 
     def loss_on_views(self, v1: torch.Tensor, v2: torch.Tensor) -> torch.Tensor:
         """One MoCo loss: momentum update, keys, loss against the queue, then enqueue."""
-        n = len(v1)
+        n = len(v1) * distributed.world_size()  # keys per step from all ranks
         check_queue_size(self.queue.shape[0], 2 * n if self.symmetric else n)
         q1 = self.embed_query(v1)  # (N, D)
-        self.momentum_update()  # before the key pass
+        if self.first_micro_batch:
+            self.momentum_update()  # before the key pass, once per optimiser step
         k2 = self.embed_keys(v2)  # (N, D)
         negatives = self.queue.clone()  # (K, D), the state before this batch is enqueued
         loss = moco_loss(q1, k2, negatives, self.temperature)
@@ -143,10 +155,14 @@ class MoCo(nn.Module):
             q2, k1 = self.embed_query(v2), self.embed_keys(v1)
             loss = loss + moco_loss(q2, k1, negatives, self.temperature)
             keys = torch.cat([k2, k1])
-        self.enqueue(keys)  # after the loss
+        self._pending_keys.append(keys.detach())
+        if self.last_micro_batch:  # after the loss; every rank's keys, so one shared queue
+            self.enqueue(distributed.gather(torch.cat(self._pending_keys)))
+            self._pending_keys = []
         return loss
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x (N, C, H, W) images (uint8 or [0, 1] floats) -> scalar loss."""
-        v1, v2 = self.views.two_views(x)
+    def forward(self, x) -> torch.Tensor:
+        """x (N, C, H, W) images (uint8 or [0, 1] floats) -> scalar loss; or x = (v1, v2), views
+        already made."""
+        v1, v2 = x if isinstance(x, (tuple, list)) else self.views.two_views(x)
         return self.loss_on_views(v1, v2)

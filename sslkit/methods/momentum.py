@@ -30,3 +30,27 @@ def update_momentum(online: nn.Module, target: nn.Module, m: float) -> None:
         )
     for p_online, p_target in zip(online_params, target_params):
         p_target.mul_(m).add_(p_online.detach(), alpha=1 - m)
+
+
+class StepPosition:
+    """Where the current forward sits in its optimiser step, for methods with a moving average.
+
+    Under gradient accumulation one optimiser step is several forwards (micro-batches). The EMA
+    (MoCo's key encoder, DINO's teacher) must move once per optimiser step -- at the first
+    micro-batch, before the target's pass -- and per-step state (MoCo's queue, DINO's centre
+    and step counter) is updated once, at the last micro-batch, from every micro-batch of the
+    step. Methods inherit these two flags; the training loop sets them with
+    ``set_step_position``. Both True (the default): one forward per step, as without
+    accumulation.
+    """
+
+    first_micro_batch: bool = True
+    last_micro_batch: bool = True
+
+
+def set_step_position(module: nn.Module, first: bool, last: bool) -> None:
+    """Tell every StepPosition inside module whether this forward is the first and/or the last
+    micro-batch of its optimiser step."""
+    for m in module.modules():
+        if isinstance(m, StepPosition):
+            m.first_micro_batch, m.last_micro_batch = first, last

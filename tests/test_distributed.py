@@ -1,0 +1,298 @@
+"""Several processes, tested on CPU with the gloo backend and 2 processes.
+
+Each check compares 2 ranks, each holding half of a batch, with ONE process on the whole
+(concatenated) batch: a gathered gradient, NT-Xent with labels offset by rank, MoCo's shared
+queue, DINO's all-reduced centre, one SimCLR training step with synchronised BatchNorm, and a
+whole `train()` run with checkpoints written by rank 0 and resumed under DDP. Each guards
+against a bug that libraries shipped (REFERENCE.md, "Known pitfalls").
+
+The 2 processes run once per group of checks (a module fixture) and save what they computed;
+the tests compare it with a single process here.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+from sslkit import distributed
+from sslkit.augment import SimCLRViews, ViewConfig
+from sslkit.losses import nt_xent
+from sslkit.methods import DINO, MoCo, SimCLR
+from sslkit.methods.dino import MultiCropViews
+from sslkit.models.convnet import ConvNet
+from sslkit.train import TrainConfig, train_step
+
+WORLD = 2
+N = 8  # images in the whole batch; each rank holds N / WORLD
+
+
+def _join(rank: int, init_file: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
+                            world_size=WORLD)
+
+
+def _spawn(worker, tmp_path, *args) -> list[dict]:
+    """Run worker(rank, init_file, out_dir, *args) in WORLD processes; their saved results."""
+    init_file = tmp_path / "rendezvous"
+    mp.spawn(worker, args=(str(init_file), str(tmp_path), *args), nprocs=WORLD, join=True)
+    return [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
+
+
+def _mine(x: torch.Tensor, rank: int) -> torch.Tensor:
+    """This rank's half of a whole batch."""
+    n = len(x) // WORLD
+    return x[rank * n : (rank + 1) * n]
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared inputs: built from fixed seeds, identically in every process
+
+
+def _vectors():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(N, 3, generator=g)  # for the gather
+    weights = torch.randn(WORLD, N, 3, generator=g)  # rank r's loss: (gathered * weights[r]).sum()
+    z1, z2 = torch.randn(N, 5, generator=g), torch.randn(N, 5, generator=g)
+    return x, weights, z1, z2
+
+
+def _encoder() -> nn.Module:
+    return ConvNet(1, widths=(4, 6))  # two BatchNorm layers, feature_dim 6
+
+
+def _views(n: int = N):
+    g = torch.Generator().manual_seed(1)
+    images = torch.randint(0, 256, (n, 1, 8, 8), dtype=torch.uint8, generator=g)
+    views = SimCLRViews(ViewConfig(size=8, flip_p=0.5), generator=g)
+    return images, views.two_views(images)
+
+
+def _simclr() -> SimCLR:
+    torch.manual_seed(0)
+    return SimCLR(_encoder(), SimCLRViews(ViewConfig(size=8)), proj_dim=4, temperature=0.5)
+
+
+def _moco() -> MoCo:
+    torch.manual_seed(0)
+    return MoCo(_encoder(), SimCLRViews(ViewConfig(size=8)), proj_dim=4, queue_size=2 * N,
+                momentum=0.9)
+
+
+def _dino() -> DINO:
+    torch.manual_seed(0)
+    views = MultiCropViews(ViewConfig(size=8), n_local=1, local_size=4)
+    return DINO(_encoder(), views, out_dim=5, hidden_dim=8, bottleneck_dim=3, total_steps=4)
+
+
+def _crops(n: int = N) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(2)
+    return [torch.rand(n, 1, 8, 8, generator=g) for _ in range(2)] + [
+        torch.rand(n, 1, 4, 4, generator=g)]
+
+
+def _params(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def _grads(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: p.grad.clone() for k, p in module.named_parameters() if p.grad is not None}
+
+
+# ---------------------------------------------------------------------------------------------
+# The 2-process worker for the collective and per-method checks
+
+
+def _worker(rank: int, init_file: str, out: str) -> None:
+    _join(rank, init_file)
+    result = {"rank": distributed.rank(), "world": distributed.world_size()}
+    x, weights, z1, z2 = _vectors()
+
+    # gather with gradient
+    local = _mine(x, rank).clone().requires_grad_(True)
+    gathered = distributed.gather_with_grad(local)
+    (gathered * weights[rank]).sum().backward()
+    result["gathered"], result["gather_grad"] = gathered.detach(), local.grad
+
+    # NT-Xent across ranks
+    from sslkit.methods.simclr import nt_xent_across_ranks
+
+    a, b = (_mine(z, rank).clone().requires_grad_(True) for z in (z1, z2))
+    loss = nt_xent_across_ranks(a, b, 0.5)
+    loss.backward()
+    result["nt_xent"], result["nt_xent_grads"] = loss.detach(), (a.grad, b.grad)
+
+    # MoCo: the queue after one step
+    moco = _moco()
+    _, (v1, v2) = _views()
+    moco.loss_on_views(_mine(v1, rank), _mine(v2, rank))
+    result["queue"], result["queue_ptr"] = moco.queue.clone(), int(moco.queue_ptr)
+
+    # DINO: the centre after one step
+    dino = distributed.sync_batchnorm(_dino(), torch.device("cpu"))  # as train() does
+    dino.loss_on_crops([_mine(c, rank) for c in _crops()])
+    result["center"] = dino.center.clone()
+
+    # One SimCLR training step under DDP with synchronised BatchNorm
+    method = distributed.sync_batchnorm(_simclr(), torch.device("cpu"))
+    model = distributed.wrap(method, torch.device("cpu"))
+    optimizer = torch.optim.SGD(method.parameters(), lr=0.5, momentum=0.9)
+    result["step_loss"] = train_step(model, optimizer, [[_mine(v1, rank), _mine(v2, rank)]])
+    result["step_grads"], result["step_weights"] = _grads(method), _params(method)
+
+    torch.save(result, f"{out}/rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory) -> list[dict]:
+    return _spawn(_worker, tmp_path_factory.mktemp("ddp"))
+
+
+def test_ranks_and_world(ranks):
+    assert [r["rank"] for r in ranks] == [0, 1] and {r["world"] for r in ranks} == {2}
+    # one process: the identity
+    assert distributed.world_size() == 1 and distributed.rank() == 0 and distributed.is_main()
+    x = torch.randn(3, 2)
+    assert distributed.gather_with_grad(x) is x and distributed.gather(x) is x
+    assert distributed.all_reduce_mean(x) is x
+    assert distributed.shard(torch.arange(6)).tolist() == list(range(6))
+
+
+def test_gather_with_grad_sums_gradients_and_keeps_the_local_slice(ranks):
+    x, weights, _, _ = _vectors()
+    for r in ranks:
+        assert torch.equal(r["gathered"], x)  # every rank's rows, in rank order
+    # d/dx_local of sum_r (gathered * weights[r]).sum() = sum_r weights[r] at the local rows
+    total = weights.sum(dim=0)
+    for rank, r in enumerate(ranks):
+        assert torch.allclose(r["gather_grad"], _mine(total, rank))
+        # a raw all_gather has no backward; keeping only the own rank's gradient is the bug:
+        assert not torch.allclose(r["gather_grad"], _mine(weights[rank], rank))
+
+
+def test_nt_xent_with_labels_offset_by_rank_equals_one_process(ranks):
+    _, _, z1, z2 = _vectors()
+    a, b = z1.clone().requires_grad_(True), z2.clone().requires_grad_(True)
+    whole = nt_xent(a, b, 0.5)
+    whole.backward()
+    # The mean of the rank losses is the loss of the whole batch ...
+    mean = torch.stack([r["nt_xent"] for r in ranks]).mean()
+    assert torch.allclose(mean, whole, atol=1e-6)
+    # ... and, after DDP divides the summed gradient by the world size, so are the gradients.
+    for rank, r in enumerate(ranks):
+        ga, gb = r["nt_xent_grads"]
+        assert torch.allclose(ga / WORLD, _mine(a.grad, rank), atol=1e-6)
+        assert torch.allclose(gb / WORLD, _mine(b.grad, rank), atol=1e-6)
+    # A per-rank loss (labels not offset, no other rank's negatives) is not the same loss.
+    per_rank = torch.stack([nt_xent(_mine(z1, r), _mine(z2, r), 0.5) for r in range(WORLD)])
+    assert not torch.allclose(per_rank.mean(), whole, atol=1e-3)
+
+
+def test_moco_keys_gathered_before_the_queue_update(ranks):
+    assert torch.equal(ranks[0]["queue"], ranks[1]["queue"])  # one queue, not one per rank
+    assert ranks[0]["queue_ptr"] == ranks[1]["queue_ptr"] == N  # every rank's keys went in
+    # MoCo keeps BatchNorm per rank: rank r's keys are those one process computes on half r.
+    _, (v1, v2) = _views()
+    keys = []
+    for r in range(WORLD):
+        single = _moco()
+        single.loss_on_views(_mine(v1, r), _mine(v2, r))
+        keys.append(single.queue[: N // WORLD])
+    expected = torch.cat([*keys, _moco().queue[N:]])  # rank order, then the untouched rows
+    assert torch.allclose(ranks[0]["queue"], expected, atol=1e-5)
+
+
+def test_dino_centre_all_reduced(ranks):
+    assert torch.equal(ranks[0]["center"], ranks[1]["center"])
+    single = _dino()
+    single.loss_on_crops(_crops())
+    assert torch.allclose(ranks[0]["center"], single.center, atol=1e-5)
+    assert not torch.allclose(single.center, torch.zeros_like(single.center))
+
+
+def test_simclr_step_equals_one_process_on_the_whole_batch(ranks):
+    method = _simclr()
+    optimizer = torch.optim.SGD(method.parameters(), lr=0.5, momentum=0.9)
+    _, (v1, v2) = _views()
+    loss = train_step(method, optimizer, [[v1, v2]])
+    grads, weights = _grads(method), _params(method)
+    mean_loss = torch.stack([r["step_loss"] for r in ranks]).mean()
+    assert torch.allclose(mean_loss, loss, atol=1e-5)
+    for r in ranks:
+        assert r["step_grads"].keys() == grads.keys()
+        for name, g in grads.items():  # DDP's averaged gradient = the whole batch's gradient
+            assert torch.allclose(r["step_grads"][name], g, atol=1e-5), name
+        for name, w in weights.items():  # weights and BatchNorm running statistics
+            assert torch.allclose(r["step_weights"][name].float(), w.float(), atol=1e-5), name
+
+
+def test_per_rank_batchnorm_would_differ():
+    # Why BatchNorm is synchronised: per-rank statistics give other embeddings than the batch's.
+    method = _simclr()
+    _, (v1, v2) = _views()
+    halves = [method.embed(torch.cat([_mine(v1, r), _mine(v2, r)])) for r in range(WORLD)]
+    whole = method.embed(torch.cat([v1, v2]))
+    per_rank = torch.cat([h.chunk(2)[0] for h in halves] + [h.chunk(2)[1] for h in halves])
+    assert not torch.allclose(per_rank, whole, atol=1e-3)
+
+
+def test_global_batchnorm_is_batchnorm_in_one_process():
+    torch.manual_seed(0)
+    bn = nn.BatchNorm2d(3)
+    global_bn = distributed.GlobalBatchNorm(3)
+    global_bn.load_state_dict(bn.state_dict())
+    x = torch.randn(4, 3, 5, 5)
+    assert torch.equal(bn(x), global_bn(x))
+    assert distributed.sync_batchnorm(bn, torch.device("cpu")) is bn
+
+
+# ---------------------------------------------------------------------------------------------
+# A whole train() run under DDP: files on rank 0 only, resume
+
+
+def _train_worker(rank: int, init_file: str, out: str) -> None:
+    _join(rank, init_file)
+    import sslkit.train as train_module
+
+    saved_by = []
+    real_save = train_module.save_atomic
+    train_module.save_atomic = lambda obj, path: (saved_by.append(rank), real_save(obj, path))
+    cfg = TrainConfig.from_profile(
+        _ci(), method="simclr", n_train=64, n_test=32, batch_size=32, epochs=2, warmup_epochs=0,
+        device="cpu")
+    whole, _ = train_module.train(cfg, f"{out}/whole", progress=False)
+    train_module.train(cfg, f"{out}/split", stop_after_epoch=1, progress=False)
+    resumed, rows = train_module.train(cfg, f"{out}/split", resume=True, progress=False)
+    torch.save({"whole": _params(whole), "resumed": _params(resumed), "rows": rows,
+                "saved_by": saved_by}, f"{out}/rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+def _ci():
+    from sslkit.profiles import get_profile
+
+    return get_profile("ci")
+
+
+def test_train_under_ddp_checkpoints_on_rank_0_and_resumes(tmp_path):
+    ranks = _spawn(_train_worker, tmp_path)
+    assert ranks[1]["saved_by"] == [] and set(ranks[0]["saved_by"]) == {0}
+    assert len(ranks[0]["saved_by"]) == 4  # 2 epochs, then 1 + 1 epochs
+    for r in ranks:  # every rank ends with the same weights; resuming changes nothing
+        for name, w in ranks[0]["whole"].items():
+            assert torch.allclose(r["whole"][name].float(), w.float(), atol=1e-6), name
+            assert torch.allclose(r["resumed"][name].float(), w.float(), atol=1e-6), name
+    assert [row["epoch"] for row in ranks[0]["rows"]] == [1, 2]
+    assert not list(tmp_path.glob("*/*.tmp"))
+    # the checkpoint of a DDP run loads in one process
+    from sslkit.train import load_trained
+
+    method, cfg, _ = load_trained(tmp_path / "whole")
+    assert cfg.batch_size == 32
+    for name, w in method.state_dict().items():
+        assert torch.allclose(w.float(), ranks[0]["whole"][name].float()), name
