@@ -1,13 +1,20 @@
 """View generators: the SimCLR augmentation pipeline, batched and per image.
 
 Two forms of the same pipeline (random resized crop, horizontal flip, colour jitter, random
-grayscale, Gaussian blur):
+grayscale, Gaussian blur, solarization):
 
 * ``SimCLRViews`` works on a whole batch (N, C, H, W) at once on any device, drawing fresh
   random parameters for every sample. Training uses it: on 32x32 images it is far faster than
-  calling a per-image transform N times, and on a GPU the data never leaves the device.
-* ``view_transform`` is the torchvision pipeline for one image (PIL or tensor), for looking at
-  views of a photo and for DataLoader-style use.
+  calling a per-image transform N times, and on a GPU the data never leaves the device (the
+  dataset sits there as uint8, 4x smaller than floats; each batch is converted when it is
+  drawn). Parameters are drawn on the CPU from a seeded generator, so a run is reproducible
+  on any device.
+* ``view_transform`` / ``PerImageViews`` are the torchvision pipeline for one image, for
+  looking at views of a photo and for the DataLoader path (views made in worker processes).
+
+The two draw their parameters from the same distributions; tests/test_augment_stats.py
+compares them. One difference is deliberate: torchvision applies the four jitter operations
+in a random order, the batched form in the fixed order brightness, contrast, saturation, hue.
 
 Both take the settings of a ``ViewConfig``; ``view_config_for`` holds the per-dataset presets.
 
@@ -42,6 +49,7 @@ class ViewConfig:
     gray_p: float = 0.2  # probability of grayscale (colour images only)
     blur_p: float = 0.0  # probability of Gaussian blur (SimCLR drops it on CIFAR)
     blur_sigma: tuple[float, float] = (0.1, 2.0)  # blur sigma in pixels at 224 px, scaled to size
+    solarize_p: float = 0.0  # probability of solarization, x -> 1 - x where x >= 0.5 (BYOL)
 
 
 def view_config_for(dataset: str, size: int | None = None) -> ViewConfig:
@@ -140,6 +148,27 @@ def _hsv_to_rgb(x: torch.Tensor) -> torch.Tensor:
     return torch.stack(channels, dim=1)
 
 
+def jitter_params(n: int, cfg: ViewConfig, generator=None) -> torch.Tensor:
+    """(n, 4) colour-jitter factors (brightness, contrast, saturation, hue shift), as
+    torchvision's ColorJitter(0.8s, 0.8s, 0.8s, 0.2s) draws them: the first three
+    ~ U(max(0, 1 - 0.8s), 1 + 0.8s), the hue shift ~ U(-0.2s, 0.2s); with probability
+    1 - jitter_p a sample gets the identity (1, 1, 1, 0)."""
+    s = cfg.jitter_strength
+    bcs = _uniform(3 * n, max(0.0, 1 - 0.8 * s), 1 + 0.8 * s, generator).view(3, n)
+    hue = _uniform(n, -0.2 * s, 0.2 * s, generator)
+    factors = torch.stack([*bcs, hue], dim=1)  # (n, 4)
+    off = torch.rand(n, generator=generator) >= cfg.jitter_p
+    factors[off] = torch.tensor([1.0, 1.0, 1.0, 0.0])  # identity jitter
+    return factors
+
+
+def solarize(x: torch.Tensor, on: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
+    """x (N, C, H, W) in [0, 1]; on (N,) bool: where on, every value >= threshold becomes 1 - x
+    (torchvision's solarize)."""
+    flipped = torch.where(x >= threshold, 1 - x, x)
+    return torch.where(on.to(x.device).view(-1, 1, 1, 1), flipped, x)
+
+
 def color_jitter(x: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
     """Brightness, contrast, saturation, hue with per-sample factors, in that order.
 
@@ -207,13 +236,7 @@ class SimCLRViews(nn.Module):
             angle = _uniform(n, -cfg.rotate_degrees, cfg.rotate_degrees, g) * math.pi / 180
         x = resized_crop_flip(x, box, flip, cfg.size, angle)
 
-        s = cfg.jitter_strength
-        bcs = _uniform(3 * n, max(0.0, 1 - 0.8 * s), 1 + 0.8 * s, g).view(3, n)
-        hue = _uniform(n, -0.2 * s, 0.2 * s, g)
-        factors = torch.stack([*bcs, hue], dim=1)  # (N, 4)
-        off = torch.rand(n, generator=g) >= cfg.jitter_p
-        factors[off] = torch.tensor([1.0, 1.0, 1.0, 0.0])  # identity jitter
-        x = color_jitter(x, factors)
+        x = color_jitter(x, jitter_params(n, cfg, g))
 
         if x.shape[1] == 3:
             gray = (torch.rand(n, generator=g) < cfg.gray_p).to(x.device).view(n, 1, 1, 1)
@@ -225,10 +248,16 @@ class SimCLRViews(nn.Module):
         if bool((sigma > 0).any()):
             blurred = gaussian_blur(x, sigma)
             x = torch.where((sigma > 0).to(x.device).view(n, 1, 1, 1), blurred, x)
+        if cfg.solarize_p > 0:
+            x = solarize(x, torch.rand(n, generator=g) < cfg.solarize_p)
         return x
 
     def two_views(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self(x), self(x)
+
+    def per_image(self) -> PerImageViews:
+        """The same two views for one image with torchvision (the DataLoader path)."""
+        return PerImageViews([self.cfg, self.cfg])
 
 
 def view_transform(cfg: ViewConfig = ViewConfig()) -> v2.Compose:
@@ -249,7 +278,21 @@ def view_transform(cfg: ViewConfig = ViewConfig()) -> v2.Compose:
         kernel = 2 * max(1, math.ceil(2 * sigma[1])) + 1
         steps.append(v2.RandomApply([v2.GaussianBlur(kernel, sigma)], p=cfg.blur_p))
     steps.append(v2.ToDtype(torch.float32, scale=True))
+    if cfg.solarize_p > 0:
+        steps.append(v2.RandomSolarize(0.5, p=cfg.solarize_p))
     return v2.Compose(steps)
+
+
+class PerImageViews:
+    """One image (C, H, W) uint8 -> a tuple of views, one per config, each made by the
+    torchvision pipeline. Picklable, so DataLoader worker processes can run it."""
+
+    def __init__(self, configs: list[ViewConfig]):
+        self.configs = list(configs)
+        self.transforms = [view_transform(c) for c in self.configs]
+
+    def __call__(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(t(image) for t in self.transforms)
 
 
 def rotate_batch(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -370,3 +413,120 @@ def patch_pairs(x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, to
     which = torch.tensor(NEIGHBOURS, device=x.device)[labels.to(x.device).long()]  # (N,)
     rows = torch.arange(len(x), device=x.device)
     return tiles[:, 4], tiles[rows, which]
+
+
+# ---------------------------------------------------------------------------------------------
+# Single transformations for SimCLR's study of augmentations (Chen et al., 2020, Figure 5):
+# each op takes (N, C, H, W) floats in [0, 1] and a generator and returns the same shape, in
+# [0, 1]; ``ComposedViews`` applies a chosen sequence of them to make the two views.
+
+AUGMENTATION_OPS = ("crop", "cutout", "colour", "sobel", "noise", "blur", "rotate")
+
+
+def cutout(x: torch.Tensor, corner: torch.Tensor, side: torch.Tensor) -> torch.Tensor:
+    """Zero one square per image: x (N, C, H, W); corner (N, 2) = (top, left) pixel, side (N,)
+    pixels -> x with x[n, :, top:top+side, left:left+side] = 0 (the square is clipped to the
+    image)."""
+    h, w = x.shape[-2:]
+    rows = torch.arange(h, device=x.device)[None, :, None]  # (1, H, 1)
+    cols = torch.arange(w, device=x.device)[None, None, :]  # (1, 1, W)
+    top, left = corner.to(x.device).long().unbind(dim=1)  # (N,) each
+    side = side.to(x.device).long()[:, None, None]  # (N, 1, 1)
+    inside = ((rows >= top[:, None, None]) & (rows < top[:, None, None] + side)
+              & (cols >= left[:, None, None]) & (cols < left[:, None, None] + side))  # (N, H, W)
+    return x.masked_fill(inside[:, None], 0.0)
+
+
+SOBEL_X = ((-1.0, 0.0, 1.0), (-2.0, 0.0, 2.0), (-1.0, 0.0, 1.0))  # d/dx; its transpose is d/dy
+
+
+def sobel(x: torch.Tensor) -> torch.Tensor:
+    """Edge magnitude of the luminance, in every channel: (N, C, H, W) -> (N, C, H, W) in [0, 1].
+
+    g = sqrt(gx^2 + gy^2) with the 3x3 Sobel kernels (replicate padding, so a constant image
+    gives 0), divided by 4 sqrt(2), the largest value an image in [0, 1] can reach.
+    """
+    gray = to_gray(x) if x.shape[1] == 3 else x.mean(dim=1, keepdim=True)  # (N, 1, H, W)
+    kx = torch.tensor(SOBEL_X, device=x.device, dtype=x.dtype)  # (3, 3)
+    kernels = torch.stack([kx, kx.T])[:, None]  # (2, 1, 3, 3): d/dx, d/dy
+    grad = F.conv2d(F.pad(gray, (1, 1, 1, 1), mode="replicate"), kernels)  # (N, 2, H, W)
+    magnitude = grad.pow(2).sum(dim=1, keepdim=True).sqrt() / (4 * math.sqrt(2))  # (N, 1, H, W)
+    return magnitude.clamp(0, 1).expand_as(x)
+
+
+def gaussian_noise(x: torch.Tensor, std: float, generator: torch.Generator | None = None):
+    """x + std * eps, eps ~ N(0, 1) per pixel (drawn on the CPU), clipped to [0, 1]."""
+    eps = torch.randn(x.shape, generator=generator).to(x.device, x.dtype)
+    return (x + std * eps).clamp(0, 1)
+
+
+def random_quarter_turns(x: torch.Tensor, generator: torch.Generator | None = None):
+    """Rotate each square image by 90, 180 or 270 degrees, drawn uniformly (SimCLR's 'rotate').
+    x (N, C, S, S) -> (x_rot (N, C, S, S), k (N,) in 1..3 quarter turns)."""
+    k = torch.randint(1, 4, (x.shape[0],), generator=generator)
+    turned = torch.stack([torch.rot90(x, t, dims=(2, 3)) for t in range(4)])  # (4, N, C, S, S)
+    rows = torch.arange(x.shape[0])
+    return turned[k.to(x.device), rows.to(x.device)], k
+
+
+class ComposedViews(nn.Module):
+    """Views made by applying ``ops`` (names from AUGMENTATION_OPS) in the given order.
+
+    crop: random resized crop (+ flip) with cfg's scale, ratio and flip_p; cutout: a black
+    square of side U{S/4..S/2}; colour: colour jitter with cfg's strength and p (+ random
+    grayscale for colour images); sobel: edge magnitude; noise: Gaussian noise of std
+    ``noise_std``; blur: Gaussian blur with sigma ~ U(cfg.blur_sigma) pixels at the image's own
+    resolution; rotate: 90, 180 or 270 degrees. forward(x) with x (N, C, H, W), uint8 or [0, 1]
+    -> (N, C, cfg.size, cfg.size) if crop is used, else (N, C, H, W), float32 in [0, 1].
+    """
+
+    def __init__(self, ops: tuple[str, ...], cfg: ViewConfig = ViewConfig(),
+                 generator: torch.Generator | None = None, noise_std: float = 0.1):
+        super().__init__()
+        unknown = [op for op in ops if op not in AUGMENTATION_OPS]
+        if unknown:
+            raise SSLKitError(f"unknown augmentation {unknown[0]!r}: use one of "
+                              f"{', '.join(AUGMENTATION_OPS)}")
+        self.ops, self.cfg, self.generator, self.noise_std = tuple(ops), cfg, generator, noise_std
+
+    def apply(self, op: str, x: torch.Tensor) -> torch.Tensor:
+        """One op on a batch x (N, C, H, W) in [0, 1] with fresh random parameters per image."""
+        cfg, g, n = self.cfg, self.generator, x.shape[0]
+        if op == "crop":
+            flip = torch.rand(n, generator=g) < cfg.flip_p
+            return resized_crop_flip(x, crop_params(n, cfg, g), flip, cfg.size)
+        if op == "cutout":
+            size = x.shape[-1]
+            side = torch.randint(size // 4, size // 2 + 1, (n,), generator=g)
+            corner = (torch.rand(n, 2, generator=g) * (size - side + 1)[:, None]).floor()
+            return cutout(x, corner, side)
+        if op == "colour":
+            s = cfg.jitter_strength
+            bcs = _uniform(3 * n, max(0.0, 1 - 0.8 * s), 1 + 0.8 * s, g).view(3, n)
+            factors = torch.stack([*bcs, _uniform(n, -0.2 * s, 0.2 * s, g)], dim=1)  # (N, 4)
+            factors[torch.rand(n, generator=g) >= cfg.jitter_p] = torch.tensor([1.0, 1, 1, 0])
+            x = color_jitter(x, factors)
+            if x.shape[1] == 3:
+                gray = (torch.rand(n, generator=g) < cfg.gray_p).to(x.device).view(n, 1, 1, 1)
+                x = torch.where(gray, to_gray(x).expand_as(x), x)
+            return x
+        if op == "sobel":
+            return sobel(x)
+        if op == "noise":
+            return gaussian_noise(x, self.noise_std, g)
+        if op == "blur":
+            return gaussian_blur(x, _uniform(n, *cfg.blur_sigma, g))
+        return random_quarter_turns(x, g)[0]  # rotate
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.float() / 255 if x.dtype == torch.uint8 else x.float()
+        for op in self.ops:
+            x = self.apply(op, x)
+        return x
+
+    def two_views(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self(x), self(x)
+
+    def per_image(self) -> PerImageViews:
+        """The same two views for one image with torchvision (the DataLoader path)."""
+        return PerImageViews([self.cfg, self.cfg])
