@@ -1,0 +1,308 @@
+"""Tests for sslkit.grading.mae: for every graded exercise of 07_mae, a correct answer passes
+the visible and hidden checks, typical wrong answers fail with a one-line message that names
+the mistake, and answers that delegate to the sslkit reference fail the hidden check."""
+
+import math
+import types
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from solution_cells import fails, run_solution_cells
+from torch import nn
+
+from sslkit import losses
+from sslkit.grading import mae as grading
+from sslkit.methods.mae import MAE
+from sslkit.models import vit
+
+NOTEBOOK = Path(__file__).parent.parent / "solutions" / "07_mae" / "07_mae.ipynb"
+SOLUTION_CELLS = ("patchify", "unpatchify", "random_masking", "mae_loss", "mae_step")
+
+
+@pytest.fixture(scope="module")
+def solution() -> types.SimpleNamespace:
+    namespace = {"torch": torch, "F": F, "nn": nn, "math": math}
+    return run_solution_cells(NOTEBOOK, SOLUTION_CELLS, namespace)
+
+
+# -- correct answers written independently of the notebook, to build wrong ones from ----------
+
+def patchify(imgs, p):
+    n, c, h, w = imgs.shape
+    rows = [imgs[:, :, i * p:(i + 1) * p, j * p:(j + 1) * p]  # (N, C, p, p) each
+            for i in range(h // p) for j in range(w // p)]
+    return torch.stack([r.permute(0, 2, 3, 1).reshape(n, -1) for r in rows], dim=1)
+
+
+def unpatchify(patches, p, channels):
+    n, length, _ = patches.shape
+    side = math.isqrt(length)
+    x = patches.reshape(n, side, side, p, p, channels).permute(0, 5, 1, 3, 2, 4)
+    return x.reshape(n, channels, side * p, side * p)
+
+
+def random_masking(x, mask_ratio, noise=None):
+    n, length, d = x.shape
+    keep = int(length * (1 - mask_ratio))
+    if noise is None:
+        noise = torch.rand(n, length)
+    ids_shuffle = noise.argsort(dim=1)
+    ids_restore = ids_shuffle.argsort(dim=1)
+    kept = torch.stack([x[i, ids_shuffle[i, :keep]] for i in range(n)])
+    mask = torch.ones(n, length)
+    for i in range(n):
+        mask[i, ids_shuffle[i, :keep]] = 0
+    return kept, mask, ids_restore
+
+
+def mae_loss(pred, target, mask, norm_pix=False):
+    target = target.detach()
+    if norm_pix:
+        target = (target - target.mean(-1, keepdim=True)) / (
+            target.var(-1, keepdim=True) + 1e-6).sqrt()
+    per_patch = ((pred - target) ** 2).mean(-1)
+    return (per_patch * mask).sum() / mask.sum()
+
+
+def mae_step(model, optimizer, imgs, mask_ratio, noise):
+    latent, mask, ids_restore = model.forward_encoder(imgs, mask_ratio, noise)
+    pred = model.forward_decoder(latent, ids_restore)
+    loss = mae_loss(pred, patchify(imgs, model.patch_size), mask, model.norm_pix)
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
+CHECKS = {
+    "patchify": (grading.check_patchify, patchify),
+    "unpatchify": (grading.check_unpatchify, unpatchify),
+    "random_masking": (grading.check_random_masking, random_masking),
+    "mae_loss": (grading.check_mae_loss, mae_loss),
+    "mae_step": (grading.check_mae_step, mae_step),
+}
+
+
+@pytest.mark.parametrize("hidden", [False, True], ids=["visible", "hidden"])
+@pytest.mark.parametrize("exercise", list(CHECKS))
+def test_solution_passes(solution, exercise, hidden):
+    check, answer = CHECKS[exercise]
+    check(getattr(solution, exercise), hidden=hidden)  # the notebook's solution cell
+    check(answer, hidden=hidden)
+
+
+def test_the_sslkit_references_pass_the_visible_checks():
+    grading.check_patchify(vit.patchify)
+    grading.check_unpatchify(vit.unpatchify)
+    grading.check_random_masking(vit.random_masking)
+    grading.check_mae_loss(losses.mae_loss)
+    grading.check_mae_loss(losses.mae_loss_loop)
+
+
+# -- wrong answers -----------------------------------------------------------------------------
+
+def test_patchify_wrong_answers():
+    check = grading.check_patchify
+
+    def channels_first(imgs, p):
+        n, c, h, w = imgs.shape
+        x = imgs.reshape(n, c, h // p, p, w // p, p).permute(0, 2, 4, 1, 3, 5)
+        return x.reshape(n, -1, p * p * c)
+
+    def column_major(imgs, p):
+        n, c, h, w = imgs.shape
+        x = imgs.reshape(n, c, h // p, p, w // p, p).permute(0, 4, 2, 3, 5, 1)
+        return x.reshape(n, -1, p * p * c)
+
+    def plain_reshape(imgs, p):
+        return imgs.reshape(imgs.shape[0], -1, p * p * imgs.shape[1])
+
+    def images_mixed(imgs, p):  # right for one image, wrong for the batch
+        return patchify(imgs.flip(0), p)
+
+    # visible check: one channel, so channels-first equals (p, q, c): the hidden one catches it
+    fails(check, channels_first, True, "channels last")
+    assert "row by row" in fails(check, column_major, False, "differ")
+    assert "reshape" in fails(check, plain_reshape, False, "differ")
+    fails(check, images_mixed, False, "differ")
+    fails(check, lambda imgs, p: imgs.flatten(1), False, "shape")
+    fails(check, lambda imgs, p: vit.patchify(imgs, p), True, "reference")
+    fails(check, lambda imgs, p: 0, False, "torch.Tensor")
+
+
+def test_unpatchify_wrong_answers():
+    check = grading.check_unpatchify
+
+    def transposed(patches, p, channels):
+        return unpatchify(patches, p, channels).transpose(2, 3)
+
+    def channels_first(patches, p, channels):
+        n, length, _ = patches.shape
+        side = math.isqrt(length)
+        x = patches.reshape(n, side, side, channels, p, p).permute(0, 3, 1, 4, 2, 5)
+        return x.reshape(n, channels, side * p, side * p)
+
+    fails(check, transposed, False, "is not x")
+    fails(check, channels_first, True, "is not x")
+    fails(check, lambda patches, p, c: patches, False, "shape")
+    fails(check, lambda *a: vit.unpatchify(*a), True, "reference")
+    # delegating through patchify's inverse in sslkit.methods.mae (the same function) fails too
+    from sslkit.methods import mae as mae_method
+
+    fails(check, lambda *a: mae_method.unpatchify(*a), True, "reference")
+
+
+def test_random_masking_wrong_answers():
+    check = grading.check_random_masking
+
+    def largest_kept(x, ratio, noise=None):
+        return random_masking(x, ratio, -noise)
+
+    def mask_in_shuffled_order(x, ratio, noise=None):
+        kept, mask, ids = random_masking(x, ratio, noise)
+        return kept, mask.gather(1, noise.argsort(1)), ids
+
+    def returns_ids_shuffle(x, ratio, noise=None):
+        kept, mask, _ = random_masking(x, ratio, noise)
+        return kept, mask, noise.argsort(1)
+
+    def masks_rounded_down(x, ratio, noise=None):
+        n, length, d = x.shape
+        keep = length - int(length * ratio)
+        ids_shuffle = noise.argsort(1)
+        kept = x.gather(1, ids_shuffle[:, :keep, None].expand(-1, -1, d))
+        mask = torch.ones(n, length)
+        mask[:, :keep] = 0
+        ids_restore = ids_shuffle.argsort(1)
+        return kept, mask.gather(1, ids_restore), ids_restore
+
+    def same_mask_every_time(x, ratio, noise=None):
+        if noise is None:
+            noise = torch.arange(x.shape[1]).float().expand(x.shape[0], -1)
+        return random_masking(x, ratio, noise)
+
+    assert "SMALLEST" in fails(check, largest_kept, False, "differs")
+    assert "ids_restore" in fails(check, mask_in_shuffled_order, False, "mask differs")
+    assert "inverse" in fails(check, returns_ids_shuffle, False, "ids_restore differs")
+    fails(check, masks_rounded_down, True, "round down")
+    fails(check, same_mask_every_time, True, "same mask")
+    fails(check, lambda x, r, noise=None: random_masking(x, r, noise)[:2], False, "expected")
+    fails(check, lambda *a: vit.random_masking(*a), True, "reference")
+
+
+def test_mae_loss_wrong_answers():
+    check = grading.check_mae_loss
+
+    def every_patch(pred, target, mask, norm_pix=False):
+        return mae_loss(pred, target, torch.ones_like(mask), norm_pix)
+
+    def summed_pixels(pred, target, mask, norm_pix=False):
+        return mae_loss(pred, target, mask, norm_pix) * pred.shape[-1]
+
+    def biased_var(pred, target, mask, norm_pix=False):
+        if norm_pix:
+            target = (target - target.mean(-1, keepdim=True)) / (
+                target.var(-1, keepdim=True, unbiased=False) + 1e-6).sqrt()
+        return mae_loss(pred, target, mask)
+
+    def ignores_norm_pix(pred, target, mask, norm_pix=False):
+        return mae_loss(pred, target, mask)
+
+    def visible_patches(pred, target, mask, norm_pix=False):
+        return mae_loss(pred, target, 1 - mask, norm_pix)
+
+    def target_trained(pred, target, mask, norm_pix=False):
+        if norm_pix:
+            target = (target - target.mean(-1, keepdim=True)) / (
+                target.var(-1, keepdim=True) + 1e-6).sqrt()
+        per_patch = ((pred - target) ** 2).mean(-1)
+        return (per_patch * mask).sum() / mask.sum()
+
+    def visible_in_the_graph(pred, target, mask, norm_pix=False):
+        # the same value, but visible patches get a gradient through a term that cancels out
+        return mae_loss(pred, target, mask, norm_pix) + (pred * (1 - mask)[..., None]).sum() * (
+            (pred * (1 - mask)[..., None]).sum() - (pred * (1 - mask)[..., None]).sum().detach())
+
+    assert "masked patches only" in fails(check, every_patch, False, "expected")
+    assert "mean, not sum" in fails(check, summed_pixels, False, "expected")
+    assert "unbiased" in fails(check, biased_var, False, "expected")
+    assert "normalise" in fails(check, ignores_norm_pix, False, "expected")
+    assert "HIDDEN" in fails(check, visible_patches, False, "expected")
+    check(target_trained)
+    fails(check, target_trained, True, "target")
+    check(visible_in_the_graph)
+    fails(check, visible_in_the_graph, True, "visible patches get a gradient")
+    fails(check, lambda *a: losses.mae_loss(*a), True, "reference")
+    fails(check, lambda *a: losses.mae_loss_loop(*a), True, "reference")
+    fails(check, lambda *a: 1.0, False, "torch.Tensor")
+    fails(check, lambda p, t, m, n=False: ((p - t) ** 2).mean(-1), False, "scalar")
+
+
+def test_mae_step_wrong_answers():
+    check = grading.check_mae_step
+
+    def no_step(model, optimizer, imgs, mask_ratio, noise):
+        latent, mask, ids = model.forward_encoder(imgs, mask_ratio, noise)
+        pred = model.forward_decoder(latent, ids)
+        return mae_loss(pred, patchify(imgs, model.patch_size), mask, model.norm_pix).item()
+
+    def raw_pixels(model, optimizer, imgs, mask_ratio, noise):
+        latent, mask, ids = model.forward_encoder(imgs, mask_ratio, noise)
+        pred = model.forward_decoder(latent, ids)
+        loss = mae_loss(pred, patchify(imgs, model.patch_size), mask, False)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        return loss.item()
+
+    def every_patch(model, optimizer, imgs, mask_ratio, noise):
+        latent, mask, ids = model.forward_encoder(imgs, mask_ratio, noise)
+        pred = model.forward_decoder(latent, ids)
+        loss = mae_loss(pred, patchify(imgs, model.patch_size), torch.ones_like(mask), True)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        return loss.item()
+
+    def fresh_noise(model, optimizer, imgs, mask_ratio, noise):
+        return mae_step(model, optimizer, imgs, mask_ratio, torch.rand_like(noise))
+
+    def no_zero_grad(model, optimizer, imgs, mask_ratio, noise):
+        latent, mask, ids = model.forward_encoder(imgs, mask_ratio, noise)
+        pred = model.forward_decoder(latent, ids)
+        loss = mae_loss(pred, patchify(imgs, model.patch_size), mask, model.norm_pix)
+        loss.backward()  # gradients of earlier steps pile up
+        optimizer.step()
+        return loss.item()
+
+    def tensor_loss(model, optimizer, imgs, mask_ratio, noise):
+        return torch.tensor(mae_step(model, optimizer, imgs, mask_ratio, noise))
+
+    fails(check, no_step, False, "did not change")
+    assert "norm_pix" in fails(check, raw_pixels, False, "expected loss")
+    assert "masked patches only" in fails(check, every_patch, False, "expected loss")
+    assert "noise" in fails(check, fresh_noise, False, "expected loss")
+    fails(check, no_zero_grad, True, "zero_grad")  # shows from the second step
+    fails(check, tensor_loss, False, "float")
+
+    def whole_forward(model, optimizer, imgs, mask_ratio, noise):
+        loss = model.loss_on(imgs, mask_ratio, noise)[0]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        return loss.item()
+
+    def reference_loss(model, optimizer, imgs, mask_ratio, noise):
+        latent, mask, ids = model.forward_encoder(imgs, mask_ratio, noise)
+        loss = model.forward_loss(imgs, model.forward_decoder(latent, ids), mask)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        return loss.item()
+
+    check(whole_forward)  # right values ...
+    fails(check, whole_forward, True, "reference")  # ... but only by calling the reference
+    fails(check, reference_loss, True, "reference")
+    assert isinstance(MAE.forward, types.FunctionType)  # the guard blocked and restored it
