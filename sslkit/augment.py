@@ -501,11 +501,7 @@ class ComposedViews(nn.Module):
             corner = (torch.rand(n, 2, generator=g) * (size - side + 1)[:, None]).floor()
             return cutout(x, corner, side)
         if op == "colour":
-            s = cfg.jitter_strength
-            bcs = _uniform(3 * n, max(0.0, 1 - 0.8 * s), 1 + 0.8 * s, g).view(3, n)
-            factors = torch.stack([*bcs, _uniform(n, -0.2 * s, 0.2 * s, g)], dim=1)  # (N, 4)
-            factors[torch.rand(n, generator=g) >= cfg.jitter_p] = torch.tensor([1.0, 1, 1, 0])
-            x = color_jitter(x, factors)
+            x = color_jitter(x, jitter_params(n, cfg, g))
             if x.shape[1] == 3:
                 gray = (torch.rand(n, generator=g) < cfg.gray_p).to(x.device).view(n, 1, 1, 1)
                 x = torch.where(gray, to_gray(x).expand_as(x), x)

@@ -4,6 +4,8 @@
     sslkit train simclr --out runs/simclr --resume      # continue an interrupted run
     sslkit eval runs/simclr                             # kNN, linear probe, t-SNE figure
     sslkit demo                                         # the offline CPU demo (make demo)
+    sslkit experiment list                              # the papers' claims, at small scale
+    sslkit experiment loss_functions --profile laptop   # table.md, figure.png, results.json
 
 Unset options take the active profile's values (SSLKIT_PROFILE: ci, laptop or gpu). Bad input
 ends with one line on stderr that says what is wrong and how to fix it, and exit status 2.
@@ -100,6 +102,20 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_experiment(args) -> int:
+    from sslkit.experiments import describe, run_experiment
+    from sslkit.profiles import profile_name
+
+    if args.name == "list":
+        for name, title in describe():
+            print(f"{name:18s} {title}")
+        return 0
+    result = run_experiment(args.name, args.profile or profile_name(), args.out, args.device)
+    print(result.summary())
+    print(f"table, figure and results in {result.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sslkit", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -112,12 +128,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="SimCLR on the embedded digits vs pixels and a random encoder")
     p.add_argument("--out", default="demo-output", help="folder for the run and the figure")
     p.add_argument("--epochs", type=int, help="pre-training epochs (default: the laptop profile)")
+    p = sub.add_parser("experiment", help="reproduce a paper's claim at small scale (or: list)")
+    p.add_argument("name", help="an experiment's name, or `list` to show them all")
+    p.add_argument("--profile", choices=("ci", "laptop", "gpu"),
+                   help="ci (seconds), laptop (minutes on a CPU), gpu (CIFAR-10); default: "
+                        "the active profile (SSLKIT_PROFILE, else gpu with CUDA, else laptop)")
+    p.add_argument("--out", help="output folder (default: experiments/NAME-PROFILE)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    commands = {"train": cmd_train, "eval": cmd_eval, "demo": cmd_demo}
+    commands = {"train": cmd_train, "eval": cmd_eval, "demo": cmd_demo,
+                "experiment": cmd_experiment}
     try:
         return commands[args.command](args)
     except SSLKitError as err:

@@ -1,0 +1,90 @@
+"""An experiment's result and the three files it writes to its output folder.
+
+    table.md       the measured table (with the paper's numbers in their own columns), the
+                   paper's claim, the settings, the machine and the wall time
+    figure.png     the experiment's figure
+    results.json   everything above as data (rows, settings, paper, seconds, device)
+
+``Result.summary()`` is what ``sslkit experiment NAME`` prints.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+
+@dataclass
+class Result:
+    name: str  # the experiment's registry name
+    title: str  # one line: what is compared
+    profile: str  # ci | laptop | gpu
+    columns: list[str]  # the table's columns, in order (keys of every row)
+    rows: list[dict]  # one dict per table row; None where a value does not apply
+    paper: dict  # "source", "claim" and any numbers, from the experiment's PAPER
+    settings: dict  # the experiment's settings (asdict of its dataclass)
+    seconds: float = 0.0  # wall time of the whole experiment
+    device: str = "cpu"
+    notes: list[str] = field(default_factory=list)  # caveats of the small-scale version
+    more: list[dict] = field(default_factory=list)  # further tables: {"caption", "columns", "rows"}
+    out: str = ""  # the output folder
+
+    def table(self) -> str:
+        return markdown_table(self.columns, self.rows)
+
+    def summary(self) -> str:
+        lines = [f"## {self.title}", "", self.table(), ""]
+        for extra in self.more:
+            lines += [extra["caption"], "", markdown_table(extra["columns"], extra["rows"]), ""]
+        lines.append(f"paper ({self.paper['source']}): {self.paper['claim']}")
+        lines += [f"note: {n}" for n in self.notes]
+        lines.append(f"{self.profile} profile, {machine(self.device)}, {self.seconds:.0f} s")
+        return "\n".join(lines)
+
+    def write(self, figure) -> None:
+        """table.md, figure.png (from the matplotlib figure) and results.json in self.out."""
+        import matplotlib.pyplot as plt
+
+        out = Path(self.out)
+        out.mkdir(parents=True, exist_ok=True)
+        command = f"sslkit experiment {self.name} --profile {self.profile} --out {self.out}"
+        text = [self.summary(), "", f"command: `{command}`", "",
+                "settings: " + ", ".join(f"{k}={v}" for k, v in self.settings.items()), ""]
+        (out / "table.md").write_text("\n".join(text))
+        figure.savefig(out / "figure.png", dpi=120, bbox_inches="tight")
+        plt.close(figure)
+        record = asdict(self) | {"machine": machine(self.device), "command": command}
+        (out / "results.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
+
+
+def format_value(value) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.1f}" if abs(value) >= 10 else f"{value:.3g}"
+    return str(value)
+
+
+def markdown_table(columns: list[str], rows: list[dict]) -> str:
+    """A GitHub markdown table: one header line, one line per row, "—" for missing values."""
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        lines.append("| " + " | ".join(format_value(row.get(c)) for c in columns) + " |")
+    return "\n".join(lines)
+
+
+def machine(device: str) -> str:
+    """The machine in words: the GPU's name, or the CPU's core count."""
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return torch.cuda.get_device_name(torch.device(device))
+    import os
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"{cores}-core CPU ({platform.machine()}), {torch.get_num_threads()} torch threads"
