@@ -186,4 +186,17 @@ def test_every_profile_has_settings_and_paper_numbers():
         module = get_experiment(name)
         assert set(module.SETTINGS) == {"ci", "laptop", "gpu"}
         assert module.SETTINGS["ci"].n_train == CI.n_train  # the ci profile stays tiny
+        assert module.SETTINGS["ci"].epochs <= 2
         assert module.PAPER["source"] and module.PAPER["claim"]
+
+
+def test_mae_mask_ratio_table(ran):
+    result, _, _ = ran("mae_mask_ratio")
+    s = get_experiment("mae_mask_ratio").SETTINGS["ci"]
+    rows = result["rows"]
+    assert [r["mask ratio"] for r in rows] == list(s.mask_ratios)
+    for r in rows:
+        assert percent(r["kNN (%)"]) and percent(r["linear (%)"]) and percent(r["fine-tune (%)"])
+        assert math.isfinite(r["final loss"]) and r["final loss"] > 0
+    paper = {r["mask ratio"]: (r["paper linear (%)"], r["paper fine-tune (%)"]) for r in rows}
+    assert paper[0.75] == (73.5, 84.9) and paper[0.5] == (None, None)

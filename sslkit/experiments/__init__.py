@@ -30,6 +30,7 @@ EXPERIMENTS = {
     "batch_size": "sslkit.experiments.batch_size",
     "moco_vs_simclr": "sslkit.experiments.moco_vs_simclr",
     "rotation_pretext": "sslkit.experiments.rotation_pretext",
+    "mae_mask_ratio": "sslkit.experiments.mae_mask_ratio",
 }
 
 
