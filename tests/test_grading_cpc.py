@@ -1,0 +1,248 @@
+"""Tests for sslkit.grading.cpc: for every graded exercise of 08_cpc, a correct answer passes the
+visible and hidden checks, typical wrong answers fail with a one-line message, and answers that
+delegate to the sslkit reference fail the hidden check."""
+
+import math
+import types
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from solution_cells import fails, run_solution_cells
+from torch import nn
+
+from sslkit import losses
+from sslkit.grading import cpc as grading
+from sslkit.methods import cpc as cpc_method
+
+NOTEBOOK = Path(__file__).parent.parent / "solutions" / "08_cpc" / "08_cpc.ipynb"
+SOLUTION_CELLS = ("patch_grid", "column_context", "cpc_loss", "cpc_step")
+
+
+@pytest.fixture(scope="module")
+def solution() -> types.SimpleNamespace:
+    namespace = {"torch": torch, "F": F, "nn": nn, "math": math}
+    return run_solution_cells(NOTEBOOK, SOLUTION_CELLS, namespace)
+
+
+# -- correct answers written independently of the notebook, to build wrong ones from ----------
+
+def patch_grid(images, patch, stride):
+    n, ch, h, w = images.shape
+    rows, cols = (h - patch) // stride + 1, (w - patch) // stride + 1
+    out = torch.empty(n, rows, cols, ch, patch, patch, dtype=images.dtype)
+    for i in range(rows):
+        for j in range(cols):
+            top, left = i * stride, j * stride
+            out[:, i, j] = images[:, :, top:top + patch, left:left + patch]
+    return out
+
+
+def column_context(g_ar, z):
+    n, rows, cols, _ = z.shape
+    columns = [g_ar(z[:, :, j])[0] for j in range(cols)]  # each (N, R, H)
+    return torch.stack(columns, dim=2)  # (N, R, Cc, H)
+
+
+def cpc_loss(z, c, W):
+    n, rows, cols, d = z.shape
+    cand = z.reshape(-1, d)
+    per_step = []
+    for k in range(1, W.shape[0] + 1):
+        pred = c[:, : rows - k] @ W[k - 1].T  # (N, R-k, Cc, D)
+        logits = pred.reshape(-1, d) @ cand.T
+        labels = torch.arange(n * rows * cols).view(n, rows, cols)[:, k:].reshape(-1)
+        per_step.append(F.cross_entropy(logits, labels))
+    return torch.stack(per_step).mean()
+
+
+def cpc_step(g_enc, g_ar, W, optimizer, patches):
+    n, rows, cols = patches.shape[:3]
+    z = g_enc(patches.reshape(n * rows * cols, *patches.shape[3:])).view(n, rows, cols, -1)
+    loss = cpc_loss(z, column_context(g_ar, z), W)
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
+CHECKS = {
+    "patch_grid": (grading.check_patch_grid, patch_grid),
+    "column_context": (grading.check_column_context, column_context),
+    "cpc_loss": (grading.check_cpc_loss, cpc_loss),
+    "cpc_step": (grading.check_cpc_step, cpc_step),
+}
+
+
+@pytest.mark.parametrize("hidden", [False, True], ids=["visible", "hidden"])
+@pytest.mark.parametrize("exercise", list(CHECKS))
+def test_solution_passes(solution, exercise, hidden):
+    check, answer = CHECKS[exercise]
+    check(getattr(solution, exercise), hidden=hidden)  # the notebook's solution cell
+    check(answer, hidden=hidden)
+
+
+def test_the_sslkit_references_pass_the_visible_checks():
+    grading.check_patch_grid(cpc_method.patch_grid)
+    grading.check_column_context(cpc_method.column_context)
+    grading.check_cpc_loss(losses.cpc_loss)
+    grading.check_cpc_loss(losses.cpc_loss_loop)
+
+
+# -- wrong answers -----------------------------------------------------------------------------
+
+def test_patch_grid_wrong_answers():
+    check = grading.check_patch_grid
+
+    def channels_first(images, patch, stride):
+        return images.unfold(2, patch, stride).unfold(3, patch, stride)  # (N, C, R, Cc, p, p)
+
+    def rows_and_cols_swapped(images, patch, stride):
+        return patch_grid(images, patch, stride).transpose(1, 2)
+
+    def patches_transposed(images, patch, stride):
+        return patch_grid(images, patch, stride).transpose(-1, -2)
+
+    def no_overlap(images, patch, stride):
+        return patch_grid(images, patch, patch)
+
+    assert "permute" in fails(check, channels_first, False, "shape")
+    # a square grid keeps the shape: the values show the swap
+    assert "height" in fails(check, rows_and_cols_swapped, False, "patch")
+    assert "transposed" in fails(check, patches_transposed, False, "patch")
+    fails(check, no_overlap, False, "shape")
+    fails(check, lambda *a: cpc_method.patch_grid(*a), True, "reference")
+    fails(check, lambda *a: [1.0], False, "torch.Tensor")
+
+
+def test_column_context_wrong_answers():
+    check = grading.check_column_context
+
+    def along_rows(g_ar, z):
+        n, rows, cols, d = z.shape
+        return g_ar(z.reshape(n * rows, cols, d))[0].reshape(n, rows, cols, -1)
+
+    def bottom_up(g_ar, z):
+        return column_context(g_ar, z.flip(1)).flip(1)
+
+    def whole_grid(g_ar, z):
+        n, rows, cols, d = z.shape
+        return g_ar(z.reshape(n, rows * cols, d))[0].reshape(n, rows, cols, -1)
+
+    def detached(g_ar, z):
+        return column_context(g_ar, z.detach())
+
+    assert "column" in fails(check, along_rows, False, "differs")
+    assert "top" in fails(check, bottom_up, False, "differs")
+    assert "whole grid" in fails(check, whole_grid, False, "differs")
+    check(detached)  # the value is right ...
+    fails(check, detached, True, "gradient")  # ... but nothing reaches the patch encoder
+    fails(check, lambda g, z: g(z.flatten(1, 2))[0], False, "shape")
+    fails(check, lambda *a: cpc_method.column_context(*a), True, "reference")
+
+
+def test_cpc_loss_wrong_answers():
+    check = grading.check_cpc_loss
+
+    def per_image(z, c, W):
+        return torch.stack([cpc_loss(z[b:b + 1], c[b:b + 1], W) for b in range(len(z))]).mean()
+
+    def summed_steps(z, c, W):
+        return cpc_loss(z, c, W) * W.shape[0]
+
+    def pooled(z, c, W):
+        total, count = 0.0, 0
+        for logits, labels in (_step(z, c, W, k) for k in range(W.shape[0])):
+            total = total + F.cross_entropy(logits, labels, reduction="sum")
+            count += len(labels)
+        return total / count
+
+    def transposed(z, c, W):
+        return cpc_loss(z, c, W.transpose(1, 2))
+
+    def shifted_steps(z, c, W):  # W[0] used to predict the same row
+        n, rows, cols, d = z.shape
+        per_step = []
+        for k in range(0, W.shape[0]):
+            pred = c[:, : rows - k] @ W[k].T
+            logits = pred.reshape(-1, d) @ z.reshape(-1, d).T
+            labels = torch.arange(n * rows * cols).view(n, rows, cols)[:, k:].reshape(-1)
+            per_step.append(F.cross_entropy(logits, labels))
+        return torch.stack(per_step).mean()
+
+    def detached_w(z, c, W):
+        return cpc_loss(z, c, W.detach())
+
+    assert "every image" in fails(check, per_image, False, "expected")
+    assert "sum" in fails(check, summed_steps, False, "expected")
+    assert "each step k first" in fails(check, pooled, False, "expected")
+    assert "W[0] predicts 1 row" in fails(check, shifted_steps, False, "expected")
+    # W of the visible case is not square, so a transposed W cannot even be applied ...
+    fails(check, transposed, False, "raised")
+    # ... the hidden cases have square maps, where it runs and gives another value
+    assert "transpose" in fails(check, transposed, True, "expected")
+    check(detached_w)
+    fails(check, detached_w, True, "gradient with respect to W")
+    fails(check, lambda *a: losses.cpc_loss(*a), True, "reference")
+    fails(check, lambda *a: losses.cpc_loss_loop(*a), True, "reference")
+    fails(check, lambda *a: torch.zeros(3), False, "scalar")
+
+
+def _step(z, c, W, k):
+    """(logits, labels) of step k + 1 with every patch as a candidate."""
+    n, rows, cols, d = z.shape
+    pred = c[:, : rows - k - 1] @ W[k].T
+    labels = torch.arange(n * rows * cols).view(n, rows, cols)[:, k + 1:].reshape(-1)
+    return pred.reshape(-1, d) @ z.reshape(-1, d).T, labels
+
+
+def test_cpc_step_wrong_answers():
+    check = grading.check_cpc_step
+
+    def no_update(g_enc, g_ar, W, optimizer, patches):
+        n, rows, cols = patches.shape[:3]
+        z = g_enc(patches.flatten(0, 2)).view(n, rows, cols, -1)
+        return cpc_loss(z, column_context(g_ar, z), W).item()
+
+    def no_zero_grad(g_enc, g_ar, W, optimizer, patches):
+        n, rows, cols = patches.shape[:3]
+        z = g_enc(patches.flatten(0, 2)).view(n, rows, cols, -1)
+        loss = cpc_loss(z, column_context(g_ar, z), W)
+        loss.backward()
+        optimizer.step()
+        return loss.item()
+
+    def context_along_rows(g_enc, g_ar, W, optimizer, patches):
+        n, rows, cols = patches.shape[:3]
+        z = g_enc(patches.flatten(0, 2)).view(n, rows, cols, -1)
+        c = g_ar(z.reshape(n * rows, cols, -1))[0].reshape(n, rows, cols, -1)
+        loss = cpc_loss(z, c, W)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        return loss.item()
+
+    def nan_loss(g_enc, g_ar, W, optimizer, patches):
+        cpc_step(g_enc, g_ar, W, optimizer, patches)
+        return float("nan")
+
+    def tensor_loss(*args):
+        return torch.tensor(cpc_step(*args))
+
+    fails(check, no_update, False, "did not change")
+    fails(check, no_zero_grad, True, "zero_grad")
+    fails(check, context_along_rows, False, "expected loss")
+    fails(check, nan_loss, False, "nan")
+    fails(check, tensor_loss, False, "float")
+
+    def delegates(g_enc, g_ar, W, optimizer, patches):
+        z = cpc_method.encode_patches(g_enc, patches)
+        loss = losses.cpc_loss(z, cpc_method.column_context(g_ar, z), W)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        return loss.item()
+
+    check(delegates)  # right, and allowed in the visible check ...
+    fails(check, delegates, True, "reference")  # ... not in the hidden one
