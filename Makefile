@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: demo test lint lab release pretrain
+.PHONY: demo test lint lab release pretrain bench
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV) && $(BIN)/pip install --quiet -e '.[dev]' && touch $(INSTALLED)
@@ -20,6 +20,13 @@ lint: $(INSTALLED)
 
 pretrain: $(INSTALLED)
 	$(BIN)/python -m sslkit train simclr --profile laptop --out runs/simclr
+
+# sslkit bench in its own environment, where lightly is installed (never a dependency of
+# sslkit): SimCLR images/s for the device path, the DataLoader path, lightly, the model alone.
+BENCH_VENV := .bench-venv
+bench:
+	$(PYTHON) -m venv $(BENCH_VENV) && $(BENCH_VENV)/bin/pip install --quiet lightly -e . && \
+		$(BENCH_VENV)/bin/python -m sslkit bench $(BENCH_ARGS)
 
 lab: $(INSTALLED)
 	$(BIN)/jupyter lab notebooks

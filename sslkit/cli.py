@@ -6,6 +6,8 @@
     sslkit demo                                         # the offline CPU demo (make demo)
     sslkit experiment list                              # the papers' claims, at small scale
     sslkit experiment loss_functions --profile laptop   # table.md, figure.png, results.json
+    sslkit bench --device cuda                          # SimCLR images/s: sslkit, lightly, ceiling
+    torchrun --nproc-per-node 4 -m sslkit train simclr ...   # several GPUs (sslkit.distributed)
 
 Unset options take the active profile's values (SSLKIT_PROFILE: ci, laptop or gpu). Bad input
 ends with one line on stderr that says what is wrong and how to fix it, and exit status 2.
@@ -54,9 +56,14 @@ def cmd_train(args) -> int:
     overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig)
                  if f.name != "method" and getattr(args, f.name) is not None}
     cfg = TrainConfig.from_profile(get_profile(args.profile), method=args.method, **overrides)
-    _, rows = train(cfg, args.out, resume=args.resume, stop_after_epoch=args.stop_after_epoch,
-                    progress=not args.no_progress)
-    if rows:
+    from sslkit import distributed
+
+    try:
+        _, rows = train(cfg, args.out, resume=args.resume,
+                        stop_after_epoch=args.stop_after_epoch, progress=not args.no_progress)
+    finally:
+        distributed.cleanup()  # leave the process group torchrun made us join (if any)
+    if rows and distributed.is_main():
         print(f"epoch {rows[-1]['epoch']}: loss {rows[-1]['loss']:.4f}; "
               f"checkpoint and metrics in {args.out}")
     return 0
@@ -116,6 +123,16 @@ def cmd_experiment(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    from sslkit.bench import format_table, run_bench
+
+    results = run_bench(args.device, args.batch, args.steps, args.size, args.warmup, args.workers,
+                        args.compile)
+    print(format_table(results, f"SimCLR, batch {args.batch}, {args.steps} steps, size "
+                                f"{args.size}, device {args.device}"))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sslkit", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -135,13 +152,22 @@ def build_parser() -> argparse.ArgumentParser:
                         "the active profile (SSLKIT_PROFILE, else gpu with CUDA, else laptop)")
     p.add_argument("--out", help="output folder (default: experiments/NAME-PROFILE)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p = sub.add_parser("bench", help="SimCLR images/s: device path, DataLoader, lightly, ceiling")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--batch", type=int, default=512, help="images per step (default 512)")
+    p.add_argument("--steps", type=int, default=20, help="timed steps per pipeline")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+    p.add_argument("--size", default="full", choices=("tiny", "full"),
+                   help="full: CIFAR ResNet-18; tiny: a small ConvNet (seconds on a CPU)")
+    p.add_argument("--workers", type=int, help="DataLoader workers (default: CPUs, at most 8)")
+    p.add_argument("--compile", action="store_true", help="torch.compile encoder and head")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     commands = {"train": cmd_train, "eval": cmd_eval, "demo": cmd_demo,
-                "experiment": cmd_experiment}
+                "experiment": cmd_experiment, "bench": cmd_bench}
     try:
         return commands[args.command](args)
     except SSLKitError as err:

@@ -1,0 +1,225 @@
+"""``sslkit bench``: how fast SimCLR trains, and where the time goes.
+
+Four ways to run the same SimCLR step (CIFAR ResNet-18, two 32x32 views per image, NT-Xent,
+SGD; bfloat16 autocast and channels_last on CUDA) on synthetic uint8 images of CIFAR's shape:
+
+    (a) sslkit, device path      the dataset as uint8 on the device; views made there in batches
+    (b) sslkit, DataLoader path  views made per image by torchvision in DataLoader workers
+    (c) lightly                  lightly's SimCLRTransform (per image, PIL) in a standard
+                                 DataLoader and its NTXentLoss, on the same network
+    (d) model alone              forward and backward on views made once in advance: the
+                                 ceiling for this network, with augmentation costing nothing
+
+Each is timed over --steps optimiser steps after a warm-up; images/s counts images (each gives
+two views). Peak memory is the CUDA allocator's peak (not measured on the CPU). The ratios a/c
+and a/d say how much faster than lightly's pipeline sslkit is, and how close to the ceiling.
+
+lightly is never a dependency of sslkit: (c) runs when lightly is importable, e.g. in the
+benchmark's own environment (``make bench``), and is skipped with a note otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+
+from sslkit.augment import view_config_for
+from sslkit.errors import SSLKitError
+from sslkit.methods import SimCLR, build_method
+from sslkit.train import resolve_device, train_step
+
+SIZES = {  # size -> (architecture, images in the synthetic dataset)
+    "tiny": ("convnet-small", 256),  # seconds on a CPU: checks that the benchmark works
+    "full": ("resnet18", 50_000),  # CIFAR-10's training set size
+}
+LIGHTLY_HINT = ("lightly is not installed here (it is never a dependency of sslkit): create the "
+                "benchmark's own environment with `python -m venv .bench-venv && "
+                ".bench-venv/bin/pip install lightly -e .` (or `make bench`) and run "
+                "`.bench-venv/bin/python -m sslkit bench` there")
+
+
+@dataclass
+class Result:
+    name: str  # "a", "b", "c" or "d"
+    label: str
+    images_per_s: float | None  # None: skipped
+    peak_mib: float | None  # None: not measured (CPU) or skipped
+    note: str = ""
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _measure(name: str, label: str, batches: Iterator, step: Callable, batch: int, steps: int,
+             warmup: int, device: torch.device) -> Result:
+    """Time `steps` calls of step(next(batches)) after `warmup` untimed ones."""
+    for _ in range(warmup):
+        step(next(batches))
+    _sync(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    started = time.perf_counter()
+    for _ in range(steps):
+        step(next(batches))
+    _sync(device)
+    seconds = time.perf_counter() - started
+    peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+    return Result(name, label, batch * steps / seconds, peak)
+
+
+def _simclr(arch: str, device: torch.device, compile: bool) -> tuple[SimCLR, torch.optim.SGD]:
+    g = torch.Generator().manual_seed(0)
+    method = build_method("simclr", arch, 3, "cifar10", 32, g, proj_dim=128, temperature=0.5)
+    method = method.to(device, memory_format=torch.channels_last)
+    if compile:
+        method.encoder.compile()
+        method.head.compile()
+    optimizer = torch.optim.SGD(method.parameters(), lr=0.06, momentum=0.9, weight_decay=5e-4)
+    return method, optimizer
+
+
+def _random_batches(images: torch.Tensor, batch: int) -> Iterator[torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    while True:
+        yield images[torch.randint(0, len(images), (batch,), generator=g).to(images.device)]
+
+
+class _PerImage(torch.utils.data.Dataset):
+    def __init__(self, images: torch.Tensor, transform: Callable, pil: bool = False):
+        self.images, self.transform, self.pil = images, transform, pil
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int):
+        x = self.images[i]
+        if self.pil:
+            from torchvision.transforms.functional import to_pil_image
+
+            x = to_pil_image(x)
+        return self.transform(x)
+
+
+def _loader_batches(dataset, batch: int, workers: int, device: torch.device) -> Iterator:
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=batch, shuffle=True, drop_last=True, num_workers=workers,
+        pin_memory=device.type == "cuda", persistent_workers=workers > 0,
+        generator=torch.Generator().manual_seed(2))
+    while True:
+        for views in loader:
+            yield [v.to(device, non_blocking=True) for v in views]
+
+
+def lightly_available() -> bool:
+    try:
+        import lightly.loss  # noqa: F401
+        import lightly.transforms  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def run_bench(device: str = "auto", batch: int = 512, steps: int = 20, size: str = "full",
+              warmup: int = 3, workers: int | None = None, compile: bool = False,
+              lightly: bool | None = None) -> list[Result]:
+    """Measure (a)-(d); returns one Result each, in that order ((c) skipped if lightly is not
+    importable or lightly=False)."""
+    if size not in SIZES:
+        raise SSLKitError(f"unknown size {size!r}: use one of {', '.join(SIZES)}")
+    if batch < 2 or steps < 1 or warmup < 0:
+        raise SSLKitError(f"need --batch >= 2 and --steps >= 1 (got batch {batch}, steps "
+                          f"{steps}): negatives need a batch of 2 or more")
+    dev = resolve_device(device)
+    arch, n_images = SIZES[size]
+    workers = min(8, os.cpu_count() or 1) if workers is None else workers
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (max(n_images, batch), 3, 32, 32), dtype=torch.uint8,
+                           generator=g)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda")
+    results = []
+
+    # (a) the device path: uint8 dataset on the device, batched views there
+    method, optimizer = _simclr(arch, dev, compile)
+    on_device = images.to(dev)
+    results.append(_measure(
+        "a", "sslkit, device path", ([x] for x in _random_batches(on_device, batch)),
+        lambda micro: train_step(method, optimizer, micro, autocast), batch, steps, warmup, dev))
+    del on_device
+
+    # (b) the DataLoader path: torchvision per image in worker processes
+    method, optimizer = _simclr(arch, dev, compile)
+    per_image = _PerImage(images, method.views.per_image())
+    results.append(_measure(
+        "b", f"sslkit, DataLoader ({workers} workers)",
+        ([v] for v in _loader_batches(per_image, batch, workers, dev)),
+        lambda micro: train_step(method, optimizer, micro, autocast), batch, steps, warmup, dev))
+
+    # (c) lightly's transform and loss, a standard DataLoader, the same network
+    if lightly is None:
+        lightly = lightly_available()
+    if lightly:
+        results.append(_bench_lightly(arch, dev, images, batch, steps, warmup, workers, autocast,
+                                      compile))
+    else:
+        results.append(Result("c", "lightly", None, None, LIGHTLY_HINT))
+
+    # (d) the model alone on views made in advance
+    method, optimizer = _simclr(arch, dev, compile)
+    views = method.views.two_views(images[:batch].to(dev))
+    views = [v.contiguous(memory_format=torch.channels_last) for v in views]
+    results.append(_measure(
+        "d", "model alone (pre-augmented)", iter(lambda: [views], None),
+        lambda micro: train_step(method, optimizer, micro, autocast), batch, steps, warmup, dev))
+    return results
+
+
+def _bench_lightly(arch, dev, images, batch, steps, warmup, workers, autocast, compile):
+    from lightly.loss import NTXentLoss
+    from lightly.transforms import SimCLRTransform
+
+    cfg = view_config_for("cifar10")
+    transform = SimCLRTransform(input_size=32, cj_strength=cfg.jitter_strength,
+                                gaussian_blur=cfg.blur_p, min_scale=cfg.crop_scale[0])
+    method, optimizer = _simclr(arch, dev, compile)
+    criterion = NTXentLoss(temperature=0.5)
+
+    def step(views):
+        v1, v2 = views
+        optimizer.zero_grad(set_to_none=True)
+        with autocast:
+            z = method.embed(torch.cat([v1, v2]))
+            loss = criterion(*z.chunk(2))
+        loss.backward()
+        optimizer.step()
+
+    batches = _loader_batches(_PerImage(images, transform, pil=True), batch, workers, dev)
+    return _measure("c", f"lightly ({workers} workers)", batches, step, batch, steps, warmup, dev)
+
+
+def ratios(results: list[Result]) -> dict[str, float | None]:
+    """a/c and a/d from the measured images per second (None where one is missing)."""
+    speed = {r.name: r.images_per_s for r in results}
+
+    def ratio(x: str, y: str) -> float | None:
+        return speed[x] / speed[y] if speed.get(x) and speed.get(y) else None
+
+    return {"a/c": ratio("a", "c"), "a/d": ratio("a", "d")}
+
+
+def format_table(results: list[Result], header: str = "") -> str:
+    lines = [header] if header else []
+    lines.append(f"{'':4}{'pipeline':38}{'images/s':>12}{'peak MiB':>12}")
+    for r in results:
+        speed = f"{r.images_per_s:12.1f}" if r.images_per_s is not None else f"{'skipped':>12}"
+        peak = f"{r.peak_mib:12.0f}" if r.peak_mib is not None else f"{'-':>12}"
+        lines.append(f"({r.name}) {r.label:38}{speed}{peak}")
+    for name, value in ratios(results).items():
+        lines.append(f"{name}: {value:.2f}" if value is not None else f"{name}: n/a")
+    lines += [f"({r.name}) {r.note}" for r in results if r.note]
+    return "\n".join(lines)

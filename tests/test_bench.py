@@ -1,0 +1,93 @@
+"""`sslkit bench` at tiny size on the CPU: the table's structure, the ratios computed from the
+measured figures, lightly skipped with instructions when it is missing, and the lightly
+pipeline wired as it should be (with a stand-in lightly module)."""
+
+from __future__ import annotations
+
+import re
+import sys
+import types
+
+import pytest
+import torch
+
+from sslkit import bench
+from sslkit.augment import view_config_for, view_transform
+from sslkit.cli import main
+from sslkit.errors import SSLKitError
+from sslkit.losses import nt_xent
+
+TINY = ["--device", "cpu", "--size", "tiny", "--batch", "8", "--steps", "1", "--warmup", "0",
+        "--workers", "0"]
+
+
+def test_ratios_from_the_measured_figures():
+    results = [bench.Result("a", "", 300.0, None), bench.Result("b", "", 100.0, None),
+               bench.Result("c", "", 120.0, None), bench.Result("d", "", 320.0, None)]
+    assert bench.ratios(results) == pytest.approx({"a/c": 2.5, "a/d": 0.9375})
+    results[2] = bench.Result("c", "lightly", None, None, bench.LIGHTLY_HINT)
+    assert bench.ratios(results)["a/c"] is None
+    table = bench.format_table(results)
+    assert "a/c: n/a" in table and "a/d: 0.94" in table and "skipped" in table
+
+
+def test_cli_prints_the_table_and_skips_lightly_with_instructions(capsys, monkeypatch):
+    monkeypatch.setattr(bench, "lightly_available", lambda: False)
+    assert main(["bench", *TINY]) == 0
+    out = capsys.readouterr().out
+    rows = {m[0]: float(m[1]) for m in re.findall(r"^\(([abd])\) .*?\s([\d.]+)\s+-$", out, re.M)}
+    assert set(rows) == {"a", "b", "d"} and all(v > 0 for v in rows.values())
+    assert re.search(r"^\(c\) lightly\s+skipped", out, re.M)
+    assert "pip install lightly -e ." in out and "a/c: n/a" in out
+    a_d = float(re.search(r"^a/d: ([\d.]+)$", out, re.M)[1])
+    assert a_d == pytest.approx(rows["a"] / rows["d"], rel=0.02, abs=0.006)  # printed rounded
+
+
+def _fake_lightly(monkeypatch):
+    """A stand-in for lightly's two pieces: a per-image two-view transform on PIL images and
+    an NT-Xent module, enough to check that (c) is wired and measured."""
+    seen = {"transform": 0, "loss": 0}
+    tf = view_transform(view_config_for("cifar10"))
+
+    class SimCLRTransform:
+        def __init__(self, input_size, cj_strength, gaussian_blur, min_scale):
+            assert (input_size, cj_strength, gaussian_blur, min_scale) == (32, 0.5, 0.0, 0.08)
+
+        def __call__(self, image):
+            assert not isinstance(image, torch.Tensor)  # lightly works on PIL images
+            seen["transform"] += 1
+            return [tf(image), tf(image)]
+
+    class NTXentLoss(torch.nn.Module):
+        def __init__(self, temperature):
+            super().__init__()
+            self.temperature = temperature
+
+        def forward(self, z1, z2):
+            seen["loss"] += 1
+            return nt_xent(z1, z2, self.temperature)
+
+    root = types.ModuleType("lightly")
+    loss, transforms = types.ModuleType("lightly.loss"), types.ModuleType("lightly.transforms")
+    loss.NTXentLoss, transforms.SimCLRTransform = NTXentLoss, SimCLRTransform
+    root.loss, root.transforms = loss, transforms
+    for name, module in (("lightly", root), ("lightly.loss", loss),
+                         ("lightly.transforms", transforms)):
+        monkeypatch.setitem(sys.modules, name, module)
+    return seen
+
+
+def test_lightly_pipeline_is_measured_when_importable(monkeypatch):
+    seen = _fake_lightly(monkeypatch)
+    assert bench.lightly_available()
+    results = bench.run_bench("cpu", batch=8, steps=1, size="tiny", warmup=0, workers=0)
+    assert [r.name for r in results] == ["a", "b", "c", "d"]
+    assert all(r.images_per_s > 0 and r.peak_mib is None for r in results)  # no CUDA peak on CPU
+    assert seen["loss"] == 1 and seen["transform"] >= 8
+    r = bench.ratios(results)
+    assert r["a/c"] == pytest.approx(results[0].images_per_s / results[2].images_per_s)
+
+
+def test_bad_size_is_a_one_line_error():
+    with pytest.raises(SSLKitError, match="tiny, full"):
+        bench.run_bench("cpu", size="huge")
