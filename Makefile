@@ -12,7 +12,7 @@ $(INSTALLED): pyproject.toml
 demo: $(INSTALLED)
 	$(BIN)/python -m sslkit demo
 
-test: $(INSTALLED)
+test: $(INSTALLED) sandbox
 	$(BIN)/python -m pytest
 
 lint: $(INSTALLED)
@@ -35,6 +35,20 @@ lab: $(INSTALLED)
 release: $(INSTALLED)
 	$(BIN)/python autograder/course.py release
 
-.PHONY: grade
-grade: $(INSTALLED)
+.PHONY: grade run bench-grading sandbox
+grade: $(INSTALLED) sandbox
 	$(BIN)/python autograder/course.py grade $(ASSIGNMENT)
+
+# The whole grading run: make run ASSIGNMENT=04_simclr ZIP=submissions.zip WORKERS=2
+run: $(INSTALLED) sandbox
+	$(BIN)/python autograder/course.py run $(ASSIGNMENT) $(if $(ZIP),--zip $(ZIP)) --workers $(or $(WORKERS),2)
+
+# Plain nbgrader vs the parallel grader on the same submissions (prints both times, the ratio)
+bench-grading: $(INSTALLED) sandbox
+	$(BIN)/python autograder/bench_grading.py $(BENCH_ARGS)
+
+# Autograding runs student code in bubblewrap (autograder/sandbox.py); as root, install it.
+sandbox:
+	@command -v bwrap >/dev/null || { [ "$$(id -u)" = 0 ] && \
+		{ apt-get install -y -qq bubblewrap || { apt-get update -qq && apt-get install -y -qq bubblewrap; }; }; } || \
+		{ echo "bubblewrap is missing: run apt-get install bubblewrap as root"; exit 1; }

@@ -1,8 +1,18 @@
 """Run nbgrader on this course from any folder, with the environment grading needs.
 
     python autograder/course.py release              notebooks/ from solutions/, all assignments
+    python autograder/course.py run ASSIGNMENT [--zip Z] [--workers N]
+                                                     the whole grading run (below)
     python autograder/course.py grade [ASSIGNMENT]   autograde, generate_feedback, export grades.csv
+                                                     with plain nbgrader, one submission at a time
     python autograder/course.py nbgrader ARGS...     any other nbgrader command in this course
+
+``run`` does a course's grading in one command: import the LMS zip into submitted/ (lms.py),
+autograde every submission not yet graded in parallel workers (parallel.py; each kernel in the
+sandbox of sandbox.py), generate feedback without hidden tests, export
+reports/ASSIGNMENT/grades.csv and write reports/ASSIGNMENT/report.md, which lists each flagged
+submission and why (report.py). Run it again after a kill, or after importing more
+submissions: what is graded stays graded. ``--force`` grades everything again.
 
 Each step is ``python -m nbgrader ...`` run with this interpreter in the course root (the folder
 of this file), with
@@ -19,23 +29,74 @@ assignment (``--student=alice``, ``--Execute.timeout=300``) are passed to ``nbgr
 from __future__ import annotations
 
 import argparse
-import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
 COURSE_ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(COURSE_ROOT))
+import lms  # noqa: E402 -- the course's modules, importable through the line above
+import parallel  # noqa: E402
+import report  # noqa: E402
+import sandbox  # noqa: E402
 
 
-def nbgrader(*args: str) -> None:
-    """Run one nbgrader command in the course root; exit with its status if it fails."""
-    env = dict(os.environ, SSLKIT_PROFILE="ci")
-    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+def nbgrader(*args: str, check: bool = True) -> int:
+    """Run one nbgrader command in the course root; exit with its status if it fails (or
+    return the status when ``check`` is false)."""
     command = [sys.executable, "-m", "nbgrader", *args]
     print("+ nbgrader", *args, flush=True)
-    status = subprocess.run(command, cwd=COURSE_ROOT, env=env).returncode
-    if status:
+    status = subprocess.run(command, cwd=COURSE_ROOT, env=parallel.nbgrader_env()).returncode
+    if status and check:
         sys.exit(status)
+    return status
+
+
+def require_sandbox() -> None:
+    """Autograding runs student code in bubblewrap; stop with the fix if it cannot."""
+    error = sandbox.bwrap_error()
+    if error:
+        sys.exit(error)
+
+
+def assignment_notebooks(assignment: str) -> list[str]:
+    """The notebook names of a released assignment, from the gradebook."""
+    with sqlite3.connect(COURSE_ROOT / "gradebook.db") as db:
+        rows = db.execute("SELECT notebook.name FROM notebook JOIN assignment ON "
+                          "notebook.assignment_id = assignment.id WHERE assignment.name = ?",
+                          (assignment,)).fetchall()  # fmt: skip
+    db.close()
+    if not rows:
+        sys.exit(f"{assignment} has not been released into this course's gradebook; run "
+                 "`python autograder/course.py release` first")
+    return sorted(name for (name,) in rows)
+
+
+def run(args) -> None:
+    """import -> autograde in parallel -> feedback -> grades.csv -> report."""
+    require_sandbox()
+    notebooks = assignment_notebooks(args.assignment)
+    reports = COURSE_ROOT / "reports" / args.assignment
+    if args.zip:
+        imported = lms.import_zip(Path(args.zip), COURSE_ROOT, args.assignment, notebooks,
+                                  Path(args.roster) if args.roster else None)  # fmt: skip
+        print(f"imported {len(imported.files)} notebooks, {len(imported.unmatched)} files not "
+              f"imported (see {reports / 'import.txt'})", flush=True)
+    grader = parallel.Grader(COURSE_ROOT, args.assignment, args.workers, args.timeout)
+    grader.run(force=args.force)
+    nbgrader("generate_feedback", args.assignment, "--force", check=False)
+    nbgrader("export", f"--to={reports / 'grades.csv'}", f"--assignment={args.assignment}",
+             check=False)  # fmt: skip
+    entries = grader.journal.entries()
+    current = [entries[s] for s in grader.students() if s in entries]
+    unmatched = []
+    if (reports / "import.txt").exists():
+        unmatched = [line.strip() for line in (reports / "import.txt").read_text().splitlines()
+                     if line.startswith("  ")]  # fmt: skip
+    path = report.write(COURSE_ROOT, args.assignment, current, unmatched)
+    flagged = sum(bool(e.flags) for e in current)
+    print(f"{len(current)} submissions, {flagged} flagged: {path}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -49,13 +110,28 @@ def main(argv: list[str] | None = None) -> None:
     grade = sub.add_parser("grade", help="autograde, generate feedback and export grades.csv")
     grade.add_argument("assignment", nargs="?", default="*", help="e.g. 04_simclr (default: all)")
     sub.add_parser("nbgrader", help="run any nbgrader command in the course root")
+    run_parser = sub.add_parser("run", help="import, autograde in parallel, feedback, export, "
+                                            "report (resumable)")  # fmt: skip
+    run_parser.add_argument("assignment", help="e.g. 04_simclr")
+    run_parser.add_argument("--zip", help="Canvas submissions zip to import first")
+    run_parser.add_argument("--roster", help="CSV canvas_id,student_id for the zip's students")
+    run_parser.add_argument("--workers", type=int, default=2, help="parallel graders (2)")
+    run_parser.add_argument("--timeout", type=float, default=3600,
+                            help="seconds for one submission, all cells (3600)")
+    run_parser.add_argument("--force", action="store_true", help="grade everything again")
     args, autograde_options = parser.parse_known_args(argv)
+    if args.command == "run":
+        if autograde_options:
+            parser.error(f"unrecognized arguments: {' '.join(autograde_options)}")
+        run(args)
+        return
 
     if args.command == "release":
         if autograde_options:
             parser.error(f"unrecognized arguments: {' '.join(autograde_options)}")
         nbgrader("generate_assignment", "*", "--force")
     else:
+        require_sandbox()
         nbgrader("autograde", args.assignment, *autograde_options)
         nbgrader("generate_feedback", args.assignment, "--force")
         nbgrader("export")

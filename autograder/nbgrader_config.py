@@ -14,17 +14,21 @@ Paths are relative to the course root, so a copy of ``autograder/`` next to a co
 
 import os
 import sys
+import tempfile
 
+from nbconvert.preprocessors import CSSHTMLHeaderPreprocessor
 from nbgrader.preprocessors import (
     CheckCellMetadata,
     ClearOutput,
     DeduplicateIds,
+    GetGrades,
     OverwriteKernelspec,
 )
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from restore_cells import RestoreMissingCells  # noqa: E402 -- importable through the line above
+from feedback import HideHiddenTests  # noqa: E402 -- importable through the line above
+from restore_cells import RestoreMissingCells  # noqa: E402
 
 c = get_config()  # noqa: F821 -- provided by traitlets when it loads this file
 
@@ -75,3 +79,23 @@ c.OverwriteCells.add_missing_cells = True  # a deleted test cell is put back and
 # SSLKIT_PROFILE=ci) the slowest cell of 04_simclr takes about 30 s on a busy 2-core machine.
 c.Execute.timeout = 120
 c.Execute.interrupt_on_timeout = True
+
+# ---------------------------------------------------------------------------------------------
+# The sandbox: student code runs in a bubblewrap sandbox (sandbox.py, README "The sandbox")
+# ---------------------------------------------------------------------------------------------
+
+# Every notebook nbgrader executes (autograde, and anything else run with this configuration)
+# gets the kernel of kernels/sslkit-sandbox, which starts ipykernel inside bwrap with no
+# network, no view of this folder and resource limits. The kernel has no network, so it talks
+# to nbgrader over unix sockets (jupyter_client's ipc transport) instead of TCP.
+os.environ["JUPYTER_PATH"] = os.pathsep.join(
+    [HERE, *filter(None, os.environ.get("JUPYTER_PATH", "").split(os.pathsep))]
+)
+c.Execute.kernel_name = "sslkit-sandbox"
+c.KernelManager.transport = "ipc"
+# The sockets' path prefix (jupyter_client adds -1, -2, ...): absolute, since the kernel starts
+# in another folder, and one per nbgrader process, since parallel graders pick the same numbers.
+c.KernelManager.ip = os.path.join(tempfile.gettempdir(), f"sslkit-kernel-{os.getpid()}")
+
+# Feedback shows each test's score and failure message, not the hidden tests' code.
+c.GenerateFeedback.preprocessors = [GetGrades, HideHiddenTests, CSSHTMLHeaderPreprocessor]

@@ -1,0 +1,297 @@
+"""Autograde an assignment's submissions in parallel, resumably, with nbgrader underneath.
+
+Each submission is graded by its own ``nbgrader autograde ASSIGNMENT --student=S`` process in a
+private copy of the course (its own ``gradebook.db`` copied from the course's, its own
+``submitted/S`` and ``autograded/S``), so the workers never write the same database. When a
+worker ends, this process, and only this process, merges its result into the course: the
+autograded folder is copied into ``autograded/S``, the scores, comments and late penalty into
+``gradebook.db`` (one transaction), then one line is appended to the run's journal
+``reports/ASSIGNMENT/journal.jsonl``. Writes to the gradebook are therefore serial, and the
+gradebook never holds a half-graded submission.
+
+Resuming: a submission whose journal line is there (with the same content hash: a re-collected
+submission is graded again) is not graded again. Killing the grader loses at most the
+submissions being graded at that moment; running it again grades them and the rest. A kill
+between a gradebook commit and its journal line (microseconds) grades that one submission again,
+which replaces its scores with the same ones.
+
+Every submission ends with a journal line: ``graded`` (its scores are in the gradebook) or
+``failed`` (nbgrader could not grade it: a crash, a kernel that died, the notebook's time
+budget), each with the flags of report.py.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import report
+from nbgrader.api import Gradebook, MissingEntry
+
+CONFIG_SHIM = """# A private copy of the course for one worker of parallel.py: the course's
+# configuration, with this folder as the root (its own gradebook.db, submitted/, autograded/).
+import os
+_root, _config = {root!r}, {config!r}
+_names = {{"__file__": _config, "get_config": get_config}}
+exec(compile(open(_config).read(), _config, "exec"), _names)
+c = get_config()
+for _name, _default in (("source_directory", "source"), ("release_directory", "release")):
+    c.CourseDirectory[_name] = os.path.join(_root, c.CourseDirectory.get(_name, _default))
+c.CourseDirectory.root = os.path.dirname(os.path.abspath(__file__))
+"""
+
+
+@dataclass
+class Entry:
+    """One journal line: how one submission ended."""
+
+    student: str
+    digest: str  # of the submitted folder: a re-collected submission is graded again
+    status: str  # "graded": scores in the gradebook; "failed": nbgrader could not grade it
+    flags: list[str] = field(default_factory=list)
+    score: float | None = None
+    max_score: float | None = None
+    seconds: float = 0.0
+
+
+def submission_digest(folder: Path) -> str:
+    """sha256 over the submitted folder's file names and contents."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(folder)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+class Journal:
+    """reports/ASSIGNMENT/journal.jsonl: one JSON line per finished submission, appended and
+    fsync'ed as each one is merged; the last line of a student wins."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+    def entries(self) -> dict[str, Entry]:
+        if not self.path.exists():
+            return {}
+        entries = {}
+        for line in self.path.read_text().splitlines():
+            try:
+                entry = Entry(**json.loads(line))
+            except (json.JSONDecodeError, TypeError):
+                continue  # a line cut by a kill: that submission is graded again
+            entries[entry.student] = entry
+        return entries
+
+    def append(self, entry: Entry) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(asdict(entry)) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def nbgrader_env(slot: int | None = None, threads: int | None = None) -> dict[str, str]:
+    """The environment nbgrader runs in (see course.py): the interpreter's bin/ on PATH, the ci
+    profile; for a worker, its sandbox slot (uid) and its share of the CPU threads."""
+    env = dict(os.environ, SSLKIT_PROFILE="ci")
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    if slot is not None:
+        env["SSLKIT_SANDBOX_SLOT"] = str(slot)
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
+    return env
+
+
+def copy_gradebook(source: Path, target: Path) -> None:
+    """A consistent copy of an SQLite gradebook (the backup API, not a file copy)."""
+    target.unlink(missing_ok=True)
+    with sqlite3.connect(source) as src, sqlite3.connect(target) as dst:
+        src.backup(dst)
+    src.close()
+    dst.close()
+
+
+def course_id(gradebook: Path, assignment: str) -> str:
+    """The nbgrader course id the assignment was released under (nbgrader's API needs it)."""
+    with sqlite3.connect(gradebook) as db:
+        query = "SELECT course_id FROM assignment WHERE name = ?"
+        row = db.execute(query, (assignment,)).fetchone()
+    db.close()
+    if row is None:
+        raise SystemExit(f"{assignment} is not in {gradebook}; run `python autograder/course.py "
+                         "release` (nbgrader generate_assignment) first")
+    return row[0]
+
+
+@dataclass
+class Grader:
+    """Grades one assignment of the course rooted at ``course`` (the autograder/ folder)."""
+
+    course: Path
+    assignment: str
+    workers: int = 2
+    timeout: float = 3600  # seconds for one submission's nbgrader process, kernel included
+    log: object = print
+
+    def __post_init__(self):
+        self.course = Path(self.course).resolve()
+        self.reports = self.course / "reports" / self.assignment
+        self.work = self.course / ".work" / self.assignment
+        self.journal = Journal(self.reports / "journal.jsonl")
+
+    # ------------------------------------------------------------------ what to grade
+    def students(self) -> list[str]:
+        submitted = self.course / "submitted"
+        return sorted(p.parent.name for p in submitted.glob(f"*/{self.assignment}") if p.is_dir())
+
+    def todo(self, force: bool = False) -> list[str]:
+        done = {} if force else self.journal.entries()
+        return [s for s in self.students()
+                if s not in done or done[s].digest != self.digest(s)]  # fmt: skip
+
+    def digest(self, student: str) -> str:
+        return submission_digest(self.course / "submitted" / student / self.assignment)
+
+    # ------------------------------------------------------------------ one worker
+    def prepare(self, student: str, template: Path) -> Path:
+        """A private course for one student: config shim, gradebook copy, the submission."""
+        private = self.work / student
+        shutil.rmtree(private, ignore_errors=True)
+        (private / "submitted").mkdir(parents=True)
+        shutil.copytree(self.course / "submitted" / student / self.assignment,
+                        private / "submitted" / student / self.assignment)  # fmt: skip
+        shutil.copy(template, private / "gradebook.db")
+        (private / "nbgrader_config.py").write_text(CONFIG_SHIM.format(
+            root=str(self.course), config=str(self.course / "nbgrader_config.py")))
+        return private
+
+    def grade_one(self, student: str, private: Path, slot: int) -> tuple[int, str, float]:
+        """Run nbgrader autograde for one student in its private course; (status, log, s)."""
+        threads = max(1, (os.cpu_count() or 1) // self.workers)
+        command = [sys.executable, "-m", "nbgrader", "autograde", self.assignment,
+                   f"--student={student}", "--force"]  # fmt: skip
+        start = time.monotonic()
+        with open(private / "nbgrader.log", "w") as out:
+            process = subprocess.Popen(command, cwd=private, stdout=out, stderr=subprocess.STDOUT,
+                                       env=nbgrader_env(slot, threads))  # fmt: skip
+            try:
+                status = process.wait(timeout=self.timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()  # its sandboxed kernel gets SIGTERM and takes the sandbox down
+                process.wait()
+                out.write(f"\n{report.BUDGET_MESSAGE} ({self.timeout:.0f} s, --timeout)\n")
+                status = -9
+        return status, (private / "nbgrader.log").read_text(), time.monotonic() - start
+
+    # ------------------------------------------------------------------ merging, serially
+    def gradebook(self, course: Path) -> Gradebook:
+        return Gradebook(f"sqlite:///{course / 'gradebook.db'}", course_id=self.course_id)
+
+    def merge(self, student: str, private: Path) -> bool:
+        """Copy one worker's result into the course; False if it has no grades to merge."""
+        graded = private / "autograded" / student / self.assignment
+        if not graded.is_dir():
+            return False
+        with self.gradebook(private) as mine:
+            try:
+                done = mine.find_submission(self.assignment, student)
+            except MissingEntry:
+                return False
+            notebooks = {nb.name: nb for nb in done.notebooks}
+            if any(g.auto_score is None and g.cell.cell_type == "code"
+                   for nb in notebooks.values() for g in nb.grades):  # fmt: skip
+                return False
+            target = self.course / "autograded" / student / self.assignment
+            shutil.rmtree(target, ignore_errors=True)
+            shutil.copytree(graded, target)
+            with self.gradebook(self.course) as gb:
+                student_row = mine.find_student(student)
+                gb.update_or_create_student(student, first_name=student_row.first_name,
+                                            last_name=student_row.last_name,
+                                            email=student_row.email)  # fmt: skip
+                gb.update_or_create_submission(self.assignment, student,
+                                               timestamp=done.timestamp)  # fmt: skip
+                for name, nb in notebooks.items():
+                    into = gb.find_submission_notebook(name, self.assignment, student)
+                    into.late_submission_penalty = nb.late_submission_penalty
+                    for grade in nb.grades:
+                        row = gb.find_grade(grade.name, name, self.assignment, student)
+                        row.auto_score = grade.auto_score
+                        row.needs_manual_grade = (row.manual_score is not None
+                                                  or grade.auto_score is None)  # fmt: skip
+                    for comment in nb.comments:
+                        row = gb.find_comment(comment.name, name, self.assignment, student)
+                        row.auto_comment = comment.auto_comment
+                gb.db.commit()
+        return True
+
+    def finish(self, student: str, status: int, output: str, seconds: float,
+               private: Path) -> Entry:
+        merged = status == 0 and self.merge(student, private)
+        flags = report.flags(self.course, self.course_id, self.assignment, student, output,
+                             graded=private / "autograded" / student / self.assignment)  # fmt: skip
+        if not merged and not any(f.startswith(("crash", "timeout", "missing")) for f in flags):
+            flags.append(f"crash: nbgrader could not grade it ({report.last_error(output)})")
+        entry = Entry(student, self.digest(student), "graded" if merged else "failed", flags,
+                      seconds=round(seconds, 1))  # fmt: skip
+        if merged:
+            entry.score, entry.max_score = self.score(student)
+        self.journal.append(entry)
+        shutil.rmtree(private, ignore_errors=True)
+        return entry
+
+    def score(self, student: str) -> tuple[float, float]:
+        with self.gradebook(self.course) as gb:
+            submission = gb.find_submission(self.assignment, student)
+            return float(submission.score), float(submission.max_score)
+
+    # ------------------------------------------------------------------ the run
+    def run(self, force: bool = False) -> list[Entry]:
+        """Grade every submission not yet graded (all with ``force``); return what finished
+        in this run, in the order it finished."""
+        todo = self.todo(force)
+        total = len(self.students())
+        self.log(f"grading {len(todo)} of {total} submissions of {self.assignment} "
+                 f"with {self.workers} workers ({total - len(todo)} already graded)")
+        if not todo:
+            return []
+        self.course_id = course_id(self.course / "gradebook.db", self.assignment)
+        with self.gradebook(self.course) as gb:  # everyone gets a row in grades.csv, graded or not
+            for student in todo:
+                gb.update_or_create_student(student)
+        self.work.mkdir(parents=True, exist_ok=True)
+        template = self.work / "gradebook-template.db"
+        copy_gradebook(self.course / "gradebook.db", template)
+
+        finished: list[Entry] = []
+        slots = list(range(self.workers))
+        running: dict[Future, tuple[str, Path, int]] = {}
+        queue = list(todo)
+        with ThreadPoolExecutor(self.workers) as pool:
+            while queue or running:
+                while queue and slots:
+                    student, slot = queue.pop(0), slots.pop(0)
+                    private = self.prepare(student, template)
+                    future = pool.submit(self.grade_one, student, private, slot)
+                    running[future] = (student, private, slot)
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in done:
+                    student, private, slot = running.pop(future)
+                    slots.append(slot)
+                    entry = self.finish(student, *future.result(), private)
+                    finished.append(entry)
+                    flags = f"  [{'; '.join(entry.flags)}]" if entry.flags else ""
+                    score = (f"{entry.score:g}/{entry.max_score:g}"
+                             if entry.score is not None else "no grade")  # fmt: skip
+                    self.log(f"  {len(finished)}/{len(todo)} {student}: {entry.status}, "
+                             f"{score}, {entry.seconds:.0f} s{flags}")
+        shutil.rmtree(self.work, ignore_errors=True)
+        return finished

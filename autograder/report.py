@@ -1,0 +1,164 @@
+"""What a grading run flags, and the report that lists it.
+
+A flag is one line naming a reason to look at a submission by hand; a flagged submission may
+still have its grade (a tampered test cell is graded with the original) or have none (a crash):
+
+    missing notebook   the submission folder lacks a notebook of the assignment (scored 0)
+    tampered           a test or read-only cell edited or deleted, or its points changed, in the
+                       submitted notebook (nbgrader graded it with the original cell)
+    calls the reference  a test failed with sslkit.grading's delegation message: the answer only
+                       calls sslkit's reference implementation
+    timeout            a cell ran past Execute.timeout (scored 0), or the whole notebook ran past
+                       its budget (no grade)
+    crash              nbgrader could not grade it: the kernel died (memory, a signal,
+                       os._exit), could not start, or nbgrader failed
+    check by hand      the student's code reaches into the kernel's machinery (IPython's hooks,
+                       traceback display, exception hooks, a function's ``__code__``), which
+                       could hide a failing test (README, "What the sandbox does not protect")
+
+``reports/ASSIGNMENT/report.md`` lists every flagged submission and why; ``flags.csv`` holds
+the same with one row per submission, ``grades.csv`` is nbgrader's export.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from pathlib import Path
+
+import nbformat
+from feedback import HIDDEN, is_test_cell
+
+BUDGET_MESSAGE = "ran past its time budget"  # printed by sandbox.py and parallel.py
+DELEGATION = "your answer calls the reference"  # sslkit.grading.guard.call's message
+KERNEL_MACHINERY = re.compile(
+    r"get_ipython|input_transformers|ast_transformers|showtraceback|set_custom_exc|excepthook"
+    r"|events\.register|__code__|sys\.settrace|builtins"
+)
+CRASHES = {
+    "DeadKernelError": "the kernel died (memory, a signal, os._exit)",
+    "Kernel didn't respond": "the kernel did not start",
+    "Kernel died before replying": "the kernel did not start",
+}
+
+
+def nbgrader_meta(cell) -> dict:
+    return cell.get("metadata", {}).get("nbgrader", {})
+
+
+def normalised(source: str) -> list[str]:
+    """Non-blank lines, stripped: the release's test cell as nbgrader wrote it."""
+    return [line.strip() for line in HIDDEN.sub("", source).splitlines() if line.strip()]
+
+
+def read_cells(path: Path) -> dict[str, object] | None:
+    try:
+        nb = nbformat.read(path, as_version=4)
+    except (OSError, ValueError, KeyError):  # missing, or not a notebook
+        return None
+    return {nbgrader_meta(c)["grade_id"]: c for c in nb.cells if nbgrader_meta(c).get("grade_id")}
+
+
+def tampered(submitted: dict, notebook) -> list[str]:
+    """Locked cells of the gradebook's ``notebook`` (test and read-only cells) that the
+    submitted cells (grade_id -> cell) lack or changed."""
+    found = []
+    points = {cell.name: float(cell.max_score) for cell in notebook.grade_cells}
+    for cell in notebook.source_cells:
+        if not cell.locked:
+            continue
+        mine = submitted.get(cell.name)
+        kind = "test cell" if cell.name in points else "read-only cell"
+        if mine is None:
+            found.append(f"{kind} {cell.name} deleted")
+        elif normalised(mine.source) != normalised(cell.source):
+            found.append(f"{kind} {cell.name} edited")
+        elif cell.name in points and float(nbgrader_meta(mine).get("points", 0)) != points[
+                cell.name]:  # fmt: skip
+            found.append(f"{kind} {cell.name}: points changed")
+    return found
+
+
+def from_outputs(graded: dict) -> list[str]:
+    """Delegation, cell timeouts and a dead kernel, read from the autograded cells."""
+    found = []
+    for name, cell in graded.items():
+        for output in cell.get("outputs", []):
+            if output.get("output_type") != "error":
+                continue
+            ename, evalue = output.get("ename", ""), " ".join(str(output.get("evalue")).split())
+            if DELEGATION in evalue and is_test_cell(cell):
+                found.append(f"calls the reference: {name}: {evalue.split(';')[0]}")
+            elif ename == "CellTimeoutError":
+                found.append(f"timeout: cell {name} ran past Execute.timeout")
+            elif ename == "DeadKernelError":
+                found.append(f"crash: {CRASHES['DeadKernelError']} in cell {name}")
+    return found
+
+
+def last_error(output: str) -> str:
+    """The last line of nbgrader's output that names an error, shortened."""
+    lines = [line.strip() for line in output.splitlines()
+             if re.search(r"Error|error|died|Killed|budget", line)]  # fmt: skip
+    return (lines[-1] if lines else "no error message")[:200]
+
+
+def flags(course: Path, course_id: str, assignment: str, student: str, output: str,
+          graded: Path) -> list[str]:
+    """Every flag of one submission. ``output`` is its nbgrader's log, ``graded`` the folder of
+    its autograded notebooks (possibly absent)."""
+    from nbgrader.api import Gradebook
+
+    found: list[str] = []
+    submitted = course / "submitted" / student / assignment
+    with Gradebook(f"sqlite:///{course / 'gradebook.db'}", course_id=course_id) as gb:
+        for notebook in gb.find_assignment(assignment).notebooks:
+            mine = read_cells(submitted / f"{notebook.name}.ipynb")
+            if mine is None:
+                found.append(f"missing notebook: {notebook.name}.ipynb")
+                continue
+            found += [f"tampered: {text}" for text in tampered(mine, notebook)]
+            solutions = [c.source for c in mine.values() if nbgrader_meta(c).get("solution")
+                         and c.get("cell_type") == "code"]  # fmt: skip
+            touched = sorted({m.group() for s in solutions for m in KERNEL_MACHINERY.finditer(s)})
+            if touched:
+                found.append(f"check by hand: the answers use {', '.join(touched)}")
+            autograded = read_cells(graded / f"{notebook.name}.ipynb") or {}
+            found += from_outputs(autograded)
+    if BUDGET_MESSAGE in output:
+        found.append("timeout: the notebook ran past its time budget; no grade")
+    for needle, text in CRASHES.items():
+        if needle in output and not any(text in f for f in found):
+            found.append(f"crash: {text}")
+    return list(dict.fromkeys(found))  # each once, in order
+
+
+def write(course: Path, assignment: str, entries: list, unmatched: list[str]) -> Path:
+    """reports/ASSIGNMENT/report.md and flags.csv from the journal's entries (one per
+    submission) and the import's unmatched files; returns the report's path."""
+    folder = course / "reports" / assignment
+    folder.mkdir(parents=True, exist_ok=True)
+    flagged = [e for e in entries if e.flags]
+    graded = [e for e in entries if e.status == "graded"]
+    lines = [f"# Grading report: {assignment}", "",
+             f"- submissions: {len(entries)}; graded: {len(graded)}; "
+             f"without a grade: {len(entries) - len(graded)}; flagged: {len(flagged)}",
+             "- grades: `grades.csv` (nbgrader export); feedback: `feedback/<student>/`",
+             ""]  # fmt: skip
+    if flagged:
+        lines += ["## Flagged submissions", "", "| student | grade | why |", "|---|---|---|"]
+        for e in flagged:
+            grade = f"{e.score:g}/{e.max_score:g}" if e.score is not None else "none"
+            lines.append(f"| {e.student} | {grade} | {'<br>'.join(e.flags)} |")
+        lines.append("")
+    if unmatched:
+        lines += ["## Files in the LMS archive that were not imported", ""]
+        lines += [f"- {text}" for text in unmatched] + [""]
+    report = folder / "report.md"
+    report.write_text("\n".join(lines))
+    with open(folder / "flags.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["student_id", "status", "score", "max_score", "flags"])
+        for e in entries:
+            writer.writerow([e.student, e.status, e.score, e.max_score, "; ".join(e.flags)])
+    return report

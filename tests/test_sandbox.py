@@ -1,0 +1,203 @@
+"""Malicious submissions are contained by the sandbox (autograder/sandbox.py).
+
+A tiny course (tests/tiny_course.py) is graded with ``course.py run --workers 2``. Each
+malicious submission does its harm in ``double`` and returns the right answer only if the harm
+worked, so a hole in the sandbox shows up as a point it should not have:
+
+    reads_source      reads the source notebook, the autograded notebook being graded
+                      (hidden tests) and any notebook in its folder
+    lists_others      lists the submitted/ folder and its own parent folder
+    writes_gradebook  appends to gradebook.db and writes a file into the course
+    network           connects to a server this test runs on the machine's loopback
+    forks             forks sleeping children without bound
+    memory            allocates 8 GiB under a 4.5 GiB limit
+    sleeps            sleeps forever in double (the cell's time limit cuts it)
+
+Each must score 0 on double's test and full marks on square and mean_of; the solved submission
+next to them full marks; the gradebook must be intact; nothing of the sandbox may outlive the
+run; and the run must finish.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+import tiny_course as tiny
+from nbgrader.api import Gradebook
+
+pytestmark = pytest.mark.slow
+
+MEMORY_MIB = 4608  # the sandbox's address-space limit in this test (torch maps ~3.5 GiB)
+MARK = "PWNED-BY-A-SUBMISSION"
+
+EVIL = {
+    "reads_source": """
+import glob
+def double(x):
+    places = [{source!r}, {autograded!r}, *glob.glob("*.ipynb"), *glob.glob("../*/*.ipynb")]
+    for place in places:
+        try:
+            if "BEGIN HIDDEN TESTS" in open(place).read():
+                return 2 * x  # read the hidden tests: the sandbox leaks
+        except OSError:
+            pass
+    raise RuntimeError("no notebook with hidden tests in reach")
+""",
+    "lists_others": """
+import os
+def double(x):
+    seen = []
+    for place in ({submitted!r}, ".."):
+        try:
+            seen += os.listdir(place)
+        except OSError:
+            pass
+    if "solved" in seen:
+        return 2 * x  # saw another student's submission
+    raise RuntimeError(f"no other submission in sight: {{seen}}")
+""",
+    "writes_gradebook": """
+def double(x):
+    wrote = 0
+    for place in ({gradebook!r}, {course_file!r}):
+        try:
+            with open(place, "a") as f:
+                f.write({mark!r})
+            wrote += 1
+        except OSError:
+            pass
+    if wrote:
+        return 2 * x
+    raise RuntimeError("could not write outside its folder")
+""",
+    "network": """
+import socket
+def double(x):
+    try:
+        socket.create_connection(("127.0.0.1", {port}), timeout=3).close()
+        return 2 * x  # reached a server outside the sandbox
+    except OSError:
+        raise RuntimeError("no network") from None
+""",
+    "forks": """
+import os, time
+def double(x):
+    children = 0
+    for _ in range(5000):  # without bound for any sane limit; a safety stop if the limit fails
+        pid = os.fork()  # raises once the process limit is reached
+        if pid == 0:
+            time.sleep(3600)
+            os._exit(0)
+        children += 1
+    return 2 * x  # 5000 processes: no limit
+""",
+    "memory": """
+def double(x):
+    hog = bytearray(8 * 2**30)  # MemoryError under the limit
+    return 2 * x
+""",
+    "sleeps": """
+import time
+def double(x):
+    time.sleep(10**6)
+    return 2 * x
+""",
+}
+
+
+@pytest.fixture(scope="module")
+def graded(tmp_path_factory):
+    course = tiny.make_course(tmp_path_factory.mktemp("sandbox"))
+    ag = course / "autograder"
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    server.setblocking(False)
+    places = {
+        "source": str(course / "solutions" / tiny.ASSIGNMENT / f"{tiny.ASSIGNMENT}.ipynb"),
+        "autograded": str(ag / ".work" / tiny.ASSIGNMENT / "reads_source" / "autograded"
+                          / "reads_source" / tiny.ASSIGNMENT / f"{tiny.ASSIGNMENT}.ipynb"),
+        "submitted": str(ag / "submitted"), "gradebook": str(ag / "gradebook.db"),
+        "course_file": str(ag / "pwned.txt"), "mark": MARK, "port": server.getsockname()[1],
+    }  # fmt: skip
+    tiny.submit(course, "solved", tiny.submission(course))
+    for student, code in EVIL.items():
+        tiny.submit(course, student, tiny.submission(course, {"double": code.format(**places)}))
+    env = dict(os.environ, SSLKIT_SANDBOX_MEMORY=str(MEMORY_MIB))
+    start = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, str(ag / "course.py"), "run", tiny.ASSIGNMENT, "--workers", "2"],
+        capture_output=True, text=True, timeout=900, env=env,
+    )  # fmt: skip
+    seconds = time.monotonic() - start
+    try:
+        connection, _ = server.accept()
+        reached = True
+        connection.close()
+    except BlockingIOError:
+        reached = False
+    server.close()
+    time.sleep(2)  # sandboxes being torn down
+    scores = {}
+    with Gradebook(f"sqlite:///{ag / 'gradebook.db'}", course_id="sslkit") as gb:
+        for student in ["solved", *EVIL]:
+            nb = gb.find_submission_notebook(tiny.ASSIGNMENT, tiny.ASSIGNMENT, student)
+            scores[student] = {g.name: float(g.score) for g in nb.grades}
+    return {"course": course, "result": result, "scores": scores, "seconds": seconds,
+            "reached": reached, "left": tiny.sandbox_processes()}  # fmt: skip
+
+
+def test_the_run_finishes(graded):
+    result = graded["result"]
+    assert result.returncode == 0, f"{result.stdout}\n{result.stderr}"
+    assert "8 submissions" in result.stdout, result.stdout
+
+
+def test_the_solution_next_to_them_scores_full_marks(graded):
+    assert graded["scores"]["solved"] == dict.fromkeys(
+        ["test_double", "test_square", "test_mean_of"], 1.0)
+
+
+@pytest.mark.parametrize("student", list(EVIL))
+def test_malicious_submission_loses_only_what_it_broke(graded, student):
+    expected = {"test_double": 0.0, "test_square": 1.0, "test_mean_of": 1.0}
+    assert graded["scores"][student] == expected, graded["result"].stdout
+
+
+def test_no_connection_reached_the_machine(graded):
+    assert not graded["reached"]
+
+
+def test_gradebook_and_course_are_intact(graded):
+    ag = graded["course"] / "autograder"
+    assert MARK.encode() not in (ag / "gradebook.db").read_bytes()
+    assert not (ag / "pwned.txt").exists()
+    with sqlite3.connect(ag / "gradebook.db") as db:
+        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    db.close()
+
+
+def test_nothing_of_the_sandbox_outlives_the_run(graded):
+    assert graded["left"] == [], "sandboxed processes still running after the run"
+
+
+def test_the_sleeper_is_flagged_as_a_timeout(graded):
+    report = (graded["course"] / "autograder" / "reports" / tiny.ASSIGNMENT / "report.md")
+    line = next(line for line in report.read_text().splitlines() if "| sleeps |" in line)
+    assert "timeout: cell test_double" in line
+
+
+def test_bwrap_check_passes_here_and_names_the_fix_when_missing(tmp_path):
+    check = [sys.executable, str(tiny.REPO / "autograder" / "sandbox.py"), "check"]
+    assert subprocess.run(check, capture_output=True).returncode == 0
+    missing = subprocess.run(check, capture_output=True, text=True,
+                             env=dict(os.environ, PATH=str(tmp_path)))  # fmt: skip
+    assert missing.returncode == 1
+    assert "apt-get install bubblewrap" in missing.stdout
+    assert len(missing.stdout.strip().splitlines()) == 1
