@@ -13,7 +13,7 @@ A failed check raises ``AssertionError`` with a one-line message; nothing is pri
 
 One module per notebook holds its checks: ``pretext`` and ``reconstruction`` (01), ``triplet``
 (02), ``infonce`` (03), ``simclr`` (04), ``moco`` (05), ``dino`` (06), ``mae`` (07),
-``evaluation`` (09). The shared pieces, the delegation guard among them, are in
+``cpc`` (08), ``evaluation`` (09). The shared pieces, the delegation guard among them, are in
 ``sslkit.grading.guard``. A notebook imports its module (``from sslkit.grading import triplet
 as grading``); 04's checks are also re-exported here.
 """
