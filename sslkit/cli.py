@@ -61,9 +61,10 @@ def cmd_train(args) -> int:
     try:
         _, rows = train(cfg, args.out, resume=args.resume,
                         stop_after_epoch=args.stop_after_epoch, progress=not args.no_progress)
+        main_process = distributed.is_main()
     finally:
         distributed.cleanup()  # leave the process group torchrun made us join (if any)
-    if rows and distributed.is_main():
+    if rows and main_process:
         print(f"epoch {rows[-1]['epoch']}: loss {rows[-1]['loss']:.4f}; "
               f"checkpoint and metrics in {args.out}")
     return 0

@@ -296,3 +296,22 @@ def test_train_under_ddp_checkpoints_on_rank_0_and_resumes(tmp_path):
     assert cfg.batch_size == 32
     for name, w in method.state_dict().items():
         assert torch.allclose(w.float(), ranks[0]["whole"][name].float()), name
+
+
+def test_torchrun_command_line(tmp_path):
+    # The real launcher: torchrun starts 2 processes that join through its env:// rendezvous.
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "sslkit", "train", "simclr", "--profile", "ci", "--device", "cpu",
+           "--n-train", "64", "--batch-size", "32", "--epochs", "1", "--no-progress",
+           "--out", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("checkpoint and metrics in") == 1  # printed by rank 0 only
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 1
+    assert (out / "last.pt").is_file()
