@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 
 from nbconvert.preprocessors import Preprocessor
+from traitlets import Bool
 
 HIDDEN = re.compile(r"^[ \t]*### BEGIN HIDDEN TESTS.*?^[ \t]*### END HIDDEN TESTS[^\n]*",
                     re.MULTILINE | re.DOTALL)  # fmt: skip
@@ -27,6 +28,8 @@ def is_test_cell(cell) -> bool:
 
 
 class HideHiddenTests(Preprocessor):
+    enabled = Bool(True)  # nbconvert's preprocessors are off unless enabled
+
     def preprocess_cell(self, cell, resources, index):
         if cell.cell_type != "code" or not is_test_cell(cell):
             return cell, resources

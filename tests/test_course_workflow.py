@@ -11,6 +11,8 @@ hand, and ``course.py run 00_tiny --zip submissions.zip --workers 2`` does the r
     latelucy_1005_5000_00_tiny.ipynb           a blank first upload            replaced by:
     latelucy_LATE_1005_5005_00_tiny-1.ipynb    the solution, late              3/3, listed late
     readme.txt, solvedsam_1001_5001_notes.py   not submissions of 00_tiny      in the import report
+    hackhank_1006_5006_00_tiny.ipynb           a wrong square behind an input  "check by hand"
+                                               transformer that blanks tests   (see README)
     submitted/nobook/00_tiny/mywork.ipynb      (by hand) a misnamed notebook   0, "missing notebook"
 """
 
@@ -30,12 +32,19 @@ pytestmark = pytest.mark.slow
 DELEGATING = "import statistics\ndef mean_of(xs):\n    return statistics.mean(xs)"
 WRONG_SQUARE = "def square(x):\n    return 2 * x"
 CRASHING = "import os\nos._exit(1)"
+HIDING = """get_ipython().input_transformers_post.append(
+    lambda lines: ["pass\\n"] if any("square(3)" in line for line in lines) else lines)
+def square(x):
+    return 2 * x
+"""
 EXPECTED = {"solvedsam": 3.0, "delegdan": 2.0, "tampertom": 2.0, "crashcarl": 0.0,
             "latelucy": 3.0, "nobook": 0.0}  # fmt: skip
 HIDDEN_SNIPPETS = ["double(-3)", "square(-4)", "[4.0, 8.0]", "blocked="]
 FLAGGED = {"delegdan": "calls the reference: test_mean_of", "crashcarl": "crash:",
            "tampertom": "tampered: test cell test_square edited",
-           "nobook": "missing notebook: 00_tiny.ipynb"}  # fmt: skip
+           "nobook": "missing notebook: 00_tiny.ipynb",
+           "hackhank": "check by hand: the answers use get_ipython, input_transformers",
+           }  # fmt: skip
 
 
 def tampered(course):
@@ -57,6 +66,7 @@ def ran(tmp_path_factory):
         "crashcarl_1004_5004_00_tiny.ipynb": tiny.submission(course, {"square": CRASHING}),
         "latelucy_1005_5000_00_tiny.ipynb": tiny.submission(course, solved=False),
         "latelucy_LATE_1005_5005_00_tiny-1.ipynb": tiny.submission(course),
+        "hackhank_1006_5006_00_tiny.ipynb": tiny.submission(course, {"square": HIDING}),
     }
     with zipfile.ZipFile(archive, "w") as zf:
         for name, nb in notebooks.items():
@@ -93,13 +103,14 @@ def test_the_import_report_lists_what_it_could_not_match(ran):
 def test_grades_csv_has_every_student_with_the_expected_score(ran):
     with open(ran["reports"] / "grades.csv", newline="") as f:
         scores = {row["student_id"]: float(row["score"]) for row in csv.DictReader(f)}
-    assert scores == EXPECTED
+    assert set(scores) == set(EXPECTED) | {"hackhank"}  # whose score the README does not vouch for
+    assert {s: scores[s] for s in EXPECTED} == EXPECTED
 
 
 def test_the_report_flags_each_problem_and_nothing_else(ran):
     with open(ran["reports"] / "flags.csv", newline="") as f:
         flags = {row["student_id"]: row["flags"] for row in csv.DictReader(f)}
-    assert set(flags) == set(EXPECTED)
+    assert set(flags) == set(EXPECTED) | {"hackhank"}
     for student, text in flags.items():
         if student in FLAGGED:
             assert FLAGGED[student] in text, f"{student}: {text!r}"
