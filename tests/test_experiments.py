@@ -2,6 +2,9 @@
 images) through the command line; the tests check its files, its table's structure (rows and
 columns named as expected) and the ranges of its values."""
 
+import contextlib
+import dataclasses
+import io
 import json
 import math
 
@@ -24,9 +27,6 @@ def ran(tmp_path_factory):
     def get(name):
         if name not in _RUNS:
             out = tmp_path_factory.mktemp(name)
-            import contextlib
-            import io
-
             printed = io.StringIO()
             with contextlib.redirect_stdout(printed):
                 rc = main(["experiment", name, "--profile", "ci", "--out", str(out),
@@ -53,8 +53,7 @@ def test_every_experiment_writes_its_three_files(ran, name):
     assert module.PAPER["source"] in table and "command: `sslkit experiment" in table
     assert (out / "figure.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert result["name"] == name and result["profile"] == "ci" and result["seconds"] >= 0
-    assert result["settings"] == json.loads(json.dumps(
-        __import__("dataclasses").asdict(module.SETTINGS["ci"])))
+    assert result["settings"] == json.loads(json.dumps(dataclasses.asdict(module.SETTINGS["ci"])))
     for row in result["rows"]:
         assert set(row) == set(result["columns"])
     # measured beside the paper, printed
