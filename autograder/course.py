@@ -54,10 +54,14 @@ def nbgrader(*args: str, check: bool = True) -> int:
 
 
 def require_sandbox() -> None:
-    """Autograding runs student code in bubblewrap; stop with the fix if it cannot."""
+    """Autograding runs student code in bubblewrap; stop with the fix if it cannot. Symbolic
+    links in submitted/ are removed first (nbgrader would copy what they point to)."""
     error = sandbox.bwrap_error()
     if error:
         sys.exit(error)
+    for link in sandbox.remove_links(COURSE_ROOT / "submitted"):
+        print(f"removed the symbolic link {link.relative_to(COURSE_ROOT)} from a submission",
+              flush=True)  # fmt: skip
 
 
 def assignment_notebooks(assignment: str) -> list[str]:

@@ -194,10 +194,24 @@ def set_limits(limits: Limits) -> None:
 
 
 def private_copy(folder: Path, work: Path) -> None:
-    """The submission's files without notebooks: the notebook being graded holds the hidden
-    tests once nbgrader has restored them, and the kernel gets its cells from nbgrader."""
-    shutil.copytree(folder, work, ignore=shutil.ignore_patterns("*.ipynb", ".ipynb_checkpoints"),
-                    symlinks=False, dirs_exist_ok=True)  # fmt: skip
+    """The submission's files without notebooks (the notebook being graded holds the hidden
+    tests once nbgrader has restored them, and the kernel gets its cells from nbgrader) and
+    without symbolic links (copied as root, a link would bring in what it points to)."""
+
+    def left_out(parent: str, names: list[str]) -> set[str]:
+        return {n for n in names if n.endswith(".ipynb") or n == ".ipynb_checkpoints"
+                or os.path.islink(os.path.join(parent, n))}  # fmt: skip
+
+    shutil.copytree(folder, work, ignore=left_out, symlinks=True, dirs_exist_ok=True)
+
+
+def remove_links(folder: Path) -> list[Path]:
+    """Delete the symbolic links under a submitted folder and return them: nbgrader copies a
+    submission following links, so a link to the gradebook would hand the sandbox a copy."""
+    links = [p for p in folder.rglob("*") if p.is_symlink()]
+    for link in links:
+        link.unlink()
+    return links
 
 
 def chown_tree(root: Path, uid: int) -> None:
@@ -254,7 +268,8 @@ def run_kernel(connection_file: str) -> int:
     # jupyter_client stops the kernel by a shutdown message, or by SIGTERM/SIGKILL to this
     # process; bwrap --die-with-parent takes the sandbox down with it in the last case. If
     # nbgrader itself dies (a grader killed half-way), this process gets SIGTERM.
-    signal.signal(signal.SIGTERM, lambda *_: kernel.kill())
+    kernel: subprocess.Popen | None = None
+    signal.signal(signal.SIGTERM, lambda *_: kernel and kernel.kill())
     ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     if os.getppid() == 1:  # the parent died before prctl
         return 1

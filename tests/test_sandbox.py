@@ -6,6 +6,7 @@ worked, so a hole in the sandbox shows up as a point it should not have:
 
     reads_source      reads the source notebook, the autograded notebook being graded
                       (hidden tests) and any notebook in its folder
+    links             hands in a symbolic link to the source notebook next to its notebook
     lists_others      lists the submitted/ folder and its own parent folder
     writes_gradebook  appends to gradebook.db and writes a file into the course
     network           connects to a server this test runs on the machine's loopback
@@ -48,6 +49,15 @@ def double(x):
         except OSError:
             pass
     raise RuntimeError("no notebook with hidden tests in reach")
+""",
+    "links": """
+def double(x):
+    try:
+        if "BEGIN HIDDEN TESTS" in open("data.txt").read():
+            return 2 * x  # the link was followed
+    except OSError:
+        pass
+    raise RuntimeError("the link did not come through")
 """,
     "lists_others": """
 import os
@@ -129,6 +139,7 @@ def graded(tmp_path_factory):
     tiny.submit(course, "solved", tiny.submission(course))
     for student, code in EVIL.items():
         tiny.submit(course, student, tiny.submission(course, {"double": code.format(**places)}))
+    (ag / "submitted" / "links" / tiny.ASSIGNMENT / "data.txt").symlink_to(places["source"])
     env = dict(os.environ, SSLKIT_SANDBOX_MEMORY=str(MEMORY_MIB))
     start = time.monotonic()
     result = subprocess.run(
@@ -156,7 +167,8 @@ def graded(tmp_path_factory):
 def test_the_run_finishes(graded):
     result = graded["result"]
     assert result.returncode == 0, f"{result.stdout}\n{result.stderr}"
-    assert "8 submissions" in result.stdout, result.stdout
+    assert f"{len(EVIL) + 1} submissions" in result.stdout, result.stdout
+    assert "removed the symbolic link submitted/links/00_tiny/data.txt" in result.stdout
 
 
 def test_the_solution_next_to_them_scores_full_marks(graded):
