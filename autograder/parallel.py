@@ -30,12 +30,15 @@ import sqlite3
 import subprocess
 import sys
 import time
+import warnings
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import report
+import sandbox
 from nbgrader.api import Gradebook, MissingEntry
+from sqlalchemy.exc import SAWarning
 
 CONFIG_SHIM = """# A private copy of the course for one worker of parallel.py: the course's
 # configuration, with this folder as the root (its own gradebook.db, submitted/, autograded/).
@@ -167,7 +170,9 @@ class Grader:
         shutil.rmtree(private, ignore_errors=True)
         (private / "submitted").mkdir(parents=True)
         shutil.copytree(self.course / "submitted" / student / self.assignment,
-                        private / "submitted" / student / self.assignment)  # fmt: skip
+                        private / "submitted" / student / self.assignment,
+                        symlinks=True)  # fmt: skip
+        sandbox.remove_links(private / "submitted")  # nbgrader would copy what a link points to
         shutil.copy(template, private / "gradebook.db")
         (private / "nbgrader_config.py").write_text(CONFIG_SHIM.format(
             root=str(self.course), config=str(self.course / "nbgrader_config.py")))
@@ -197,6 +202,11 @@ class Grader:
 
     def merge(self, student: str, private: Path) -> bool:
         """Copy one worker's result into the course; False if it has no grades to merge."""
+        with warnings.catch_warnings():  # nbgrader's add_submission trips SQLAlchemy warnings
+            warnings.simplefilter("ignore", SAWarning)
+            return self._merge(student, private)
+
+    def _merge(self, student: str, private: Path) -> bool:
         graded = private / "autograded" / student / self.assignment
         if not graded.is_dir():
             return False
@@ -233,14 +243,14 @@ class Grader:
                 gb.db.commit()
         return True
 
-    def finish(self, student: str, status: int, output: str, seconds: float,
+    def finish(self, student: str, digest: str, status: int, output: str, seconds: float,
                private: Path) -> Entry:
         merged = status == 0 and self.merge(student, private)
         flags = report.flags(self.course, self.course_id, self.assignment, student, output,
                              graded=private / "autograded" / student / self.assignment)  # fmt: skip
         if not merged and not any(f.startswith(("crash", "timeout", "missing")) for f in flags):
             flags.append(f"crash: nbgrader could not grade it ({report.last_error(output)})")
-        entry = Entry(student, self.digest(student), "graded" if merged else "failed", flags,
+        entry = Entry(student, digest, "graded" if merged else "failed", flags,
                       seconds=round(seconds, 1))  # fmt: skip
         if merged:
             entry.score, entry.max_score = self.score(student)
@@ -273,20 +283,21 @@ class Grader:
 
         finished: list[Entry] = []
         slots = list(range(self.workers))
-        running: dict[Future, tuple[str, Path, int]] = {}
+        running: dict[Future, tuple[str, str, Path, int]] = {}
         queue = list(todo)
         with ThreadPoolExecutor(self.workers) as pool:
             while queue or running:
                 while queue and slots:
                     student, slot = queue.pop(0), slots.pop(0)
+                    digest = self.digest(student)  # of what is graded, before it is copied
                     private = self.prepare(student, template)
                     future = pool.submit(self.grade_one, student, private, slot)
-                    running[future] = (student, private, slot)
+                    running[future] = (student, digest, private, slot)
                 done, _ = wait(running, return_when=FIRST_COMPLETED)
                 for future in done:
-                    student, private, slot = running.pop(future)
+                    student, digest, private, slot = running.pop(future)
                     slots.append(slot)
-                    entry = self.finish(student, *future.result(), private)
+                    entry = self.finish(student, digest, *future.result(), private)
                     finished.append(entry)
                     flags = f"  [{'; '.join(entry.flags)}]" if entry.flags else ""
                     score = (f"{entry.score:g}/{entry.max_score:g}"

@@ -182,12 +182,25 @@ def sandbox_command(slot: int, env: dict[str, str], stage: Path | None) -> list[
     return command
 
 
-def set_limits(limits: Limits) -> None:
+def threads_of(uid: int) -> int:
+    """How many threads (processes included) the user runs now."""
+    count = 0
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            fields = dict(line.split(":", 1) for line in status.read_text().splitlines())
+        except (OSError, ValueError):
+            continue
+        if int(fields["Uid"].split()[0]) == uid:
+            count += int(fields["Threads"])
+    return count
+
+
+def set_limits(limits: Limits, processes: int) -> None:
     """Applied in the child before exec; inherited by everything the kernel starts."""
     mib = 1024 * 1024
     for kind, value in ((resource.RLIMIT_CPU, limits.cpu_seconds),
                         (resource.RLIMIT_AS, limits.memory_mib * mib),
-                        (resource.RLIMIT_NPROC, limits.processes),
+                        (resource.RLIMIT_NPROC, processes),
                         (resource.RLIMIT_FSIZE, limits.file_mib * mib),
                         (resource.RLIMIT_CORE, 0)):  # fmt: skip
         resource.setrlimit(kind, (value, value))
@@ -273,7 +286,10 @@ def run_kernel(connection_file: str) -> int:
     ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     if os.getppid() == 1:  # the parent died before prctl
         return 1
-    kernel = subprocess.Popen(command, preexec_fn=lambda: set_limits(limits))
+    # RLIMIT_NPROC counts every process of the uid: the sandbox uid has none when grading as
+    # root; as another user, the sandbox may start `processes` more than that user runs now.
+    processes = limits.processes + (0 if as_root else threads_of(os.getuid()))
+    kernel = subprocess.Popen(command, preexec_fn=lambda: set_limits(limits, processes))
     try:
         status = kernel.wait(timeout=limits.wall_seconds)
     except subprocess.TimeoutExpired:
