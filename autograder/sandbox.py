@@ -170,7 +170,8 @@ def sandbox_command(slot: int, env: dict[str, str], stage: Path | None) -> list[
     mounts, staged = readonly_mounts(stage)
     command = [*as_sandbox_user(slot), "bwrap", "--unshare-all", "--die-with-parent",
                "--new-session", "--cap-drop", "ALL", "--hostname", "sandbox",
-               *mounts, "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp",
+               # the private /tmp first: a checkout or venv under /tmp is bound on top of it
+               "--tmpfs", "/tmp", *mounts, "--proc", "/proc", "--dev", "/dev",
                "--clearenv"]  # fmt: skip
     for key, value in env.items():
         command += ["--setenv", key, value]

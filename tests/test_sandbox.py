@@ -27,6 +27,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import tiny_course as tiny
@@ -213,3 +214,39 @@ def test_bwrap_check_passes_here_and_names_the_fix_when_missing(tmp_path):
     assert missing.returncode == 1
     assert "apt-get install bubblewrap" in missing.stdout
     assert len(missing.stdout.strip().splitlines()) == 1
+
+
+def load_sandbox_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "sandbox_under_test", tiny.REPO / "autograder" / "sandbox.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_interpreter_and_sslkit_are_reachable_inside_wherever_the_checkout_lives():
+    """The private /tmp is mounted before the read-only binds, so a checkout or venv under /tmp
+    (CI clones there) is still visible inside: bwrap applies its mounts in order."""
+    import shutil
+    import tempfile
+
+    sandbox = load_sandbox_module()
+    root = Path(tempfile.mkdtemp(prefix="sandbox-test-"))
+    os.chmod(root, 0o711)
+    try:
+        stage = root / "stage" if os.geteuid() == 0 else None
+        command = sandbox.sandbox_command(0, {"PATH": "/usr/bin:/bin"}, stage)
+        bwrap = command[command.index("bwrap"):]
+        tmpfs = bwrap.index("--tmpfs")
+        binds = [i for i, arg in enumerate(bwrap) if arg == "--ro-bind"]
+        assert binds and all(tmpfs < i for i in binds)
+        probe = "import sslkit, sys; print(sys.prefix)"
+        done = subprocess.run([*command, sys.executable, "-c", probe], capture_output=True,
+                              text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip() == sys.prefix
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
