@@ -16,6 +16,7 @@ from sslkit.grading.guard import (
     as_tensor,
     call,
     close,
+    match_moving_average,
     match_step,
     match_value,
     max_param_diff,
@@ -176,18 +177,9 @@ def check_update_teacher(update_teacher: Callable, hidden: bool = False) -> None
         old_t = [p.detach().clone() for p in teacher.parameters()]
         where = f" (m={m}, a Linear-LayerNorm-GELU-Linear network)"
         _call(ex, update_teacher, student, teacher, m, where=where, guard=hidden)
-        for name, s0, t0, s1, t1 in zip(dict(student.named_parameters()), old_s, old_t,
-                                       student.parameters(), teacher.parameters()):
-            if not torch.equal(s1.detach(), s0):
-                raise AssertionError(f"{ex}: the student changed ({name}){where}: only the "
-                                     "teacher moves")
-            expected = m * t0 + (1 - m) * s0
-            if not torch.allclose(t1.detach(), expected, atol=1e-6):
-                hint = (" — did you swap m and 1 - m?" if torch.allclose(
-                    t1.detach(), (1 - m) * t0 + m * s0, atol=1e-6) else "")
-                raise AssertionError(
-                    f"{ex}: teacher {name} differs from m·teacher + (1 - m)·student by up to "
-                    f"{float((t1.detach() - expected).abs().max()):.2g}{where}{hint}")
+        match_moving_average(ex, student, teacher, old_s, old_t, m, where,
+                             ("student", "teacher"))
+        for name, t1 in teacher.named_parameters():
             if t1.grad_fn is not None or t1.requires_grad:
                 raise AssertionError(f"{ex}: teacher {name} now takes part in autograd{where}: "
                                      "update in place under torch.no_grad()")

@@ -172,3 +172,26 @@ def match_step(exercise: str, got, expected: float, model: torch.nn.Module,
             f"{exercise}: {label}the loss is right but the updated weights differ from the "
             f"reference's by up to {diff:.2g}{where}: call optimizer.zero_grad() before "
             "loss.backward(), then optimizer.step(), once per step")
+
+
+def match_moving_average(exercise: str, source: torch.nn.Module, average: torch.nn.Module,
+                         old_source: list[torch.Tensor], old_average: list[torch.Tensor],
+                         m: float, where: str, names: tuple[str, str]) -> None:
+    """After an EMA update, check parameter by parameter that ``source`` is unchanged and
+    ``average`` = m·old_average + (1 - m)·old_source (hinting at a swapped m). ``names``, e.g.
+    ("online", "target"), word the messages. Autograd checks stay with the caller."""
+    src, avg = names
+    for name, s0, a0, s1, a1 in zip(dict(source.named_parameters()), old_source, old_average,
+                                   source.parameters(), average.parameters()):
+        if not torch.equal(s1.detach(), s0):
+            raise AssertionError(f"{exercise}: the {src} {'network ' * (src == 'online')}"
+                                 f"changed ({name}){where}: only the {avg} moves")
+        expected = m * a0 + (1 - m) * s0
+        if not torch.allclose(a1.detach(), expected, atol=1e-6):
+            swapped = (1 - m) * a0 + m * s0
+            hint = " — did you swap m and 1 - m?" if torch.allclose(
+                a1.detach(), swapped, atol=1e-6) else ""
+            raise AssertionError(
+                f"{exercise}: {avg} {name} differs from m·{avg} + (1 - m)·{src} by up to "
+                f"{float((a1.detach() - expected).abs().max()):.2g}{where}{hint}")
+

@@ -16,6 +16,7 @@ from sslkit.grading.guard import (
     call,
     case_label,
     close,
+    match_moving_average,
     match_step,
     match_value,
     max_param_diff,
@@ -84,19 +85,8 @@ def check_update_momentum(update_momentum: Callable, hidden: bool = False) -> No
         buffers = [b.clone() for b in target.buffers()]
         where = f" (m={m}, a Linear-BN-ReLU-Linear network)"
         _call(ex, update_momentum, online, target, m, where=where, guard=hidden)
-        for name, o0, t0, o1, t1 in zip(dict(online.named_parameters()), old_o, old_t,
-                                       online.parameters(), target.parameters()):
-            if not torch.equal(o1.detach(), o0):
-                raise AssertionError(f"{ex}: the online network changed ({name}){where}: "
-                                     "only the target moves")
-            expected = m * t0 + (1 - m) * o0
-            if not torch.allclose(t1.detach(), expected, atol=1e-6):
-                swapped = (1 - m) * t0 + m * o0
-                hint = " — did you swap m and 1 - m?" if torch.allclose(
-                    t1.detach(), swapped, atol=1e-6) else ""
-                raise AssertionError(
-                    f"{ex}: target {name} differs from m·target + (1 - m)·online by up to "
-                    f"{float((t1.detach() - expected).abs().max()):.2g}{where}{hint}")
+        match_moving_average(ex, online, target, old_o, old_t, m, where, ("online", "target"))
+        for name, t1 in target.named_parameters():
             if t1.grad_fn is not None or t1.requires_grad != trainable:
                 raise AssertionError(f"{ex}: target {name} now has autograd history{where}: "
                                      "update under torch.no_grad() so no gradient reaches it")
