@@ -12,7 +12,8 @@ What several processes change, and where it is handled:
     BatchNorm   statistics over the whole global batch, as on one device (``sync_batchnorm``)
     SimCLR      embeddings gathered WITH gradient (``gather_with_grad``), so each anchor has
                 the negatives of every rank; its positive sits at an index offset by rank
-    MoCo        keys gathered before the queue update, so every rank holds the same queue
+    MoCo        keys gathered before the queue update, so every rank holds the same queue;
+                shuffle-BN: key views permuted across ranks (``gather``, ``broadcast``)
     DINO        the centre is the mean over every rank's teacher outputs (``all_reduce_mean``)
     EMA         once per optimiser step, identical on every rank (same weights, same momentum)
     files       only rank 0 logs, evaluates and writes checkpoints (``is_main``)
@@ -135,6 +136,16 @@ def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
     return x / world_size()
 
 
+@torch.no_grad()
+def broadcast(x: torch.Tensor, src: int = 0) -> torch.Tensor:
+    """Rank src's x on every rank (x must have the same shape and dtype everywhere)."""
+    if not is_distributed():
+        return x
+    x = x.contiguous()
+    dist.broadcast(x, src)
+    return x
+
+
 def gather_objects(obj) -> list:
     """[obj of rank 0, obj of rank 1, ...] on every rank (picklable objects)."""
     if not is_distributed():
@@ -170,8 +181,9 @@ def all_reduce_sum_with_grad(x: torch.Tensor) -> torch.Tensor:
 
 
 def shard(batch: torch.Tensor) -> torch.Tensor:
-    """This rank's slice of a global batch of indices (B,) -> (B / world,): the distributed
-    sampler. Every rank must pass the same batch (the same seeded permutation)."""
+    """This rank's slice of a global batch (B, ...) -> (B / world, ...). On a batch of indices
+    it is the distributed sampler; every rank must pass the same batch (the same seeded
+    permutation)."""
     w = world_size()
     if len(batch) % w:
         raise SSLKitError(f"batch of {len(batch)} images cannot be split over {w} processes: "

@@ -196,15 +196,27 @@ def test_nt_xent_with_labels_offset_by_rank_equals_one_process(ranks):
 def test_moco_keys_gathered_before_the_queue_update(ranks):
     assert torch.equal(ranks[0]["queue"], ranks[1]["queue"])  # one queue, not one per rank
     assert ranks[0]["queue_ptr"] == ranks[1]["queue_ptr"] == N  # every rank's keys went in
-    # MoCo keeps BatchNorm per rank: rank r's keys are those one process computes on half r.
+    # Shuffle-BN across ranks: 2 ranks with per-rank BatchNorm compute the keys that one
+    # process computes with bn_splits=2 and the same permutation, in rank order.
     _, (v1, v2) = _views()
-    keys = []
+    single = _moco()
+    single.bn_splits = WORLD
+    single.loss_on_views(v1, v2)
+    assert torch.allclose(ranks[0]["queue"], single.queue, atol=1e-5)
+    untouched = _moco().queue[N:]
+    assert torch.equal(ranks[0]["queue"][N:], untouched)
+
+
+def test_moco_keys_use_batchnorm_statistics_of_a_shuffled_global_batch(ranks):
+    # Without the shuffle, rank r's keys would be those of its own half in one group: the
+    # statistics of the very samples its queries were normalised with (the leak).
+    _, (v1, v2) = _views()
+    unshuffled = []
     for r in range(WORLD):
         single = _moco()
         single.loss_on_views(_mine(v1, r), _mine(v2, r))
-        keys.append(single.queue[: N // WORLD])
-    expected = torch.cat([*keys, _moco().queue[N:]])  # rank order, then the untouched rows
-    assert torch.allclose(ranks[0]["queue"], expected, atol=1e-5)
+        unshuffled.append(single.queue[: N // WORLD])
+    assert not torch.allclose(ranks[0]["queue"][:N], torch.cat(unshuffled), atol=1e-3)
 
 
 def test_dino_centre_all_reduced(ranks):

@@ -83,6 +83,30 @@ def test_queue_size_not_divisible_by_batch_is_one_line():
     assert "\n" not in str(info.value)
 
 
+def test_shuffle_bn_groups_the_keys_by_a_random_permutation():
+    # bn_splits=2 on 8 samples: queries in groups {0..3}, {4..7}; keys in the groups that a
+    # permutation draws, so sample i's key is normalised together with other samples than its
+    # query. Reproduce it by hand: each key equals the key network on its permuted group.
+    method = tiny_moco(bn_splits=2).train()
+    v = torch.rand(8, 1, 8, 8)
+    torch.manual_seed(3)
+    keys = method.embed_keys(v)
+    torch.manual_seed(3)
+    perm = torch.randperm(8)
+    with torch.no_grad():
+        key_net = lambda x: method.key_head(method.key_encoder(x))  # noqa: E731
+        by_hand = torch.empty_like(keys)
+        for group in perm.chunk(2):
+            by_hand[group] = key_net(v[group])
+        in_order = torch.cat([key_net(part) for part in v.chunk(2)])
+    assert torch.allclose(keys, by_hand, atol=1e-6)
+    assert not torch.allclose(keys, in_order, atol=1e-3)  # the shuffle changed the statistics
+    assert torch.allclose(method.embed_query(v), torch.cat(  # queries: groups in order
+        [method.head(method.encoder(part)) for part in v.chunk(2)]), atol=1e-6)
+    method.eval()  # running statistics: no batch dependence, the shuffle changes nothing
+    assert torch.allclose(method.embed_keys(v), key_net(v), atol=1e-6)
+
+
 @pytest.mark.parametrize("bn_splits", [1, 2])
 def test_key_network_moves_by_momentum_and_gets_no_gradient(bn_splits):
     method = tiny_moco(momentum=0.9, bn_splits=bn_splits).train()

@@ -19,10 +19,18 @@ the MoCo CIFAR-10 demo); the keys of both views are enqueued.
 
 BatchNorm leakage: with plain BN, the keys of a batch are normalised with statistics of the
 same batch the positive comes from, and the network can "cheat" through them. Shuffle-BN
-(several GPUs) computes the key BN statistics on a different subset of samples than the query
-BN statistics. ``bn_splits=s`` emulates it on one device: queries go through the network in s
-groups in order, keys in s groups of a random permutation (then un-shuffled). Under torchrun
-each rank keeps its own BatchNorm statistics (``per_rank_batchnorm``), shuffled within the rank.
+computes the key BN statistics on a different subset of samples than the query BN statistics:
+
+    queries   each rank's N samples, in bn_splits groups in order (BN per group, per rank)
+    keys      the key views of ALL ranks gathered (W·N), permuted by one permutation that
+              every rank shares, rank r runs the key network on slice r of the permuted batch
+              (again in bn_splits groups), then the keys are gathered and un-permuted, and
+              rank r keeps the keys of its own N samples
+
+So BatchNorm is never synchronised for MoCo (``per_rank_batchnorm``): there are W·bn_splits
+groups in all, and one process with ``bn_splits = W·s`` computes exactly the keys that W ranks
+with ``bn_splits = s`` compute, given the same permutation. One process with ``bn_splits=1``
+has nothing to shuffle and skips it.
 
 Several processes: the keys of every rank are gathered before the queue update, so all ranks
 enqueue the same keys in the same order and hold the same queue (a per-rank queue would give
@@ -102,28 +110,33 @@ class MoCo(nn.Module, StepPosition):
 
     # -- stages -------------------------------------------------------------------------------
 
-    def _grouped(self, net, v: torch.Tensor, perm: torch.Tensor | None) -> torch.Tensor:
-        """net(v) with BatchNorm statistics per group of N / bn_splits samples (in perm order)."""
+    def _grouped(self, net, v: torch.Tensor) -> torch.Tensor:
+        """net(v) with BatchNorm statistics per group of len(v) / bn_splits samples, in order."""
         s = self.bn_splits
         if s <= 1:
             return net(v)
         if len(v) % s:
             raise SSLKitError(f"bn_splits={s} needs a batch divisible by it (got {len(v)}): "
                               f"use a batch size that is a multiple of {s}")
-        if perm is None:
-            return torch.cat([net(part) for part in v.chunk(s)])
-        out = torch.cat([net(part) for part in v[perm].chunk(s)])
-        return out[torch.argsort(perm)]  # un-shuffle: row i is the key of sample i again
+        return torch.cat([net(part) for part in v.chunk(s)])
 
     def embed_query(self, v: torch.Tensor) -> torch.Tensor:
         """v (N, C, S, S) -> q (N, D) through the query network (with gradient)."""
-        return self._grouped(lambda x: self.head(self.encoder(x)), v, None)
+        return self._grouped(lambda x: self.head(self.encoder(x)), v)
 
     @torch.no_grad()
     def embed_keys(self, v: torch.Tensor) -> torch.Tensor:
-        """v (N, C, S, S) -> k (N, D) through the key network (no gradient, shuffled groups)."""
-        perm = torch.randperm(len(v), device=v.device) if self.bn_splits > 1 else None
-        return self._grouped(lambda x: self.key_head(self.key_encoder(x)), v, perm)
+        """v (N, C, S, S) -> k (N, D) through the key network (no gradient), with shuffle-BN:
+        the BatchNorm groups of the keys are a random permutation of every rank's samples."""
+        def key_net(x: torch.Tensor) -> torch.Tensor:
+            return self.key_head(self.key_encoder(x))
+
+        if self.bn_splits <= 1 and not distributed.is_distributed():
+            return key_net(v)  # one group holding the whole batch: nothing to shuffle
+        everyone = distributed.gather(v)  # (W·N, C, S, S), rank-major
+        perm = distributed.broadcast(torch.randperm(len(everyone), device=v.device))  # (W·N,)
+        keys = distributed.gather(self._grouped(key_net, distributed.shard(everyone[perm])))
+        return distributed.shard(keys[torch.argsort(perm)])  # un-permuted; this rank's (N, D)
 
     @torch.no_grad()
     def momentum_update(self) -> None:
