@@ -25,7 +25,7 @@ pretrain: $(INSTALLED)
 # sslkit): SimCLR images/s for the device path, the DataLoader path, lightly, the model alone.
 BENCH_VENV := .bench-venv
 bench:
-	$(PYTHON) -m venv $(BENCH_VENV) && $(BENCH_VENV)/bin/pip install --quiet lightly -e . && \
+	$(PYTHON) -m venv $(BENCH_VENV) && $(BENCH_VENV)/bin/pip install --quiet lightly kornia -e . && \
 		$(BENCH_VENV)/bin/python -m sslkit bench $(BENCH_ARGS)
 
 lab: $(INSTALLED)

@@ -38,7 +38,7 @@ SIZES = {  # size -> (architecture, images in the synthetic dataset)
 }
 LIGHTLY_HINT = ("lightly is not installed here (it is never a dependency of sslkit): create the "
                 "benchmark's own environment with `python -m venv .bench-venv && "
-                ".bench-venv/bin/pip install lightly -e .` (or `make bench`) and run "
+                ".bench-venv/bin/pip install lightly kornia -e .` (or `make bench`) and run "
                 "`.bench-venv/bin/python -m sslkit bench` there")
 
 

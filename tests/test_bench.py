@@ -38,7 +38,7 @@ def test_cli_prints_the_table_and_skips_lightly_with_instructions(capsys, monkey
     rows = {m[0]: float(m[1]) for m in re.findall(r"^\(([abd])\) .*?\s([\d.]+)\s+-$", out, re.M)}
     assert set(rows) == {"a", "b", "d"} and all(v > 0 for v in rows.values())
     assert re.search(r"^\(c\) lightly\s+skipped", out, re.M)
-    assert "pip install lightly -e ." in out and "a/c: n/a" in out
+    assert "pip install lightly kornia -e ." in out and "a/c: n/a" in out
     a_d = float(re.search(r"^a/d: ([\d.]+)$", out, re.M)[1])
     assert a_d == pytest.approx(rows["a"] / rows["d"], rel=0.02, abs=0.006)  # printed rounded
 
@@ -91,3 +91,79 @@ def test_lightly_pipeline_is_measured_when_importable(monkeypatch):
 def test_bad_size_is_a_one_line_error():
     with pytest.raises(SSLKitError, match="tiny, full"):
         bench.run_bench("cpu", size="huge")
+
+
+# ---------------------------------------------------------------------------------------------
+# The second table: which implementation makes the views
+
+
+def _fake_kornia(monkeypatch):
+    """A stand-in for kornia.augmentation that records each transform's arguments (each stage
+    is the identity), enough to check that (v2) is built from the recipe and measured."""
+    built = []
+
+    def transform(name):
+        def make(*args, **kwargs):
+            built.append((name, args, kwargs))
+            return torch.nn.Identity()
+        return make
+
+    augmentation = types.ModuleType("kornia.augmentation")
+    for name in ("RandomResizedCrop", "RandomHorizontalFlip", "ColorJitter", "RandomGrayscale",
+                 "RandomGaussianBlur", "RandomSolarize"):
+        setattr(augmentation, name, transform(name))
+    augmentation.AugmentationSequential = lambda *stages: torch.nn.Sequential(*stages)
+    root = types.ModuleType("kornia")
+    root.augmentation = augmentation
+    monkeypatch.setitem(sys.modules, "kornia", root)
+    monkeypatch.setitem(sys.modules, "kornia.augmentation", augmentation)
+    return built
+
+
+def test_kornia_pipeline_draws_from_the_recipe(monkeypatch):
+    from sslkit.augment import ViewConfig
+    from sslkit.bench_views import kornia_views
+
+    built = _fake_kornia(monkeypatch)
+    kornia_views(view_config_for("cifar10"))
+    assert built == [
+        ("RandomResizedCrop", ((32, 32),), {"scale": (0.08, 1.0), "ratio": (3 / 4, 4 / 3)}),
+        ("RandomHorizontalFlip", (), {"p": 0.5}),
+        ("ColorJitter", (0.4, 0.4, 0.4, 0.1), {"p": 0.8}),  # strength 0.5: 0.8s, 0.8s, 0.8s, 0.2s
+        ("RandomGrayscale", (), {"p": 0.2}),
+    ]
+    built.clear()  # STL-10's recipe adds blur with SimCLRViews' sigma range and support
+    kornia_views(ViewConfig(size=96, blur_p=0.5, jitter_strength=1.0, solarize_p=0.2))
+    blur = built[4]
+    assert blur[0] == "RandomGaussianBlur" and blur[2]["p"] == 0.5
+    assert blur[1][1] == pytest.approx((0.1 * 96 / 224, 2.0 * 96 / 224))
+    assert blur[1][0] == (5, 5)  # sigma_max 0.857 px: radius ceil(2 * 0.857) = 2, 2 * 2 + 1
+    assert built[2][1] == (0.8, 0.8, 0.8, 0.2)
+    assert built[5] == ("RandomSolarize", (), {"thresholds": 0.0, "additions": 0.0, "p": 0.2})
+
+
+def test_views_table_measures_each_implementation(monkeypatch):
+    from sslkit.bench_views import format_views_table, run_views_bench
+
+    _fake_kornia(monkeypatch)
+    results = run_views_bench(torch.device("cpu"), batch=4, steps=1, warmup=0)
+    assert [r.name for r in results] == ["v1", "v2", "v3"]
+    assert all(r.images_per_s > 0 for r in results)
+    table = format_views_table(results)
+    v1_v3 = results[0].images_per_s / results[2].images_per_s
+    assert f"v1/v3: {v1_v3:.2f}" in table
+    skipped = run_views_bench(torch.device("cpu"), batch=4, steps=1, warmup=0, kornia=False)
+    table = format_views_table(skipped)
+    assert "v1/v2: n/a" in table and "make bench" in table and "skipped" in table
+
+
+def test_cli_prints_the_views_table(capsys, monkeypatch):
+    monkeypatch.setattr(bench, "lightly_available", lambda: False)
+    from sslkit import bench_views
+
+    monkeypatch.setattr(bench_views, "kornia_available", lambda: False)
+    assert main(["bench", *TINY]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^\(v1\) sslkit batched ops\s+[\d.]+", out, re.M)
+    assert re.search(r"^\(v3\) torchvision per image .*\s[\d.]+\s+-$", out, re.M)
+    assert re.search(r"^\(v2\) kornia.augmentation\s+skipped", out, re.M)

@@ -1,0 +1,129 @@
+"""``sslkit bench`` (second table): which implementation should make the views?
+
+SimCLR's augmentation is a different random transform per image. Three ways to do it, timed on
+the same uint8 batch (two views per image, the CIFAR-10 recipe of ``view_config_for``):
+
+    (v1) sslkit batched ops      ``SimCLRViews``: per-sample parameters drawn as tensors, every
+                                 stage one batched call (``grid_sample`` for crop and flip)
+    (v2) kornia.augmentation     ``AugmentationSequential`` of kornia's per-sample transforms
+                                 with the same distributions, on the same device
+    (v3) torchvision, per image  ``view_transform``, one image at a time in this process: the
+                                 work that the DataLoader path spreads over its workers
+
+The issue asked to measure a well-kept library against batched ops before choosing; this table
+is that measurement, and can be rerun on any device. kornia is never a dependency of sslkit:
+(v2) runs when kornia is importable (``make bench`` installs it in the benchmark's own
+environment) and is skipped with a note otherwise.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+
+import torch
+
+from sslkit.augment import SimCLRViews, ViewConfig, view_config_for, view_transform
+from sslkit.bench import Result, _sync
+
+KORNIA_HINT = ("kornia is not installed here (it is never a dependency of sslkit): `make bench` "
+               "installs it in the benchmark's own environment")
+
+
+def kornia_available() -> bool:
+    try:
+        import kornia.augmentation  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def kornia_views(cfg: ViewConfig) -> torch.nn.Module:
+    """kornia's per-sample pipeline drawing from the distributions of cfg: (N, C, H, W) floats
+    in [0, 1] -> one view each (N, C, size, size)."""
+    import kornia.augmentation as K
+
+    s = cfg.jitter_strength
+    stages = [
+        K.RandomResizedCrop((cfg.size, cfg.size), scale=cfg.crop_scale, ratio=cfg.crop_ratio),
+        K.RandomHorizontalFlip(p=cfg.flip_p),
+        K.ColorJitter(0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s, p=cfg.jitter_p),
+        K.RandomGrayscale(p=cfg.gray_p),
+    ]
+    if cfg.blur_p > 0:
+        sigma = tuple(v * cfg.size / 224 for v in cfg.blur_sigma)  # as SimCLRViews scales it
+        kernel = 2 * math.ceil(2 * sigma[1]) + 1  # the support gaussian_blur uses
+        stages.append(K.RandomGaussianBlur((kernel, kernel), sigma, p=cfg.blur_p))
+    if cfg.solarize_p > 0:
+        stages.append(K.RandomSolarize(thresholds=0.0, additions=0.0, p=cfg.solarize_p))
+    return K.AugmentationSequential(*stages)
+
+
+def _time(name: str, label: str, make_views: Callable, images: torch.Tensor, steps: int,
+          warmup: int, device: torch.device) -> Result:
+    """Time `steps` calls of make_views(images) after `warmup` untimed ones."""
+    for _ in range(warmup):
+        make_views(images)
+    _sync(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    started = time.perf_counter()
+    for _ in range(steps):
+        make_views(images)
+    _sync(device)
+    seconds = time.perf_counter() - started
+    peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+    return Result(name, label, len(images) * steps / seconds, peak)
+
+
+def run_views_bench(device: torch.device, batch: int = 512, steps: int = 20, warmup: int = 3,
+                    kornia: bool | None = None) -> list[Result]:
+    """(v1)-(v3): images per second for two CIFAR-sized views of each image of a uint8 batch."""
+    cfg = view_config_for("cifar10")
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (batch, 3, 32, 32), dtype=torch.uint8, generator=g)
+    on_device = images.to(device)
+    results = []
+
+    batched = SimCLRViews(cfg).to(device)
+    results.append(_time("v1", "sslkit batched ops", batched.two_views, on_device, steps,
+                         warmup, device))
+
+    if kornia is None:
+        kornia = kornia_available()
+    if kornia:
+        pipeline = kornia_views(cfg).to(device)
+
+        def kornia_two_views(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            x = x.float() / 255
+            return pipeline(x), pipeline(x)
+
+        results.append(_time("v2", "kornia.augmentation", kornia_two_views, on_device, steps,
+                             warmup, device))
+    else:
+        results.append(Result("v2", "kornia.augmentation", None, None, KORNIA_HINT))
+
+    per_image = view_transform(cfg)
+
+    def torchvision_two_views(x: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        return [(per_image(img), per_image(img)) for img in x]
+
+    results.append(_time("v3", "torchvision per image (1 process)", torchvision_two_views,
+                         images, steps, warmup, torch.device("cpu")))
+    return results
+
+
+def format_views_table(results: list[Result], header: str = "") -> str:
+    lines = [header] if header else []
+    lines.append(f"{'':5}{'views by':37}{'images/s':>12}{'peak MiB':>12}")
+    for r in results:
+        speed = f"{r.images_per_s:12.1f}" if r.images_per_s is not None else f"{'skipped':>12}"
+        peak = f"{r.peak_mib:12.0f}" if r.peak_mib is not None else f"{'-':>12}"
+        lines.append(f"({r.name}) {r.label:36}{speed}{peak}")
+    speed = {r.name: r.images_per_s for r in results}
+    for other in ("v2", "v3"):
+        value = speed["v1"] / speed[other] if speed.get("v1") and speed.get(other) else None
+        lines.append(f"v1/{other}: {value:.2f}" if value is not None else f"v1/{other}: n/a")
+    lines += [f"({r.name}) {r.note}" for r in results if r.note]
+    return "\n".join(lines)
