@@ -28,6 +28,7 @@ batch when each rank's loss is a mean over its own anchors.
 
 from __future__ import annotations
 
+import inspect
 import os
 
 import torch
@@ -264,4 +265,10 @@ def wrap(module: nn.Module, device: torch.device) -> nn.Module:
     if not is_distributed():
         return module
     ids = [device.index] if device.type == "cuda" else None
-    return nn.parallel.DistributedDataParallel(module, device_ids=ids, broadcast_buffers=False)
+    ddp = nn.parallel.DistributedDataParallel
+    # torch >= 2.14 renamed the switch (the old name warns). The new one still copies rank 0's
+    # buffers once, at construction: harmless, every rank holds the same ones then (same seed,
+    # or the same checkpoint).
+    if "forward_sync_buffers" in inspect.signature(ddp.__init__).parameters:
+        return ddp(module, device_ids=ids, forward_sync_buffers=False)
+    return ddp(module, device_ids=ids, broadcast_buffers=False)

@@ -19,6 +19,8 @@ micro-batches whose gradients add up before one optimiser step.
 
 ``--resume`` restores weights, optimiser, schedule position and every random state, so a run
 interrupted after epoch k and resumed ends with exactly the weights of an uninterrupted run.
+Resuming with another number of processes continues the weights, schedule and permutation
+stream, with new per-rank augmentation streams (``stream_seed``), and says so.
 Mixed precision (bfloat16 autocast) is used on CUDA only.
 """
 
@@ -316,7 +318,7 @@ def train(
     generator = torch.Generator().manual_seed(cfg.seed)  # permutations (and augmentation)
     views_generator = generator  # one process: one stream, as before DDP existed
     if distributed.is_distributed():  # the same permutation everywhere, other views per rank
-        views_generator = torch.Generator().manual_seed(cfg.seed + 1 + distributed.rank())
+        views_generator = torch.Generator().manual_seed(stream_seed(cfg.seed, distributed.rank()))
     total_steps = cfg.epochs * steps_per_epoch
     # channels_last conv weights: about 25 % faster on CPU (oneDNN) and the layout GPUs prefer.
     method = build(cfg, data, views_generator, total_steps=total_steps)
@@ -327,18 +329,28 @@ def train(
     lr = cosine_schedule(cfg.lr, 0.0, cfg.epochs, steps_per_epoch, cfg.warmup_epochs)
     start_epoch = 0
     if distributed.is_distributed():
-        torch.manual_seed(cfg.seed + 1 + distributed.rank())
+        torch.manual_seed(stream_seed(cfg.seed, distributed.rank()))
     if ckpt is not None:
         method.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         generator.set_state(ckpt["generator"])
         rngs = ckpt.get("torch_rngs", [ckpt["torch_rng"]])
         views_states = ckpt.get("views_generators")
+        start_epoch = ckpt["epoch"]
         if len(rngs) == distributed.world_size():  # the same number of processes as saved
             torch.set_rng_state(rngs[distributed.rank()])
             if views_states is not None:
                 views_generator.set_state(views_states[distributed.rank()])
-        start_epoch = ckpt["epoch"]
+        else:  # no saved streams for this rank: new ones, never epoch 0's again
+            seed = stream_seed(cfg.seed, distributed.rank(), start_epoch)
+            torch.manual_seed(seed)
+            if views_generator is not generator:
+                views_generator.manual_seed(seed)
+            if distributed.is_main():
+                print(f"note: {out} was saved by {len(rngs)} process(es) and resumes with "
+                      f"{distributed.world_size()}: the run continues from epoch {start_epoch} "
+                      "with the same weights and data permutation stream, but new augmentation "
+                      "streams, so it is not bit-identical to an uninterrupted run")
     metrics = _read_metrics(out, start_epoch)
     if distributed.is_main():
         (out / METRICS).write_text("".join(json.dumps(r) + "\n" for r in metrics))
@@ -390,6 +402,14 @@ def train(
             save_atomic(state, out / CHECKPOINT)
         distributed.barrier()  # no rank runs ahead of the checkpoint
     return method, metrics
+
+
+def stream_seed(seed: int, rank: int, epoch: int = 0) -> int:
+    """Seed of one rank's own random streams (its views and torch's global generator) under
+    torchrun, when they start at `epoch` with nothing saved to restore: at the start of a run,
+    or on resuming with another number of processes than the checkpoint was saved with. Each
+    (rank, epoch) gets its own seed, so a resumed run never replays the streams of epoch 0."""
+    return seed + 1 + rank + 100_003 * epoch
 
 
 def monitor_knn(encoder: torch.nn.Module, data: ImageData, k: int) -> float:

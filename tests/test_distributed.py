@@ -12,6 +12,9 @@ the tests compare it with a single process here.
 
 from __future__ import annotations
 
+import contextlib
+import io
+
 import pytest
 import torch
 import torch.distributed as dist
@@ -274,14 +277,21 @@ def _train_worker(rank: int, init_file: str, out: str) -> None:
     saved_by = []
     real_save = train_module.save_atomic
     train_module.save_atomic = lambda obj, path: (saved_by.append(rank), real_save(obj, path))
-    cfg = TrainConfig.from_profile(
-        _ci(), method="simclr", n_train=64, n_test=32, batch_size=32, epochs=2, warmup_epochs=0,
-        device="cpu")
+    cfg = _train_cfg()
     whole, _ = train_module.train(cfg, f"{out}/whole", progress=False)
     train_module.train(cfg, f"{out}/split", stop_after_epoch=1, progress=False)
     resumed, rows = train_module.train(cfg, f"{out}/split", resume=True, progress=False)
-    torch.save({"whole": _params(whole), "resumed": _params(resumed), "rows": rows,
-                "saved_by": saved_by}, f"{out}/rank{rank}.pt")
+    result = {"whole": _params(whole), "resumed": _params(resumed), "rows": rows,
+              "saved_by": saved_by}
+    # Another number of processes than the checkpoint's: one process wrote `single` (the test
+    # did, before spawning us); 2 ranks continue it. And 2 ranks write `to_single` for 1.
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        widened, widened_rows = train_module.train(cfg, f"{out}/single", resume=True,
+                                                   progress=False)
+    train_module.train(cfg, f"{out}/to_single", stop_after_epoch=1, progress=False)
+    result.update(widened=_params(widened), widened_rows=widened_rows, printed=printed.getvalue())
+    torch.save(result, f"{out}/rank{rank}.pt")
     dist.destroy_process_group()
 
 
@@ -291,16 +301,36 @@ def _ci():
     return get_profile("ci")
 
 
-def test_train_under_ddp_checkpoints_on_rank_0_and_resumes(tmp_path):
+def _train_cfg():
+    return TrainConfig.from_profile(
+        _ci(), method="simclr", n_train=64, n_test=32, batch_size=32, epochs=2, warmup_epochs=0,
+        device="cpu")
+
+
+def test_train_under_ddp_checkpoints_on_rank_0_and_resumes(tmp_path, capsys):
+    from sslkit.train import train
+
+    train(_train_cfg(), tmp_path / "single", stop_after_epoch=1, progress=False)
     ranks = _spawn(_train_worker, tmp_path)
     assert ranks[1]["saved_by"] == [] and set(ranks[0]["saved_by"]) == {0}
-    assert len(ranks[0]["saved_by"]) == 4  # 2 epochs, then 1 + 1 epochs
+    assert len(ranks[0]["saved_by"]) == 6  # 2 epochs; 1 + 1; 1 resumed from one process; 1
     for r in ranks:  # every rank ends with the same weights; resuming changes nothing
         for name, w in ranks[0]["whole"].items():
             assert torch.allclose(r["whole"][name].float(), w.float(), atol=1e-6), name
             assert torch.allclose(r["resumed"][name].float(), w.float(), atol=1e-6), name
     assert [row["epoch"] for row in ranks[0]["rows"]] == [1, 2]
     assert not list(tmp_path.glob("*/*.tmp"))
+    # A one-process checkpoint continued by 2 ranks: both ranks agree, rank 0 says what changed.
+    for name, w in ranks[0]["widened"].items():
+        assert torch.equal(ranks[1]["widened"][name], w), name
+    assert [row["epoch"] for row in ranks[0]["widened_rows"]] == [1, 2]
+    assert "saved by 1 process(es) and resumes with 2" in ranks[0]["printed"]
+    assert ranks[1]["printed"] == ""
+    # ... and a 2-rank checkpoint continued by one process.
+    capsys.readouterr()
+    _, rows = train(_train_cfg(), tmp_path / "to_single", resume=True, progress=False)
+    assert [row["epoch"] for row in rows] == [1, 2]
+    assert "saved by 2 process(es) and resumes with 1" in capsys.readouterr().out
     # the checkpoint of a DDP run loads in one process
     from sslkit.train import load_trained
 
@@ -308,6 +338,14 @@ def test_train_under_ddp_checkpoints_on_rank_0_and_resumes(tmp_path):
     assert cfg.batch_size == 32
     for name, w in method.state_dict().items():
         assert torch.allclose(w.float(), ranks[0]["whole"][name].float()), name
+
+
+def test_stream_seeds_are_distinct_per_rank_and_epoch():
+    from sslkit.train import stream_seed
+
+    assert stream_seed(7, 0) == 8 and stream_seed(7, 3) == 11  # a run's start, as before
+    seeds = {stream_seed(0, r, e) for r in range(64) for e in range(1000)}
+    assert len(seeds) == 64 * 1000  # a resumed rank never replays another (rank, epoch)'s
 
 
 def test_torchrun_command_line(tmp_path):
