@@ -38,8 +38,11 @@ def _train_parser(sub) -> None:
     p.add_argument("--profile", help="ci | laptop | gpu (default: SSLKIT_PROFILE or automatic)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     helps = {"dataset": f"one of {', '.join(DATASETS)}", "arch": f"one of {', '.join(ARCHS)}"}
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="a keyword of the method's constructor, e.g. --option queue_size=16384 "
+                        "(repeatable; see sslkit.recipes for the full-size ones)")
     for f in fields(TrainConfig):
-        if f.name == "method":
+        if f.name in ("method", "method_options"):
             continue
         flag = "--" + f.name.replace("_", "-")
         if f.type == "bool":
@@ -49,12 +52,30 @@ def _train_parser(sub) -> None:
             p.add_argument(flag, type=kind, default=None, help=helps.get(f.name))
 
 
+def parse_option(text: str) -> tuple[str, int | float | bool | str]:
+    """"KEY=VALUE" -> (key, value): an int, a float, true/false, or else the string."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise SSLKitError(f"--option {text!r} is not KEY=VALUE: write e.g. --option "
+                          "queue_size=16384")
+    if value.lower() in ("true", "false"):
+        return key, value.lower() == "true"
+    for kind in (int, float):
+        try:
+            return key, kind(value)
+        except ValueError:
+            pass
+    return key, value
+
+
 def cmd_train(args) -> int:
     from sslkit.profiles import get_profile
     from sslkit.train import TrainConfig, train
 
     overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig)
-                 if f.name != "method" and getattr(args, f.name) is not None}
+                 if f.name not in ("method", "method_options")
+                 and getattr(args, f.name) is not None}
+    overrides["method_options"] = dict(parse_option(text) for text in args.option)
     cfg = TrainConfig.from_profile(get_profile(args.profile), method=args.method, **overrides)
     from sslkit import distributed
 

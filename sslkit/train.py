@@ -30,7 +30,7 @@ import contextlib
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
@@ -41,9 +41,10 @@ from sslkit import distributed
 from sslkit.data import ImageData, load_dataset
 from sslkit.errors import SSLKitError
 from sslkit.evaluate import extract_features, knn_accuracy
-from sslkit.methods import build_method
+from sslkit.methods import build_method, check_method_options
 from sslkit.methods.momentum import set_step_position
 from sslkit.profiles import Profile
+from sslkit.recipes import recipe_for
 from sslkit.schedules import cosine_schedule
 
 CHECKPOINT = "last.pt"
@@ -80,13 +81,19 @@ class TrainConfig:
     #                         worker processes (CPU), for data too large for the device
     workers: int = 2  # DataLoader worker processes (loader "dataloader" only)
     compile: bool = False  # torch.compile the encoder and the head
+    adam_beta2: float = 0.999  # Adam(W)'s second-moment decay (MAE: 0.95)
+    method_options: dict = field(default_factory=dict)  # the method constructor's keywords,
+    #                         e.g. {"queue_size": 4096} for MoCo (command line: --option K=V)
 
     @classmethod
     def from_profile(cls, profile: Profile, **overrides) -> TrainConfig:
-        """The profile's sizes, with any field overridden by keyword."""
+        """The profile's sizes, then the method's recipe for that profile (sslkit.recipes),
+        then any field overridden by keyword (method_options are merged into the recipe's)."""
         shared = {f.name for f in fields(cls)} & set(asdict(profile))
         base = cls(**{name: getattr(profile, name) for name in shared})
-        return replace(base, **overrides)
+        recipe = recipe_for(profile.name, overrides.get("method", base.method))
+        options = {**recipe.options, **overrides.pop("method_options", {})}
+        return replace(base, **{**recipe.train, **overrides, "method_options": options})
 
 
 def resolve_device(name: str) -> torch.device:
@@ -98,10 +105,11 @@ def resolve_device(name: str) -> torch.device:
 
 
 def make_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
+    betas = (0.9, cfg.adam_beta2)
     if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.Adam(params, lr=cfg.lr, betas=betas, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.AdamW(params, lr=cfg.lr, betas=betas, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
     raise SSLKitError(f"unknown optimizer {cfg.optimizer!r}: use adam, adamw or sgd")
@@ -123,7 +131,7 @@ def build(cfg: TrainConfig, data: ImageData, generator: torch.Generator | None =
     if cfg.method == "dino" and total_steps:
         options["total_steps"] = total_steps
     return build_method(cfg.method, cfg.arch, data.channels, cfg.dataset, data.image_size,
-                        generator, **options)
+                        generator, method_options=cfg.method_options, **options)
 
 
 def _check_names(cfg: TrainConfig) -> None:
@@ -136,6 +144,7 @@ def _check_names(cfg: TrainConfig) -> None:
                                 ("dataset", cfg.dataset, DATASETS)):
         if value not in known:
             raise SSLKitError(f"unknown {what} {value!r}: use one of {', '.join(known)}")
+    check_method_options(cfg.method, cfg.method_options)
 
 
 def save_atomic(obj, path: Path) -> None:

@@ -6,6 +6,8 @@ and whose ``forward(x)`` returns the training loss for a batch of images.
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 from torch import nn
 
@@ -27,6 +29,27 @@ METHODS = ("simclr", "triplet", "rotation", "jigsaw", "relative_patch", "moco", 
            "cpc")
 
 
+# Methods whose constructors take options (--option KEY=VALUE), and the constructor that
+# receives them; the others have fixed settings.
+_OPTION_TAKERS = {"simclr": SimCLR, "moco": MoCo, "dino": DINO, "mae": MAE}
+_NOT_OPTIONS = {"encoder", "views", "self"}  # constructor arguments that build_method supplies
+
+
+def check_method_options(name: str, method_options: dict) -> None:
+    """One-line error unless every key is a keyword of the method's constructor."""
+    if not method_options:
+        return
+    if name not in _OPTION_TAKERS:
+        raise SSLKitError(f"{name} takes no --option (got {', '.join(method_options)}): only "
+                          f"{', '.join(_OPTION_TAKERS)} have options")
+    known = [k for k in inspect.signature(_OPTION_TAKERS[name]).parameters
+             if k not in _NOT_OPTIONS]
+    unknown = [k for k in method_options if k not in known]
+    if unknown:
+        raise SSLKitError(f"unknown option {unknown[0]!r} for {name}: use one of "
+                          f"{', '.join(known)}")
+
+
 def build_method(
     name: str,
     arch: str,
@@ -34,14 +57,18 @@ def build_method(
     dataset: str,
     image_size: int,
     generator: torch.Generator | None = None,
+    method_options: dict | None = None,
     **options,
 ) -> nn.Module:
     """A method module with a freshly initialised encoder.
 
     options: proj_dim, temperature, head (SimCLR's; the pretext tasks, which classify with their
-    own heads, ignore them)."""
+    own heads, ignore them). method_options: keywords of the method's own constructor (MoCo's
+    queue_size, DINO's out_dim, MAE's depth, ...), checked by name; they win over options."""
     if name not in METHODS:
         raise SSLKitError(f"unknown method {name!r}: use one of {', '.join(METHODS)}")
+    method_options = dict(method_options or {})
+    check_method_options(name, method_options)
     if name == "dino":  # arch "vit" (or "vit-<dim>"): the small ViT, 4x4 patches; else a CNN
         # SimCLR's options do not apply (DINO has its own head and temperatures)
         options = {k: v for k, v in options.items() if k not in ("proj_dim", "temperature", "head")}
@@ -50,14 +77,15 @@ def build_method(
                    else build_encoder(arch, in_channels))
         return DINO(encoder, MultiCropViews(view_config_for(dataset, image_size),
                                             local_size=image_size // 2, generator=generator),
-                    **options)
+                    **{**options, **method_options})
     if name == "mae":  # a ViT encoder always: arch "vit" (dim 64) or "vit-<dim>"
         if not arch.startswith("vit"):
             raise SSLKitError(f"MAE needs a ViT encoder, got --arch {arch!r}: use --arch vit")
         dim = int(arch[4:] or 64)
-        return MAE(image_size, 4, in_channels, dim=dim, decoder_dim=dim // 2,
+        settings = {"patch_size": 4, "dim": dim, "decoder_dim": dim // 2, **method_options}
+        return MAE(image_size, in_channels=in_channels,
                    views=SimCLRViews(mae_view_config(view_config_for(dataset, image_size)),
-                                     generator))
+                                     generator), **settings)
     if name == "cpc":  # its own patch encoder (GroupNorm, never BatchNorm); arch sets the width
         widths = {"convnet-small": 32, "convnet": 64}
         if arch not in widths:
@@ -71,14 +99,14 @@ def build_method(
         return Jigsaw(encoder, generator=generator)
     if name == "relative_patch":
         return RelativePatch(encoder, generator=generator)
-    if name == "moco":  # v2: MLP head and blur; queue size and momentum keep the defaults
+    if name == "moco":  # v2: MLP head and blur
         return MoCo(encoder, SimCLRViews(moco_view_config(view_config_for(dataset, image_size)),
-                                         generator), **options)
+                                         generator), **{**options, **method_options})
     views = SimCLRViews(view_config_for(dataset, image_size), generator)
     if name == "triplet":  # margin and mining keep the module's defaults (0.2, semi-hard)
         return Triplet(encoder, views, proj_dim=options.get("proj_dim", 64),
                        head=options.get("head", "mlp"), generator=generator)
-    return SimCLR(encoder, views, **options)
+    return SimCLR(encoder, views, **{**options, **method_options})
 
 
 __all__ = [

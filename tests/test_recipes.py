@@ -1,0 +1,145 @@
+"""Full-size recipes and method options: the gpu profile gives each method the settings of its
+paper or CIFAR-10 reference run (REFERENCE.md), flags and --option win over the recipe, the
+options reach the module and survive a checkpoint, and a wrong option is a one-line error."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sslkit.cli import build_parser, main, parse_option
+from sslkit.errors import SSLKitError
+from sslkit.methods import MAE, build_method
+from sslkit.profiles import get_profile
+from sslkit.recipes import RECIPES, recipe_for
+from sslkit.train import TrainConfig, build, load_trained, make_optimizer, train
+
+GPU = get_profile("gpu")
+
+
+def test_moco_recipe_is_the_cifar10_demo():
+    cfg = TrainConfig.from_profile(GPU, method="moco")
+    assert (cfg.arch, cfg.batch_size, cfg.lr, cfg.weight_decay, cfg.temperature) == (
+        "resnet18", 512, 0.06, 5e-4, 0.1)
+    assert cfg.method_options == {"queue_size": 4096, "momentum": 0.99, "bn_splits": 8}
+
+
+def test_simclr_keeps_the_profile_and_other_profiles_have_no_recipes():
+    simclr = TrainConfig.from_profile(GPU, method="simclr")
+    assert (simclr.lr, simclr.temperature, simclr.method_options) == (0.12, 0.5, {})
+    for profile in ("ci", "laptop"):
+        for method in ("moco", "dino", "mae"):
+            cfg = TrainConfig.from_profile(get_profile(profile), method=method)
+            assert cfg.method_options == {} and recipe_for(profile, method).train == {}
+            assert cfg.lr == get_profile(profile).lr
+
+
+def test_mae_recipe_is_the_papers_optimiser_on_a_vit_tiny():
+    cfg = TrainConfig.from_profile(GPU, method="mae")
+    assert (cfg.optimizer, cfg.adam_beta2, cfg.weight_decay) == ("adamw", 0.95, 0.05)
+    assert cfg.lr == pytest.approx(1.5e-4 * cfg.batch_size / 256)  # blr x B / 256
+    optimizer = make_optimizer(cfg, [torch.nn.Parameter(torch.zeros(1))])
+    assert optimizer.param_groups[0]["betas"] == (0.9, 0.95)
+    o = cfg.method_options
+    assert (o["dim"], o["depth"], o["heads"], o["mask_ratio"], o["norm_pix"]) == (
+        192, 12, 3, 0.75, True)
+
+
+def test_flags_and_options_win_over_the_recipe():
+    cfg = TrainConfig.from_profile(GPU, method="moco", temperature=0.2,
+                                   method_options={"queue_size": 8192})
+    assert cfg.temperature == 0.2 and cfg.lr == 0.06
+    assert cfg.method_options == {"queue_size": 8192, "momentum": 0.99, "bn_splits": 8}
+
+
+def _cifar_shaped(method: str):
+    cfg = TrainConfig.from_profile(GPU, method=method)
+    torch.manual_seed(0)
+    return cfg, build_method(method, cfg.arch, 3, "cifar10", 32,
+                             method_options=cfg.method_options, proj_dim=cfg.proj_dim,
+                             temperature=cfg.temperature, head=cfg.head)
+
+
+def test_moco_recipe_builds_the_demos_module():
+    cfg, moco = _cifar_shaped("moco")
+    assert moco.queue.shape == (4096, 128) and moco.momentum == 0.99 and moco.bn_splits == 8
+    assert moco.temperature == 0.1
+    x = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8)
+    assert torch.isfinite(moco(x))  # 16 images in 8 shuffle-BN groups of 2
+
+
+def test_dino_recipe_builds_the_papers_head():
+    _, dino = _cifar_shaped("dino")
+    mlp = [m for m in dino.head.mlp if isinstance(m, torch.nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in mlp] == [(512, 2048), (2048, 2048),
+                                                             (2048, 256)]
+    assert dino.head.last_layer.weight.shape == (4096, 256)
+    assert dino.teacher_head.last_layer.weight.shape == (4096, 256)
+
+
+def test_mae_recipe_builds_a_vit_tiny():
+    _, mae = _cifar_shaped("mae")
+    assert isinstance(mae, MAE) and mae.encoder.feature_dim == 192
+    blocks = [m for m in mae.modules() if type(m).__name__ == "Block"]
+    assert len(blocks) == 12 + 4  # encoder and decoder
+    n_params = sum(p.numel() for p in mae.encoder.parameters())
+    assert 5e6 < n_params < 6e6  # ViT-tiny's 5.5 M (without a classifier)
+    loss = mae(torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8))
+    assert torch.isfinite(loss)
+
+
+def test_every_recipe_option_is_a_constructor_keyword():
+    for recipes in RECIPES.values():
+        for method, recipe in recipes.items():
+            assert set(recipe.train) <= set(TrainConfig.__dataclass_fields__), method
+            build_method(method, recipe.train.get("arch", "convnet-small"), 3, "cifar10", 32,
+                         method_options={**recipe.options, **(
+                             {"queue_size": 16} if method == "moco" else {})})
+
+
+def test_wrong_options_are_one_line_errors():
+    with pytest.raises(SSLKitError, match="unknown option 'queue' for moco: use one of") as e:
+        build_method("moco", "convnet-small", 3, "cifar10", 32, method_options={"queue": 1})
+    assert "queue_size" in str(e.value) and "\n" not in str(e.value)
+    with pytest.raises(SSLKitError, match="rotation takes no --option"):
+        build_method("rotation", "convnet-small", 3, "cifar10", 32,
+                     method_options={"depth": 2})
+    for bad in ("queue_size", "=3"):
+        with pytest.raises(SSLKitError, match="is not KEY=VALUE"):
+            parse_option(bad)
+
+
+def test_option_values_are_typed():
+    assert parse_option("queue_size=64") == ("queue_size", 64)
+    assert parse_option("momentum=0.9") == ("momentum", 0.9)
+    assert parse_option("symmetric=true") == ("symmetric", True)
+    assert parse_option("norm_pix=False") == ("norm_pix", False)
+    assert parse_option("head=linear") == ("head", "linear")
+
+
+def test_command_line_options_reach_the_module_and_the_checkpoint(tmp_path, capsys):
+    out = tmp_path / "moco"
+    args = ["train", "moco", "--profile", "ci", "--device", "cpu", "--n-train", "64",
+            "--n-test", "32", "--batch-size", "16", "--epochs", "1", "--no-progress",
+            "--option", "queue_size=32", "--option", "symmetric=true", "--option",
+            "bn_splits=2", "--out", str(out)]
+    assert build_parser().parse_args(args).option == ["queue_size=32", "symmetric=true",
+                                                       "bn_splits=2"]
+    assert main(args) == 0
+    method, cfg, _ = load_trained(out)
+    assert cfg.method_options == {"queue_size": 32, "symmetric": True, "bn_splits": 2}
+    assert method.queue.shape[0] == 32 and method.symmetric and method.bn_splits == 2
+    # an unknown option stops before any training, in one line
+    assert main([*args[:-1], str(tmp_path / "other"), "--option", "size=3"]) != 0
+    err = capsys.readouterr().err
+    assert "unknown option 'size' for moco" in err and "Traceback" not in err
+
+
+def test_resume_keeps_the_options(tmp_path):
+    cfg = TrainConfig(method="moco", n_train=64, n_test=32, batch_size=16, epochs=2,
+                      device="cpu", method_options={"queue_size": 48})
+    train(cfg, tmp_path, stop_after_epoch=1, progress=False)
+    method, _ = train(cfg, tmp_path, resume=True, progress=False)
+    assert method.queue.shape[0] == 48
+    rebuilt = build(cfg, load_trained(tmp_path)[2])
+    assert rebuilt.queue.shape[0] == 48
