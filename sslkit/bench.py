@@ -202,24 +202,26 @@ def _bench_lightly(arch, dev, images, batch, steps, warmup, workers, autocast, c
     return _measure("c", f"lightly ({workers} workers)", batches, step, batch, steps, warmup, dev)
 
 
-def ratios(results: list[Result]) -> dict[str, float | None]:
-    """a/c and a/d from the measured images per second (None where one is missing)."""
+def ratios(results: list[Result], pairs=(("a", "c"), ("a", "d"))) -> dict[str, float | None]:
+    """x/y for each pair (default a/c and a/d) from the measured images per second (None where
+    one is missing)."""
     speed = {r.name: r.images_per_s for r in results}
-
-    def ratio(x: str, y: str) -> float | None:
-        return speed[x] / speed[y] if speed.get(x) and speed.get(y) else None
-
-    return {"a/c": ratio("a", "c"), "a/d": ratio("a", "d")}
+    return {f"{x}/{y}": speed[x] / speed[y] if speed.get(x) and speed.get(y) else None
+            for x, y in pairs}
 
 
-def format_table(results: list[Result], header: str = "") -> str:
+def format_table(results: list[Result], header: str = "", column: str = "pipeline",
+                 pairs=(("a", "c"), ("a", "d"))) -> str:
+    """One row per result (images/s, peak MiB), then the ratios of `pairs`, then the notes."""
+    pad = max(len(r.name) for r in results) + 3  # "(a) "
+    width = 42 - pad  # the label column
     lines = [header] if header else []
-    lines.append(f"{'':4}{'pipeline':38}{'images/s':>12}{'peak MiB':>12}")
+    lines.append(f"{'':{pad}}{column:{width}}{'images/s':>12}{'peak MiB':>12}")
     for r in results:
         speed = f"{r.images_per_s:12.1f}" if r.images_per_s is not None else f"{'skipped':>12}"
         peak = f"{r.peak_mib:12.0f}" if r.peak_mib is not None else f"{'-':>12}"
-        lines.append(f"({r.name}) {r.label:38}{speed}{peak}")
-    for name, value in ratios(results).items():
+        lines.append(f"{'(' + r.name + ') ':{pad}}{r.label:{width}}{speed}{peak}")
+    for name, value in ratios(results, pairs).items():
         lines.append(f"{name}: {value:.2f}" if value is not None else f"{name}: n/a")
     lines += [f"({r.name}) {r.note}" for r in results if r.note]
     return "\n".join(lines)

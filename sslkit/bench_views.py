@@ -25,7 +25,7 @@ from collections.abc import Callable
 import torch
 
 from sslkit.augment import SimCLRViews, ViewConfig, view_config_for, view_transform
-from sslkit.bench import Result, _sync
+from sslkit.bench import Result, _sync, format_table
 
 KORNIA_HINT = ("kornia is not installed here (it is never a dependency of sslkit): `make bench` "
                "installs it in the benchmark's own environment")
@@ -115,15 +115,4 @@ def run_views_bench(device: torch.device, batch: int = 512, steps: int = 20, war
 
 
 def format_views_table(results: list[Result], header: str = "") -> str:
-    lines = [header] if header else []
-    lines.append(f"{'':5}{'views by':37}{'images/s':>12}{'peak MiB':>12}")
-    for r in results:
-        speed = f"{r.images_per_s:12.1f}" if r.images_per_s is not None else f"{'skipped':>12}"
-        peak = f"{r.peak_mib:12.0f}" if r.peak_mib is not None else f"{'-':>12}"
-        lines.append(f"({r.name}) {r.label:36}{speed}{peak}")
-    speed = {r.name: r.images_per_s for r in results}
-    for other in ("v2", "v3"):
-        value = speed["v1"] / speed[other] if speed.get("v1") and speed.get(other) else None
-        lines.append(f"v1/{other}: {value:.2f}" if value is not None else f"v1/{other}: n/a")
-    lines += [f"({r.name}) {r.note}" for r in results if r.note]
-    return "\n".join(lines)
+    return format_table(results, header, column="views by", pairs=(("v1", "v2"), ("v1", "v3")))
