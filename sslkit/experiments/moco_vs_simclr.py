@@ -46,7 +46,7 @@ PAPER = {
     "claim": "at batch 256 MoCo v2 (67.5) beats SimCLR (61.9) and even SimCLR at batch 8192 "
              "(66.6); end-to-end (SimCLR-style) training needs more memory at the same batch "
              "(7.4 vs 5.0 GB) and its memory grows with the batch that supplies its negatives "
-             "(93.0 GB at 4096)",
+             "(93.0 GB at 4096, the paper's estimate)",
     "top1": {("SimCLR", "small"): (256, 61.9), ("SimCLR", "large"): (8192, 66.6),
              ("MoCo v2", "small"): (256, 67.5)},
     # Table 3: mechanism, batch -> (memory per GPU in GB, hours for 200 epochs; None = n/a)
@@ -145,7 +145,7 @@ def run(profile: str, out: str | Path, device: torch.device) -> Result:
         settings=asdict(s), seconds=timer.seconds, device=str(device), out=str(out),
         more=[{"caption": "One training step at (about) equal numbers of negatives (paper, 8 "
                           "V100: MoCo batch 256 5.0 GB; end-to-end batch 256 7.4 GB, batch "
-                          "4096 93.0 GB):", "columns": list(memory[0]), "rows": memory}],
+                          "4096 93.0 GB, estimated):", "columns": list(memory[0]), "rows": memory}],
         notes=["both methods use the same views (SimCLR's for the dataset), encoder, head and "
                "optimiser; the paper's small batch is 256 and its large 8192",
                "on the CPU memory is the activations autograd keeps for backward, not a "
