@@ -7,6 +7,7 @@
     sslkit experiment list                              # the papers' claims, at small scale
     sslkit experiment loss_functions --profile laptop   # table.md, figure.png, results.json
     sslkit bench --device cuda                          # SimCLR images/s: sslkit, lightly, ceiling
+    sslkit results runs/simclr runs/moco                # Markdown table: kNN, time, command
     torchrun --nproc-per-node 4 -m sslkit train simclr ...   # several GPUs (sslkit.distributed)
 
 Unset options take the active profile's values (SSLKIT_PROFILE: ci, laptop or gpu). Bad input
@@ -17,6 +18,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shlex
 import sys
 from dataclasses import fields
 from pathlib import Path
@@ -68,6 +71,14 @@ def parse_option(text: str) -> tuple[str, int | float | bool | str]:
     return key, value
 
 
+def command_line(argv: list[str]) -> str:
+    """The command as typed: `sslkit ARGS`, or `torchrun --nproc-per-node N -m sslkit ARGS`."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    per_node = os.environ.get("LOCAL_WORLD_SIZE", str(world))
+    launcher = f"torchrun --nproc-per-node {per_node} -m sslkit" if world > 1 else "sslkit"
+    return f"{launcher} {shlex.join(argv)}"
+
+
 def cmd_train(args) -> int:
     from sslkit.profiles import get_profile
     from sslkit.train import TrainConfig, train
@@ -81,7 +92,8 @@ def cmd_train(args) -> int:
 
     try:
         _, rows = train(cfg, args.out, resume=args.resume,
-                        stop_after_epoch=args.stop_after_epoch, progress=not args.no_progress)
+                        stop_after_epoch=args.stop_after_epoch, progress=not args.no_progress,
+                        command=command_line(args.argv))
         main_process = distributed.is_main()
     finally:
         distributed.cleanup()  # leave the process group torchrun made us join (if any)
@@ -161,6 +173,13 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_results(args) -> int:
+    from sslkit.results import results_table
+
+    print(results_table(args.runs))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sslkit", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -180,6 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "the active profile (SSLKIT_PROFILE, else gpu with CUDA, else laptop)")
     p.add_argument("--out", help="output folder (default: experiments/NAME-PROFILE)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p = sub.add_parser("results", help="a Markdown table of finished runs: kNN, time, command")
+    p.add_argument("runs", nargs="+", help="run folders given to `sslkit train --out`")
     p = sub.add_parser("bench", help="SimCLR images/s: device path, DataLoader, lightly, ceiling")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--batch", type=int, default=512, help="images per step (default 512)")
@@ -193,9 +214,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv
     commands = {"train": cmd_train, "eval": cmd_eval, "demo": cmd_demo,
-                "experiment": cmd_experiment, "bench": cmd_bench}
+                "experiment": cmd_experiment, "bench": cmd_bench, "results": cmd_results}
     try:
         return commands[args.command](args)
     except SSLKitError as err:

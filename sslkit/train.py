@@ -49,6 +49,7 @@ from sslkit.schedules import cosine_schedule
 
 CHECKPOINT = "last.pt"
 METRICS = "metrics.jsonl"
+RUN_INFO = "run.json"  # the command line and device of each call that trained the run
 LOADERS = ("device", "dataloader")
 
 
@@ -277,8 +278,12 @@ def train(
     stop_after_epoch: int | None = None,
     progress: bool = True,
     data: ImageData | None = None,
+    command: str | None = None,
 ):
     """Train cfg.method; checkpoint and metrics go to `out`. Returns (method, metrics rows).
+
+    command: the command line that started this call, appended to OUT/run.json with the device
+    it ran on (``sslkit results`` puts both in its table).
 
     stop_after_epoch: end this call after that epoch (the schedule still spans cfg.epochs), e.g.
     to split a long run over several sessions and continue with resume=True.
@@ -307,6 +312,7 @@ def train(
     distributed.barrier()  # every rank has checked `out` before rank 0 writes to it
     if distributed.is_main():
         out.mkdir(parents=True, exist_ok=True)
+        _record_call(out, command, device)
     data = data or load_data(cfg)
     images = data.pretrain_images()  # (N, C, H, W) uint8
     if cfg.loader == "device":
@@ -411,6 +417,18 @@ def train(
             save_atomic(state, out / CHECKPOINT)
         distributed.barrier()  # no rank runs ahead of the checkpoint
     return method, metrics
+
+
+def _record_call(out: Path, command: str | None, device: torch.device) -> None:
+    """Append this call (its command, device, process count, torch version) to OUT/run.json."""
+    path = out / RUN_INFO
+    calls = json.loads(path.read_text())["calls"] if path.is_file() else []
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    calls.append({"command": command, "device": name, "processes": distributed.world_size(),
+                  "torch": torch.__version__})
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps({"calls": calls}, indent=2) + "\n")
+    os.replace(tmp, path)
 
 
 def stream_seed(seed: int, rank: int, epoch: int = 0) -> int:
