@@ -14,7 +14,15 @@ import torch
 
 from sslkit.data import ImageData
 from sslkit.errors import SSLKitError
-from sslkit.train import CHECKPOINT, METRICS, TrainConfig, load_checkpoint, load_trained, train
+from sslkit.train import (
+    CHECKPOINT,
+    METRICS,
+    RUN_INFO,
+    TrainConfig,
+    load_checkpoint,
+    load_trained,
+    train,
+)
 
 CFG = TrainConfig(n_train=128, n_test=64, batch_size=32, epochs=3, warmup_epochs=1,
                   device="cpu", seed=0)
@@ -107,7 +115,9 @@ def test_loss_decreases(full_run):
 
 def test_checkpoint_contents_and_no_tmp_left(full_run):
     out = full_run[2]
-    assert sorted(p.name for p in out.iterdir()) == sorted([CHECKPOINT, METRICS])
+    assert sorted(p.name for p in out.iterdir()) == sorted([CHECKPOINT, METRICS, RUN_INFO])
+    calls = json.loads((out / RUN_INFO).read_text())["calls"]
+    assert [(c["device"], c["processes"]) for c in calls] == [("CPU", 1)]
     ckpt = load_checkpoint(out)
     assert ckpt["epoch"] == 3
     assert TrainConfig(**ckpt["config"]) == CFG
