@@ -75,6 +75,11 @@ def test_dino_recipe_builds_the_papers_head():
                                                              (2048, 256)]
     assert dino.head.last_layer.weight.shape == (4096, 256)
     assert dino.teacher_head.last_layer.weight.shape == (4096, 256)
+    loss = dino(torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8))  # 2 + 4 crops
+    loss.backward()  # a cross-entropy: positive; gradients reach the student only
+    assert torch.isfinite(loss) and loss.item() > 0
+    assert all(p.grad is None for p in dino.teacher_head.parameters())
+    assert dino.head.last_layer.weight.grad.abs().sum() > 0
 
 
 def test_mae_recipe_builds_a_vit_tiny():
