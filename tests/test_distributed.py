@@ -2,7 +2,8 @@
 
 Each check compares 2 ranks, each holding half of a batch, with ONE process on the whole
 (concatenated) batch: a gathered gradient, NT-Xent with labels offset by rank, MoCo's shared
-queue, DINO's all-reduced centre, one SimCLR training step with synchronised BatchNorm, and a
+queue and shuffle-BN, DINO's all-reduced centre, one SimCLR training step with synchronised
+BatchNorm, one MoCo training step with per-rank BatchNorm, and a
 whole `train()` run with checkpoints written by rank 0 and resumed under DDP. Each guards
 against a bug that libraries shipped (REFERENCE.md, "Known pitfalls").
 
@@ -147,6 +148,13 @@ def _worker(rank: int, init_file: str, out: str) -> None:
     result["step_loss"] = train_step(model, optimizer, [[_mine(v1, rank), _mine(v2, rank)]])
     result["step_grads"], result["step_weights"] = _grads(method), _params(method)
 
+    # One MoCo training step under DDP: per-rank BatchNorm, shuffle-BN across the ranks
+    moco = _moco()
+    model = distributed.wrap(moco, torch.device("cpu"))
+    optimizer = torch.optim.SGD(moco.parameters(), lr=0.5, momentum=0.9)
+    result["moco_loss"] = train_step(model, optimizer, [[_mine(v1, rank), _mine(v2, rank)]])
+    result["moco_grads"], result["moco_weights"] = _grads(moco), _params(moco)
+
     torch.save(result, f"{out}/rank{rank}.pt")
     dist.destroy_process_group()
 
@@ -244,6 +252,28 @@ def test_simclr_step_equals_one_process_on_the_whole_batch(ranks):
             assert torch.allclose(r["step_grads"][name], g, atol=1e-5), name
         for name, w in weights.items():  # weights and BatchNorm running statistics
             assert torch.allclose(r["step_weights"][name].float(), w.float(), atol=1e-5), name
+
+
+def test_moco_step_equals_one_process_with_one_batchnorm_group_per_rank(ranks):
+    # 2 ranks = one process whose queries and keys use 2 BatchNorm groups (bn_splits=2), the
+    # key groups drawn by the same permutation: equal loss, gradients, weights, key network
+    # (moved by momentum) and queue.
+    moco = _moco()
+    moco.bn_splits = WORLD
+    optimizer = torch.optim.SGD(moco.parameters(), lr=0.5, momentum=0.9)
+    _, (v1, v2) = _views()
+    loss = train_step(moco, optimizer, [[v1, v2]])
+    grads, weights = _grads(moco), _params(moco)
+    assert torch.allclose(torch.stack([r["moco_loss"] for r in ranks]).mean(), loss, atol=1e-5)
+    for r in ranks:
+        assert r["moco_grads"].keys() == grads.keys()
+        for name, g in grads.items():
+            assert torch.allclose(r["moco_grads"][name], g, atol=1e-5), name
+        for name, w in weights.items():  # includes key_encoder.*, key_head.* and the queue
+            if "running_" in name or "num_batches" in name:
+                continue  # per-rank BatchNorm: each rank's running statistics are its own
+            assert torch.allclose(r["moco_weights"][name].float(), w.float(), atol=1e-5), name
+    assert torch.equal(ranks[0]["moco_weights"]["queue"], ranks[1]["moco_weights"]["queue"])
 
 
 def test_per_rank_batchnorm_would_differ():
