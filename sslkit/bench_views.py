@@ -18,14 +18,14 @@ environment) and is skipped with a note otherwise.
 
 from __future__ import annotations
 
+import itertools
 import math
-import time
 from collections.abc import Callable
 
 import torch
 
 from sslkit.augment import SimCLRViews, ViewConfig, view_config_for, view_transform
-from sslkit.bench import Result, _sync, format_table
+from sslkit.bench import Result, _measure, format_table
 
 KORNIA_HINT = ("kornia is not installed here (it is never a dependency of sslkit): `make bench` "
                "installs it in the benchmark's own environment")
@@ -62,19 +62,9 @@ def kornia_views(cfg: ViewConfig) -> torch.nn.Module:
 
 def _time(name: str, label: str, make_views: Callable, images: torch.Tensor, steps: int,
           warmup: int, device: torch.device) -> Result:
-    """Time `steps` calls of make_views(images) after `warmup` untimed ones."""
-    for _ in range(warmup):
-        make_views(images)
-    _sync(device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    started = time.perf_counter()
-    for _ in range(steps):
-        make_views(images)
-    _sync(device)
-    seconds = time.perf_counter() - started
-    peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
-    return Result(name, label, len(images) * steps / seconds, peak)
+    """bench's timer on make_views(images), the same batch every call."""
+    return _measure(name, label, itertools.repeat(images), make_views, len(images), steps,
+                    warmup, device)
 
 
 def run_views_bench(device: torch.device, batch: int = 512, steps: int = 20, warmup: int = 3,
