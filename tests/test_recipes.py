@@ -97,9 +97,14 @@ def test_every_recipe_option_is_a_constructor_keyword():
     for recipes in RECIPES.values():
         for method, recipe in recipes.items():
             assert set(recipe.train) <= set(TrainConfig.__dataclass_fields__), method
-            build_method(method, recipe.train.get("arch", "convnet-small"), 3, "cifar10", 32,
-                         method_options={**recipe.options, **(
-                             {"queue_size": 16} if method == "moco" else {})})
+            module = build_method(method, recipe.train.get("arch", "convnet-small"), 3,
+                                  "cifar10", 32, method_options={**recipe.options, **(
+                                      {"queue_size": 16} if method == "moco" else {})})
+            stored = [k for k in recipe.options
+                      if hasattr(module, k) and not callable(getattr(module, k))]
+            assert stored, method  # the options the module keeps as attributes reached it
+            for k in stored:
+                assert getattr(module, k) == recipe.options[k], (method, k)
 
 
 def test_wrong_options_are_one_line_errors():
