@@ -12,6 +12,9 @@ method shares the small settings the notebooks were tuned with.
     mae     ViT (dim 192, 12 blocks, 3 heads),      patch 4, decoder 96 wide and 4 deep,
             AdamW lr 1.5e-4 x 512/256, betas        mask ratio 0.75, norm_pix
             (0.9, 0.95), weight decay 0.05
+    cpc     its patch encoder at width 64           -
+            (ResNet-18 has BatchNorm, which leaks
+            between the patches of an image)
 
 Sources (facts, REFERENCE.md): MoCo's CIFAR-10 demo (ResNet-18, lr 0.06 at batch 512, wd 5e-4,
 K 4096, m 0.99, T 0.1, SplitBatchNorm with 8 groups). DINO's head shape and temperatures from
@@ -52,6 +55,7 @@ RECIPES = {
                      "decoder_dim": 96, "decoder_depth": 4, "decoder_heads": 3,
                      "mask_ratio": 0.75, "norm_pix": True},
         ),
+        "cpc": Recipe(train={"arch": "convnet"}),  # its own patch encoder, the wider one
     },
 }
 

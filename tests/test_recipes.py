@@ -9,7 +9,7 @@ import torch
 
 from sslkit.cli import build_parser, main, parse_option
 from sslkit.errors import SSLKitError
-from sslkit.methods import MAE, build_method
+from sslkit.methods import MAE, METHODS, build_method
 from sslkit.profiles import get_profile
 from sslkit.recipes import RECIPES, recipe_for
 from sslkit.train import TrainConfig, build, load_trained, make_optimizer, train
@@ -93,6 +93,15 @@ def test_mae_recipe_builds_a_vit_tiny():
     assert torch.isfinite(loss)
 
 
+def test_every_method_builds_with_the_gpu_profile():
+    """``sslkit train METHOD --profile gpu`` starts for every method: CPC, whose patch encoder
+    must not be the profile's ResNet-18 (BatchNorm), gets its own wider one."""
+    for method in METHODS:
+        cfg, module = _cifar_shaped(method)
+        assert isinstance(module, torch.nn.Module), method
+    assert TrainConfig.from_profile(GPU, method="cpc").arch == "convnet"
+
+
 def test_every_recipe_option_is_a_constructor_keyword():
     for recipes in RECIPES.values():
         for method, recipe in recipes.items():
@@ -102,7 +111,7 @@ def test_every_recipe_option_is_a_constructor_keyword():
                                       {"queue_size": 16} if method == "moco" else {})})
             stored = [k for k in recipe.options
                       if hasattr(module, k) and not callable(getattr(module, k))]
-            assert stored, method  # the options the module keeps as attributes reached it
+            assert stored or not recipe.options, method  # the options kept as attributes
             for k in stored:
                 assert getattr(module, k) == recipe.options[k], (method, k)
 
