@@ -426,6 +426,9 @@ def _check_dino(fn: str, student_out, teacher_out, center) -> None:
     if len(teacher_out) == 0 or len(student_out) < len(teacher_out):
         raise SSLKitError(f"{fn}: need >= 1 teacher output and at least as many student outputs "
                           f"(global crops first), got {len(student_out)} and {len(teacher_out)}")
+    if len(student_out) < 2:  # the only pair would be a crop with itself, which is skipped
+        raise SSLKitError(f"{fn}: one student output leaves no pair of different crops: pass "
+                          "the outputs of at least 2 crops (the 2 global crops first)")
     shape = student_out[0].shape
     if any(t.shape != shape for t in (*student_out, *teacher_out)) or len(shape) != 2:
         raise SSLKitError(f"{fn}: every output must be (N, K) with the same shape")
@@ -450,8 +453,9 @@ def dino_loss(student_out, teacher_out, center: Tensor, student_temp: float = 0.
         # legend: g = teacher crop, v = student crop, n = image, k = output dimension
         ce = -torch.einsum("gnk,vnk->gv", p_t, log_p_s) / s.shape[1]  # (G, V) mean over n
         g_count, v_count = ce.shape
-        keep = ~torch.eye(g_count, v_count, dtype=torch.bool, device=ce.device)  # drop v == g
-        return ce[keep].mean()
+        same = torch.eye(g_count, v_count, dtype=torch.bool, device=ce.device)  # v == g
+        pairs = g_count * v_count - min(g_count, v_count)  # counted on the host: no GPU wait
+        return ce.masked_fill(same, 0.0).sum() / pairs
 
 
 def _up(x: Tensor) -> Tensor:

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from sslkit.augment import view_config_for
+from sslkit.errors import SSLKitError
 from sslkit.losses import dino_loss, dino_loss_loop
 from sslkit.methods import build_method
 from sslkit.methods.dino import (
@@ -166,6 +167,27 @@ def test_one_training_step():
     assert torch.allclose(dino.center, update_center(center0, t_out, 0.9), atol=1e-6)
     stats = dino.last_stats
     assert 0 <= stats["teacher_entropy"] <= math.log(32) + 1e-5 and stats["kl"] >= -1e-6
+
+
+def test_one_student_output_is_a_one_line_error():
+    s, t, c = outputs(v=1, g=1)
+    for loss in (dino_loss, dino_loss_loop):  # its only pair would be skipped: a mean of nothing
+        with pytest.raises(SSLKitError, match="at least 2 crops") as info:
+            loss(s, t, c)
+        assert "\n" not in str(info.value)
+
+
+def test_a_loaded_checkpoint_sets_the_schedule_position():
+    """The schedules read a host-side step count (no GPU wait); loading a checkpoint sets it."""
+    trained = small_dino(warmup_teacher_temp=0.02, teacher_temp=0.07, warmup_steps=6)
+    for _ in range(3):
+        trained((torch.rand(4, 1, 16, 16) * 255).byte())
+    assert int(trained.step) == 3
+    fresh = small_dino(warmup_teacher_temp=0.02, teacher_temp=0.07, warmup_steps=6)
+    assert fresh.teacher_temp() == pytest.approx(0.02)
+    fresh.load_state_dict(trained.state_dict())
+    assert fresh.teacher_temp() == trained.teacher_temp() == pytest.approx(0.02 + 3 * 0.05 / 5)
+    assert fresh._at(fresh.momentums) == trained._at(trained.momentums) == fresh.momentums[3]
 
 
 def test_switches_for_the_collapse_experiment():

@@ -182,7 +182,7 @@ class CPC(nn.Module):
         self.views = views
         self.brightness, self.patch_flip_p = brightness, patch_flip_p
         self.generator = generator
-        self.last_stats: dict[str, list[float]] = {}
+        self._accuracy = torch.zeros(0)  # (K,) the last step's accuracies, on the device
 
     def make_patches(self, x: torch.Tensor) -> torch.Tensor:
         """x (N, C, H, W) uint8 or [0, 1] floats -> augmented patches (N, R, Cc, C, p, p)."""
@@ -198,8 +198,14 @@ class CPC(nn.Module):
         z, c = self.encoder.encode(patches)
         loss = cpc_loss(z, c, self.W)
         acc = prediction_accuracy(z.detach(), c.detach(), self.W.detach())
-        self.last_stats = {"accuracy": acc.tolist()}
+        self._accuracy = acc
         return loss
+
+    @property
+    def last_stats(self) -> dict[str, list[float]]:
+        """The last step's accuracy of each prediction distance k = 1..K. It stays on the device
+        until read here, so training never waits for it."""
+        return {"accuracy": self._accuracy.tolist()}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (N, C, H, W) images (uint8 or [0, 1] floats) -> scalar loss."""

@@ -152,13 +152,17 @@ class DINO(nn.Module, StepPosition):
                                                    warmup_steps, total_steps)
         self.momentums = momentum_schedule(momentum, total_steps)
         self.register_buffer("center", torch.zeros(1, out_dim))
-        self.register_buffer("step", torch.zeros((), dtype=torch.long))
-        self.last_stats: dict[str, float] = {}
+        self.register_buffer("step", torch.zeros((), dtype=torch.long))  # saved in checkpoints
+        # The same count on the host, for the schedules: reading the buffer at every step would
+        # make the host wait for the GPU. It follows the buffer when a checkpoint is loaded.
+        self._host_step = 0
+        self.register_load_state_dict_post_hook(_read_step)
+        self._stats: dict[str, torch.Tensor] = {}  # the last step's diagnostics, on the device
         self._pending_teacher: list[torch.Tensor] = []  # this step's teacher outputs so far
 
     # -- stages -------------------------------------------------------------------------------
     def _at(self, schedule: np.ndarray) -> float:
-        return float(schedule[min(int(self.step), len(schedule) - 1)])
+        return float(schedule[min(self._host_step, len(schedule) - 1)])
 
     def student_outputs(self, crops: list[torch.Tensor]) -> list[torch.Tensor]:
         """One pass per crop size (global crops together, local crops together)."""
@@ -190,8 +194,13 @@ class DINO(nn.Module, StepPosition):
         ent = torch.stack([-(p * torch.log(p.clamp_min(1e-12))).sum(-1).mean() for p in p_t])
         kls = [F.kl_div(F.log_softmax(s / self.student_temp, dim=-1), p, reduction="batchmean")
                for g, p in enumerate(p_t) for v, s in enumerate(s_out) if v != g]
-        self.last_stats = {"teacher_entropy": float(ent.mean()),
-                           "kl": float(torch.stack(kls).mean())}
+        self._stats = {"teacher_entropy": ent.mean(), "kl": torch.stack(kls).mean()}
+
+    @property
+    def last_stats(self) -> dict[str, float]:
+        """The last step's teacher entropy and KL(teacher || student), in nats. They stay on the
+        device until read here, so training never waits for them."""
+        return {name: float(value) for name, value in self._stats.items()}
 
     def loss_on_crops(self, crops: list[torch.Tensor]) -> torch.Tensor:
         if len(crops) < 2:
@@ -210,9 +219,15 @@ class DINO(nn.Module, StepPosition):
                                                 self.center_momentum))
             self._pending_teacher = []
             self.step += 1
+            self._host_step += 1
         return loss
 
     def forward(self, x) -> torch.Tensor:
         """x (N, C, H, W) images (uint8 or [0, 1] floats) -> scalar loss; or x = the list of
         crops already made (2 global first)."""
         return self.loss_on_crops(list(x) if isinstance(x, (tuple, list)) else self.views(x))
+
+
+def _read_step(dino: DINO, incompatible_keys) -> None:
+    """After load_state_dict: the host's step count follows the loaded buffer (one read)."""
+    dino._host_step = int(dino.step)

@@ -146,12 +146,15 @@ class MoCo(nn.Module, StepPosition):
 
     @torch.no_grad()
     def enqueue(self, keys: torch.Tensor) -> None:
-        """Write keys (B, D) over the oldest B rows of the queue; the pointer wraps around."""
+        """Write keys (B, D) over the oldest B rows of the queue; the pointer wraps around.
+
+        The pointer stays on the device: reading it here (``int(self.queue_ptr)``) would make the
+        host wait for the GPU at every step. The rows are indexed by a device tensor instead."""
         queue_size, b = self.queue.shape[0], keys.shape[0]
         check_queue_size(queue_size, b)
-        ptr = int(self.queue_ptr)
-        self.queue[ptr:ptr + b] = keys.detach().to(self.queue.dtype)  # moco_loss normalises
-        self.queue_ptr.fill_((ptr + b) % queue_size)
+        rows = (self.queue_ptr + torch.arange(b, device=self.queue.device)) % queue_size  # (B,)
+        self.queue[rows] = keys.detach().to(self.queue.dtype)  # moco_loss normalises
+        self.queue_ptr.add_(b).remainder_(queue_size)
 
     def loss_on_views(self, v1: torch.Tensor, v2: torch.Tensor) -> torch.Tensor:
         """One MoCo loss: momentum update, keys, loss against the queue, then enqueue."""

@@ -1,0 +1,81 @@
+"""A training step never makes the host wait for the GPU.
+
+On a GPU the host queues kernels and runs ahead while the GPU works through them. Anything that
+reads a value of a device tensor on the host -- ``int(t)``, ``float(t)``, ``t.item()``,
+``t.tolist()``, ``if t``, a boolean mask (its result's size depends on the values) -- stops the
+host until the GPU has caught up, and the GPU idles while the host then queues the next kernels.
+One such read per step costs a few per cent at full size, for nothing.
+
+The check runs on the CPU with PyTorch's "meta" device: meta tensors have shapes and no values,
+so every one of those reads raises, while all the arithmetic of a step runs (and costs nothing,
+so the full-size recipes are used: ResNet-18 or ViT-tiny at batch 512 on CIFAR's shape).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+import torch
+
+from sslkit.methods import METHODS, build_method
+from sslkit.profiles import get_profile
+from sslkit.train import TrainConfig, make_optimizer, train_step
+
+GPU = get_profile("gpu")
+
+# Methods that read a value on purpose at every step, and why that is worth it.
+READS_ON_PURPOSE = {
+    "triplet": "its mining checks that every anchor has a negative, for a one-line error "
+               "instead of a silently wrong loss (a teaching method, never run at full size)",
+}
+
+
+@pytest.fixture
+def meta_autocast(monkeypatch):
+    """The meta device has no autocast: the losses' float32 regions become no-ops there."""
+    real = torch.autocast
+
+    def autocast(device_type, *args, **kwargs):
+        if device_type == "meta":
+            return contextlib.nullcontext()
+        return real(device_type, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "autocast", autocast)
+
+
+def test_meta_tensors_catch_every_host_read():
+    """The premise of this file: each way of reading a device value fails on meta."""
+    x = torch.zeros(4, 3, device="meta")
+    reads = [lambda: int(x.sum()), lambda: float(x.sum()), lambda: x.sum().item(),
+             lambda: x.tolist(), lambda: bool(x.sum() > 0), lambda: x[x > 0], lambda: x.cpu()]
+    for read in reads:
+        with pytest.raises((RuntimeError, NotImplementedError)):
+            read()
+
+
+@pytest.mark.parametrize("method", [m for m in METHODS if m not in READS_ON_PURPOSE])
+def test_full_size_training_steps_never_read_a_device_value(method, meta_autocast):
+    cfg = TrainConfig.from_profile(GPU, method=method)
+    torch.manual_seed(0)
+    module = build_method(method, cfg.arch, 3, "cifar10", 32, torch.Generator().manual_seed(0),
+                          method_options=cfg.method_options, proj_dim=cfg.proj_dim,
+                          temperature=cfg.temperature, head=cfg.head)
+    module = module.to("meta", memory_format=torch.channels_last)
+    optimizer = make_optimizer(cfg, module.parameters())
+    images = torch.empty(cfg.batch_size, 3, 32, 32, dtype=torch.uint8, device="meta")
+    for _ in range(2):  # the first step and a later one (queue, centre and schedules moved)
+        train_step(module, optimizer, [images])
+    train_step(module, optimizer, list(images.chunk(2)))  # gradient accumulation
+
+
+def test_the_reads_on_purpose_are_still_needed(meta_autocast):
+    """Once a method in READS_ON_PURPOSE stops reading, it belongs in the test above."""
+    for method in READS_ON_PURPOSE:
+        cfg = TrainConfig.from_profile(GPU, method=method)
+        module = build_method(method, cfg.arch, 3, "cifar10", 32, proj_dim=cfg.proj_dim,
+                              temperature=cfg.temperature, head=cfg.head).to("meta")
+        optimizer = make_optimizer(cfg, module.parameters())
+        images = torch.empty(cfg.batch_size, 3, 32, 32, dtype=torch.uint8, device="meta")
+        with pytest.raises(RuntimeError, match="meta"):
+            train_step(module, optimizer, [images])
