@@ -146,6 +146,32 @@ def _check_names(cfg: TrainConfig) -> None:
         if value not in known:
             raise SSLKitError(f"unknown {what} {value!r}: use one of {', '.join(known)}")
     check_method_options(cfg.method, cfg.method_options)
+    _check_numbers(cfg)
+
+
+def _check_numbers(cfg: TrainConfig) -> None:
+    """Fail on a setting outside its range before any data is loaded or any epoch is run."""
+    if cfg.batch_size < 2:
+        raise SSLKitError(f"batch size {cfg.batch_size} leaves no negatives for the loss: use "
+                          "--batch-size 2 or more")
+    at_least = {"epochs": 1, "knn_k": 1, "warmup_epochs": 0,
+                "knn_every": 0, "workers": 0, "n_train": 1, "n_test": 1}
+    for name, low in at_least.items():
+        value = getattr(cfg, name)
+        if value is not None and value < low:
+            flag = "--" + name.replace("_", "-")
+            raise SSLKitError(f"{flag} must be at least {low} (got {value}): use {flag} {low} "
+                              "or more")
+    for name in ("lr", "temperature"):
+        if not getattr(cfg, name) > 0:
+            raise SSLKitError(f"--{name} must be positive (got {getattr(cfg, name)}): use e.g. "
+                              f"--{name} {getattr(TrainConfig, name)}")
+    if cfg.weight_decay < 0:
+        raise SSLKitError(f"--weight-decay must be >= 0 (got {cfg.weight_decay}): use e.g. "
+                          "--weight-decay 1e-6")
+    if not 0 <= cfg.adam_beta2 < 1:
+        raise SSLKitError(f"--adam-beta2 must be in [0, 1) (got {cfg.adam_beta2}): use e.g. "
+                          "--adam-beta2 0.999")
 
 
 def save_atomic(obj, path: Path) -> None:
@@ -318,11 +344,6 @@ def train(
     if cfg.loader == "device":
         images = images.to(device)  # the whole dataset kept on the device, 1 byte per value
     steps_per_epoch = len(images) // cfg.batch_size
-    if cfg.batch_size < 2:
-        raise SSLKitError(
-            f"batch size {cfg.batch_size} leaves no negatives for the loss: use --batch-size 2 "
-            "or more"
-        )
     if steps_per_epoch == 0:
         raise SSLKitError(
             f"batch size {cfg.batch_size} is larger than the training set ({len(images)} "

@@ -82,6 +82,22 @@ def test_unknown_names_exit_2_with_one_line(tmp_path, capsys, flag, value):
     assert value in err
 
 
+@pytest.mark.parametrize("flag,value,expected", [
+    ("--batch-size", "0", "--batch-size 2 or more"), ("--epochs", "0", "--epochs 1"),
+    ("--epochs", "-1", "--epochs 1"), ("--lr", "-1", "--lr must be positive"),
+    ("--temperature", "0", "--temperature must be positive"), ("--knn-k", "0", "--knn-k 1"),
+    ("--weight-decay", "-0.1", "--weight-decay 1e-6"), ("--adam-beta2", "1", "[0, 1)"),
+    ("--warmup-epochs", "-2", "--warmup-epochs 0"), ("--n-train", "0", "--n-train 1")])
+def test_settings_out_of_range_exit_2_before_anything_runs(tmp_path, capsys, flag, value,
+                                                          expected):
+    """Before, --batch-size 0 and --epochs -1 ended in tracebacks, --lr -1 in torch's own error
+    and --epochs 0 in a silent run that trained nothing."""
+    err = run_error(["train", "simclr", "--out", str(tmp_path / "r"), *SMALL, flag, value],
+                    capsys)
+    assert expected in err
+    assert not (tmp_path / "r").exists()  # checked before the run folder is made
+
+
 def test_resume_without_checkpoint_exits_2(tmp_path, capsys):
     err = run_error(["train", "simclr", "--out", str(tmp_path / "none"), "--resume", *SMALL],
                     capsys)

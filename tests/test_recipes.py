@@ -9,7 +9,7 @@ import torch
 
 from sslkit.cli import build_parser, main, parse_option
 from sslkit.errors import SSLKitError
-from sslkit.methods import MAE, METHODS, build_method
+from sslkit.methods import MAE, METHODS, build_method, check_method_options
 from sslkit.profiles import get_profile
 from sslkit.recipes import RECIPES, recipe_for
 from sslkit.train import TrainConfig, build, load_trained, make_optimizer, train
@@ -126,6 +126,20 @@ def test_wrong_options_are_one_line_errors():
     for bad in ("queue_size", "=3"):
         with pytest.raises(SSLKitError, match="is not KEY=VALUE"):
             parse_option(bad)
+
+
+@pytest.mark.parametrize("method,key,value,kind", [
+    ("dino", "out_dim", "abc", "an integer"), ("dino", "out_dim", 2.5, "an integer"),
+    ("moco", "symmetric", 1, "true or false"), ("moco", "momentum", True, "a number"),
+    ("mae", "norm_pix", "yes", "true or false")])
+def test_an_option_of_the_wrong_kind_is_a_one_line_error(method, key, value, kind):
+    """Checked against the default's kind before anything is built, not deep inside torch."""
+    with pytest.raises(SSLKitError, match=f"option '{key}' of {method} must be {kind}") as e:
+        build_method(method, "vit" if method == "mae" else "convnet-small", 3, "cifar10", 32,
+                     method_options={key: value})
+    assert "\n" not in str(e.value) and f"--option {key}=" in str(e.value)
+    ok = {"out_dim": 64, "symmetric": True, "momentum": 1, "norm_pix": False}[key]
+    check_method_options(method, {key: ok})  # an int where a float is expected is fine
 
 
 def test_option_values_are_typed():

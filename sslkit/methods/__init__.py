@@ -42,12 +42,36 @@ def check_method_options(name: str, method_options: dict) -> None:
     if name not in _OPTION_TAKERS:
         raise SSLKitError(f"{name} takes no --option (got {', '.join(method_options)}): only "
                           f"{', '.join(_OPTION_TAKERS)} have options")
-    known = [k for k in inspect.signature(_OPTION_TAKERS[name]).parameters
-             if k not in _NOT_OPTIONS]
+    parameters = inspect.signature(_OPTION_TAKERS[name]).parameters
+    known = [k for k in parameters if k not in _NOT_OPTIONS]
     unknown = [k for k in method_options if k not in known]
     if unknown:
         raise SSLKitError(f"unknown option {unknown[0]!r} for {name}: use one of "
                           f"{', '.join(known)}")
+    for key, value in method_options.items():
+        default = parameters[key].default
+        if not _same_kind(value, default):
+            raise SSLKitError(f"option {key!r} of {name} must be {_kind_name(default)} like its "
+                              f"default, got {value!r}: write e.g. --option {key}={default}")
+
+
+def _same_kind(value, default) -> bool:
+    """Whether an option's value can stand where its default does (an int for a float is fine,
+    a bool is not a number here). Defaults of other kinds (None, tuples) are not checked."""
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, (int, float, str)) and isinstance(value, bool):
+        return False
+    if isinstance(default, float):
+        return isinstance(value, (int, float))
+    if isinstance(default, (int, str)):
+        return isinstance(value, type(default))
+    return True
+
+
+def _kind_name(default) -> str:
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a word"}[
+        type(default)]
 
 
 def build_method(
