@@ -112,7 +112,7 @@ def evaluate_run(out: str | Path, k: int | None = None, labels_per_class: int = 
     method, cfg, data = load_trained(out)
     train_f = evaluate.extract_features(method.encoder, data.train_x)
     test_f = evaluate.extract_features(method.encoder, data.test_x)
-    k = k or cfg.knn_k
+    k = cfg.knn_k if k is None else k  # --k 0 is an error, not the default
     result = {
         "knn": evaluate.knn_accuracy(train_f, data.train_y, test_f, data.test_y, k=k),
         "knn_k": k,

@@ -42,7 +42,7 @@ def run_demo(out: str | Path = "demo-output", epochs: int | None = None) -> dict
     """Train (or reuse a finished run in out/simclr), evaluate, draw; returns the scores."""
     out = Path(out)
     cfg = TrainConfig.from_profile(get_profile("laptop"), device="cpu")
-    if epochs:
+    if epochs is not None:  # 0 too: an error from train(), not the default of 200
         cfg = replace(cfg, epochs=epochs)
     run = out / "simclr"
     started = time.perf_counter()

@@ -61,6 +61,12 @@ def knn_predict(
             f"train and test features differ in size ({train_features.shape[1]} vs "
             f"{test_features.shape[1]}): extract both with the same encoder"
         )
+    if len(train_labels) != len(train_features):
+        raise SSLKitError(f"{len(train_features)} train features but {len(train_labels)} labels: "
+                          "pass one label per feature row, in the same order")
+    if k < 1 or not temperature > 0:
+        raise SSLKitError(f"kNN needs k >= 1 and temperature > 0 (got k={k}, temperature="
+                          f"{temperature}): use e.g. k=200, temperature=0.1")
     num_classes = num_classes or int(train_labels.max()) + 1
     k = min(k, len(train_features))
     train = F.normalize(train_features.float(), dim=1)  # (N, D)
@@ -106,6 +112,9 @@ def linear_probe(
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
+    if labels_per_class is not None and labels_per_class < 1:
+        raise SSLKitError(f"labels_per_class must be at least 1 (got {labels_per_class}): use "
+                          "e.g. 10, or None for every label")
     idx = (np.arange(len(train_y)) if labels_per_class is None
            else labels_per_class_subset(train_y, labels_per_class, seed))
     probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=1.0))

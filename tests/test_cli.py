@@ -53,6 +53,12 @@ def test_eval_writes_scores_and_figure(trained_run, capsys):
     assert "knn" in out and "linear" in out
 
 
+def test_eval_with_k_0_exits_2(trained_run, capsys):
+    """--k 0 was read as "not given" and silently used the run's k."""
+    err = run_error(["eval", str(trained_run), "--k", "0"], capsys)
+    assert "k >= 1" in err
+
+
 def test_train_flags_map_to_config_fields():
     args = build_parser().parse_args(
         ["train", "simclr", "--out", "x", "--temperature", "0.3", "--n-train", "10",

@@ -26,3 +26,10 @@ def test_demo_refuses_a_run_with_other_settings(demo):
     out, _ = demo
     with pytest.raises(SSLKitError, match="other settings"):
         run_demo(out, epochs=2)
+
+
+def test_zero_epochs_is_an_error_not_the_default(tmp_path):
+    """`sslkit demo --epochs 0` once ran the default 200 epochs (0 read as "not given")."""
+    with pytest.raises(SSLKitError, match="--epochs must be at least 1"):
+        run_demo(tmp_path, epochs=0)
+    assert not (tmp_path / "simclr").exists()

@@ -121,6 +121,19 @@ def test_knn_bad_shapes_are_one_line_errors():
         knn_predict(torch.zeros(4, 3, 2), torch.zeros(4, dtype=torch.long), torch.zeros(2, 6))
 
 
+@pytest.mark.parametrize("call,expected", [
+    (lambda f, y: knn_predict(f, y, f, k=0), "k >= 1"),  # once: no votes, every point class 0
+    (lambda f, y: knn_predict(f, y, f, temperature=0.0), "temperature > 0"),  # once: NaN votes
+    (lambda f, y: knn_predict(f, y[:5], f), "6 train features but 5 labels"),
+    (lambda f, y: linear_probe(f, y, f, y, labels_per_class=0), "at least 1"),
+])
+def test_knn_and_probe_settings_out_of_range_are_one_line_errors(call, expected):
+    f, y = torch.randn(6, 3, generator=gen(3)), torch.tensor([0, 1, 2, 0, 1, 2])
+    with pytest.raises(SSLKitError, match=expected) as err:
+        call(f, y)
+    assert "\n" not in str(err.value)
+
+
 def test_labels_per_class_subset_picks_exactly_that_many():
     labels = torch.tensor([0] * 30 + [1] * 12 + [2] * 3 + [3] * 20)
     idx = labels_per_class_subset(labels, 10, seed=1)
