@@ -70,6 +70,18 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path, data, full_r
             assert torch.equal(s_full[key], s_split[key])
 
 
+@pytest.mark.parametrize("method", ["moco", "dino"])
+def test_resume_is_exact_for_methods_with_state(tmp_path, data, method):
+    """MoCo's queue and pointer, DINO's centre and its schedules' position (a host-side step
+    count set from the checkpoint) all continue where the run stopped."""
+    cfg = replace(CFG, method=method, method_options={"queue_size": 64} if method == "moco"
+                  else {"out_dim": 32, "hidden_dim": 32, "bottleneck_dim": 8})
+    full, _ = train(cfg, tmp_path / "full", progress=False, data=data)
+    train(cfg, tmp_path / "split", stop_after_epoch=1, progress=False, data=data)
+    resumed, _ = train(cfg, tmp_path / "split", resume=True, progress=False, data=data)
+    assert_same_state(resumed.state_dict(), full.state_dict())
+
+
 def test_resume_in_two_stops(tmp_path, data, full_run):
     out = tmp_path / "thirds"
     train(CFG, out, stop_after_epoch=1, progress=False, data=data)
