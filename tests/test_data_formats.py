@@ -7,6 +7,7 @@ shows up as a wrong value at a known index.
 
 from __future__ import annotations
 
+import io
 import pickle
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from PIL import Image
 
 from sslkit.data.cifar import load_cifar
 from sslkit.data.folder import load_image_folder
-from sslkit.data.stl10 import load_stl10
+from sslkit.data.stl10 import IMAGE_BYTES, load_stl10
 from sslkit.errors import SSLKitError
 
 CIFAR10_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
@@ -208,6 +209,73 @@ def test_cifar_corrupt_or_unsafe_pickle_is_one_line_error(tmp_path):
         load_cifar(tmp_path)
 
 
+def test_cifar_truncated_batch_is_one_line_error(tmp_path):
+    write_cifar10(tmp_path)
+    batch = tmp_path / "cifar-10-batches-py" / "data_batch_3"
+    whole = batch.read_bytes()
+    for cut in (len(whole) // 2, len(whole) - 1, 0):  # interrupted download / copy, empty
+        batch.write_bytes(whole[:cut])
+        with pytest.raises(SSLKitError, match="cannot read CIFAR file .*data_batch_3") as info:
+            load_cifar(tmp_path)
+        assert "\n" not in str(info.value) and "--download" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("entries", "expected"),
+    [
+        ({b"labels": [0, 1], b"data": np.zeros((3, 3072), np.uint8)}, "3 images but 2 'labels'"),
+        ({b"labels": [0, None, 1], b"data": np.zeros((3, 3072), np.uint8)},
+         "'labels' must be whole numbers"),
+        ({b"labels": [b"cat"] * 3, b"data": np.zeros((3, 3072), np.uint8)},
+         "'labels' must be whole numbers"),
+        ({b"labels": [0, 1, 2], b"data": np.zeros((3, 3, 32, 32), np.uint8)},
+         r"'data' must be uint8 of shape \(N, 3072\)"),
+        ({b"labels": [0, 1, 2], b"data": np.zeros((3, 3072), np.int64)}, "got int64"),
+        ({b"data": np.zeros((3, 3072), np.uint8)}, "no 'labels' entry"),
+        ({b"labels": [0, 1, 10], b"data": np.zeros((3, 3072), np.uint8)},
+         r"train labels .* must lie in 0\.\.9, found 0\.\.10"),
+    ],
+)
+def test_cifar_bad_batch_contents_are_one_line_errors(tmp_path, entries, expected):
+    write_cifar10(tmp_path)
+    write_pickle(tmp_path / "cifar-10-batches-py" / "data_batch_1", entries)
+    with pytest.raises(SSLKitError, match=expected) as info:
+        load_cifar(tmp_path)
+    message = str(info.value)
+    assert "\n" not in message
+    assert "delete" in message and "--download" in message  # the fix: fetch it again
+
+
+@pytest.mark.parametrize(
+    ("names", "expected"),
+    [
+        (7, "'label_names' must be a list of class names, got int"),
+        (b"airplane", "'label_names' must be a list of class names, got bytes"),
+        ([b"\xff\xfe"] * 10, "class names are not UTF-8"),
+        ([b"a", b"b"], "lists 2 class names, expected 10"),
+    ],
+)
+def test_cifar_bad_meta_file_is_one_line_error(tmp_path, names, expected):
+    write_cifar10(tmp_path)
+    write_pickle(tmp_path / "cifar-10-batches-py" / "batches.meta", {b"label_names": names})
+    with pytest.raises(SSLKitError, match=expected) as info:
+        load_cifar(tmp_path)
+    assert "\n" not in str(info.value) and "batches.meta" in str(info.value)
+
+
+def test_cifar_root_pointing_at_the_batches_folder_names_its_parent(tmp_path, monkeypatch):
+    import torchvision.datasets
+
+    write_cifar10(tmp_path)
+    folder = tmp_path / "cifar-10-batches-py"
+    # Refused before any download (which would put a second copy inside the first).
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", None)
+    for download in (False, True):
+        with pytest.raises(SSLKitError, match="is the cifar-10-batches-py folder itself") as info:
+            load_cifar(folder, download=download)
+        assert str(info.value).endswith(f"--data-root {tmp_path}")
+
+
 def test_cifar_download_path_uses_torchvision(tmp_path, monkeypatch):
     import torchvision.datasets
 
@@ -296,6 +364,43 @@ def test_stl10_missing_and_bad_files(tmp_path):
     np.array([0, 1, 1, 1], dtype=np.uint8).tofile(tmp_path / "c" / "stl10_binary" / "train_y.bin")
     with pytest.raises(SSLKitError, match="1..10"):
         load_stl10(tmp_path / "c")
+
+
+def test_stl10_bad_files_name_the_file_and_the_fix(tmp_path):
+    write_stl10(tmp_path)
+    folder = tmp_path / "stl10_binary"
+    for name, content, expected in [
+        ("train_y.bin", b"", "4 images but 0 labels"),
+        ("test_X.bin", b"", r"size \(0 bytes\) is not a positive multiple of 27648"),
+        ("unlabeled_X.bin", b"\0" * (IMAGE_BYTES + 1), "unlabeled_X.bin is not an STL-10"),
+        ("class_names.txt", b"\n\n", "lists no class names"),
+        ("class_names.txt", "airplane\n".encode("utf-16"), "cannot read STL-10 file"),
+    ]:
+        original = (folder / name).read_bytes()
+        (folder / name).write_bytes(content)
+        with pytest.raises(SSLKitError, match=expected) as info:
+            load_stl10(tmp_path)
+        message = str(info.value)
+        assert "\n" not in message and name in message
+        assert f"delete {folder} and pass --download" in message
+        (folder / name).write_bytes(original)
+
+
+def test_stl10_too_few_class_names_blames_class_names_txt(tmp_path):
+    write_stl10(tmp_path)
+    (tmp_path / "stl10_binary" / "class_names.txt").write_text("airplane\nbird\ncar\n")
+    with pytest.raises(SSLKitError, match=r"1\.\.3 \(class_names.txt lists 3 names\)"):
+        load_stl10(tmp_path)
+
+
+def test_stl10_root_pointing_at_the_binary_folder_names_its_parent(tmp_path, monkeypatch):
+    import torchvision.datasets
+
+    write_stl10(tmp_path)
+    monkeypatch.setattr(torchvision.datasets, "STL10", None)  # refused before downloading
+    with pytest.raises(SSLKitError, match="is the stl10_binary folder itself") as info:
+        load_stl10(tmp_path / "stl10_binary", download=True)
+    assert str(info.value).endswith(f"--data-root {tmp_path}")
 
 
 def test_stl10_download_path_uses_torchvision(tmp_path, monkeypatch):
@@ -398,6 +503,100 @@ def test_image_folder_errors(tmp_path):
 
     with pytest.raises(SSLKitError, match="image_size"):
         load_image_folder(tmp_path, image_size=0)
+
+
+def test_image_folder_mixed_modes_and_sizes_become_rgb(tmp_path):
+    rgb = folder_pixels(1)  # (8, 8, 3)
+    cls = tmp_path / "train" / "a"
+    save_png(cls / "00_rgb.png", rgb)
+    Image.fromarray(rgb).convert("L").save(cls / "01_grey.png")
+    Image.fromarray(rgb).convert("RGBA").save(cls / "02_rgba.png")
+    Image.fromarray(rgb).convert("P").save(cls / "03_palette.png")
+    Image.fromarray(rgb).convert("P").save(cls / "04_palette.gif")
+    Image.fromarray(rgb).convert("LA").save(cls / "05_grey_alpha.png")
+    Image.fromarray(rgb).convert("CMYK").save(cls / "06_cmyk.jpg", quality=100)
+    grey16 = (np.arange(64).reshape(8, 8) * 1000).astype(np.uint16)
+    Image.fromarray(grey16).save(cls / "07_grey16.png")
+    save_png(cls / "08_big.png", np.full((20, 30, 3), 9, dtype=np.uint8))
+    save_png(tmp_path / "test" / "a" / "0.png", rgb)
+
+    result = load_image_folder(tmp_path, image_size=8)
+    x = result["train_x"]  # (9, 3, 8, 8)
+    assert x.shape == (9, 3, 8, 8) and result["train_y"].tolist() == [0] * 9
+
+    def as_pil_rgb(name):
+        with Image.open(cls / name) as img:
+            return torch.from_numpy(np.array(img.convert("RGB"))).permute(2, 0, 1)
+
+    for i, name in enumerate(sorted(p.name for p in cls.iterdir())[:6]):
+        assert torch.equal(x[i], as_pil_rgb(name)), name
+    assert (x[6].int() - torch.from_numpy(rgb).permute(2, 0, 1).int()).abs().max() <= 8
+    # 16-bit grey is scaled to 0..255 (PIL's convert would clip it to 255) on all 3 channels.
+    expected = torch.from_numpy(grey16 / 257)  # (8, 8) float64, 0..245.1
+    assert all(torch.equal(x[7, c], x[7, 0]) for c in range(3))
+    assert (x[7, 0] - expected).abs().max() <= 1
+    assert (x[8] == 9).all()
+
+
+def test_image_folder_reads_images_in_subfolders_of_a_class(tmp_path):
+    # As torchvision's ImageFolder: train/a/part1/x.png is an image of class a.
+    save_png(tmp_path / "train" / "a" / "z.png", folder_pixels(1))
+    save_png(tmp_path / "train" / "a" / "part1" / "x.png", folder_pixels(2))
+    save_png(tmp_path / "train" / "a" / ".ipynb_checkpoints" / "x.png", folder_pixels(3))
+    save_png(tmp_path / "train" / "b" / "only" / "y.png", folder_pixels(4))
+    save_png(tmp_path / "test" / "b" / "y.png", folder_pixels(5))
+    result = load_image_folder(tmp_path, image_size=8)
+    assert result["classes"] == ["a", "b"]
+    assert result["train_y"].tolist() == [0, 0, 1]
+    pixels = [torch.from_numpy(folder_pixels(k)).permute(2, 0, 1) for k in (2, 1, 4)]
+    assert all(torch.equal(result["train_x"][i], pixels[i]) for i in range(3))
+
+
+def test_image_folder_labels_follow_train_class_order(tmp_path):
+    # test/ lists its folders in another order and lacks a class: labels still match train/.
+    for split, names in (("train", ["b", "c", "a"]), ("test", ["c", "a"])):
+        for name in names:
+            value = ord(name)  # every pixel of class x holds ord(x)
+            save_png(tmp_path / split / name / "0.png", np.full((8, 8, 3), value, np.uint8))
+            save_png(tmp_path / split / name / "1.png", np.full((8, 8, 3), value, np.uint8))
+    result = load_image_folder(tmp_path, image_size=8)
+    assert result["classes"] == ["a", "b", "c"]
+    for split in ("train", "test"):
+        x, y = result[f"{split}_x"], result[f"{split}_y"]
+        assert [result["classes"][label] for label in y] == [chr(v) for v in x[:, 0, 0, 0]]
+
+
+def test_image_folder_unreadable_files_are_one_line_errors(tmp_path):
+    save_png(tmp_path / "train" / "a" / "0.png", folder_pixels(1))
+    save_png(tmp_path / "test" / "a" / "0.png", folder_pixels(2))
+    cls = tmp_path / "train" / "a"
+    buffer = io.BytesIO()
+    Image.fromarray(folder_pixels(3, size=64)).save(buffer, "PNG")
+    cases = [
+        ("empty.png", b"", "empty file"),
+        ("notes.jpg", b"shopping list", "not an image format PIL knows"),
+        ("cut.png", buffer.getvalue()[:200], "truncated"),
+    ]
+    for name, content, expected in cases:
+        (cls / name).write_bytes(content)
+        with pytest.raises(SSLKitError, match=expected) as info:
+            load_image_folder(tmp_path, image_size=8)
+        message = str(info.value)
+        assert "\n" not in message and name in message and "0x" not in message
+        assert message.endswith("replace or delete the file")
+        (cls / name).unlink()
+
+    (cls / "gone.png").symlink_to(tmp_path / "nowhere.png")  # dangling link
+    with pytest.raises(SSLKitError, match="cannot read image file .*gone.png"):
+        load_image_folder(tmp_path, image_size=8)
+
+
+def test_image_folder_root_pointing_at_a_split_names_its_parent(tmp_path):
+    save_png(tmp_path / "train" / "a" / "0.png", folder_pixels(1))
+    save_png(tmp_path / "test" / "a" / "0.png", folder_pixels(2))
+    with pytest.raises(SSLKitError, match="is itself a split folder") as info:
+        load_image_folder(tmp_path / "train", image_size=8)
+    assert str(info.value).endswith(f"--data-root {tmp_path}")
 
 
 def test_subset_draws_from_every_class_of_a_class_sorted_set():

@@ -17,7 +17,8 @@ import pytest
 import torch
 
 from sslkit.data import load_dataset
-from sslkit.data.digits import _source_digits, _split, shifted_digits
+from sslkit.data.digits import _source_digits, _split, plain_digits, shifted_digits
+from sslkit.errors import SSLKitError
 
 N_TRAIN, N_TEST = 1300, 497
 
@@ -138,3 +139,29 @@ def test_load_dataset_names():
     flat = data.train_x.flatten(1)
     rows = [int((flat == img.flatten()).all(dim=1).nonzero()[0]) for img in sub.train_x]
     assert rows == sorted(rows) and len(set(rows)) == 10
+
+
+@pytest.mark.parametrize("n_train", [0, 5, 1788, 5000, -3, 0.5, 1300.0, True])
+def test_bad_n_train_is_one_line_error(n_train):
+    # Stratified split: each split needs a digit of every class, so 10..1787; a float would
+    # otherwise be read by scikit-learn as a fraction.
+    with pytest.raises(SSLKitError, match="n_train must be a whole number from 10 to 1787") as e:
+        plain_digits(n_train)
+    assert "\n" not in str(e.value) and repr(n_train) in str(e.value)
+    assert len(plain_digits(np.int64(10))["train_y"]) == 10  # numpy integers are fine
+
+
+@pytest.mark.parametrize("n", [0, -5, 2.5, True])
+def test_subset_rejects_non_positive_or_fractional_sizes(n):
+    data = load_dataset("digits")
+    with pytest.raises(SSLKitError, match="--n-train must be a positive whole number") as info:
+        data.subset(n_train=n)  # -5 used to keep all but 5 images, 0 none at all
+    assert "\n" not in str(info.value)
+    with pytest.raises(SSLKitError, match="--n-test"):
+        data.subset(n_test=n)
+
+
+def test_subset_larger_than_the_data_keeps_everything():
+    data = load_dataset("digits")
+    sub = data.subset(n_train=10**6, n_test=np.int64(10**6))
+    assert sub.train_x is data.train_x and sub.test_x is data.test_x

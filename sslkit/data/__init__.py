@@ -14,6 +14,7 @@ tensors in batches (sslkit.augment), on the CPU or on the GPU.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from numbers import Integral
 from pathlib import Path
 
 import torch
@@ -49,8 +50,16 @@ class ImageData:
 
     def subset(self, n_train: int | None = None, n_test: int | None = None, seed: int = 0):
         """n_train training and n_test test images drawn at random (fixed seed), kept in their
-        original order; None keeps all. Random, not the first n: folder datasets are sorted by
-        class, so their first n images would all be of one class."""
+        original order; None, or a number at least the split's size, keeps all. The unlabeled
+        split (STL-10) is cut to n_train images too. Random, not the first n: folder datasets
+        are sorted by class, so their first n images would all be of one class."""
+        for flag, n in (("n-train", n_train), ("n-test", n_test)):
+            # bool is an int; a negative n would silently keep all but |n| images.
+            if n is not None and (isinstance(n, bool) or not isinstance(n, Integral) or n < 1):
+                raise SSLKitError(
+                    f"--{flag} must be a positive whole number of images, got {n!r}: "
+                    f"use --{flag} 1 or more, or leave it out to use all images"
+                )
 
         def pick(x: torch.Tensor | None, n: int | None) -> torch.Tensor | None:
             if x is None or n is None or n >= len(x):

@@ -78,6 +78,11 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
+def _refetch(folder: Path) -> str:
+    """The fix for a damaged file in the data set's folder: fetch the data set again."""
+    return f"delete {folder} and pass --download to fetch it again"
+
+
 class _SafeUnpickler(pickle.Unpickler):
     """Unpickler that refuses every global except the numpy/builtin ones CIFAR needs."""
 
@@ -93,9 +98,13 @@ def _read_pickle(path: Path) -> dict:
         with open(path, "rb") as f:
             obj = _SafeUnpickler(f, encoding="bytes").load()
     except Exception as exc:  # corrupt, truncated or foreign file
-        raise SSLKitError(f"cannot read CIFAR file {path} ({_one_line(exc)})") from exc
+        raise SSLKitError(
+            f"cannot read CIFAR file {path} ({_one_line(exc)}): {_refetch(path.parent)}"
+        ) from exc
     if not isinstance(obj, dict):
-        raise SSLKitError(f"cannot read CIFAR file {path} (expected a pickled dict)")
+        raise SSLKitError(
+            f"cannot read CIFAR file {path} (expected a pickled dict): {_refetch(path.parent)}"
+        )
     return {k.decode("latin1") if isinstance(k, bytes) else str(k): v for k, v in obj.items()}
 
 
@@ -104,24 +113,45 @@ def _read_batch(path: Path, label_key: str) -> tuple[np.ndarray, np.ndarray]:
     batch = _read_pickle(path)
     for key in ("data", label_key):
         if key not in batch:
-            raise SSLKitError(f"CIFAR file {path} has no '{key}' entry")
+            raise SSLKitError(f"CIFAR file {path} has no '{key}' entry: {_refetch(path.parent)}")
     data = np.asarray(batch["data"])
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != ROW_SIZE:
         raise SSLKitError(
             f"CIFAR file {path}: 'data' must be uint8 of shape (N, {ROW_SIZE}), "
-            f"got {data.dtype} {tuple(data.shape)}"
+            f"got {data.dtype} {tuple(data.shape)}: {_refetch(path.parent)}"
         )
-    labels = np.asarray(batch[label_key], dtype=np.int64).reshape(-1)
+    try:
+        labels = np.asarray(batch[label_key], dtype=np.int64).reshape(-1)
+    except (TypeError, ValueError) as exc:  # e.g. None or names among the labels
+        raise SSLKitError(
+            f"CIFAR file {path}: '{label_key}' must be whole numbers ({_one_line(exc)}): "
+            f"{_refetch(path.parent)}"
+        ) from exc
     if len(labels) != len(data):
-        raise SSLKitError(f"CIFAR file {path}: {len(data)} images but {len(labels)} '{label_key}'")
+        raise SSLKitError(
+            f"CIFAR file {path}: {len(data)} images but {len(labels)} '{label_key}': "
+            f"{_refetch(path.parent)}"
+        )
     return data.reshape(-1, *IMAGE_SHAPE), labels
 
 
 def _read_class_names(path: Path, names_key: str) -> list[str]:
     meta = _read_pickle(path)
     if names_key not in meta:
-        raise SSLKitError(f"CIFAR file {path} has no '{names_key}' entry")
-    return [n.decode("utf-8") if isinstance(n, bytes) else str(n) for n in meta[names_key]]
+        raise SSLKitError(f"CIFAR file {path} has no '{names_key}' entry: {_refetch(path.parent)}")
+    names = meta[names_key]
+    if not isinstance(names, (list, tuple)):
+        raise SSLKitError(
+            f"CIFAR file {path}: '{names_key}' must be a list of class names, "
+            f"got {type(names).__name__}: {_refetch(path.parent)}"
+        )
+    try:
+        return [n.decode("utf-8") if isinstance(n, bytes) else str(n) for n in names]
+    except UnicodeDecodeError as exc:
+        raise SSLKitError(
+            f"CIFAR file {path}: class names are not UTF-8 ({_one_line(exc)}): "
+            f"{_refetch(path.parent)}"
+        ) from exc
 
 
 def _to_tensor(array: np.ndarray) -> torch.Tensor:
@@ -169,6 +199,11 @@ def load_cifar(root: str | Path, classes: int = 10, download: bool = False) -> d
     folder = root / spec["folder"]
 
     missing = _missing_files(folder, spec)
+    if missing and not _missing_files(root, spec):  # ROOT is the data folder itself
+        raise SSLKitError(
+            f"--data-root {root} is the {spec['folder']} folder itself: "
+            f"pass the folder that holds it, --data-root {root.parent}"
+        )
     if missing and download:
         _download(root, spec)
         missing = _missing_files(folder, spec)
@@ -196,13 +231,14 @@ def load_cifar(root: str | Path, classes: int = 10, download: bool = False) -> d
 
     if len(names) != classes:
         raise SSLKitError(
-            f"{folder / spec['meta']} lists {len(names)} class names, expected {classes}"
+            f"{folder / spec['meta']} lists {len(names)} class names, expected {classes}: "
+            f"{_refetch(folder)}"
         )
     for split, y in (("train", train_y), ("test", test_y)):
         if len(y) and (y.min() < 0 or y.max() >= classes):
             raise SSLKitError(
                 f"{spec['name']} {split} labels in {folder} must lie in 0..{classes - 1}, "
-                f"found {int(y.min())}..{int(y.max())}"
+                f"found {int(y.min())}..{int(y.max())}: {_refetch(folder)}"
             )
 
     return {

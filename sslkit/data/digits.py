@@ -16,11 +16,15 @@ Train and test hold different source digits (a fixed, stratified split).
 
 from __future__ import annotations
 
+from numbers import Integral
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
+
+from sslkit.errors import SSLKitError
 
 CANVAS = 32  # output side in pixels
 DEFAULT_TRAIN = 1300  # source digits in the training split; the other 497 are the test split
@@ -36,6 +40,15 @@ def _source_digits() -> tuple[torch.Tensor, torch.Tensor]:
 
 def _split(labels: torch.Tensor, n_train: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Indices of a stratified train/test split of the source digits."""
+    n_classes = len(labels.unique())
+    # Stratified: each split needs at least one digit of every class.
+    low, high = n_classes, len(labels) - n_classes
+    if isinstance(n_train, bool) or not isinstance(n_train, Integral) or not low <= n_train <= high:
+        raise SSLKitError(
+            f"n_train must be a whole number from {low} to {high} (the digits set has "
+            f"{len(labels)} images in {n_classes} classes), got {n_train!r}: "
+            f"use the default {DEFAULT_TRAIN} or a number in that range"
+        )
     idx = np.arange(len(labels))
     train_idx, test_idx = train_test_split(
         idx, train_size=n_train, stratify=labels.numpy(), random_state=seed

@@ -2,7 +2,8 @@
 
 ``val/`` is accepted in place of ``test/``. Classes are the sorted names of the folders in
 ``train/``; ``test/`` must use the same names (a subset is fine) and gets the same label
-numbers. Images are decoded to RGB (grey and RGBA images are converted), then resized so the
+numbers. As in torchvision's ImageFolder, images in subfolders of a class folder belong to
+that class. Images are decoded to RGB (grey and RGBA images are converted), then resized so the
 shorter side is ``image_size`` and centre-cropped to ``image_size`` x ``image_size``; images
 already that size are kept as they are, pixel for pixel.
 
@@ -14,6 +15,7 @@ files whose extension is not an image extension.
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 
@@ -45,14 +47,16 @@ def _visible_dirs(folder: Path) -> list[Path]:
 
 
 def _image_files(folder: Path) -> list[Path]:
-    files = sorted(
-        (
-            p
-            for p in folder.iterdir()
-            if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".") and p.is_file()
-        ),
-        key=lambda p: p.name,
-    )
+    """The image files in ``folder`` and its subfolders (hidden ones skipped), sorted by path."""
+    files = []
+    for parent, dirs, names in os.walk(folder, followlinks=True):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]  # prunes the walk
+        files += [
+            Path(parent, name)
+            for name in names
+            if Path(name).suffix.lower() in IMAGE_EXTENSIONS and not name.startswith(".")
+        ]
+    files.sort(key=lambda p: p.relative_to(folder).parts)
     if not files:
         raise SSLKitError(
             f"class folder {folder} has no image files ({', '.join(IMAGE_EXTENSIONS)}): "
@@ -77,7 +81,9 @@ def decode_rgb(path: Path) -> torch.Tensor:
     try:
         data = path.read_bytes()
     except OSError as exc:
-        raise SSLKitError(f"cannot read image file {path} ({_one_line(exc)})") from exc
+        raise SSLKitError(
+            f"cannot read image file {path} ({_one_line(exc)}): replace or delete the file"
+        ) from exc
     try:
         if decode_image is None:
             raise ValueError("torchvision.io cannot decode images")
@@ -89,8 +95,12 @@ def decode_rgb(path: Path) -> torch.Tensor:
         try:
             img = _decode_with_pil(path, data)
         except Exception as exc:
+            if type(exc).__name__ == "UnidentifiedImageError":  # its message names a buffer
+                detail = "empty file" if not data else "not an image format PIL knows"
+            else:
+                detail = _one_line(exc)
             raise SSLKitError(
-                f"cannot decode image file {path} ({_one_line(exc)}): replace or delete the file"
+                f"cannot decode image file {path} ({detail}): replace or delete the file"
             ) from exc
     if img.ndim == 4:  # animated GIF: (frames, C, H, W), keep the first frame
         img = img[0]
@@ -153,6 +163,11 @@ def load_image_folder(root: str | Path, image_size: int = 32) -> dict:
         )
     train_dir = root / "train"
     if not train_dir.is_dir():
+        if root.name in ("train", "test", "val"):
+            raise SSLKitError(
+                f"image folder {root} is itself a split folder: pass the folder that holds "
+                f"train/ and test/, --data-root {root.parent}"
+            )
         raise SSLKitError(
             f"image folder {root} has no train/ subfolder: expected "
             f"{root}/train/<class>/<image> and {root}/test/<class>/<image> (or val/)"

@@ -37,13 +37,18 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
+def _refetch(folder: Path) -> str:
+    """The fix for a damaged file in the data set's folder: fetch the data set again."""
+    return f"delete {folder} and pass --download to fetch it again"
+
+
 def _read_images(path: Path) -> torch.Tensor:
     """Read an ``*_X.bin`` file into a (N, 3, 96, 96) uint8 tensor in (C, H, W) order."""
     size = path.stat().st_size
     if size == 0 or size % IMAGE_BYTES:
         raise SSLKitError(
             f"{path} is not an STL-10 image file: its size ({size} bytes) is not a positive "
-            f"multiple of {IMAGE_BYTES} (one 3x96x96 image)"
+            f"multiple of {IMAGE_BYTES} (one 3x96x96 image): {_refetch(path.parent)}"
         )
     n = size // IMAGE_BYTES
     out = torch.empty((n, 3, IMAGE_SIZE, IMAGE_SIZE), dtype=torch.uint8)
@@ -55,21 +60,28 @@ def _read_images(path: Path) -> torch.Tensor:
             target[start : start + _CHUNK] = raw[start : start + _CHUNK].transpose(0, 1, 3, 2)
         del raw
     except OSError as exc:
-        raise SSLKitError(f"cannot read STL-10 file {path} ({_one_line(exc)})") from exc
+        raise SSLKitError(
+            f"cannot read STL-10 file {path} ({_one_line(exc)}): {_refetch(path.parent)}"
+        ) from exc
     return out
 
 
 def _read_labels(path: Path, num_classes: int) -> torch.Tensor:
-    """Read a ``*_y.bin`` file (uint8 labels 1..K) into an int64 tensor of labels 0..K-1."""
+    """Read a ``*_y.bin`` file (uint8 labels 1..K) into an int64 tensor of labels 0..K-1.
+
+    K is the number of names in class_names.txt."""
     try:
         raw = np.fromfile(path, dtype=np.uint8)
     except OSError as exc:
-        raise SSLKitError(f"cannot read STL-10 file {path} ({_one_line(exc)})") from exc
+        raise SSLKitError(
+            f"cannot read STL-10 file {path} ({_one_line(exc)}): {_refetch(path.parent)}"
+        ) from exc
     labels = raw.astype(np.int64) - 1
     if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
         raise SSLKitError(
-            f"STL-10 labels in {path} must lie in 1..{num_classes}, "
-            f"found {int(raw.min())}..{int(raw.max())}"
+            f"STL-10 labels in {path} must lie in 1..{num_classes} (class_names.txt lists "
+            f"{num_classes} names), found {int(raw.min())}..{int(raw.max())}: "
+            f"{_refetch(path.parent)}"
         )
     return torch.from_numpy(labels)
 
@@ -78,10 +90,12 @@ def _read_class_names(path: Path) -> list[str]:
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise SSLKitError(f"cannot read STL-10 file {path} ({_one_line(exc)})") from exc
+        raise SSLKitError(
+            f"cannot read STL-10 file {path} ({_one_line(exc)}): {_refetch(path.parent)}"
+        ) from exc
     names = [line.strip() for line in text.splitlines() if line.strip()]
     if not names:
-        raise SSLKitError(f"STL-10 file {path} lists no class names")
+        raise SSLKitError(f"STL-10 file {path} lists no class names: {_refetch(path.parent)}")
     return names
 
 
@@ -119,6 +133,11 @@ def load_stl10(root: str | Path, download: bool = False, unlabeled: bool = True)
     folder = root / FOLDER
 
     missing = _missing_files(folder, unlabeled)
+    if missing and not _missing_files(root, unlabeled):  # ROOT is the data folder itself
+        raise SSLKitError(
+            f"--data-root {root} is the {FOLDER} folder itself: "
+            f"pass the folder that holds it, --data-root {root.parent}"
+        )
     if missing and download:
         _download(root)
         missing = _missing_files(folder, unlabeled)
@@ -146,7 +165,8 @@ def load_stl10(root: str | Path, download: bool = False, unlabeled: bool = True)
         if len(x) != len(y):
             raise SSLKitError(
                 f"STL-10 {split} split in {folder} has {len(x)} images "
-                f"but {len(y)} labels: the files do not match"
+                f"but {len(y)} labels (one byte each) in {split}_y.bin: the files do not "
+                f"match, {_refetch(folder)}"
             )
         result[f"{split}_x"], result[f"{split}_y"] = x, y
     if unlabeled:
