@@ -248,3 +248,69 @@ def test_step_delegation_fails_hidden():
 
     grading.check_simclr_step(delegating)
     fails(grading.check_simclr_step, delegating, True, "SimCLR.loss_on_views")
+
+
+# ---------------------------------------------------------------------------------------------
+# Unfinished, unreturned, NaN and in-place answers get a message that names the fix
+
+
+def unfinished(*args):
+    raise NotImplementedError()  # what nbgrader leaves in a student's cell
+
+
+def test_unfinished_answers_say_so():
+    for check in (grading.check_nt_xent, grading.check_simclr_step):
+        for hidden in (False, True):
+            message = fails(check, unfinished, hidden, "is not written yet")
+            assert "raise NotImplementedError()" in message
+
+
+def test_missing_return_says_so():
+    fails(grading.check_nt_xent, lambda z1, z2, t: None, False, "forget the return")
+    fails(grading.check_similarity_matrix, lambda z1, z2: None, False, "forget the return")
+
+
+def nan_from_masked_one_hot(z1, z2, t):
+    """-inf on the diagonal times a 0 of the one-hot labels gives NaN."""
+    logits, labels = _logits_labels(z1, z2, t)
+    return -(F.log_softmax(logits, 1) * F.one_hot(labels, len(labels))).sum(1).mean()
+
+
+def normalises_in_place(z1, z2, t):
+    z1 /= z1.norm(dim=1, keepdim=True)
+    z2 /= z2.norm(dim=1, keepdim=True)
+    return F.cross_entropy(*_logits_labels(z1, z2, t))
+
+
+def rewrapped(z1, z2, t):
+    value = F.cross_entropy(*_logits_labels(z1.detach(), z2.detach(), t)).item()
+    return torch.tensor(value, requires_grad=True)
+
+
+def test_nt_xent_nan_in_place_and_detached_answers():
+    check = grading.check_nt_xent
+    assert "0 * inf" in fails(check, nan_from_masked_one_hot, False, "got nan")
+    fails(check, normalises_in_place, False, "changed its input z1 in place")
+    check(rewrapped)  # the right value ...
+    fails(check, rewrapped, True, "no gradient flows")  # ... cut off from the inputs
+
+
+def test_step_with_a_nan_loss_fails():
+    def nan_step(model, optimizer, v1, v2, temperature):
+        z1, z2 = model(torch.cat([v1, v2])).chunk(2)
+        loss = nan_from_masked_one_hot(z1, z2, temperature)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()  # every weight becomes NaN
+        return loss.item()
+
+    for hidden in (False, True):
+        assert "0 * inf" in fails(grading.check_simclr_step, nan_step, hidden, "got nan")
+
+
+def test_a_failed_assert_in_the_answer_is_named():
+    def asserts(z1, z2, t):
+        assert z1.shape[1] == 128
+        return F.cross_entropy(*_logits_labels(z1, z2, t))
+
+    fails(grading.check_nt_xent, asserts, False, r"^nt_xent: an assert in your code failed for N")

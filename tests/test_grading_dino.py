@@ -169,6 +169,27 @@ def test_update_teacher_wrong_answers():
     fails(check, lambda s, t, m: update_momentum(s, t, m), True, "reference")
 
 
+def test_update_teacher_that_only_rebinds_a_name():
+    def rebinds(student, teacher, m):
+        for ps, pt in zip(student.parameters(), teacher.parameters()):
+            pt = m * pt + (1 - m) * ps  # the mistake: rebinds the name only
+
+    for hidden in (False, True):  # hidden starts with m = 0, where "swapped m" looked the same
+        message = fails(grading.check_update_teacher, rebinds, hidden, "did not change")
+        assert "in place" in message and "swap" not in message
+
+
+def test_dino_loss_that_changes_its_inputs_in_place():
+    def in_place(student_out, teacher_out, center, student_temp=0.1, teacher_temp=0.04):
+        with torch.no_grad():
+            for t in teacher_out:
+                t.sub_(center)
+        return dino_loss(student_out, teacher_out, torch.zeros_like(center), student_temp,
+                         teacher_temp)
+
+    fails(grading.check_dino_loss, in_place, False, r"changed its input teacher_out\[0\] in place")
+
+
 def test_dino_step_wrong_answers():
     check = grading.check_dino_step
 

@@ -163,6 +163,7 @@ def test_topk_wrong_answers():
 
     assert "stable" in fails(check, with_torch_topk, False, "ties")
     assert "fraction" in fails(check, count, False, "expected")
+    assert "percentage" in fails(check, lambda *a: 100 * topk_accuracy(*a), False, "expected")
     fails(check, off_by_one, False, "expected")
     fails(check, lambda *a: "top-5", False, "a number")
     check(lambda *a: torch.tensor(topk_accuracy(*a)))  # a 0-d tensor is accepted

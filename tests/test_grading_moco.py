@@ -89,6 +89,16 @@ def test_update_momentum_wrong_answers():
     fails(check, averages_buffers, True, "buffers")
 
 
+def test_update_momentum_that_only_rebinds_a_name():
+    def rebinds(online, target, m):
+        for a, b in zip(online.parameters(), target.parameters()):
+            b = m * b + (1 - m) * a  # the mistake: rebinds the name only
+
+    for hidden in (False, True):  # hidden starts with m = 0, where "swapped m" looked the same
+        message = fails(grading.check_update_momentum, rebinds, hidden, "did not change")
+        assert "in place" in message and "swap" not in message
+
+
 def test_update_momentum_delegation_fails_hidden():
     grading.check_update_momentum(reference_update_momentum)
     fails(grading.check_update_momentum, reference_update_momentum, True,
@@ -212,6 +222,20 @@ def test_moco_step_wrong_answers(solution):
     fails(check, make_step(solution, "enqueue_first"), False, "AFTER computing the loss")
     fails(check, make_step(solution, "no_zero_grad"), False, "zero_grad")
     fails(check, make_step(solution, "no_enqueue"), False, "pointer")
+
+    def no_pointer(*args):
+        return make_step(solution)(*args)[0], None
+
+    fails(check, no_pointer, False, "expected the new pointer as an int, got NoneType")
+
+
+def test_moco_loss_that_normalises_its_inputs_in_place(solution):
+    def in_place(q, k, queue, t):
+        with torch.no_grad():
+            q /= q.norm(dim=1, keepdim=True)
+        return solution.moco_loss(q, k, queue, t)
+
+    fails(grading.check_moco_loss, in_place, False, "changed its input q in place")
 
 
 def test_moco_step_delegation_fails_hidden(solution):

@@ -21,6 +21,7 @@ from sslkit.grading.guard import (
     quiet,
     randn,
     require_grad,
+    require_unchanged,
     scalar,
 )
 from sslkit.methods import cpc as cpc_method
@@ -221,6 +222,7 @@ def check_cpc_loss(cpc_loss: Callable, hidden: bool = False) -> None:
         where = f" (z {tuple(z.shape)}, c {tuple(c.shape)}, W {tuple(W.shape)})"
         inputs = [t.clone().requires_grad_(hidden) for t in (z, c, W)]
         got = scalar(ex, _call(ex, cpc_loss, *inputs, where=where, guard=hidden), where)
+        require_unchanged(ex, ("z", "c", "W"), inputs, (z, c, W), where)
         expected = losses.cpc_loss(z, c, W)
         if not close(got, expected):
             match_value(ex, got, expected, _loss_variants(z, c, W), where)

@@ -23,6 +23,7 @@ from sslkit.grading.guard import (
     quiet,
     randn,
     require_grad,
+    require_unchanged,
     scalar,
 )
 from sslkit.methods import dino as dino_method
@@ -86,7 +87,11 @@ def _compare_loss(ex: str, fn: Callable, case, grad: bool) -> None:
     where = f" ({v} student crops, {g} teacher crops, N={n}, K={k}, T_s={ts}, T_t={tt})"
     s_in = [x.clone().requires_grad_(grad) for x in s]
     t_in = [x.clone().requires_grad_(grad) for x in t]
-    got = scalar(ex, _call(ex, fn, s_in, t_in, c.clone(), ts, tt, where=where, guard=grad), where)
+    c_in = c.clone()
+    given = (*s_in, *t_in, c_in)  # the tensors themselves, even if the lists get new items
+    got = scalar(ex, _call(ex, fn, s_in, t_in, c_in, ts, tt, where=where, guard=grad), where)
+    names = [f"student_out[{i}]" for i in range(v)] + [f"teacher_out[{i}]" for i in range(g)]
+    require_unchanged(ex, (*names, "center"), given, (*s, *t, c), where)
     expected = losses.dino_loss(s, t, c, ts, tt)
     if not close(got, expected):
         match_value(ex, got, expected, _loss_variants(s, t, c, ts, tt), where)

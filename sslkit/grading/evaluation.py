@@ -151,6 +151,8 @@ def check_topk_accuracy(topk_accuracy: Callable, hidden: bool = False) -> None:
         hint = ""
         if abs(got - expected * n) <= 1e-6:
             hint = " — return the fraction of rows, not the count"
+        elif abs(got - expected * 100) <= 1e-4:
+            hint = " — return a fraction in [0, 1], not a percentage"
         elif kind == "ties":
             hint = (" — rank equal logits by class index, lower first, as argmax does "
                     "(torch.topk breaks ties arbitrarily: use torch.sort(..., stable=True) or "

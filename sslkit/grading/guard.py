@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -20,6 +21,7 @@ from contextlib import contextmanager
 import torch
 
 _MARK = "sslkit-grading: reference called: "
+NOT_FINITE = "look for log(0), 0 * inf (e.g. a -inf mask times 0) or a division by zero"
 
 
 def _blocked(*args, **kwargs):
@@ -70,8 +72,12 @@ def call(exercise: str, fn: Callable, *args, where: str = "",
     try:
         with references_blocked(blocked or {}):
             return fn(*args)
-    except AssertionError:
-        raise
+    except AssertionError as e:
+        if str(e).startswith(exercise):  # a check's own failure
+            raise
+        message = one_line(e)  # an assert in the student's code: often with no message
+        raise AssertionError(f"{exercise}: an assert in your code failed{where}"
+                             + (f": {message}" if message else "")) from None
     except Exception as e:  # noqa: BLE001 -- a student's bug must become a readable failure
         message = one_line(e)
         if _MARK in message:
@@ -80,8 +86,19 @@ def call(exercise: str, fn: Callable, *args, where: str = "",
                 f"{exercise}: your answer calls the reference {ref}; write the computation "
                 "yourself (torch and torch.nn.functional are fine)"
             ) from None
+        if isinstance(e, NotImplementedError) and not message:  # nbgrader's unfinished cell
+            raise AssertionError(
+                f"{exercise} is not written yet: it raised NotImplementedError{where}; replace "
+                "the `raise NotImplementedError()` line with your code"
+            ) from None
+        if "not have been used in the graph" in message:  # from torch.autograd.grad
+            raise AssertionError(
+                f"{exercise}: no gradient flows from your result back to the inputs{where}: "
+                "compute it from the inputs with torch operations (no torch.tensor(...), "
+                ".item(), .detach() or numpy)"
+            ) from None
         raise AssertionError(
-            f"{exercise} raised {type(e).__name__}{where}: {message}"
+            f"{exercise} raised {type(e).__name__}{where}" + (f": {message}" if message else "")
         ) from None
 
 
@@ -96,6 +113,9 @@ def randn(*shape: int, seed: int, dtype=torch.float32) -> torch.Tensor:
 
 
 def as_tensor(exercise: str, value, where: str) -> torch.Tensor:
+    if value is None:
+        raise AssertionError(f"{exercise}: expected a torch.Tensor, got None{where}: did you "
+                             "forget the return statement?")
     if not isinstance(value, torch.Tensor):
         raise AssertionError(f"{exercise}: expected a torch.Tensor, got {type(value).__name__}"
                              f"{where}: keep the computation in torch")
@@ -108,6 +128,17 @@ def scalar(exercise: str, value, where: str) -> torch.Tensor:
         raise AssertionError(f"{exercise}: expected a scalar (the mean over the anchors), got "
                              f"shape {tuple(value.shape)}{where}: average with .mean()")
     return value.reshape(())
+
+
+def require_unchanged(exercise: str, names: tuple[str, ...], passed, originals,
+                      where: str) -> None:
+    """Fail if the student's function changed one of its tensor inputs (passed as copies of
+    ``originals``, in the order of ``names``) in place."""
+    for name, given, original in zip(names, passed, originals):
+        if not torch.equal(given.detach(), original):
+            raise AssertionError(f"{exercise}: your function changed its input {name} in place"
+                                 f"{where}: make new tensors (z = z / n), not in-place updates "
+                                 "(z /= n, .div_(), masked_fill_)")
 
 
 def case_label(n: int, d: int, t: float | None = None) -> str:
@@ -135,6 +166,9 @@ def match_value(exercise: str, got: torch.Tensor, expected: torch.Tensor,
     ``variants``) whose value ``got`` equals, if any."""
     if close(got, expected):
         return
+    if not torch.isfinite(got).all():
+        raise AssertionError(f"{exercise}: expected {float(expected):.4f}, got {float(got)}"
+                             f"{where}: {NOT_FINITE}")
     hint = next((" — " + text for text, value in variants.items()
                  if close(got, value, atol=1e-4)), "")
     raise AssertionError(f"{exercise}: expected {float(expected):.4f}, got {float(got):.4f}"
@@ -160,6 +194,9 @@ def match_step(exercise: str, got, expected: float, model: torch.nn.Module,
     if not isinstance(got, float):
         raise AssertionError(f"{exercise}: expected the loss as a Python float, got "
                              f"{type(got).__name__}{where}: return loss.item()")
+    if not math.isfinite(got):
+        raise AssertionError(f"{exercise}: {label}expected loss {expected:.5f}, got {got}{where}:"
+                             f" {NOT_FINITE}")
     if abs(got - expected) > 1e-5:
         raise AssertionError(f"{exercise}: {label}expected loss {expected:.5f}, got {got:.5f}"
                              f"{where}{hint()}")
@@ -167,7 +204,7 @@ def match_step(exercise: str, got, expected: float, model: torch.nn.Module,
         raise AssertionError(f"{exercise}: {label}the weights did not change{where}: call "
                              "loss.backward() and then optimizer.step()")
     diff = max_param_diff(model, reference)
-    if diff > 1e-5:
+    if not diff <= 1e-5:  # NaN weights fail too
         raise AssertionError(
             f"{exercise}: {label}the loss is right but the updated weights differ from the "
             f"reference's by up to {diff:.2g}{where}: call optimizer.zero_grad() before "
@@ -187,6 +224,11 @@ def match_moving_average(exercise: str, source: torch.nn.Module, average: torch.
             raise AssertionError(f"{exercise}: the {src} {'network ' * (src == 'online')}"
                                  f"changed ({name}){where}: only the {avg} moves")
         expected = m * a0 + (1 - m) * s0
+        if m < 1 and not torch.equal(s0, a0) and torch.equal(a1.detach(), a0):
+            raise AssertionError(
+                f"{exercise}: the {avg} did not change ({name}){where}: update each parameter "
+                "in place (p_t.mul_(m).add_(...) or p_t.copy_(...)); `p_t = ...` in the loop only "
+                "renames the variable")
         if not torch.allclose(a1.detach(), expected, atol=1e-6):
             swapped = (1 - m) * a0 + m * s0
             hint = " — did you swap m and 1 - m?" if torch.allclose(

@@ -13,7 +13,16 @@ import torch
 import torch.nn.functional as F
 
 from sslkit import losses, mutual_info
-from sslkit.grading.guard import as_tensor, call, close, match_value, quiet, randn, require_grad
+from sslkit.grading.guard import (
+    as_tensor,
+    call,
+    close,
+    match_value,
+    quiet,
+    randn,
+    require_grad,
+    require_unchanged,
+)
 
 __all__ = ["check_gaussian_mi", "check_info_nce", "check_negative_weights"]
 
@@ -102,6 +111,7 @@ def _compare_info_nce(fn: Callable, q, p, neg, t: float, grad: bool) -> None:
         raise AssertionError(f"{ex}: expected a scalar (the mean over the N queries), got shape "
                              f"{tuple(got.shape)}{where}: average with .mean()")
     got = got.reshape(())
+    require_unchanged(ex, ("query", "positive", "negatives"), (a, b, c), (q, p, neg), where)
     expected = losses.info_nce(q, p, neg, t)
     if not close(got, expected):  # the variants are only computed for a wrong answer
         match_value(ex, got, expected, _info_nce_variants(q, p, neg, t), where)

@@ -19,6 +19,7 @@ from sslkit.grading.guard import (
     quiet,
     randn,
     require_grad,
+    require_unchanged,
     scalar,
 )
 from sslkit.methods.mae import MAE
@@ -235,8 +236,11 @@ def check_mae_loss(mae_loss: Callable, hidden: bool = False) -> None:
         where = f" (N={n}, L={length}, P={p}, norm_pix={norm_pix})"
         pred_in = pred.clone().requires_grad_(hidden)
         target_in = target.clone().requires_grad_(hidden)
-        got = scalar(ex, _call(ex, mae_loss, pred_in, target_in, mask.clone(), norm_pix,
+        mask_in = mask.clone()
+        got = scalar(ex, _call(ex, mae_loss, pred_in, target_in, mask_in, norm_pix,
                                where=where, guard=hidden), where)
+        require_unchanged(ex, ("pred", "target", "mask"), (pred_in, target_in, mask_in),
+                          (pred, target, mask), where)
         expected = losses.mae_loss(pred, target, mask, norm_pix)
         if not close(got, expected):
             match_value(ex, got, expected, _loss_variants(pred, target, mask, norm_pix), where)

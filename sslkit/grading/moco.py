@@ -23,6 +23,7 @@ from sslkit.grading.guard import (
     quiet,
     randn,
     require_grad,
+    require_unchanged,
     scalar,
 )
 from sslkit.methods import momentum
@@ -185,6 +186,7 @@ def _compare_moco_loss(ex: str, fn: Callable, q, k, queue, t: float, grad: bool,
     b = k.clone().requires_grad_(grad)
     c = queue.clone().requires_grad_(grad)
     got = scalar(ex, _call(ex, fn, a, b, c, t, where=where, guard=grad), where)
+    require_unchanged(ex, ("q", "k", "queue"), (a, b, c), (q, k, queue), where)
     expected = losses.moco_loss(q, k, queue, t)
     if not close(got, expected):
         match_value(ex, got, expected, _loss_variants(q, k, queue, t), where)
@@ -313,7 +315,13 @@ def _check_one_step(ex: str, moco_step: Callable, seed: int, steps: int, guard: 
             raise AssertionError(f"{ex}: {label}the key network differs from the reference's by "
                                  f"up to {diff:.2g}{where}: call update_momentum(query_net, "
                                  "key_net, m) once per step, before the key pass")
-        if int(ptr) != int(reference.queue_ptr):
+        if isinstance(ptr, torch.Tensor) and ptr.numel() == 1:
+            ptr = int(ptr)
+        if not isinstance(ptr, int):
+            raise AssertionError(f"{ex}: {label}expected the new pointer as an int, got "
+                                 f"{type(ptr).__name__}{where}: return the pointer enqueue gave "
+                                 "back")
+        if ptr != int(reference.queue_ptr):
             raise AssertionError(f"{ex}: {label}expected the pointer {int(reference.queue_ptr)},"
                                  f" got {ptr}{where}: return the pointer enqueue gave back")
         if not torch.allclose(queue, reference.queue, atol=1e-5):

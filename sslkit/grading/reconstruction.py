@@ -12,7 +12,7 @@ from collections.abc import Callable
 import torch
 
 from sslkit import losses
-from sslkit.grading.guard import as_tensor, call, quiet, scalar
+from sslkit.grading.guard import as_tensor, call, quiet, require_unchanged, scalar
 from sslkit.methods import colorization, inpainting
 from sslkit.methods.colorization import DELTA, RGB_TO_XYZ, WHITE_D65
 
@@ -291,8 +291,9 @@ def _compare_loss(ex: str, fn: Callable, x, recon, mask, expected: float | None,
                   guard: bool) -> None:
     x, recon, mask = x.float(), recon.float(), mask.float()
     r = recon.clone().requires_grad_(guard)
-    got = as_tensor(ex, _call(ex, fn, x.clone(), r, mask.clone(), where=where, guard=guard),
-                    where)
+    x_in, mask_in = x.clone(), mask.clone()
+    got = as_tensor(ex, _call(ex, fn, x_in, r, mask_in, where=where, guard=guard), where)
+    require_unchanged(ex, ("x", "recon", "mask"), (x_in, r, mask_in), (x, recon, mask), where)
     if got.numel() != 1:
         raise AssertionError(f"{ex}: expected a scalar (the mean over all masked elements), got "
                              f"shape {tuple(got.shape)}{where}: sum over everything, then divide")

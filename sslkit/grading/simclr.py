@@ -23,6 +23,7 @@ from sslkit.grading.guard import (
     quiet,
     randn,
     require_grad,
+    require_unchanged,
     scalar,
 )
 from sslkit.methods.simclr import SimCLR
@@ -289,6 +290,7 @@ def _compare_loss(ex: str, fn: Callable, z1, z2, t: float, grad: bool) -> None:
     a = z1.clone().requires_grad_(grad)
     b = z2.clone().requires_grad_(grad)
     got = scalar(ex, _call(ex, fn, a, b, t, where=where, guard=grad), where)
+    require_unchanged(ex, ("z1", "z2"), (a, b), (z1, z2), where)
     expected = losses.nt_xent(z1, z2, t)
     if not close(got, expected):  # the variants are only computed for a wrong answer
         match_value(ex, got, expected, _nt_xent_variants(z1, z2, t), where)

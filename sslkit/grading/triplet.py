@@ -19,6 +19,7 @@ from sslkit.grading.guard import (
     quiet,
     randn,
     require_grad,
+    require_unchanged,
     scalar,
 )
 from sslkit.methods import triplet
@@ -78,6 +79,7 @@ def _compare_triplet_loss(ex: str, fn: Callable, a, p, n, margin: float, grad: b
     where = case_label(*a.shape) + f", margin={margin}"
     args = [t.clone().requires_grad_(grad) for t in (a, p, n)]
     got = scalar(ex, _call(ex, fn, *args, margin, where=where, guard=grad), where)
+    require_unchanged(ex, ("anchor", "positive", "negative"), args, (a, p, n), where)
     expected = losses.triplet_loss(a, p, n, margin)
     if not close(got, expected):  # the variants are only computed for a wrong answer
         match_value(ex, got, expected, _loss_variants(a, p, n, margin), where)
