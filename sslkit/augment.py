@@ -51,6 +51,31 @@ class ViewConfig:
     blur_sigma: tuple[float, float] = (0.1, 2.0)  # blur sigma in pixels at 224 px, scaled to size
     solarize_p: float = 0.0  # probability of solarization, x -> 1 - x where x >= 0.5 (BYOL)
 
+    def __post_init__(self):
+        """One-line errors for settings that would otherwise give silently odd views."""
+        def bad(what: str, fix: str) -> SSLKitError:
+            return SSLKitError(f"ViewConfig: {what}: {fix}")
+
+        if self.size < 1:
+            raise bad(f"size must be at least 1 pixel (got {self.size})", "use e.g. size=32")
+        (s_lo, s_hi), (r_lo, r_hi) = self.crop_scale, self.crop_ratio
+        if not 0 < s_lo <= s_hi <= 1:
+            raise bad(f"crop_scale must be (low, high) with 0 < low <= high <= 1, got "
+                      f"{self.crop_scale}", "use e.g. crop_scale=(0.08, 1.0)")
+        if not 0 < r_lo <= r_hi:
+            raise bad(f"crop_ratio must be (low, high) with 0 < low <= high, got "
+                      f"{self.crop_ratio}", "use e.g. crop_ratio=(3 / 4, 4 / 3)")
+        for name in ("flip_p", "jitter_p", "gray_p", "blur_p", "solarize_p"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise bad(f"{name} is a probability, got {getattr(self, name)}",
+                          f"use a value in [0, 1], e.g. {name}=0.5")
+        if self.jitter_strength < 0 or self.rotate_degrees < 0:
+            raise bad(f"jitter_strength and rotate_degrees must be >= 0 (got "
+                      f"{self.jitter_strength} and {self.rotate_degrees})", "use 0 to switch off")
+        if not 0 < self.blur_sigma[0] <= self.blur_sigma[1]:
+            raise bad(f"blur_sigma must be (low, high) with 0 < low <= high, got "
+                      f"{self.blur_sigma}", "use e.g. blur_sigma=(0.1, 2.0)")
+
 
 def view_config_for(dataset: str, size: int | None = None) -> ViewConfig:
     """Per-dataset presets (SimCLR's CIFAR settings; milder crops and no flip for digits)."""

@@ -100,6 +100,23 @@ def test_views_reject_an_image_without_batch_axis():
     assert "\n" not in str(err.value) and "x[None]" in str(err.value)
 
 
+@pytest.mark.parametrize("settings,expected", [
+    ({"size": 0}, "size must be at least 1"),
+    ({"crop_scale": (0.9, 0.1)}, "crop_scale"),  # once: silently drew areas from 0.1 to 0.9
+    ({"crop_scale": (-0.5, 1.0)}, "crop_scale"),
+    ({"crop_scale": (0.5, 2.0)}, "crop_scale"),
+    ({"crop_ratio": (4 / 3, 3 / 4)}, "crop_ratio"),
+    ({"flip_p": 2.0}, "flip_p is a probability"),
+    ({"gray_p": -1.0}, "gray_p is a probability"),
+    ({"jitter_strength": -0.5}, "jitter_strength"),
+    ({"blur_sigma": (2.0, 0.1)}, "blur_sigma"),
+])
+def test_view_settings_out_of_range_are_one_line_errors(settings, expected):
+    with pytest.raises(SSLKitError, match=expected) as err:
+        ViewConfig(**settings)
+    assert "\n" not in str(err.value) and "use" in str(err.value)
+
+
 def fraction_changed(cfg: ViewConfig, x: torch.Tensor, n: int = 4000) -> float:
     out = SimCLRViews(cfg, gen(1))(x.expand(n, *x.shape[1:]))
     changed = (out - x).flatten(1).abs().amax(dim=1) > 1e-4
