@@ -202,10 +202,23 @@ def load_checkpoint(out: str | Path) -> dict:
 
 
 def _read_metrics(out: Path, up_to_epoch: int) -> list[dict]:
+    """The metrics rows of epochs 1..up_to_epoch (the checkpoint's), to continue the log from.
+
+    A call killed while appending leaves a cut-off last line; it belongs to an epoch whose
+    checkpoint was never saved, so it is dropped like every row after the checkpoint."""
     path = out / METRICS
     if not path.is_file():
         return []
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    rows = []
+    for number, line in enumerate(lines, 1):
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            if number < len(lines):
+                raise SSLKitError(f"{path} line {number} is not a metrics row: restore the "
+                                  "file from a copy of the run, or delete it to start a new "
+                                  "log") from None
     return [r for r in rows if r["epoch"] <= up_to_epoch]
 
 

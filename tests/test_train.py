@@ -91,6 +91,22 @@ def test_resume_in_two_stops(tmp_path, data, full_run):
     assert len(rows) == 3
 
 
+def test_resume_after_a_kill_mid_write_of_the_metrics(tmp_path, data, full_run):
+    """A call killed while appending a metrics row leaves a cut-off line: resume drops it (its
+    epoch's checkpoint was never saved) and the log ends as an uninterrupted run's."""
+    out = tmp_path / "killed"
+    train(CFG, out, stop_after_epoch=1, progress=False, data=data)
+    with open(out / METRICS, "a") as f:
+        f.write('{"epoch": 2, "st')
+    method, rows = train(CFG, out, resume=True, progress=False, data=data)
+    assert_same_state(method.state_dict(), full_run[0].state_dict())
+    logged = [json.loads(line) for line in (out / METRICS).read_text().splitlines()]
+    assert [r["epoch"] for r in logged] == [1, 2, 3]
+    (out / METRICS).write_text('{"epoch": 1,\n' + (out / METRICS).read_text())  # damaged inside
+    with pytest.raises(SSLKitError, match="line 1 is not a metrics row"):
+        train(CFG, out, resume=True, progress=False, data=data)
+
+
 def test_same_seed_same_run_other_seed_other_run(tmp_path, data, full_run):
     method_b, rows_b = train(CFG, tmp_path / "again", progress=False, data=data)
     assert_same_state(method_b.state_dict(), full_run[0].state_dict())
