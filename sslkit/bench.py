@@ -116,6 +116,18 @@ def _loader_batches(dataset, batch: int, workers: int, device: torch.device) -> 
             yield [v.to(device, non_blocking=True) for v in views]
 
 
+def check_counts(batch: int, steps: int, warmup: int) -> None:
+    """One-line errors for a batch, a number of timed steps or of warm-up steps out of range."""
+    if batch < 2:
+        raise SSLKitError(f"--batch must be 2 or more (got {batch}): NT-Xent's negatives are "
+                          "the other images of the batch")
+    if steps < 1:
+        raise SSLKitError(f"--steps must be 1 or more (got {steps}): they are the timed steps")
+    if warmup < 0:
+        raise SSLKitError(f"--warmup must be 0 or more (got {warmup}): they are the untimed "
+                          "steps before the timed ones")
+
+
 def lightly_available() -> bool:
     try:
         import lightly.loss  # noqa: F401
@@ -132,9 +144,12 @@ def run_bench(device: str = "auto", batch: int = 512, steps: int = 20, size: str
     importable or lightly=False)."""
     if size not in SIZES:
         raise SSLKitError(f"unknown size {size!r}: use one of {', '.join(SIZES)}")
-    if batch < 2 or steps < 1 or warmup < 0:
-        raise SSLKitError(f"need --batch >= 2 and --steps >= 1 (got batch {batch}, steps "
-                          f"{steps}): negatives need a batch of 2 or more")
+    check_counts(batch, steps, warmup)
+    if workers is not None and workers < 0:
+        raise SSLKitError(f"--workers must be 0 or more (got {workers}): 0 makes the views in "
+                          "the main process")
+    if lightly and not lightly_available():
+        raise SSLKitError(LIGHTLY_HINT)
     dev = resolve_device(device)
     arch, n_images = SIZES[size]
     workers = min(8, os.cpu_count() or 1) if workers is None else workers

@@ -25,7 +25,8 @@ from collections.abc import Callable
 import torch
 
 from sslkit.augment import SimCLRViews, ViewConfig, view_config_for, view_transform
-from sslkit.bench import Result, _measure, format_table
+from sslkit.bench import Result, _measure, check_counts, format_table
+from sslkit.errors import SSLKitError
 
 KORNIA_HINT = ("kornia is not installed here (it is never a dependency of sslkit): `make bench` "
                "installs it in the benchmark's own environment")
@@ -69,7 +70,11 @@ def _time(name: str, label: str, make_views: Callable, images: torch.Tensor, ste
 
 def run_views_bench(device: torch.device, batch: int = 512, steps: int = 20, warmup: int = 3,
                     kornia: bool | None = None) -> list[Result]:
-    """(v1)-(v3): images per second for two CIFAR-sized views of each image of a uint8 batch."""
+    """(v1)-(v3): images per second for two CIFAR-sized views of each image of a uint8 batch
+    ((v2) skipped if kornia is not importable or kornia=False)."""
+    check_counts(batch, steps, warmup)
+    if kornia and not kornia_available():
+        raise SSLKitError(KORNIA_HINT)
     cfg = view_config_for("cifar10")
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (batch, 3, 32, 32), dtype=torch.uint8, generator=g)

@@ -4,10 +4,15 @@
 
 kNN is the accuracy at the run's final epoch (cosine, T = 0.1, k = the run's knn_k; 200 in the
 gpu profile), as REFERENCE.md's convention asks: never the best over epochs. It comes from the
-last row of metrics.jsonl when the run monitored kNN at its final epoch (``--knn-every N``), else
-from eval.json (``sslkit eval``), else it is left out with a hint. The training time is the sum
-of the epochs' wall times, over every call that trained the run (kNN monitoring excluded). The
-device and the command come from run.json, which ``sslkit train`` appends each call to.
+last row of metrics.jsonl when the run monitored kNN at its last saved epoch (``--knn-every
+N``), else from eval.json (``sslkit eval``) when that is not older than the checkpoint, else it
+is left out with a hint. A run that is not finished says so in the epochs column ("3 of 100")
+and its kNN is that of its last saved epoch. The training time is the sum of the epochs' wall
+times, over every call that trained the run (kNN monitoring excluded). The device and the
+command come from run.json, which ``sslkit train`` appends each call to.
+
+The checkpoint is the record of how far the run got: a metrics row written after it (a call
+killed between the two writes, or mid-write) is left out, as ``--resume`` leaves it out.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import json
 from pathlib import Path
 
 from sslkit.errors import SSLKitError
-from sslkit.train import METRICS, RUN_INFO, TrainConfig, load_checkpoint
+from sslkit.train import CHECKPOINT, METRICS, RUN_INFO, TrainConfig, load_checkpoint
 
 HEADER = ("| method | encoder | epochs | batch | kNN | training time | device | command |\n"
           "|---|---|---|---|---|---|---|---|")
@@ -32,31 +37,93 @@ def duration(seconds: float) -> str:
     return f"{s // 3600} h {s % 3600 // 60} min"
 
 
+def _read_json(path: Path, fix: str):
+    try:
+        return json.loads(path.read_text())
+    except (ValueError, OSError) as err:
+        raise SSLKitError(f"{path} cannot be read ({err}): {fix}") from None
+
+
+def saved_rows(run: Path, saved_epoch: int) -> list[dict]:
+    """The metrics rows of epochs 1..saved_epoch (the checkpoint's), checked to be all there."""
+    path = run / METRICS
+    if not path.is_file():
+        raise SSLKitError(f"{run} has a checkpoint but no {METRICS}, so its training time is "
+                          f"unknown: copy {METRICS} along with {CHECKPOINT}")
+    lines = path.read_text().splitlines()
+    rows = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            epoch, _ = row["epoch"], row["seconds"]
+        except (ValueError, KeyError, TypeError):
+            if number == len(lines):  # cut off mid-write: its epoch's checkpoint was never saved
+                break
+            raise SSLKitError(f"{path} line {number} is not a metrics row: the file is damaged; "
+                              "restore it from a copy of the run") from None
+        if epoch <= saved_epoch:
+            rows.append(row)
+    epochs = [r["epoch"] for r in rows]
+    if epochs != list(range(1, saved_epoch + 1)):
+        raise SSLKitError(f"{path} does not hold one row for each of the {saved_epoch} saved "
+                          f"epoch(s) (it has epochs {epochs or 'none'}), so the training time "
+                          "is unknown: restore the file from a copy of the run")
+    return rows
+
+
 def final_knn(run: Path, rows: list[dict], cfg: TrainConfig) -> str:
-    """The final epoch's kNN accuracy as 'xx.x %' (k and T in the table's notes), or a hint."""
-    if rows and rows[-1]["epoch"] == cfg.epochs and "knn" in rows[-1]:
+    """The last saved epoch's kNN accuracy as 'xx.x % (k=K)', or a hint."""
+    if "knn" in rows[-1]:
         return f"{100 * rows[-1]['knn']:.1f} % (k={cfg.knn_k})"
     evaluated = run / "eval.json"
-    if evaluated.is_file():
+    hint = f"not measured: `sslkit eval {run}`"
+    if not evaluated.is_file():
+        return hint
+    if evaluated.stat().st_mtime < (run / CHECKPOINT).stat().st_mtime:
+        return f"eval.json predates the last epoch: `sslkit eval {run}`"
+    try:
         result = json.loads(evaluated.read_text())
         return f"{100 * result['knn']:.1f} % (k={result['knn_k']})"
-    return f"not measured: `sslkit eval {run}`"
+    except (ValueError, KeyError, TypeError):
+        return f"eval.json unreadable: `sslkit eval {run}`"
+
+
+def _calls(run: Path) -> list[dict]:
+    info = run / RUN_INFO
+    if not info.is_file():
+        return []
+    calls = _read_json(info, "fix or delete it (the device and command then show as unknown)")
+    if not isinstance(calls, dict) or not isinstance(calls.get("calls"), list):
+        raise SSLKitError(f"{info} has no list of calls: fix or delete it (the device and "
+                          "command then show as unknown)")
+    return [c for c in calls["calls"] if isinstance(c, dict)]
 
 
 def result_row(run: str | Path) -> str:
     """One table row for the run saved in `run`."""
     run = Path(run)
-    cfg = TrainConfig(**load_checkpoint(run)["config"])
-    rows = [json.loads(line) for line in (run / METRICS).read_text().splitlines() if line]
+    if run.is_file():
+        raise SSLKitError(f"{run} is a file, not a run folder: give the folder that was passed "
+                          "to `sslkit train --out`")
+    try:
+        ckpt = load_checkpoint(run)
+    except SSLKitError:
+        raise
+    except Exception as err:  # torch.load fails in many ways on a damaged file
+        raise SSLKitError(f"{run / CHECKPOINT} cannot be read ({type(err).__name__}): the file "
+                          "is damaged; copy the run again") from None
+    cfg = TrainConfig(**ckpt["config"])
+    rows = saved_rows(run, ckpt["epoch"])
     if not rows:
-        raise SSLKitError(f"{run} has no finished epoch in {METRICS}: train it first")
-    epochs = rows[-1]["epoch"] if rows[-1]["epoch"] == cfg.epochs else (
-        f"{rows[-1]['epoch']} of {cfg.epochs}")
-    info = run / RUN_INFO
-    calls = json.loads(info.read_text())["calls"] if info.is_file() else []
-    devices = sorted({f"{c['processes']} x {c['device']}" if c["processes"] > 1 else c["device"]
+        raise SSLKitError(f"{run} has no finished epoch: train it first")
+    epochs = cfg.epochs if ckpt["epoch"] == cfg.epochs else f"{ckpt['epoch']} of {cfg.epochs}"
+    calls = _calls(run)
+    devices = sorted({f"{c.get('processes', 1)} x {c.get('device', 'unknown')}"
+                      if c.get("processes", 1) > 1 else c.get("device", "unknown")
                       for c in calls}) or ["unknown"]
-    commands = [f"`{c['command']}`" for c in calls if c["command"]] or ["unknown"]
+    commands = [f"`{c['command']}`" for c in calls if c.get("command")] or ["unknown"]
     seconds = sum(r["seconds"] for r in rows)
     return (f"| {cfg.method} | {cfg.arch} | {epochs} | {cfg.batch_size} | "
             f"{final_knn(run, rows, cfg)} | {duration(seconds)} | {', '.join(devices)} | "

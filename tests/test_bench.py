@@ -93,6 +93,38 @@ def test_bad_size_is_a_one_line_error():
         bench.run_bench("cpu", size="huge")
 
 
+@pytest.mark.parametrize("option, value, message", [
+    ("--batch", "1", "--batch must be 2 or more (got 1)"),
+    ("--steps", "0", "--steps must be 1 or more (got 0)"),
+    ("--warmup", "-1", "--warmup must be 0 or more (got -1)"),
+    ("--workers", "-1", "--workers must be 0 or more (got -1)"),
+])
+def test_counts_out_of_range_are_one_line_errors(capsys, option, value, message):
+    args = TINY.copy()
+    args[args.index(option) + 1] = value
+    assert main(["bench", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err
+
+
+def test_views_bench_checks_its_counts_too():
+    from sslkit.bench_views import run_views_bench
+
+    with pytest.raises(SSLKitError, match="--steps must be 1 or more"):
+        run_views_bench(torch.device("cpu"), batch=4, steps=0, warmup=0)
+
+
+def test_asking_for_a_missing_library_says_how_to_install_it(monkeypatch):
+    from sslkit import bench_views
+
+    monkeypatch.setattr(bench, "lightly_available", lambda: False)
+    monkeypatch.setattr(bench_views, "kornia_available", lambda: False)
+    with pytest.raises(SSLKitError, match="pip install lightly kornia"):
+        bench.run_bench("cpu", batch=8, steps=1, size="tiny", warmup=0, workers=0, lightly=True)
+    with pytest.raises(SSLKitError, match="make bench"):
+        bench_views.run_views_bench(torch.device("cpu"), batch=4, steps=1, warmup=0, kornia=True)
+
+
 # ---------------------------------------------------------------------------------------------
 # The second table: which implementation makes the views
 

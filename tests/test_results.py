@@ -4,6 +4,8 @@ one), the summed epoch times, the device and the command that `sslkit train` rec
 from __future__ import annotations
 
 import json
+import os
+import shutil
 
 import pytest
 
@@ -24,8 +26,21 @@ def test_duration():
 def run(tmp_path_factory):
     out = tmp_path_factory.mktemp("results") / "simclr"
     assert main([*TRAIN, "--knn-every", "1", "--stop-after-epoch", "1", "--out", str(out)]) == 0
+    shutil.copytree(out, out.parent / "partial")  # the run as the first call left it
     assert main([*TRAIN, "--knn-every", "1", "--resume", "--out", str(out)]) == 0
     return out
+
+
+def copy(run, tmp_path, name="copy"):
+    return shutil.copytree(run, tmp_path / name)
+
+
+def metrics(run):
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def cells(table):
+    return [c.strip() for c in table.splitlines()[-1].strip("|").split("|")]
 
 
 def test_row_of_a_run_trained_in_two_calls(run, capsys):
@@ -60,3 +75,73 @@ def test_knn_from_eval_json_or_a_hint(run, tmp_path):
 def test_unfinished_or_missing_runs():
     with pytest.raises(SSLKitError, match="no checkpoint at"):
         results_table(["no-such-run"])
+
+
+def test_unfinished_run_shows_its_saved_epoch(run, tmp_path):
+    partial = copy(run.parent / "partial", tmp_path)
+    (first,) = metrics(partial)
+    _, _, epochs, _, knn, seconds, _, _ = cells(results_table([partial]))
+    assert epochs == "1 of 2" and knn == f"{100 * first['knn']:.1f} % (k=20)"
+    assert seconds == duration(first["seconds"])
+
+
+def test_rows_written_after_the_checkpoint_are_left_out(run, tmp_path):
+    """A call killed after writing epoch 2's row but before saving its checkpoint, or while
+    writing the row: the checkpoint is at epoch 1, and so is the table (as --resume has it)."""
+    partial = copy(run.parent / "partial", tmp_path)
+    (first,) = metrics(partial)
+    unsaved = {"epoch": 2, "step": 4, "loss": 4.0, "lr": 0.0, "seconds": 5000.0, "knn": 0.99}
+    with open(partial / "metrics.jsonl", "a") as f:
+        f.write(json.dumps(unsaved) + "\n")
+    expected = ("1 of 2", f"{100 * first['knn']:.1f} % (k=20)", duration(first["seconds"]))
+    _, _, epochs, _, knn, seconds, _, _ = cells(results_table([partial]))
+    assert (epochs, knn, seconds) == expected
+    with open(partial / "metrics.jsonl", "a") as f:
+        f.write('{"epoch": 3, "step": 6, "lo')  # killed mid-write
+    _, _, epochs, _, knn, seconds, _, _ = cells(results_table([partial]))
+    assert (epochs, knn, seconds) == expected
+
+
+def test_eval_json_older_than_the_checkpoint_is_not_reported(run, tmp_path):
+    """knn_every 0, then `sslkit eval` after epoch 1, then the run resumed: that kNN is stale."""
+    done = copy(run, tmp_path)
+    rows = metrics(done)
+    for row in rows:
+        row.pop("knn", None)
+    (done / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (done / "eval.json").write_text(json.dumps({"knn": 0.5123, "knn_k": 20}))
+    saved = os.stat(done / "last.pt").st_mtime
+    os.utime(done / "eval.json", (saved - 60, saved - 60))
+    assert cells(results_table([done]))[4] == f"eval.json predates the last epoch: `sslkit " \
+                                              f"eval {done}`"
+
+
+def test_missing_run_json_shows_unknown(run, tmp_path):
+    done = copy(run, tmp_path)
+    (done / "run.json").unlink()
+    assert cells(results_table([done]))[6:] == ["unknown", "unknown"]
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda run: (run / "metrics.jsonl").unlink(), "no metrics.jsonl"),
+    (lambda run: (run / "metrics.jsonl").write_text(""), "epochs none"),
+    (lambda run: (run / "metrics.jsonl").write_text("{oops\n" + (run / "metrics.jsonl")
+                                                    .read_text()), "line 1 is not a metrics row"),
+    (lambda run: (run / "metrics.jsonl").write_text(
+        (run / "metrics.jsonl").read_text().splitlines()[1] + "\n"), "epochs [2]"),
+    (lambda run: (run / "run.json").write_text('{"calls": ['), "run.json cannot be read"),
+    (lambda run: (run / "last.pt").write_bytes((run / "last.pt").read_bytes()[:1000]),
+     "last.pt cannot be read"),
+], ids=["no-metrics", "empty-metrics", "bad-line", "missing-epoch", "bad-run-json", "bad-ckpt"])
+def test_damaged_runs_are_one_line_errors(run, tmp_path, capsys, damage, message):
+    broken = copy(run, tmp_path)
+    damage(broken)
+    capsys.readouterr()
+    assert main(["results", str(broken)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("sslkit: error:") and message in err
+
+
+def test_a_file_is_not_a_run_folder(run, capsys):
+    assert main(["results", str(run / "metrics.jsonl")]) == 2
+    assert "is a file, not a run folder" in capsys.readouterr().err
