@@ -158,18 +158,22 @@ def cmd_experiment(args) -> int:
 
 
 def cmd_bench(args) -> int:
+    import torch
+
     from sslkit.bench import format_table, run_bench
     from sslkit.bench_views import format_views_table, run_views_bench
     from sslkit.train import resolve_device
 
+    device = resolve_device(args.device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"  # in the title
     results = run_bench(args.device, args.batch, args.steps, args.size, args.warmup, args.workers,
                         args.compile)
     print(format_table(results, f"SimCLR, batch {args.batch}, {args.steps} steps, size "
-                                f"{args.size}, device {args.device}"))
-    views = run_views_bench(resolve_device(args.device), args.batch, args.steps, args.warmup)
+                                f"{args.size}, {name}"))
+    views = run_views_bench(device, args.batch, args.steps, args.warmup)
     print()
     print(format_views_table(views, f"Two views per image only, batch {args.batch}, "
-                                    f"{args.steps} steps, device {args.device}"))
+                                    f"{args.steps} steps, {name}"))
     return 0
 
 

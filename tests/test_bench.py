@@ -39,6 +39,7 @@ def test_cli_prints_the_table_and_skips_lightly_with_instructions(capsys, monkey
     assert set(rows) == {"a", "b", "d"} and all(v > 0 for v in rows.values())
     assert re.search(r"^\(c\) lightly\s+skipped", out, re.M)
     assert "pip install lightly kornia -e ." in out and "a/c: n/a" in out
+    assert "size tiny, CPU" in out  # the device's name (an H100's on CUDA), not the flag
     a_d = float(re.search(r"^a/d: ([\d.]+)$", out, re.M)[1])
     assert a_d == pytest.approx(rows["a"] / rows["d"], rel=0.02, abs=0.006)  # printed rounded
 
