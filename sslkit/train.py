@@ -98,11 +98,24 @@ class TrainConfig:
 
 
 def resolve_device(name: str) -> torch.device:
+    """The torch device named by --device (auto | cpu | cuda | cuda:N | mps), checked to exist."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
+    unknown = f"unknown device {name!r}: use --device auto, cpu, cuda or cuda:N"
+    try:
+        device = torch.device(name)
+    except RuntimeError:  # a name torch does not know, e.g. "gpu"
+        raise SSLKitError(unknown) from None
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise SSLKitError(unknown)
+    if device.type == "cuda" and not torch.cuda.is_available():
         raise SSLKitError(f"device {name!r} asked for but CUDA is not available: use --device cpu")
-    return torch.device(name)
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise SSLKitError(f"device {name!r} asked for but this machine has "
+                          f"{torch.cuda.device_count()} CUDA device(s): use --device cuda:0")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise SSLKitError(f"device {name!r} asked for but MPS is not available: use --device cpu")
+    return device
 
 
 def make_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:

@@ -93,7 +93,9 @@ def test_unknown_names_exit_2_with_one_line(tmp_path, capsys, flag, value):
     ("--epochs", "-1", "--epochs 1"), ("--lr", "-1", "--lr must be positive"),
     ("--temperature", "0", "--temperature must be positive"), ("--knn-k", "0", "--knn-k 1"),
     ("--weight-decay", "-0.1", "--weight-decay 1e-6"), ("--adam-beta2", "1", "[0, 1)"),
-    ("--warmup-epochs", "-2", "--warmup-epochs 0"), ("--n-train", "0", "--n-train 1")])
+    ("--warmup-epochs", "-2", "--warmup-epochs 0"), ("--n-train", "0", "--n-train 1"),
+    ("--device", "gpu", "unknown device 'gpu'"), ("--device", "meta", "unknown device"),
+    ("--device", "cuda:7", "cuda:7")])
 def test_settings_out_of_range_exit_2_before_anything_runs(tmp_path, capsys, flag, value,
                                                           expected):
     """Before, --batch-size 0 and --epochs -1 ended in tracebacks, --lr -1 in torch's own error
