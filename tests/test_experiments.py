@@ -1,6 +1,10 @@
 """`sslkit experiment NAME`: every experiment runs in the ci profile (a few steps on a few dozen
-images) through the command line; the tests check its files, its table's structure (rows and
-columns named as expected) and the ranges of its values."""
+images) through the command line; the tests check its files (the table printed and written is
+the one in results.json), its table's structure (rows and columns named as expected), the
+ranges of its values, and, by watching ``pretrain`` and ``downstream``, that the compared arms
+start from the same weights, train for the same number of steps and are evaluated on the
+trained encoder's features h. Bad input (an --out holding results, an unknown profile or
+device) fails with one line before any work."""
 
 import contextlib
 import dataclasses
@@ -9,31 +13,67 @@ import json
 import math
 
 import pytest
+import torch
 
 from sslkit.cli import main
-from sslkit.experiments import EXPERIMENTS, get_experiment
+from sslkit.errors import SSLKitError
+from sslkit.experiments import EXPERIMENTS, get_experiment, run_experiment
+from sslkit.experiments import report as report_module
 from sslkit.experiments.fit import SCALES
-from sslkit.experiments.report import format_value, markdown_table
+from sslkit.experiments.report import Result, format_value, markdown_table
 
 CI = SCALES["ci"]
 _RUNS: dict = {}
 
 
+def watch(module, calls: dict, mp: pytest.MonkeyPatch) -> None:
+    """Replace the module's pretrain and downstream by wrappers that record, per call: the
+    encoder, its weights before training, the optimiser steps taken (calls of the method's
+    forward), the batch size and the losses returned; and which encoder was evaluated."""
+    real_pretrain = module.pretrain
+
+    def pretrain(method, images, scale, device, batch_size=None, epochs=None, **kwargs):
+        steps = [0]
+        hook = method.register_forward_pre_hook(lambda *_: steps.__setitem__(0, steps[0] + 1))
+        init = torch.cat([p.detach().flatten().clone() for p in method.encoder.parameters()])
+        try:
+            losses = real_pretrain(method, images, scale, device, batch_size, epochs, **kwargs)
+        finally:
+            hook.remove()
+        calls["pretrain"].append({"encoder": method.encoder, "init": init, "steps": steps[0],
+                                  "images": len(images),
+                                  "batch": batch_size or scale.batch_size, "losses": losses})
+        return losses
+
+    mp.setattr(module, "pretrain", pretrain)
+    if hasattr(module, "downstream"):
+        real_downstream = module.downstream
+
+        def downstream(encoder, *args, **kwargs):
+            calls["downstream"].append(encoder)
+            return real_downstream(encoder, *args, **kwargs)
+
+        mp.setattr(module, "downstream", downstream)
+
+
 @pytest.fixture(scope="module")
 def ran(tmp_path_factory):
-    """ran(name) -> (results.json as a dict, printed output, output folder); each experiment
-    runs once per module, through `sslkit experiment NAME --profile ci`."""
+    """ran(name) -> (results.json as a dict, printed output, output folder, calls of pretrain
+    and downstream, see watch); each experiment runs once per module, through
+    `sslkit experiment NAME --profile ci`."""
 
     def get(name):
         if name not in _RUNS:
             out = tmp_path_factory.mktemp(name)
             printed = io.StringIO()
-            with contextlib.redirect_stdout(printed):
+            calls = {"pretrain": [], "downstream": []}
+            with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(printed):
+                watch(get_experiment(name), calls, mp)
                 rc = main(["experiment", name, "--profile", "ci", "--out", str(out),
                            "--device", "cpu"])
             assert rc == 0
             _RUNS[name] = (json.loads((out / "results.json").read_text()), printed.getvalue(),
-                           out)
+                           out, calls)
         return _RUNS[name]
 
     return get
@@ -45,7 +85,7 @@ def percent(value) -> bool:
 
 @pytest.mark.parametrize("name", list(EXPERIMENTS))
 def test_every_experiment_writes_its_three_files(ran, name):
-    result, printed, out = ran(name)
+    result, printed, out, _ = ran(name)
     module = get_experiment(name)
     table = (out / "table.md").read_text()
     assert table.startswith(f"## {module.TITLE}")
@@ -56,12 +96,68 @@ def test_every_experiment_writes_its_three_files(ran, name):
     assert result["settings"] == json.loads(json.dumps(dataclasses.asdict(module.SETTINGS["ci"])))
     for row in result["rows"]:
         assert set(row) == set(result["columns"])
-    # measured beside the paper, printed
-    assert "paper (" in printed and result["columns"][0] in printed
+    # the tables written and printed are those of results.json, measured beside the paper
+    tables = [markdown_table(result["columns"], result["rows"])]
+    tables += [markdown_table(t["columns"], t["rows"]) for t in result["more"]]
+    for t in tables:
+        assert t in table and t in printed
+    assert "paper (" in printed
+    # written atomically: nothing else (no temporary file) is left in the folder
+    assert sorted(p.name for p in out.iterdir()) == ["figure.png", "results.json", "table.md"]
+
+
+# the experiments that compare several pre-trained arms (rotation_pretext trains one network)
+COMPARED = [name for name in EXPERIMENTS if name != "rotation_pretext"]
+
+
+@pytest.mark.parametrize("name", COMPARED)
+def test_compared_arms_share_weights_data_and_budget(ran, name):
+    result, _, _, calls = ran(name)
+    s = get_experiment(name).SETTINGS["ci"]
+    runs = calls["pretrain"]
+    assert len(runs) >= 2
+    for run in runs:  # the same initial encoder, every epoch of every arm run in full
+        assert torch.equal(run["init"], runs[0]["init"])
+        assert run["images"] == s.n_train
+        epochs = max(s.eval_epochs) if name == "batch_size" else s.epochs
+        assert run["steps"] == epochs * (s.n_train // run["batch"])
+        assert len(run["losses"]) == epochs
+    if name not in ("batch_size", "moco_vs_simclr"):  # arms that differ only in what they test
+        assert {run["batch"] for run in runs} == {s.batch_size}
+    if name == "augmentations":  # one run per entry of the matrix
+        assert len(runs) == len(get_experiment(name).pairs(s.ops))
+    elif name == "batch_size":  # one run per batch size, evaluated along the way
+        assert [run["batch"] for run in runs] == list(s.batch_sizes)
+    else:  # one run per row, at the row's batch size
+        assert len(runs) == len(result["rows"])
+        assert all(run["batch"] == r.get("batch", s.batch_size)
+                   for run, r in zip(runs, result["rows"]))
+
+
+@pytest.mark.parametrize("name", [n for n in EXPERIMENTS if n != "projection_head"])
+def test_downstream_evaluates_the_trained_encoder(ran, name):
+    """kNN and the linear probe see h, the output of the encoder just trained (never g(h)):
+    each run's encoder, in the order trained, once (or at every evaluated epoch), one
+    evaluation per table row (per matrix entry for augmentations)."""
+    result, _, _, calls = ran(name)
+    s = get_experiment(name).SETTINGS["ci"]
+    per_run = len(s.eval_epochs) if name in ("batch_size", "rotation_pretext") else 1
+    trained = [run["encoder"] for run in calls["pretrain"]]
+    evaluated = calls["downstream"]
+    assert [id(e) for e in evaluated] == [id(t) for t in trained for _ in range(per_run)]
+    if name != "augmentations":
+        assert len(evaluated) == len(result["rows"])
+
+
+@pytest.mark.parametrize("name", ["loss_functions", "mae_mask_ratio"])
+def test_final_loss_is_the_last_epochs(ran, name):
+    result, _, _, calls = ran(name)
+    assert [r["final loss"] for r in result["rows"]] == pytest.approx(
+        [run["losses"][-1] for run in calls["pretrain"]])
 
 
 def test_loss_functions_table(ran):
-    result, _, _ = ran("loss_functions")
+    result, *_ = ran("loss_functions")
     rows = result["rows"]
     assert [(r["loss"], r["semi-hard"]) for r in rows] == [
         (loss, sh) for loss in ("NT-Xent", "NT-Logistic", "Margin") for sh in (False, True)]
@@ -74,7 +170,7 @@ def test_loss_functions_table(ran):
 
 
 def test_temperature_table(ran):
-    result, _, _ = ran("temperature")
+    result, *_ = ran("temperature")
     s = get_experiment("temperature").SETTINGS["ci"]
     rows = result["rows"]
     assert [(r["L2 norm"], r["temperature"]) for r in rows] == (
@@ -87,7 +183,7 @@ def test_temperature_table(ran):
 
 
 def test_projection_head_tables(ran):
-    result, _, _ = ran("projection_head")
+    result, *_ = ran("projection_head")
     s = get_experiment("projection_head").SETTINGS["ci"]
     rows = result["rows"]
     assert [r["head"] for r in rows] == [kind for kind, _ in s.heads]
@@ -105,7 +201,7 @@ def test_projection_head_tables(ran):
 
 
 def test_augmentations_matrix(ran):
-    result, _, _ = ran("augmentations")
+    result, *_ = ran("augmentations")
     ops = list(get_experiment("augmentations").SETTINGS["ci"].ops)
     assert result["columns"] == ["1st \\ 2nd", *ops]
     for table in (result["rows"], result["more"][0]["rows"]):
@@ -117,7 +213,7 @@ def test_augmentations_matrix(ran):
 
 
 def test_batch_size_table(ran):
-    result, _, _ = ran("batch_size")
+    result, *_ = ran("batch_size")
     s = get_experiment("batch_size").SETTINGS["ci"]
     rows = result["rows"]
     assert [(r["batch"], r["epochs"]) for r in rows] == [
@@ -126,10 +222,14 @@ def test_batch_size_table(ran):
         assert r["negatives per anchor"] == 2 * r["batch"] - 2
         assert r["steps"] == r["epochs"] * (s.n_train // r["batch"])
         assert percent(r["kNN (%)"]) and percent(r["linear (%)"])
+    # the steps reported at the last evaluation are the steps the run took
+    runs = ran("batch_size")[3]["pretrain"]
+    assert [run["steps"] for run in runs] == [
+        max(r["steps"] for r in rows if r["batch"] == b) for b in s.batch_sizes]
 
 
 def test_moco_vs_simclr_tables(ran):
-    result, _, _ = ran("moco_vs_simclr")
+    result, *_ = ran("moco_vs_simclr")
     s = get_experiment("moco_vs_simclr").SETTINGS["ci"]
     rows = result["rows"]
     assert [(r["method"], r["batch"]) for r in rows] == [
@@ -150,7 +250,7 @@ def test_moco_vs_simclr_tables(ran):
 
 
 def test_rotation_pretext_tables(ran):
-    result, _, _ = ran("rotation_pretext")
+    result, *_ = ran("rotation_pretext")
     s = get_experiment("rotation_pretext").SETTINGS["ci"]
     rows = result["rows"]
     assert [r["epoch"] for r in rows] == list(s.eval_epochs)
@@ -174,6 +274,79 @@ def test_experiment_list_and_bad_names(capsys):
         main(["experiment", "temperature", "--profile", "huge"])
 
 
+def fail_one_line(argv, capsys) -> str:
+    """The one-line error `sslkit ARGV` prints, checking it exits with 2 and no traceback."""
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("sslkit: error: ") and "\n" not in err
+    return err
+
+
+@pytest.fixture
+def no_work(monkeypatch):
+    """Make loading the data (the first piece of work of every experiment) fail the test."""
+    for name in EXPERIMENTS:
+        monkeypatch.setattr(get_experiment(name), "load_data",
+                            lambda *_: pytest.fail("bad input must fail before any work"))
+
+
+@pytest.mark.parametrize("held", ["results.json", "table.md"])
+def test_an_out_folder_holding_results_is_refused_before_any_work(tmp_path, capsys, no_work,
+                                                                    held):
+    (tmp_path / held).write_text("an earlier run\n")
+    err = fail_one_line(["experiment", "temperature", "--profile", "ci", "--out", str(tmp_path),
+                         "--device", "cpu"], capsys)
+    assert f"{tmp_path} already holds" in err and held in err and "--out" in err
+    assert (tmp_path / held).read_text() == "an earlier run\n"  # nothing lost
+    assert sorted(p.name for p in tmp_path.iterdir()) == [held]
+
+
+def test_an_out_that_is_a_file_is_refused(tmp_path, capsys, no_work):
+    (tmp_path / "x").write_text("")
+    err = fail_one_line(["experiment", "batch_size", "--profile", "ci", "--out",
+                         str(tmp_path / "x"), "--device", "cpu"], capsys)
+    assert "is a file, not a folder" in err
+
+
+@pytest.mark.parametrize("device", ["gpu", "meta", "cuda:7"])
+def test_an_unknown_or_missing_device_is_refused(tmp_path, capsys, no_work, device):
+    err = fail_one_line(["experiment", "loss_functions", "--profile", "ci", "--out",
+                         str(tmp_path / "out"), "--device", device], capsys)
+    assert repr(device) in err and "--device" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_unknown_profile_is_refused(tmp_path, capsys, monkeypatch, no_work):
+    monkeypatch.setenv("SSLKIT_PROFILE", "huge")  # the default when --profile is left out
+    err = fail_one_line(["experiment", "mae_mask_ratio", "--out", str(tmp_path / "out"),
+                         "--device", "cpu"], capsys)
+    assert "unknown profile 'huge'" in err and "ci or laptop or gpu" in err
+    with pytest.raises(SSLKitError, match="unknown profile 'huge'"):
+        run_experiment("temperature", "huge", tmp_path / "out", "cpu")
+    assert not (tmp_path / "out").exists()
+
+
+def test_results_are_written_atomically(tmp_path, monkeypatch):
+    """A write that fails part-way leaves the earlier files whole and no temporary file."""
+    import matplotlib.pyplot as plt
+
+    def result(value):
+        return Result(name="t", title="T", profile="ci", columns=["a"], rows=[{"a": value}],
+                      paper={"source": "s", "claim": "c"}, settings={}, out=str(tmp_path))
+
+    result(1.0).write(plt.figure())
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    assert json.loads(before["results.json"])["rows"] == [{"a": 1.0}]
+
+    def replace(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(report_module.os, "replace", replace)
+    with pytest.raises(OSError, match="disk full"):
+        result(2.0).write(plt.figure())
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
 def test_markdown_table_format():
     table = markdown_table(["a", "b"], [{"a": 1.234567, "b": None}, {"a": True, "b": 64.44}])
     assert table.splitlines() == ["| a | b |", "|---|---|", "| 1.23 | — |", "| yes | 64.4 |"]
@@ -190,7 +363,7 @@ def test_every_profile_has_settings_and_paper_numbers():
 
 
 def test_mae_mask_ratio_table(ran):
-    result, _, _ = ran("mae_mask_ratio")
+    result, *_ = ran("mae_mask_ratio")
     s = get_experiment("mae_mask_ratio").SETTINGS["ci"]
     rows = result["rows"]
     assert [r["mask ratio"] for r in rows] == list(s.mask_ratios)

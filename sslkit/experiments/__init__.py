@@ -2,7 +2,7 @@
 scale. One module per experiment; each has a frozen dataclass of its settings per profile
 (``SETTINGS``), the paper's reported numbers (``PAPER``) and ``run(profile, out, device)``,
 which writes ``table.md``, ``figure.png`` and ``results.json`` to ``out`` and returns a
-``Result``.
+``Result``. It refuses, before any work, an ``out`` that already holds an earlier run's files.
 
     loss_functions    NT-Xent vs NT-Logistic vs margin triplet, +/- semi-hard negatives (SimCLR Table 4)
     temperature       temperature and L2 normalisation (SimCLR Table 5)
@@ -49,10 +49,13 @@ def describe() -> list[tuple[str, str]]:
 
 def run_experiment(name: str, profile: str = "laptop", out: str | Path | None = None,
                    device: str = "auto") -> Result:
-    """Run one experiment; its files go to out (default: experiments/NAME-PROFILE)."""
+    """Run one experiment; its files go to out (default: experiments/NAME-PROFILE), which must
+    not hold an earlier run's files. Bad input fails before any work."""
+    from sslkit.experiments.fit import check_profile
     from sslkit.train import resolve_device
 
     module = get_experiment(name)
+    check_profile(profile, module.SETTINGS)
     out = Path(out or Path("experiments") / f"{name}-{profile}")
     return module.run(profile, out, resolve_device(device))
 

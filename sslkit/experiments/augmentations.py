@@ -32,7 +32,7 @@ from sslkit.experiments.fit import (
     load_data,
     pretrain,
 )
-from sslkit.experiments.report import Result
+from sslkit.experiments.report import Result, check_out
 
 TITLE = "Composition of augmentations: the matrix of transformation pairs"
 
@@ -65,6 +65,7 @@ def pairs(ops: tuple[str, ...]) -> list[tuple[str, ...]]:
 
 def run(profile: str, out: str | Path, device: torch.device) -> Result:
     check_profile(profile, SETTINGS)
+    check_out(out)
     s, timer = SETTINGS[profile], Timer()
     data = load_data(s)
     cfg = view_config_for(s.dataset, data.image_size)

@@ -27,7 +27,7 @@ from sslkit.experiments.fit import (
     load_data,
     pretrain,
 )
-from sslkit.experiments.report import Result
+from sslkit.experiments.report import Result, check_out
 
 TITLE = "Batch size and training length"
 
@@ -57,6 +57,7 @@ SETTINGS = {
 
 def run(profile: str, out: str | Path, device: torch.device) -> Result:
     check_profile(profile, SETTINGS)
+    check_out(out)
     s, timer = SETTINGS[profile], Timer()
     data = load_data(s)
     rows = []

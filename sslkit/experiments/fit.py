@@ -56,7 +56,8 @@ SCALES = {
 
 def check_profile(profile: str, settings: dict) -> None:
     if profile not in settings:
-        raise SSLKitError(f"unknown profile {profile!r}: use one of {', '.join(settings)}")
+        raise SSLKitError(f"unknown profile {profile!r}: use --profile (or SSLKIT_PROFILE) "
+                          f"{' or '.join(settings)}")
 
 
 def load_data(scale: Scale) -> ImageData:

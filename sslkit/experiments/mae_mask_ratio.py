@@ -27,7 +27,7 @@ from sslkit.experiments.fit import (
     load_data,
     pretrain,
 )
-from sslkit.experiments.report import Result
+from sslkit.experiments.report import Result, check_out
 from sslkit.methods.mae import MAE, mae_view_config
 
 TITLE = "MAE: mask ratio vs downstream accuracy (kNN, linear probe, fine-tuning)"
@@ -83,6 +83,7 @@ def fine_tune_accuracy(encoder, data, s: Settings) -> float:
 
 def run(profile: str, out: str | Path, device: torch.device) -> Result:
     check_profile(profile, SETTINGS)
+    check_out(out)
     s, timer = SETTINGS[profile], Timer()
     data = load_data(s)
     rows = []

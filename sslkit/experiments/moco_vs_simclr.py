@@ -34,7 +34,7 @@ from sslkit.experiments.fit import (
     load_data,
     pretrain,
 )
-from sslkit.experiments.report import Result
+from sslkit.experiments.report import Result, check_out
 from sslkit.methods.moco import MoCo
 from sslkit.models import build_encoder
 
@@ -112,6 +112,7 @@ def step_memory(method, x: torch.Tensor, device: torch.device) -> tuple[float, f
 
 def run(profile: str, out: str | Path, device: torch.device) -> Result:
     check_profile(profile, SETTINGS)
+    check_out(out)
     s, timer = SETTINGS[profile], Timer()
     data = load_data(s)
     runs = [("SimCLR", "small", s.small_batch, build_simclr(s, data)),

@@ -30,7 +30,7 @@ from sslkit.experiments.fit import (
     pretrain,
     probe,
 )
-from sslkit.experiments.report import Result
+from sslkit.experiments.report import Result, check_out
 
 TITLE = "Projection head: none / linear / MLP and its size; h vs g(h)"
 
@@ -117,6 +117,7 @@ def predict_transformations(method, data, noise_std: float) -> list[dict]:
 
 def run(profile: str, out: str | Path, device: torch.device) -> Result:
     check_profile(profile, SETTINGS)
+    check_out(out)
     s, timer = SETTINGS[profile], Timer()
     data = load_data(s)
     rows, transformations = [], []

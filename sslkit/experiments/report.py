@@ -5,18 +5,27 @@
     figure.png     the experiment's figure
     results.json   everything above as data (rows, settings, paper, seconds, device)
 
-``Result.summary()`` is what ``sslkit experiment NAME`` prints.
+``Result.summary()`` is what ``sslkit experiment NAME`` prints. ``check_out(out)``, called
+before an experiment does any work, refuses a folder that already holds an earlier run's files,
+and every file is written atomically (a temporary file renamed over it), results.json last: a
+crash never leaves a half-written file.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import math
+import os
 import platform
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+
+from sslkit.errors import SSLKitError
+
+FILES = ("table.md", "figure.png", "results.json")
 
 
 @dataclass
@@ -47,7 +56,8 @@ class Result:
         return "\n".join(lines)
 
     def write(self, figure) -> None:
-        """table.md, figure.png (from the matplotlib figure) and results.json in self.out."""
+        """table.md, figure.png (from the matplotlib figure) and results.json in self.out, each
+        written atomically, results.json last."""
         import matplotlib.pyplot as plt
 
         out = Path(self.out)
@@ -55,11 +65,41 @@ class Result:
         command = f"sslkit experiment {self.name} --profile {self.profile} --out {self.out}"
         text = [self.summary(), "", f"command: `{command}`", "",
                 "settings: " + ", ".join(f"{k}={v}" for k, v in self.settings.items()), ""]
-        (out / "table.md").write_text("\n".join(text))
-        figure.savefig(out / "figure.png", dpi=120, bbox_inches="tight")
+        png = io.BytesIO()
+        figure.savefig(png, format="png", dpi=120, bbox_inches="tight")
         plt.close(figure)
         record = asdict(self) | {"machine": machine(self.device), "command": command}
-        (out / "results.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
+        write_atomic(out / "table.md", "\n".join(text).encode())
+        write_atomic(out / "figure.png", png.getvalue())
+        write_atomic(out / "results.json",
+                     (json.dumps(record, indent=2, default=str) + "\n").encode())
+
+
+def check_out(out: str | Path) -> None:
+    """Refuse, before an experiment does any work, an output folder that is a file or already
+    holds an earlier run's table.md, figure.png or results.json (they would be overwritten)."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise SSLKitError(f"--out {out} is a file, not a folder: choose another --out")
+    held = [name for name in FILES if (out / name).exists()]
+    if held:
+        raise SSLKitError(f"{out} already holds an experiment's results ({', '.join(held)}): "
+                          "choose another --out, or delete them to run the experiment again")
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write data to a temporary file beside path, flush it to disk, then rename it over path:
+    path holds its old contents or the new ones, never half of them."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def format_value(value) -> str:

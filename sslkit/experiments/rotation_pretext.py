@@ -30,7 +30,7 @@ from sslkit.experiments.fit import (
     pretrain,
     probe,
 )
-from sslkit.experiments.report import Result
+from sslkit.experiments.report import Result, check_out
 from sslkit.methods.rotation import Rotation
 from sslkit.models import build_encoder
 
@@ -83,6 +83,7 @@ def block_features(encoder, images: torch.Tensor, batch_size: int = 512) -> list
 
 def run(profile: str, out: str | Path, device: torch.device) -> Result:
     check_profile(profile, SETTINGS)
+    check_out(out)
     s, timer = SETTINGS[profile], Timer()
     data = load_data(s)
     torch.manual_seed(s.seed)

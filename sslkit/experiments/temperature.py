@@ -29,7 +29,7 @@ from sslkit.experiments.fit import (
     load_data,
     pretrain,
 )
-from sslkit.experiments.report import Result
+from sslkit.experiments.report import Result, check_out
 from sslkit.losses import nt_xent_logits
 
 TITLE = "Temperature and L2 normalisation of NT-Xent"
@@ -67,16 +67,17 @@ def contrastive_stats(method, images: torch.Tensor, batch_size: int, normalize: 
     of images (uint8, (M, C, H, W)), in batches of batch_size images, the network in training
     mode as the loss sees it (BatchNorm on batch statistics; this updates BN's running
     statistics, so call it after any evaluation in eval mode). The views are drawn from a
-    fixed seed, so every run sees the same ones."""
+    generator seeded here, so every run sees the same ones whatever its training was."""
     method.train()
     entropies, hits, total = [], 0, 0
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
+    views, trained = method.views, method.views.generator
+    views.generator = torch.Generator().manual_seed(0)
+    try:
         for start in range(0, len(images) - 1, batch_size):
             x = images[start:start + batch_size].to(device)
             if len(x) < 2:
                 break
-            v1, v2 = method.views.two_views(x)
+            v1, v2 = views.two_views(x)
             z1, z2 = method.embed(torch.cat([v1, v2])).chunk(2)  # (n, D) each
             logits, labels = nt_xent_logits(z1, z2, temperature, normalize)  # (2n, 2n), (2n,)
             p = F.softmax(logits, dim=1)  # (2n, 2n); the anchor's own entry is 0
@@ -84,11 +85,14 @@ def contrastive_stats(method, images: torch.Tensor, batch_size: int, normalize: 
             entropies.append(entropy)
             hits += int((logits.argmax(dim=1) == labels).sum())
             total += len(labels)
+    finally:
+        views.generator = trained
     return float(torch.cat(entropies).mean()), 100 * hits / total
 
 
 def run(profile: str, out: str | Path, device: torch.device) -> Result:
     check_profile(profile, SETTINGS)
+    check_out(out)
     s, timer = SETTINGS[profile], Timer()
     data = load_data(s)
     rows = []
