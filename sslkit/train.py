@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -38,6 +37,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from sslkit import distributed
+from sslkit.atomic import write_atomic
 from sslkit.data import ImageData, load_dataset
 from sslkit.errors import SSLKitError
 from sslkit.evaluate import extract_features, knn_accuracy
@@ -188,19 +188,9 @@ def _check_numbers(cfg: TrainConfig) -> None:
 
 
 def save_atomic(obj, path: Path) -> None:
-    """torch.save to a temporary file beside `path`, flush it to disk, then rename over `path`.
-
-    If saving fails, the temporary file is removed and `path` keeps its previous contents."""
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    """torch.save to `path` through a temporary file (sslkit.atomic): a crash while saving
+    leaves the previous checkpoint as it was."""
+    write_atomic(path, lambda f: torch.save(obj, f))
 
 
 def load_checkpoint(out: str | Path) -> dict:
@@ -473,9 +463,7 @@ def _record_call(out: Path, command: str | None, device: torch.device) -> None:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     calls.append({"command": command, "device": name, "processes": distributed.world_size(),
                   "torch": torch.__version__})
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps({"calls": calls}, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_atomic(path, (json.dumps({"calls": calls}, indent=2) + "\n").encode())
 
 
 def stream_seed(seed: int, rank: int, epoch: int = 0) -> int:

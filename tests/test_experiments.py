@@ -15,10 +15,10 @@ import math
 import pytest
 import torch
 
+from sslkit import atomic
 from sslkit.cli import main
 from sslkit.errors import SSLKitError
 from sslkit.experiments import EXPERIMENTS, get_experiment, run_experiment
-from sslkit.experiments import report as report_module
 from sslkit.experiments.fit import SCALES
 from sslkit.experiments.report import Result, format_value, markdown_table
 
@@ -341,7 +341,7 @@ def test_results_are_written_atomically(tmp_path, monkeypatch):
     def replace(src, dst):
         raise OSError("disk full")
 
-    monkeypatch.setattr(report_module.os, "replace", replace)
+    monkeypatch.setattr(atomic.os, "replace", replace)
     with pytest.raises(OSError, match="disk full"):
         result(2.0).write(plt.figure())
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before

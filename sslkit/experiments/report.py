@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from sslkit.atomic import write_atomic
 from sslkit.errors import SSLKitError
 
 FILES = ("table.md", "figure.png", "results.json")
@@ -87,21 +88,6 @@ def check_out(out: str | Path) -> None:
                           "choose another --out, or delete them to run the experiment again")
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write data to a temporary file beside path, flush it to disk, then rename it over path:
-    path holds its old contents or the new ones, never half of them."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def format_value(value) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "—"
@@ -124,7 +110,5 @@ def machine(device: str) -> str:
     """The machine in words: the GPU's name, or the CPU's core count."""
     if device.startswith("cuda") and torch.cuda.is_available():
         return torch.cuda.get_device_name(torch.device(device))
-    import os
-
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return f"{cores}-core CPU ({platform.machine()}), {torch.get_num_threads()} torch threads"

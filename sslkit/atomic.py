@@ -1,0 +1,33 @@
+"""Files written so that a crash never leaves half of one.
+
+    write_atomic(path, data)    data: the bytes, or a function that writes to an open file
+
+The contents go to a temporary file beside ``path``, are flushed to disk, and the temporary file
+is renamed over ``path`` (a rename within one folder is atomic): ``path`` holds its old contents
+or the new ones, never a mix. If writing fails, the temporary file is removed and ``path`` is
+untouched. Checkpoints, the run log and the experiments' results are all written this way.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO
+
+
+def write_atomic(path: str | Path, data: bytes | Callable[[BinaryIO], object]) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            if callable(data):
+                data(f)
+            else:
+                f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

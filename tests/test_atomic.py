@@ -1,0 +1,34 @@
+"""sslkit.atomic: a file is replaced whole or not at all."""
+
+import pytest
+
+from sslkit import atomic
+from sslkit.atomic import write_atomic
+
+
+def test_bytes_and_a_writer_give_the_same_file(tmp_path):
+    write_atomic(tmp_path / "a", b"abc")
+    write_atomic(tmp_path / "b", lambda f: f.write(b"abc"))
+    assert (tmp_path / "a").read_bytes() == (tmp_path / "b").read_bytes() == b"abc"
+    write_atomic(tmp_path / "a", b"new")
+    assert (tmp_path / "a").read_bytes() == b"new"
+
+
+@pytest.mark.parametrize("where", ["while writing", "at the rename"])
+def test_a_failure_leaves_the_old_file_and_no_temporary_file(tmp_path, monkeypatch, where):
+    path = tmp_path / "last.pt"
+    path.write_bytes(b"old")
+
+    def half_then_fail(f):
+        f.write(b"ne")
+        raise OSError("disk full")
+
+    def no_rename(src, dst):
+        raise OSError("disk full")
+
+    if where == "at the rename":
+        monkeypatch.setattr(atomic.os, "replace", no_rename)
+    with pytest.raises(OSError, match="disk full"):
+        write_atomic(path, half_then_fail if where == "while writing" else b"new")
+    assert path.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
