@@ -33,6 +33,7 @@ from torch import nn
 from torchvision.transforms import v2
 
 from sslkit.errors import SSLKitError
+from sslkit.transfer import to_device
 
 LUMA = (0.299, 0.587, 0.114)  # ITU-R 601 weights, as torchvision's grayscale
 
@@ -128,9 +129,9 @@ def resized_crop_flip(
     -> (N, C, size, size). One affine sampling grid per sample maps output coordinates in
     [-1, 1] into the box: input = centre + R(angle) @ diag(±w, h) @ output.
     """
-    w, h, cx, cy = box.to(x.device, x.dtype).unbind(dim=1)
-    sign = 1 - 2 * flip.to(x.device, x.dtype)  # -1 mirrors the x axis
-    a = torch.zeros_like(w) if angle is None else angle.to(x.device, x.dtype)
+    w, h, cx, cy = to_device(box.to(x.dtype), x.device).unbind(dim=1)
+    sign = 1 - 2 * to_device(flip.to(x.dtype), x.device)  # -1 mirrors the x axis
+    a = torch.zeros_like(w) if angle is None else to_device(angle.to(x.dtype), x.device)
     cos, sin = torch.cos(a), torch.sin(a)
     theta = torch.stack(
         [torch.stack([cos * w * sign, -sin * h, 2 * cx - 1], dim=1),
@@ -144,7 +145,7 @@ def resized_crop_flip(
 
 def to_gray(x: torch.Tensor) -> torch.Tensor:
     """(N, 3, H, W) -> (N, 1, H, W) luminance."""
-    weights = torch.tensor(LUMA, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    weights = to_device(torch.tensor(LUMA, dtype=x.dtype), x.device).view(1, 3, 1, 1)
     return (x * weights).sum(dim=1, keepdim=True)
 
 
@@ -191,7 +192,7 @@ def solarize(x: torch.Tensor, on: torch.Tensor, threshold: float = 0.5) -> torch
     """x (N, C, H, W) in [0, 1]; on (N,) bool: where on, every value >= threshold becomes 1 - x
     (torchvision's solarize)."""
     flipped = torch.where(x >= threshold, 1 - x, x)
-    return torch.where(on.to(x.device).view(-1, 1, 1, 1), flipped, x)
+    return torch.where(to_device(on, x.device).view(-1, 1, 1, 1), flipped, x)
 
 
 def color_jitter(x: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
@@ -202,7 +203,7 @@ def color_jitter(x: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
     the grayscale image; hue rotates H in HSV. Saturation and hue are skipped for C = 1.
     (torchvision applies the four in a random order; a fixed order keeps this batched.)
     """
-    f = factors.to(x.device, x.dtype).view(-1, 4, 1, 1, 1).unbind(dim=1)  # 4 x (N, 1, 1, 1)
+    f = to_device(factors.to(x.dtype), x.device).view(-1, 4, 1, 1, 1).unbind(dim=1)  # 4 x (N,1,1,1)
     x = (x * f[0]).clamp(0, 1)
     gray = to_gray(x) if x.shape[1] == 3 else x
     x = (f[1] * x + (1 - f[1]) * gray.mean(dim=(1, 2, 3), keepdim=True)).clamp(0, 1)
@@ -223,7 +224,7 @@ def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     n, c, h, w = x.shape
     radius = max(1, min(int(math.ceil(2 * float(sigma.max()))), (min(h, w) - 1) // 2))
     offsets = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)  # (k,)
-    s = sigma.to(x.device, x.dtype).clamp_min(1e-3).view(n, 1)
+    s = to_device(sigma.to(x.dtype), x.device).clamp_min(1e-3).view(n, 1)
     kernel = torch.exp(-0.5 * (offsets / s) ** 2)  # (N, k)
     kernel = kernel / kernel.sum(dim=1, keepdim=True)
     kernel = kernel.repeat_interleave(c, dim=0)  # (N*C, k): one kernel per plane
@@ -264,7 +265,7 @@ class SimCLRViews(nn.Module):
         x = color_jitter(x, jitter_params(n, cfg, g))
 
         if x.shape[1] == 3:
-            gray = (torch.rand(n, generator=g) < cfg.gray_p).to(x.device).view(n, 1, 1, 1)
+            gray = to_device(torch.rand(n, generator=g) < cfg.gray_p, x.device).view(n, 1, 1, 1)
             x = torch.where(gray, to_gray(x).expand_as(x), x)
 
         scale = cfg.size / 224  # SimCLR's sigma range is given for 224 px images
@@ -272,7 +273,7 @@ class SimCLRViews(nn.Module):
         sigma[torch.rand(n, generator=g) >= cfg.blur_p] = 0.0
         if bool((sigma > 0).any()):
             blurred = gaussian_blur(x, sigma)
-            x = torch.where((sigma > 0).to(x.device).view(n, 1, 1, 1), blurred, x)
+            x = torch.where(to_device(sigma > 0, x.device).view(n, 1, 1, 1), blurred, x)
         if cfg.solarize_p > 0:
             x = solarize(x, torch.rand(n, generator=g) < cfg.solarize_p)
         return x
@@ -365,7 +366,7 @@ def jigsaw_tiles(x: torch.Tensor, perms: torch.Tensor, grid: int = 3) -> torch.T
     """The shuffled tiles of each image: x (N, C, H, W), perms (N, grid*grid) int
     -> (N, grid*grid, C, H/grid, W/grid) with out[n, i] = tile perms[n, i] of image n."""
     tiles = split_tiles(x, grid)  # (N, T, C, th, tw)
-    idx = perms.to(x.device).long()[:, :, None, None, None].expand_as(tiles)
+    idx = to_device(perms.long(), x.device)[:, :, None, None, None].expand_as(tiles)
     return tiles.gather(1, idx)
 
 
@@ -416,8 +417,8 @@ def jitter_tiles(tiles: torch.Tensor, size: int, generator: torch.Generator | No
     (N, T, C, size, size). The gaps this leaves between neighbouring tiles stop a network from
     matching edges that continue from tile to tile (a shortcut both tile tasks warn about)."""
     n, t, c, th, tw = tiles.shape
-    oy = torch.randint(0, th - size + 1, (n, t), generator=generator).to(tiles.device)
-    ox = torch.randint(0, tw - size + 1, (n, t), generator=generator).to(tiles.device)
+    oy = to_device(torch.randint(0, th - size + 1, (n, t), generator=generator), tiles.device)
+    ox = to_device(torch.randint(0, tw - size + 1, (n, t), generator=generator), tiles.device)
     steps = torch.arange(size, device=tiles.device)
     rows = (oy[..., None] + steps)[:, :, None, :, None].expand(n, t, c, size, tw)
     out = tiles.gather(3, rows)  # (N, T, C, size, tw)
@@ -435,7 +436,8 @@ def patch_pairs(x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, to
     0..7 -> (centre (N, C, H/3, W/3), neighbour (N, C, H/3, W/3)): the middle tile of the 3x3
     grid and its neighbour NEIGHBOURS[label]."""
     tiles = split_tiles(x, 3)  # (N, 9, C, th, tw)
-    which = torch.tensor(NEIGHBOURS, device=x.device)[labels.to(x.device).long()]  # (N,)
+    neighbours = to_device(torch.tensor(NEIGHBOURS), x.device)  # (8,)
+    which = neighbours[to_device(labels.long(), x.device)]  # (N,)
     rows = torch.arange(len(x), device=x.device)
     return tiles[:, 4], tiles[rows, which]
 
@@ -455,8 +457,8 @@ def cutout(x: torch.Tensor, corner: torch.Tensor, side: torch.Tensor) -> torch.T
     h, w = x.shape[-2:]
     rows = torch.arange(h, device=x.device)[None, :, None]  # (1, H, 1)
     cols = torch.arange(w, device=x.device)[None, None, :]  # (1, 1, W)
-    top, left = corner.to(x.device).long().unbind(dim=1)  # (N,) each
-    side = side.to(x.device).long()[:, None, None]  # (N, 1, 1)
+    top, left = to_device(corner.long(), x.device).unbind(dim=1)  # (N,) each
+    side = to_device(side.long(), x.device)[:, None, None]  # (N, 1, 1)
     inside = ((rows >= top[:, None, None]) & (rows < top[:, None, None] + side)
               & (cols >= left[:, None, None]) & (cols < left[:, None, None] + side))  # (N, H, W)
     return x.masked_fill(inside[:, None], 0.0)
@@ -472,7 +474,7 @@ def sobel(x: torch.Tensor) -> torch.Tensor:
     gives 0), divided by 4 sqrt(2), the largest value an image in [0, 1] can reach.
     """
     gray = to_gray(x) if x.shape[1] == 3 else x.mean(dim=1, keepdim=True)  # (N, 1, H, W)
-    kx = torch.tensor(SOBEL_X, device=x.device, dtype=x.dtype)  # (3, 3)
+    kx = to_device(torch.tensor(SOBEL_X, dtype=x.dtype), x.device)  # (3, 3)
     kernels = torch.stack([kx, kx.T])[:, None]  # (2, 1, 3, 3): d/dx, d/dy
     grad = F.conv2d(F.pad(gray, (1, 1, 1, 1), mode="replicate"), kernels)  # (N, 2, H, W)
     magnitude = grad.pow(2).sum(dim=1, keepdim=True).sqrt() / (4 * math.sqrt(2))  # (N, 1, H, W)
@@ -481,7 +483,7 @@ def sobel(x: torch.Tensor) -> torch.Tensor:
 
 def gaussian_noise(x: torch.Tensor, std: float, generator: torch.Generator | None = None):
     """x + std * eps, eps ~ N(0, 1) per pixel (drawn on the CPU), clipped to [0, 1]."""
-    eps = torch.randn(x.shape, generator=generator).to(x.device, x.dtype)
+    eps = to_device(torch.randn(x.shape, generator=generator).to(x.dtype), x.device)
     return (x + std * eps).clamp(0, 1)
 
 
@@ -491,7 +493,7 @@ def random_quarter_turns(x: torch.Tensor, generator: torch.Generator | None = No
     k = torch.randint(1, 4, (x.shape[0],), generator=generator)
     turned = torch.stack([torch.rot90(x, t, dims=(2, 3)) for t in range(4)])  # (4, N, C, S, S)
     rows = torch.arange(x.shape[0])
-    return turned[k.to(x.device), rows.to(x.device)], k
+    return turned[to_device(k, x.device), to_device(rows, x.device)], k
 
 
 class ComposedViews(nn.Module):
@@ -528,7 +530,7 @@ class ComposedViews(nn.Module):
         if op == "colour":
             x = color_jitter(x, jitter_params(n, cfg, g))
             if x.shape[1] == 3:
-                gray = (torch.rand(n, generator=g) < cfg.gray_p).to(x.device).view(n, 1, 1, 1)
+                gray = to_device(torch.rand(n, generator=g) < cfg.gray_p, x.device).view(n, 1, 1, 1)
                 x = torch.where(gray, to_gray(x).expand_as(x), x)
             return x
         if op == "sobel":

@@ -1,4 +1,5 @@
-"""A training step never makes the host wait for the GPU.
+"""A training step never makes the host wait for the GPU: no host reads of device values, and
+no CPU -> device copies that wait.
 
 On a GPU the host queues kernels and runs ahead while the GPU works through them. Anything that
 reads a value of a device tensor on the host -- ``int(t)``, ``float(t)``, ``t.item()``,
@@ -44,6 +45,53 @@ def meta_autocast(monkeypatch):
     monkeypatch.setattr(torch, "autocast", autocast)
 
 
+@contextlib.contextmanager
+def copies_must_not_wait():
+    """Fail on a CPU -> device copy that would make the host wait for the GPU: ``t.to(device)``
+    without ``non_blocking=True``, or ``torch.tensor(..., device=device)`` (sslkit.transfer
+    explains why; ``to_device`` is the way that does not wait)."""
+    real_to, real_tensor = torch.Tensor.to, torch.tensor
+
+    def target(args, kwargs):
+        for a in (*args, kwargs.get("device")):
+            if isinstance(a, (str, torch.device)):
+                return torch.device(a)
+            if isinstance(a, torch.Tensor):
+                return a.device
+        return None
+
+    def to(self, *args, **kwargs):
+        device = target(args, kwargs)
+        non_blocking = kwargs.get("non_blocking", False) or any(a is True for a in args)
+        if self.device.type == "cpu" and device not in (None, self.device) and not non_blocking:
+            raise AssertionError(f"a blocking copy of a CPU tensor {tuple(self.shape)} to "
+                                 f"{device}: use sslkit.transfer.to_device")
+        return real_to(self, *args, **kwargs)
+
+    def tensor(data, *args, device=None, **kwargs):
+        if device is not None and torch.device(device).type != "cpu":
+            raise AssertionError(f"torch.tensor(..., device={device}) copies and waits: make "
+                                 "it on the CPU and use sslkit.transfer.to_device")
+        return real_tensor(data, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(torch.Tensor, "to", to)
+        patch.setattr(torch, "tensor", tensor)
+        yield
+
+
+def test_the_copy_check_catches_a_blocking_copy_and_passes_to_device():
+    from sslkit.transfer import to_device
+
+    with copies_must_not_wait():
+        with pytest.raises(AssertionError, match="blocking copy"):
+            torch.zeros(3).to("meta")
+        with pytest.raises(AssertionError, match="copies and waits"):
+            torch.tensor([1.0], device="meta")
+        assert to_device(torch.zeros(3), torch.device("meta")).device.type == "meta"
+        assert torch.zeros(3).to(torch.float64).dtype == torch.float64  # no device: no copy
+
+
 def test_meta_tensors_catch_every_host_read():
     """The premise of this file: each way of reading a device value fails on meta."""
     x = torch.zeros(4, 3, device="meta")
@@ -64,9 +112,10 @@ def test_full_size_training_steps_never_read_a_device_value(method, meta_autocas
     module = module.to("meta", memory_format=torch.channels_last)
     optimizer = make_optimizer(cfg, module.parameters())
     images = torch.empty(cfg.batch_size, 3, 32, 32, dtype=torch.uint8, device="meta")
-    for _ in range(2):  # the first step and a later one (queue, centre and schedules moved)
-        train_step(module, optimizer, [images])
-    train_step(module, optimizer, list(images.chunk(2)))  # gradient accumulation
+    with copies_must_not_wait():
+        for _ in range(2):  # the first step and a later one (queue, centre, schedules moved)
+            train_step(module, optimizer, [images])
+        train_step(module, optimizer, list(images.chunk(2)))  # gradient accumulation
 
 
 def test_the_reads_on_purpose_are_still_needed(meta_autocast):
@@ -79,3 +128,13 @@ def test_the_reads_on_purpose_are_still_needed(meta_autocast):
         images = torch.empty(cfg.batch_size, 3, 32, 32, dtype=torch.uint8, device="meta")
         with pytest.raises(RuntimeError, match="meta"):
             train_step(module, optimizer, [images])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_to_device_through_pinned_memory_gives_the_same_values_on_a_gpu():
+    from sslkit.transfer import to_device
+
+    t = torch.randn(512, 4)
+    moved = to_device(t, torch.device("cuda"))
+    assert moved.device.type == "cuda" and torch.equal(moved.cpu(), t)
+    assert to_device(t, torch.device("cpu")) is t  # already there: no copy

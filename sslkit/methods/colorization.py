@@ -33,6 +33,7 @@ from torch import nn
 
 from sslkit.errors import SSLKitError
 from sslkit.models.decoder import decoder_for, feature_map, resolve_encoder
+from sslkit.transfer import to_device
 
 # sRGB (linear) -> XYZ, D65 (IEC 61966-2-1); rows give X, Y, Z.
 RGB_TO_XYZ = (
@@ -52,7 +53,7 @@ def _matrix(x: torch.Tensor, inverse: bool = False) -> torch.Tensor:
 
 
 def _white(x: torch.Tensor) -> torch.Tensor:
-    return torch.tensor(WHITE_D65, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    return to_device(torch.tensor(WHITE_D65, dtype=x.dtype), x.device).view(1, 3, 1, 1)
 
 
 def rgb_to_lab(x: torch.Tensor) -> torch.Tensor:

@@ -41,6 +41,7 @@ from torch import nn
 from sslkit.augment import SimCLRViews, view_config_for
 from sslkit.errors import SSLKitError
 from sslkit.losses import cpc_logits, cpc_loss
+from sslkit.transfer import to_device
 
 # -- stages --------------------------------------------------------------------------------------
 
@@ -120,9 +121,9 @@ def augment_patches(patches: torch.Tensor, brightness: float = 0.4, flip_p: floa
     use to recognise the image without looking at its content."""
     shape = (*patches.shape[:3], 1, 1, 1)
     factor = 1 - brightness + 2 * brightness * torch.rand(shape, generator=generator)
-    out = (patches * factor.to(patches.device)).clamp(0, 1)
+    out = (patches * to_device(factor, patches.device)).clamp(0, 1)
     if flip_p > 0:
-        flip = (torch.rand(shape, generator=generator) < flip_p).to(patches.device)
+        flip = to_device(torch.rand(shape, generator=generator) < flip_p, patches.device)
         out = torch.where(flip, out.flip(-1), out)
     return out
 

@@ -23,6 +23,7 @@ from torch import nn
 
 from sslkit.methods.colorization import to_float
 from sslkit.models.decoder import decoder_for, feature_map, resolve_encoder
+from sslkit.transfer import to_device
 
 
 def random_block_mask(n: int, size: int | tuple[int, int], block: int,
@@ -80,7 +81,7 @@ class Inpainting(nn.Module):
         """x (N, C, H, W) -> (masked input (1 - M) * x, M (N, 1, H, W))."""
         n, _, h, w = x.shape
         block = self.block if self.block is not None else min(h, w) // 2
-        mask = random_block_mask(n, (h, w), block, self.generator).to(x.device)
+        mask = to_device(random_block_mask(n, (h, w), block, self.generator), x.device)
         return (1 - mask) * x, mask
 
     def forward_encoder(self, masked: torch.Tensor) -> torch.Tensor:

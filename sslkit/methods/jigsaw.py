@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sslkit.augment import hamming_permutations, jigsaw_tiles, jitter_tiles
+from sslkit.transfer import to_device
 
 
 def tile_head(in_dim: int, hidden_dim: int, classes: int) -> nn.Sequential:
@@ -59,7 +60,7 @@ class Jigsaw(nn.Module):
         n, g = len(x), self.generator
         cell = min(x.shape[2:]) // self.grid
         x = jitter_tiles(x[:, None], self.grid * cell, g)[:, 0]  # random (3 cell)^2 crop
-        labels = torch.randint(len(self.permutations), (n,), generator=g).to(x.device)
+        labels = to_device(torch.randint(len(self.permutations), (n,), generator=g), x.device)
         tiles = jigsaw_tiles(x, self.permutations[labels], self.grid)  # (N, T, C, cell, cell)
         tiles = jitter_tiles(tiles, cell - self.gap, g)  # (N, T, C, cell - gap, cell - gap)
         s = self.tile_size

@@ -22,6 +22,7 @@ from torch import nn
 
 from sslkit.augment import jitter_tiles, patch_pairs
 from sslkit.methods.jigsaw import tile_head
+from sslkit.transfer import to_device
 
 
 class RelativePatch(nn.Module):
@@ -45,7 +46,7 @@ class RelativePatch(nn.Module):
         n, g = len(x), self.generator
         cell = min(x.shape[2:]) // 3
         x = jitter_tiles(x[:, None], 3 * cell, g)[:, 0]  # random (3 cell)^2 crop
-        labels = torch.randint(8, (n,), generator=g).to(x.device)
+        labels = to_device(torch.randint(8, (n,), generator=g), x.device)
         pair = torch.stack(patch_pairs(x, labels), dim=1)  # (N, 2, C, cell, cell)
         pair = jitter_tiles(pair, cell - self.gap, g)
         s = self.tile_size

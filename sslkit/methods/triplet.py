@@ -34,6 +34,7 @@ from sslkit.augment import SimCLRViews
 from sslkit.errors import SSLKitError
 from sslkit.losses import triplet_loss
 from sslkit.models.heads import projection_head
+from sslkit.transfer import to_device
 
 MINING = ("random", "batch_hard", "semi_hard")
 
@@ -77,7 +78,7 @@ def _check_mining(dist: torch.Tensor, invalid: torch.Tensor) -> None:
 def random_negatives(invalid: torch.Tensor,
                      generator: torch.Generator | None = None) -> torch.Tensor:
     """invalid (N, M) bool -> (N,) a uniformly random valid candidate per anchor."""
-    scores = torch.rand(invalid.shape, generator=generator).to(invalid.device)  # (N, M)
+    scores = to_device(torch.rand(invalid.shape, generator=generator), invalid.device)  # (N, M)
     return scores.masked_fill(invalid, -1.0).argmax(dim=1)
 
 
