@@ -30,7 +30,7 @@ import torch
 from sslkit.augment import view_config_for
 from sslkit.errors import SSLKitError
 from sslkit.methods import SimCLR, build_method
-from sslkit.train import resolve_device, train_step
+from sslkit.train import fast_cuda_settings, resolve_device, train_step
 
 SIZES = {  # size -> (architecture, images in the synthetic dataset)
     "tiny": ("convnet-small", 256),  # seconds on a CPU: checks that the benchmark works
@@ -151,6 +151,7 @@ def run_bench(device: str = "auto", batch: int = 512, steps: int = 20, size: str
     if lightly and not lightly_available():
         raise SSLKitError(LIGHTLY_HINT)
     dev = resolve_device(device)
+    fast_cuda_settings(dev)  # as in training, for every pipeline (lightly's too)
     arch, n_images = SIZES[size]
     workers = min(8, os.cpu_count() or 1) if workers is None else workers
     g = torch.Generator().manual_seed(0)

@@ -209,3 +209,13 @@ def test_load_trained_restores_the_weights(full_run, monkeypatch, data):
     loaded, cfg, _ = load_trained(out)
     assert cfg == CFG and not loaded.training
     assert_same_state(loaded.state_dict(), method.state_dict())
+
+
+def test_cudnn_picks_its_fastest_convolutions_on_a_gpu_only(monkeypatch):
+    from sslkit.train import fast_cuda_settings
+
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    fast_cuda_settings(torch.device("cpu"))
+    assert torch.backends.cudnn.benchmark is False  # the CPU's settings are left alone
+    fast_cuda_settings(torch.device("cuda"))
+    assert torch.backends.cudnn.benchmark is True
