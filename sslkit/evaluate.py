@@ -15,25 +15,89 @@ from torch import nn
 from sslkit.errors import SSLKitError
 
 
+def _unit_floats(images: torch.Tensor, who: str, check_range: bool = True) -> torch.Tensor:
+    """Images as the training views take them -> float32 in [0, 1]: uint8 is divided by 255,
+    floats must already be in [0, 1] (they pass unchanged). Floats clearly outside that range
+    (e.g. 0..255 after a bare ``.float()``, or standardised pixels) are a one-line error rather
+    than features of a wrongly scaled input."""
+    if images.dtype == torch.uint8:
+        return images.float() / 255
+    if not images.is_floating_point():
+        raise SSLKitError(f"{who} takes uint8 images in [0, 255] or floats in [0, 1], got "
+                          f"{images.dtype}: convert with images.to(torch.uint8)")
+    images = images.float()
+    if check_range and len(images):
+        low, high = (float(v) for v in torch.aminmax(images))
+        if low < -0.01 or high > 1.01:
+            raise SSLKitError(f"{who} got float images in [{low:.3g}, {high:.3g}]: pass uint8 "
+                              "in [0, 255] or floats in [0, 1] (e.g. images.float() / 255)")
+    return images
+
+
+def _check_finite(features: torch.Tensor, name: str) -> None:
+    """One-line error for NaN or infinite features (a diverged encoder), which would otherwise
+    give a silently meaningless kNN vote or a deep scikit-learn error."""
+    if not bool(torch.isfinite(features).all()):
+        raise SSLKitError(f"{name} contain NaN or infinite values: the encoder diverged or "
+                          "the input is broken; check the training loss and the images")
+
+
+def _check_labels(labels: torch.Tensor, n: int, num_classes: int | None, who: str) -> None:
+    """labels must be (n,) integers in [0, num_classes) (num_classes None: just >= 0)."""
+    if labels.shape != (n,):
+        raise SSLKitError(f"{who}: {n} feature rows but labels of shape {tuple(labels.shape)}: "
+                          "pass one integer label per row, (N,), in the same order")
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise SSLKitError(f"{who}: labels must be integer class indices, got {labels.dtype}: "
+                          "use labels.long()")
+    if n and (int(labels.min()) < 0 or (num_classes is not None
+                                        and int(labels.max()) >= num_classes)):
+        raise SSLKitError(f"{who}: labels run from {int(labels.min())} to {int(labels.max())}, "
+                          f"outside 0..{'C-1' if num_classes is None else num_classes - 1}: "
+                          "pass class indices 0..C-1 (and num_classes=C)")
+
+
 @torch.no_grad()
 def extract_features(
     encoder: nn.Module, images: torch.Tensor, batch_size: int = 512, device: str | None = None
 ) -> torch.Tensor:
-    """images (N, C, H, W) uint8 -> features (N, D) float32 on the CPU, encoder in eval mode."""
-    device = device or next(encoder.parameters()).device
+    """images (N, C, H, W), uint8 in [0, 255] or floats in [0, 1] -> features (N, D) float32 on
+    the CPU.
+
+    Pass the encoder f (``method.encoder``), whose output h comes before any projection head.
+    It runs in eval mode (BatchNorm on its running statistics, no dropout) without gradients,
+    in batches of batch_size on ``device`` (default: the encoder's); its train/eval mode is
+    restored afterwards, even when it raises.
+    """
+    if images.ndim < 2 or len(images) == 0:
+        raise SSLKitError(f"extract_features needs a non-empty batch of images (N, C, H, W), "
+                          f"got shape {tuple(images.shape)}: pass e.g. data.test_x")
+    if batch_size < 1:
+        raise SSLKitError(f"batch_size must be at least 1 (got {batch_size}): use e.g. 512")
+    if device is None:
+        first = next(encoder.parameters(), None)
+        device = first.device if first is not None else images.device
     was_training = encoder.training
     encoder.eval()
-    feats = []
-    for start in range(0, len(images), batch_size):
-        x = images[start : start + batch_size].to(device).float() / 255
-        feats.append(encoder(x).float().cpu())
-    encoder.train(was_training)
+    feats = []  # (b, D) per batch
+    try:
+        for start in range(0, len(images), batch_size):
+            x = _unit_floats(images[start : start + batch_size], "extract_features")
+            h = encoder(x.to(device))
+            if not isinstance(h, torch.Tensor) or h.shape[:1] != x.shape[:1] or h.ndim != 2:
+                shape = tuple(h.shape) if isinstance(h, torch.Tensor) else type(h).__name__
+                raise SSLKitError(f"extract_features: the encoder returned {shape} for {len(x)} "
+                                  "images, not features (N, D): pass method.encoder")
+            feats.append(h.float().cpu())
+    finally:
+        encoder.train(was_training)
     return torch.cat(feats)
 
 
 def pixels(images: torch.Tensor) -> torch.Tensor:
-    """images (N, C, H, W) uint8 -> raw pixel features (N, C*H*W) in [0, 1]."""
-    return images.reshape(len(images), -1).float() / 255
+    """images (N, C, H, W), uint8 in [0, 255] or floats in [0, 1] -> raw pixel features
+    (N, C*H*W) in [0, 1], on the images' device."""
+    return _unit_floats(images, "pixels").reshape(len(images), -1)
 
 
 def knn_predict(
@@ -50,6 +114,11 @@ def knn_predict(
     Cosine similarity to the train features (N, D); each of the k nearest neighbours votes for
     its label with weight exp(sim / temperature); the class with the largest total wins, ties
     going to the lower class index. k is capped at N. Test points go in chunks to bound memory.
+    Runs on the train features' device; the predictions are there too.
+
+    The weights are computed as exp((sim - sim_max) / temperature), the same votes up to a
+    factor per test point, so a small temperature cannot overflow them to inf (float32 does at
+    sim / T > 88, e.g. T = 0.01) and turn every class with a close neighbour into a tie.
     """
     if train_features.ndim != 2 or test_features.ndim != 2:
         raise SSLKitError(
@@ -61,38 +130,71 @@ def knn_predict(
             f"train and test features differ in size ({train_features.shape[1]} vs "
             f"{test_features.shape[1]}): extract both with the same encoder"
         )
+    if len(train_features) == 0 or len(test_features) == 0:
+        raise SSLKitError(f"knn_predict got {len(train_features)} train and "
+                          f"{len(test_features)} test features: pass at least one of each")
     if len(train_labels) != len(train_features):
         raise SSLKitError(f"{len(train_features)} train features but {len(train_labels)} labels: "
                           "pass one label per feature row, in the same order")
     if k < 1 or not temperature > 0:
         raise SSLKitError(f"kNN needs k >= 1 and temperature > 0 (got k={k}, temperature="
                           f"{temperature}): use e.g. k=200, temperature=0.1")
+    if chunk_size < 1:
+        raise SSLKitError(f"chunk_size must be at least 1 (got {chunk_size}): use e.g. 1024")
+    _check_labels(train_labels, len(train_features), num_classes, "knn_predict")
+    _check_finite(train_features, "knn_predict: the train features")
+    _check_finite(test_features, "knn_predict: the test features")
     num_classes = num_classes or int(train_labels.max()) + 1
     k = min(k, len(train_features))
+    device = train_features.device
     train = F.normalize(train_features.float(), dim=1)  # (N, D)
+    labels = train_labels.to(device).long()  # (N,)
     preds = []
     for start in range(0, len(test_features), chunk_size):
-        test = F.normalize(test_features[start : start + chunk_size].float(), dim=1)  # (m, D)
-        sim, idx = (test @ train.T).topk(k, dim=1)  # (m, k)
-        weights = (sim / temperature).exp()  # (m, k)
-        votes = torch.zeros(len(test), num_classes, device=test.device)  # (m, classes)
-        votes.scatter_add_(1, train_labels.to(test.device)[idx], weights)
+        chunk = test_features[start : start + chunk_size].to(device)
+        test = F.normalize(chunk.float(), dim=1)  # (m, D)
+        sim, idx = (test @ train.T).topk(k, dim=1)  # (m, k), most similar first
+        weights = ((sim - sim[:, :1]) / temperature).exp()  # (m, k), in (0, 1]
+        votes = torch.zeros(len(test), num_classes, device=device)  # (m, classes)
+        votes.scatter_add_(1, labels[idx], weights)
         preds.append(votes.argmax(dim=1))  # argmax picks the first maximum: the lower class
     return torch.cat(preds)
 
 
 def knn_accuracy(train_f, train_y, test_f, test_y, k: int = 200, temperature: float = 0.1):
-    """Fraction of test points whose kNN prediction equals their label."""
+    """Fraction of test points (M, D) whose kNN prediction equals their label test_y (M,)."""
+    if test_y.shape != (len(test_f),):
+        raise SSLKitError(f"knn_accuracy: {len(test_f)} test features but test labels of shape "
+                          f"{tuple(test_y.shape)}: pass one label per test row, (M,)")
     pred = knn_predict(train_f, train_y, test_f, k, temperature)
     return float((pred == test_y.to(pred.device)).float().mean())
 
 
-def labels_per_class_subset(labels: torch.Tensor, per_class: int, seed: int = 0) -> np.ndarray:
-    """Indices of `per_class` random examples of every class (all of a class if it has fewer)."""
+def labels_per_class_subset(labels, per_class: int, seed: int = 0) -> np.ndarray:
+    """Indices (sorted) of `per_class` random examples of every class (all of a class if it has
+    fewer), for labels (N,) (a tensor on any device, or an array). Index features and labels
+    with the same indices to keep them aligned."""
+    if per_class < 1:
+        raise SSLKitError(f"per_class must be at least 1 (got {per_class}): use e.g. 10")
+    labels = labels.cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
+    if labels.ndim != 1:
+        raise SSLKitError(f"labels_per_class_subset needs labels (N,), got shape "
+                          f"{labels.shape}: pass one label per example")
     rng = np.random.default_rng(seed)
-    labels = labels.numpy()
     picks = [rng.permutation(np.flatnonzero(labels == c))[:per_class] for c in np.unique(labels)]
-    return np.sort(np.concatenate(picks))
+    return np.sort(np.concatenate(picks)) if picks else np.zeros(0, dtype=np.int64)
+
+
+def _check_features(train_f: torch.Tensor, test_f: torch.Tensor, who: str) -> None:
+    """Non-empty 2-D train and test features of the same width, finite."""
+    if train_f.ndim != 2 or test_f.ndim != 2 or train_f.shape[1] != test_f.shape[1]:
+        raise SSLKitError(f"{who} needs features (N, D) and (M, D), got {tuple(train_f.shape)} "
+                          f"and {tuple(test_f.shape)}: extract both with the same encoder")
+    if len(train_f) == 0 or len(test_f) == 0:
+        raise SSLKitError(f"{who} got {len(train_f)} train and {len(test_f)} test features: "
+                          "pass at least one of each")
+    _check_finite(train_f, f"{who}: the train features")
+    _check_finite(test_f, f"{who}: the test features")
 
 
 def linear_probe(
@@ -103,10 +205,11 @@ def linear_probe(
     labels_per_class: int | None = None,
     seed: int = 0,
 ) -> float:
-    """Test accuracy of a logistic-regression probe on frozen features.
+    """Test accuracy of a logistic-regression probe on frozen features (N, D) -> (M, D).
 
-    Features are standardised with the training statistics; with labels_per_class, the probe
-    sees only that many labelled examples of each class (the limited-label setting).
+    Features are standardised with the training statistics only (the test set is never
+    looked at before scoring); with labels_per_class, the probe sees only that many labelled
+    examples of each class (the limited-label setting). Tensors may live on any device.
     """
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
@@ -115,25 +218,38 @@ def linear_probe(
     if labels_per_class is not None and labels_per_class < 1:
         raise SSLKitError(f"labels_per_class must be at least 1 (got {labels_per_class}): use "
                           "e.g. 10, or None for every label")
-    idx = (np.arange(len(train_y)) if labels_per_class is None
-           else labels_per_class_subset(train_y, labels_per_class, seed))
+    _check_features(train_f, test_f, "linear_probe")
+    _check_labels(train_y, len(train_f), None, "linear_probe (train)")
+    _check_labels(test_y, len(test_f), None, "linear_probe (test)")
+    train_f, test_f = train_f.detach().cpu().float(), test_f.detach().cpu().float()
+    train_y, test_y = train_y.cpu(), test_y.cpu()
+    idx = torch.as_tensor(np.arange(len(train_y)) if labels_per_class is None
+                          else labels_per_class_subset(train_y, labels_per_class, seed))
+    if len(train_y[idx].unique()) < 2:
+        raise SSLKitError(f"linear_probe needs training labels of at least 2 classes (got only "
+                          f"class {int(train_y[0])}): pass a labelled set with several classes")
     probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=1.0))
     probe.fit(train_f[idx].numpy(), train_y[idx].numpy())
     return float(probe.score(test_f.numpy(), test_y.numpy()))
 
 
 def tsne(features: torch.Tensor, seed: int = 0) -> np.ndarray:
-    """features (N, D) -> 2-D t-SNE embedding (N, 2) (scikit-learn, PCA initialisation)."""
+    """features (N, D) on any device -> 2-D t-SNE embedding (N, 2) (scikit-learn, PCA
+    initialisation)."""
     from sklearn.manifold import TSNE
     from threadpoolctl import threadpool_limits
 
+    if features.ndim != 2:
+        raise SSLKitError(f"t-SNE needs features (N, D), got {tuple(features.shape)}: "
+                          "flatten them first (e.g. pixels(images))")
     if len(features) < 4:
         raise SSLKitError(f"t-SNE needs at least 4 points (got {len(features)}): pass more")
+    _check_finite(features, "tsne: the features")
     perplexity = min(30.0, max(2.0, (len(features) - 1) / 3))
     model = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed)
     # One BLAS/OpenMP thread: on small sets, extra threads fighting torch's cost 30x the time.
     with threadpool_limits(1):
-        return model.fit_transform(features.numpy())
+        return model.fit_transform(features.detach().cpu().float().numpy())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -154,6 +270,10 @@ def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, k: int = 1) -> flo
         )
     if not 1 <= k:
         raise SSLKitError(f"k={k} is not a number of classes: use k >= 1")
+    if len(labels) == 0:
+        raise SSLKitError("topk_accuracy got no rows (N = 0): the accuracy of nothing is "
+                          "undefined; pass at least one prediction")
+    _check_labels(labels, len(labels), logits.shape[1], "topk_accuracy")
     labels = labels.to(logits.device).long()
     classes = torch.arange(logits.shape[1], device=logits.device)  # (C,)
     own = logits.gather(1, labels[:, None])  # (N, 1) the label's logit
@@ -186,6 +306,15 @@ def linear_probe_step(
     return loss.item()
 
 
+def _zero_linear(d: int, c: int, device: torch.device | str = "cpu") -> nn.Linear:
+    """Linear(d, c) with zero weight and bias, made without drawing a random initialisation
+    first (which would advance torch's global random generator for nothing)."""
+    linear = nn.utils.skip_init(nn.Linear, d, c, device=device)
+    nn.init.zeros_(linear.weight)
+    nn.init.zeros_(linear.bias)
+    return linear
+
+
 def train_linear_probe(
     train_f: torch.Tensor,
     train_y: torch.Tensor,
@@ -199,26 +328,26 @@ def train_linear_probe(
     """A linear classifier on frozen features (N, D): Standardize, then Linear(D, C) from zero.
 
     Adam on shuffled mini-batches (a seeded order), ``linear_probe_step`` per batch. Returns the
-    probe in eval mode; probe(features) (M, D) -> logits (M, C). Starting from zero weights, the
-    (convex) problem and the seed fix the result.
+    probe in eval mode, on the features' device; probe(features) (M, D) -> logits (M, C).
+    Starting from zero weights, the (convex) problem and the seed fix the result.
     """
-    if train_f.ndim != 2 or len(train_f) != len(train_y):
+    if train_f.ndim != 2 or len(train_f) != len(train_y) or len(train_f) < 2:
         raise SSLKitError(
-            f"train_linear_probe needs features (N, D) and labels (N,), got "
+            f"train_linear_probe needs features (N, D) and labels (N,) with N >= 2, got "
             f"{tuple(train_f.shape)} and {tuple(train_y.shape)}: extract features first"
         )
-    train_f, train_y = train_f.float(), train_y.long()
+    _check_labels(train_y, len(train_f), num_classes, "train_linear_probe")
+    _check_finite(train_f, "train_linear_probe: the features")
+    train_f, train_y = train_f.float(), train_y.to(train_f.device).long()
     num_classes = num_classes or int(train_y.max()) + 1
-    linear = nn.Linear(train_f.shape[1], num_classes)
-    nn.init.zeros_(linear.weight)
-    nn.init.zeros_(linear.bias)
+    linear = _zero_linear(train_f.shape[1], num_classes, train_f.device)
     probe = nn.Sequential(Standardize(train_f), linear)
     optimizer = torch.optim.Adam(linear.parameters(), lr=lr, weight_decay=weight_decay)
     inputs = probe[0](train_f)  # standardised once: (N, D)
     generator = torch.Generator().manual_seed(seed)
     with torch.enable_grad():  # trains even when called under torch.no_grad()
         for _ in range(epochs):
-            order = torch.randperm(len(inputs), generator=generator)
+            order = torch.randperm(len(inputs), generator=generator).to(inputs.device)
             for start in range(0, len(order), batch_size):
                 batch = order[start : start + batch_size]
                 linear_probe_step(linear, optimizer, inputs[batch], train_y[batch])
@@ -268,7 +397,8 @@ def fine_tune(
     standardize: bool = False,
 ) -> nn.Sequential:
     """Train a copy of ``encoder`` and a zero-initialised Linear(feature_dim, C) end to end with
-    cross-entropy on labelled images (N, C, H, W) uint8 and labels (N,).
+    cross-entropy on labelled images (N, C, H, W), uint8 in [0, 255] or floats in [0, 1], and
+    labels (N,).
 
     Every step draws batch_size images at random (with replacement, so 10 labelled images work
     as well as 10,000) from a seeded generator, optionally through ``augment`` (a ViewConfig:
@@ -294,15 +424,19 @@ def fine_tune(
     if not hasattr(encoder, "feature_dim"):
         raise SSLKitError("fine_tune needs an encoder with .feature_dim (see sslkit.models): "
                           "pass method.encoder, not the whole method")
+    if steps < 0 or batch_size < 1:
+        raise SSLKitError(f"fine_tune needs steps >= 0 and batch_size >= 1 (got steps={steps}, "
+                          f"batch_size={batch_size}): use e.g. steps=300, batch_size=64")
+    _check_labels(labels, len(images), num_classes, "fine_tune")
+    if images.dtype != torch.uint8:
+        _unit_floats(images, "fine_tune")  # floats: checked once here to be in [0, 1]
     labels = labels.long()
     num_classes = num_classes or int(labels.max()) + 1
     device = next(encoder.parameters()).device
-    head = nn.Linear(encoder.feature_dim, num_classes)
-    nn.init.zeros_(head.weight)
-    nn.init.zeros_(head.bias)
+    head = _zero_linear(encoder.feature_dim, num_classes)
     body = copy.deepcopy(encoder)
     if standardize:
-        pixels_ = images.float() / 255
+        pixels_ = _unit_floats(images, "fine_tune")
         std = float(pixels_.std()) or 1.0
         body = nn.Sequential(_Standardize(float(pixels_.mean()), std), body)
     model = nn.Sequential(body, head).to(device).train()
@@ -316,9 +450,10 @@ def fine_tune(
                 for group in optimizer.param_groups:
                     group["lr"] = lr * min(1.0, (step + 1) / warmup_steps)
             idx = torch.randint(0, len(images), (batch_size,), generator=generator)
-            x = images[idx].float() / 255  # (B, C, H, W)
-            if augment is not None:
+            x = _unit_floats(images[idx.to(images.device)], "fine_tune", check_range=False)
+            if augment is not None:  # x: (B, C, H, W) floats in [0, 1]
                 x = _augment(x, augment, generator)
             # the probe's step (cross-entropy, zero_grad, backward, step), through the encoder
-            linear_probe_step(model, optimizer, x.to(device), labels[idx].to(device))
+            y = labels[idx.to(labels.device)]  # (B,) the drawn images' own labels
+            linear_probe_step(model, optimizer, x.to(device), y.to(device))
     return model.eval()

@@ -74,11 +74,17 @@ def gaussian_mi(rho: float, d: int) -> float:
     Per coordinate: I = h(y) - h(y | x) = 1/2 log(2 pi e) - 1/2 log(2 pi e (1 - rho^2))
     = -1/2 log(1 - rho^2); the d coordinates are independent, so their informations add.
     """
+    if not -1 < rho < 1:
+        raise SSLKitError(f"gaussian_mi: rho must be in (-1, 1) (got {rho}): at |rho| = 1 the "
+                          "mutual information is infinite")
     return -0.5 * d * math.log(1 - rho**2)
 
 
 def rho_for_mi(mi: float, d: int) -> float:
     """The correlation rho >= 0 at which d-dimensional ``correlated_gaussians`` carry mi nats."""
+    if not mi >= 0 or d < 1:
+        raise SSLKitError(f"rho_for_mi needs mi >= 0 nats and d >= 1 (got mi={mi}, d={d}): "
+                          "mutual information is never negative")
     return math.sqrt(1 - math.exp(-2 * mi / d))
 
 
@@ -118,16 +124,26 @@ def infonce_scores_loss(scores: Tensor) -> Tensor:
     -mean_i log softmax(scores[i])_i, i.e. ``F.cross_entropy`` with labels 0..N-1; averaged over
     the rows of every matrix. L >= 0, so the estimate log N - L is at most log N.
     """
+    if scores.ndim < 2 or scores.shape[-1] != scores.shape[-2]:
+        raise SSLKitError(f"infonce_scores_loss needs square score matrices (..., N, N), got "
+                          f"{tuple(scores.shape)}: score every x of a group against every y")
     n = scores.shape[-1]
     logits = scores.reshape(-1, n)  # (G * N, N): all matrices' rows stacked
     labels = torch.arange(n, device=scores.device).repeat(logits.shape[0] // n)  # (G * N,)
     return F.cross_entropy(logits, labels)
 
 
+def _check_n(n: int, who: str) -> None:
+    if n < 2:
+        raise SSLKitError(f"{who}: n must be >= 2 (got {n}): with one candidate there is "
+                          "nothing to classify (log 1 = 0)")
+
+
 @torch.no_grad()
 def evaluate_bound(critic: nn.Module, n: int, d: int, rho: float, pairs: int = 8192,
                    generator: torch.Generator | None = None) -> float:
     """log n - L_n of ``critic`` on fresh data: about ``pairs`` pairs, in groups of n."""
+    _check_n(n, "evaluate_bound")
     groups = max(1, pairs // n)
     x, y = correlated_gaussians(groups * n, d, rho, generator)
     scores = critic(x.view(groups, n, d), y.view(groups, n, d))  # (groups, n, n)
@@ -143,12 +159,11 @@ def infonce_bound(n: int, d: int = 4, rho: float = 0.93, steps: int = 500, pairs
     still gets a low-noise gradient. Adam, ``steps`` steps; the estimate is measured on fresh
     pairs (``eval_pairs``), so it is not inflated by fitting the training batches.
     """
-    if n < 2:
-        raise SSLKitError(f"infonce_bound: n must be >= 2 (got {n}): with one candidate there "
-                          f"is nothing to classify (log 1 = 0)")
+    _check_n(n, "infonce_bound")
     g = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)  # the critic's initial weights
-    critic = SeparableCritic(d)
+    with torch.random.fork_rng(devices=[]):  # seeded initial weights, global RNG left alone
+        torch.manual_seed(seed)
+        critic = SeparableCritic(d)
     opt = torch.optim.Adam(critic.parameters(), lr=lr)
     groups = max(1, pairs // n)
     for _ in range(steps):
@@ -186,6 +201,7 @@ def optimal_bound(n: int, d: int = 4, rho: float = 0.93, pairs: int = 65536,
 
     The tightest the InfoNCE bound gets with batches of n: a trained critic can only come close.
     """
+    _check_n(n, "optimal_bound")
     g = torch.Generator().manual_seed(seed)
     groups = max(1, pairs // n)
     per_chunk = max(1, 2**20 // (n * n))  # score matrices per chunk: at most ~1M entries

@@ -9,6 +9,8 @@ import matplotlib.pyplot as plt  # headless machines fall back to Agg by themsel
 import numpy as np
 import torch
 
+from sslkit.errors import SSLKitError
+
 
 def _save(fig, path: str | Path | None):
     if path is not None:
@@ -18,7 +20,13 @@ def _save(fig, path: str | Path | None):
 
 
 def image_grid(images: torch.Tensor, nrow: int = 8, title: str | None = None, path=None):
-    """images (N, C, H, W), uint8 or floats in [0, 1] -> a grid of N images, nrow per row."""
+    """images (N, C, H, W), uint8 or floats in [0, 1], on any device -> a grid of N images,
+    nrow per row."""
+    if images.ndim != 4 or len(images) == 0 or images.shape[1] not in (1, 3, 4) or nrow < 1:
+        raise SSLKitError(f"image_grid needs a non-empty batch (N, C, H, W) with 1, 3 or 4 "
+                          f"channels and nrow >= 1, got {tuple(images.shape)}, nrow={nrow}: "
+                          "pass e.g. data.train_x[:16]")
+    images = images.detach().cpu()
     images = images.float() / 255 if images.dtype == torch.uint8 else images.float()
     n = len(images)
     rows = (n + nrow - 1) // nrow
@@ -34,9 +42,12 @@ def image_grid(images: torch.Tensor, nrow: int = 8, title: str | None = None, pa
 
 
 def similarity_matrix(sim: torch.Tensor, title: str = "cosine similarity", path=None):
-    """sim (M, M) -> a heat map; for 2N views the positive pairs sit on the off-diagonals ±N."""
+    """sim (M, M), on any device -> a heat map; for 2N views the positive pairs sit on the
+    off-diagonals ±N."""
+    if sim.ndim != 2:
+        raise SSLKitError(f"similarity_matrix needs a matrix (M, M), got {tuple(sim.shape)}")
     fig, ax = plt.subplots(figsize=(4.5, 4))
-    im = ax.imshow(sim.detach().float().numpy(), cmap="viridis", vmin=-1, vmax=1)
+    im = ax.imshow(sim.detach().cpu().float().numpy(), cmap="viridis", vmin=-1, vmax=1)
     fig.colorbar(im, ax=ax)
     ax.set_title(title)
     ax.set_xlabel("view")
@@ -45,24 +56,48 @@ def similarity_matrix(sim: torch.Tensor, title: str = "cosine similarity", path=
 
 
 def tsne_panels(embeddings: dict[str, np.ndarray], labels, classes=None, path=None):
-    """One scatter per named 2-D embedding (N, 2), points coloured by class."""
-    labels = np.asarray(labels)
+    """One scatter per named 2-D embedding (N, 2), points coloured by their class labels (N,)
+    (integers 0..C-1); ``classes`` names every class by index (e.g. data.classes). The legend
+    shows the classes present, each with its own name and colour."""
+    labels = labels.cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
+    if not embeddings:
+        raise SSLKitError("tsne_panels needs at least one embedding: pass {name: tsne(features)}")
+    for name, emb in embeddings.items():
+        if np.shape(emb) != (len(labels), 2):
+            raise SSLKitError(f"tsne_panels: embedding {name!r} has shape {np.shape(emb)} but "
+                              f"there are {len(labels)} labels: pass (N, 2) and the same N labels")
+    present = np.unique(labels)  # (K,) the classes shown, sorted
+    if classes is not None and len(present) and not 0 <= present.min() <= present.max() < len(
+            classes):
+        raise SSLKitError(f"tsne_panels: labels run from {present.min()} to {present.max()} but "
+                          f"{len(classes)} class names were given: pass one name per class")
+    # tab10 / tab20 give each class its own colour; beyond 20 classes a continuous map.
+    span = int(present.max()) + 1 if len(present) else 1
+    cmap = plt.get_cmap("tab10" if span <= 10 else "tab20" if span <= 20 else "turbo")
+    vmax = {"tab10": 9.5, "tab20": 19.5}.get(cmap.name, span - 0.5)
+    norm = plt.Normalize(vmin=-0.5, vmax=vmax)
     fig, axes = plt.subplots(1, len(embeddings), figsize=(4.2 * len(embeddings), 4), squeeze=False)
     for ax, (name, emb) in zip(axes[0], embeddings.items()):
-        sc = ax.scatter(emb[:, 0], emb[:, 1], c=labels, cmap="tab10", s=6, vmin=-0.5, vmax=9.5)
+        emb = np.asarray(emb)
+        ax.scatter(emb[:, 0], emb[:, 1], c=cmap(norm(labels)), s=6)
         ax.set_title(name)
         ax.set_xticks([])
         ax.set_yticks([])
-    handles, _ = sc.legend_elements()
-    names = classes or [str(c) for c in np.unique(labels)]
-    fig.legend(handles, names, loc="center right", title="class", fontsize=8)
-    fig.subplots_adjust(right=0.92)
+    if len(present) <= 20:  # a legend entry per class present, named by its own index
+        handles = [plt.Line2D([], [], marker="o", linestyle="", color=cmap(norm(c)))
+                   for c in present]
+        names = [str(classes[c]) if classes is not None else str(c) for c in present]
+        fig.legend(handles, names, loc="center right", title="class", fontsize=8)
+        fig.subplots_adjust(right=0.92)
     return _save(fig, path)
 
 
 def training_curves(rows: list[dict], keys=("loss", "knn"), path=None):
     """Per-epoch metrics rows (as in metrics.jsonl) -> one panel per key present."""
-    keys = [k for k in keys if any(k in r for r in rows)]
+    wanted, keys = list(keys), [k for k in keys if any(k in r for r in rows)]
+    if not keys:
+        raise SSLKitError(f"training_curves: none of {wanted} is in the rows given "
+                          f"({len(rows)} rows): pass the metrics rows of a run (metrics.jsonl)")
     fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3), squeeze=False)
     for ax, key in zip(axes[0], keys):
         pts = [(r["epoch"], r[key]) for r in rows if key in r]

@@ -18,6 +18,7 @@ from sslkit.evaluate import (
     labels_per_class_subset,
     linear_probe,
     pixels,
+    tsne,
 )
 
 
@@ -46,7 +47,8 @@ def knn_plain(train_f, train_y, test_f, k, temperature, num_classes):
     return torch.tensor(preds)
 
 
-@pytest.mark.parametrize("k,temperature", [(1, 0.1), (5, 0.1), (20, 0.5), (60, 0.07)])
+@pytest.mark.parametrize("k,temperature",
+                         [(1, 0.1), (5, 0.1), (20, 0.5), (60, 0.07), (10, 0.01), (10, 0.005)])
 def test_knn_matches_a_plain_loop(k, temperature):
     train_f = torch.randn(60, 6, generator=gen(1))
     train_y = torch.randint(0, 4, (60,), generator=gen(2))
@@ -197,3 +199,146 @@ def test_extract_features_restores_mode_and_matches_eval_forward(training):
         direct = enc(images.float() / 255)
     assert feats.shape == (10, 3) and feats.dtype == torch.float32 and not feats.requires_grad
     torch.testing.assert_close(feats, direct)
+
+
+def test_knn_small_temperature_does_not_overflow_into_ties():
+    # exp(sim / 0.01) overflows float32 for sim > 0.89: both near neighbours would vote inf and
+    # the tie would go to class 0, though the nearest one (class 1) is clearly closer.
+    train_f = torch.tensor([[1.0, 0.0], [0.99, 0.14], [0.0, 1.0]])
+    train_y = torch.tensor([1, 0, 0])
+    test = torch.tensor([[1.0, 0.02]])
+    assert knn_predict(train_f, train_y, test, k=3, temperature=0.01).tolist() == [1]
+    assert torch.equal(knn_predict(train_f, train_y, test, k=3, temperature=0.01),
+                       knn_plain(train_f, train_y, test, 3, 0.01, 2))
+
+
+def test_knn_prediction_is_per_test_point():
+    """Each prediction depends on its own test point only: splitting or permuting the test set
+    (and the chunks) permutes the answers, and the train set's order does not matter."""
+    train_f = torch.randn(70, 5, generator=gen(30))
+    train_y = torch.randint(0, 4, (70,), generator=gen(31))
+    test_f = torch.randn(33, 5, generator=gen(32))
+    base = knn_predict(train_f, train_y, test_f, k=9)
+    perm = torch.randperm(33, generator=gen(33))
+    assert torch.equal(knn_predict(train_f, train_y, test_f[perm], k=9, chunk_size=5), base[perm])
+    one_by_one = torch.cat([knn_predict(train_f, train_y, t[None], k=9) for t in test_f])
+    assert torch.equal(one_by_one, base)
+    order = torch.randperm(70, generator=gen(34))
+    assert torch.equal(knn_predict(train_f[order], train_y[order], test_f, k=9), base)
+
+
+@pytest.mark.parametrize("call,expected", [
+    (lambda f, y: knn_predict(f, y, f[:0]), "0 test features"),
+    (lambda f, y: knn_predict(f[:0], y[:0], f), "0 train"),
+    (lambda f, y: knn_predict(f, y, f, num_classes=2), "outside 0..1"),  # was an index error
+    (lambda f, y: knn_predict(f, y - 1, f), "outside"),
+    (lambda f, y: knn_predict(f, y.float(), f), "integer class indices"),
+    (lambda f, y: knn_predict(f, y[:, None], f), "labels of shape"),
+    (lambda f, y: knn_predict(f.index_fill(0, torch.tensor([2]), float("nan")), y, f), "NaN"),
+    (lambda f, y: knn_predict(f, y, f * float("inf")), "test features contain NaN"),
+    (lambda f, y: knn_accuracy(f, y, f, y[:, None]), "test labels of shape"),  # was (6, 6)
+    (lambda f, y: knn_accuracy(f, y, f, y[:4]), "6 test features"),
+    (lambda f, y: linear_probe(f, y[:5], f, y), "6 feature rows but labels of shape"),
+    (lambda f, y: linear_probe(f, y, f[:, :2], y), r"\(6, 3\) and \(6, 2\)"),
+    (lambda f, y: linear_probe(f, y * 0, f, y), "at least 2 classes"),
+    (lambda f, y: linear_probe(f * float("nan"), y, f, y), "NaN"),
+    (lambda f, y: linear_probe(f, y, f[:0], y[:0]), "0 test features"),
+    (lambda f, y: labels_per_class_subset(y, 0), "at least 1"),
+    (lambda f, y: labels_per_class_subset(y[:, None], 2), "labels \\(N,\\)"),
+    (lambda f, y: tsne(f[:, :, None]), "flatten"),
+    (lambda f, y: tsne(f.index_fill(0, torch.tensor([0]), float("nan"))), "NaN"),
+    (lambda f, y: pixels(torch.zeros(2, 1, 3, 3) + 255.0), "0, 255"),
+    (lambda f, y: pixels(torch.zeros(2, 1, 3, 3, dtype=torch.int64)), "uint8"),
+])
+def test_bad_evaluation_input_is_a_one_line_error(call, expected):
+    f, y = torch.randn(6, 3, generator=gen(3)), torch.tensor([0, 1, 2, 0, 1, 2])
+    with pytest.raises(SSLKitError, match=expected) as err:
+        call(f, y)
+    assert "\n" not in str(err.value)
+
+
+def test_linear_probe_never_looks_at_the_test_set_before_scoring():
+    """With training statistics only, a test point's prediction is its own business: the
+    accuracy on two halves, weighted by size, is the accuracy on the whole, and shifting the
+    test set can change it (standardising with test statistics would undo the shift)."""
+    x = torch.randn(160, 4, generator=gen(20))
+    y = (x[:, 0] + 0.5 * x[:, 1] > 0).long()
+    train_f, train_y, test_f, test_y = x[:100], y[:100], x[100:], y[100:]
+    whole = linear_probe(train_f, train_y, test_f, test_y)
+    a = linear_probe(train_f, train_y, test_f[:25], test_y[:25])
+    b = linear_probe(train_f, train_y, test_f[25:], test_y[25:])
+    assert whole == pytest.approx((25 * a + 35 * b) / 60)
+    shifted = test_f + torch.tensor([3.0, 0.0, 0.0, 0.0])  # everything moves to class 1
+    assert linear_probe(train_f, train_y, shifted, test_y) == pytest.approx(
+        float(test_y.float().mean()))
+
+
+def test_linear_probe_keeps_labels_aligned_with_features():
+    """Features that spell out their label: any misalignment of rows and labels after the
+    per-class subset (or a shuffle) would fall to chance."""
+    y = torch.arange(5).repeat(30)[torch.randperm(150, generator=gen(21))]
+    x = torch.eye(5)[y] * 3 + 0.1 * torch.randn(150, 5, generator=gen(22))
+    for per_class in (None, 1, 3):
+        assert linear_probe(x[:100], y[:100], x[100:], y[100:], labels_per_class=per_class) == 1.0
+    order = torch.randperm(100, generator=gen(23))
+    assert linear_probe(x[order], y[order], x[100:], y[100:]) == linear_probe(
+        x[:100], y[:100], x[100:], y[100:])
+
+
+def test_labels_per_class_subset_takes_arrays_and_matches_the_tensor_draw():
+    labels = torch.tensor([2, 0, 1, 1, 0, 2, 2, 0, 1, 0])
+    idx = labels_per_class_subset(labels, 2, seed=3)
+    assert np.array_equal(labels_per_class_subset(labels.numpy(), 2, seed=3), idx)
+    assert np.array_equal(labels_per_class_subset(labels.tolist(), 2, seed=3), idx)
+
+
+def test_tsne_shape_and_seed():
+    f = torch.randn(12, 5, generator=gen(24))
+    emb = tsne(f, seed=1)
+    assert emb.shape == (12, 2) and np.isfinite(emb).all()
+    assert np.array_equal(emb, tsne(f, seed=1))
+
+
+def test_float_images_in_unit_range_give_the_uint8_features():
+    """uint8 in [0, 255] and floats in [0, 1] are the same images, as for the training views;
+    a float image used to be divided by 255 a second time."""
+    torch.manual_seed(0)
+    enc = Recorder().eval()
+    images = torch.randint(0, 256, (6, 1, 8, 8), dtype=torch.uint8, generator=gen(25))
+    as_float = images.float() / 255
+    torch.testing.assert_close(extract_features(enc, as_float), extract_features(enc, images))
+    assert all(s[2] > 0.5 for s in enc.seen)  # the encoder saw [0, 1], not [0, 1/255]
+    torch.testing.assert_close(pixels(as_float), pixels(images))
+    with pytest.raises(SSLKitError, match="0, 255"):
+        extract_features(enc, images.float())  # 0..255 floats: a missing / 255
+
+
+def test_extract_features_runs_without_gradients_and_restores_mode_on_error():
+    torch.manual_seed(0)
+    enc = Recorder().train()
+    images = torch.randint(0, 256, (5, 1, 8, 8), dtype=torch.uint8, generator=gen(26))
+    with torch.enable_grad():
+        feats = extract_features(enc, images)
+    assert not feats.requires_grad and all(p.grad is None for p in enc.parameters())
+
+    class Broken(Recorder):
+        def forward(self, x):
+            raise RuntimeError("boom")
+
+    broken = Broken().train()
+    with pytest.raises(RuntimeError, match="boom"):
+        extract_features(broken, images)
+    assert broken.training and broken.net[1].training  # not left in eval mode
+
+
+@pytest.mark.parametrize("images,expected", [
+    (torch.zeros(0, 1, 8, 8, dtype=torch.uint8), "non-empty"),
+    (torch.zeros(3, 1, 8, 8, dtype=torch.uint8), "not features"),
+])
+def test_extract_features_bad_input(images, expected):
+    encoder = Recorder()
+    if expected == "not features":  # the conv body without its pooling: a feature map
+        encoder = nn.Conv2d(1, 2, 3)
+    with pytest.raises(SSLKitError, match=expected) as err:
+        extract_features(encoder, images)
+    assert "\n" not in str(err.value)

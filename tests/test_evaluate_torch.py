@@ -149,3 +149,39 @@ def test_standardize_uses_training_statistics():
 def test_probe_bad_input():
     with pytest.raises(SSLKitError, match="features"):
         train_linear_probe(torch.zeros(5, 2), torch.zeros(4, dtype=torch.long))
+
+
+@pytest.mark.parametrize("call,expected", [
+    (lambda: topk_accuracy(torch.zeros(0, 3), torch.zeros(0, dtype=torch.long)), "no rows"),
+    (lambda: topk_accuracy(torch.zeros(2, 3), torch.tensor([0, 3])), "outside 0..2"),
+    (lambda: topk_accuracy(torch.zeros(2, 3), torch.tensor([0, -1])), "outside"),
+    (lambda: train_linear_probe(torch.zeros(1, 2), torch.zeros(1, dtype=torch.long)), "N >= 2"),
+    (lambda: train_linear_probe(torch.randn(4, 2), torch.tensor([0, 1, 2, 3]), num_classes=3),
+     "outside 0..2"),
+    (lambda: train_linear_probe(torch.full((4, 2), float("nan")), torch.tensor([0, 1, 0, 1])),
+     "NaN"),
+])
+def test_bad_input_is_a_one_line_error(call, expected):
+    with pytest.raises(SSLKitError, match=expected) as err:
+        call()
+    assert "\n" not in str(err.value)
+
+
+def test_probe_loop_is_trained_on_the_training_statistics_only():
+    """The probe's Standardize holds the training mean and std; shifting the test features
+    moves the logits (the statistics are not recomputed on the test set)."""
+    x, y = separable(seed=7, noise_seed=8)
+    probe = train_linear_probe(x, y, epochs=2, batch_size=32)
+    torch.testing.assert_close(probe[0].mean, x.mean(0))
+    torch.testing.assert_close(probe[0].std, x.std(0) + 1e-6)
+    with torch.no_grad():
+        logits = probe(x[:10])
+        torch.testing.assert_close(logits, probe[1]((x[:10] - x.mean(0)) / (x.std(0) + 1e-6)))
+        assert not torch.allclose(probe(x[:10] + 5), logits)
+
+
+def test_probe_loop_leaves_the_global_rng_alone():
+    x, y = separable(seed=9, noise_seed=10)
+    state = torch.random.get_rng_state()
+    train_linear_probe(x, y, epochs=1)
+    assert torch.equal(torch.random.get_rng_state(), state)

@@ -179,3 +179,56 @@ def test_negative_weights_limits_of_the_temperature():
     assert shares[0][0] > shares[1][0] > shares[2][0]  # the hardest loses share as T grows
     with pytest.raises(SSLKitError, match="temperature"):
         negative_weights(s, 0.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Closed cases and bad input
+
+
+def test_scores_loss_closed_cases():
+    # a critic that cannot tell the pairs apart scores log N: the estimate is exactly 0 nats
+    for n in (2, 5, 64):
+        assert float(infonce_scores_loss(torch.zeros(3, n, n))) == pytest.approx(math.log(n))
+    # adding a constant per row (a term in x alone) changes nothing
+    scores = torch.randn(4, 6, 6, generator=gen(7))
+    shifted = scores + torch.randn(4, 6, 1, generator=gen(8))
+    assert torch.allclose(infonce_scores_loss(shifted), infonce_scores_loss(scores), atol=1e-6)
+    # relabelling the pairs (the same permutation of xs and ys) changes nothing either
+    perm = torch.randperm(6, generator=gen(9))
+    assert torch.allclose(infonce_scores_loss(scores[:, perm][:, :, perm]),
+                          infonce_scores_loss(scores), atol=1e-6)
+
+
+def test_optimal_estimate_never_exceeds_log_n_even_with_huge_mi():
+    """30 nats in 8 dimensions: the best critic is nearly perfect, the estimate sits just
+    below log N and never above it."""
+    rho = rho_for_mi(30.0, 8)
+    for n in (2, 16, 256):
+        value = optimal_bound(n, 8, rho, pairs=4096, seed=n)
+        assert value <= math.log(n)
+        assert value > math.log(n) - 0.01
+
+
+@pytest.mark.parametrize("call,expected", [
+    (lambda: infonce_scores_loss(torch.zeros(4, 3)), r"square score matrices"),
+    (lambda: infonce_scores_loss(torch.zeros(2, 8, 4)), r"\(2, 8, 4\)"),  # was silently wrong
+    (lambda: gaussian_mi(1.0, 2), "rho must be in"),
+    (lambda: gaussian_mi(-1.5, 2), "rho must be in"),
+    (lambda: rho_for_mi(-0.5, 2), "mi >= 0"),
+    (lambda: rho_for_mi(1.0, 0), "d >= 1"),
+    (lambda: evaluate_bound(SeparableCritic(2), 1, 2, 0.5), "n must be >= 2"),
+    (lambda: optimal_bound(0), "n must be >= 2"),
+])
+def test_bad_input_is_a_one_line_error(call, expected):
+    with pytest.raises(SSLKitError, match=expected) as err:
+        call()
+    assert "\n" not in str(err.value)
+
+
+def test_infonce_bound_leaves_the_global_rng_alone():
+    rho = rho_for_mi(1.0, 2)
+    state = torch.random.get_rng_state()
+    first = infonce_bound(4, d=2, rho=rho, steps=2, pairs=32, seed=3, eval_pairs=64)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    torch.manual_seed(123)  # the global state does not matter either
+    assert infonce_bound(4, d=2, rho=rho, steps=2, pairs=32, seed=3, eval_pairs=64) == first

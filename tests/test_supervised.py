@@ -105,3 +105,51 @@ def test_supervised_baseline_learns_the_digits(shifted_parts):
     assert model[1].out_features == 10
     features = extract_features(model[0], test_x)  # the encoder alone: the representation
     assert features.shape == (300, model[0].feature_dim)
+
+
+def test_fine_tune_takes_float_images_in_unit_range_like_uint8():
+    """uint8 and the same images as floats in [0, 1] train the same weights (a float image
+    used to be divided by 255 again), with and without standardisation and augmentation."""
+    torch.manual_seed(0)
+    encoder = build_encoder("convnet-small", 1)
+    images, labels = small_images()
+    augment = supervised_augmentation("shifted_digits", 16)
+    for options in ({}, {"standardize": True, "augment": augment}):
+        a = fine_tune(encoder, images, labels, steps=2, batch_size=4, **options)
+        b = fine_tune(encoder, images.float() / 255, labels, steps=2, batch_size=4, **options)
+        for p, q in zip(a.parameters(), b.parameters()):
+            torch.testing.assert_close(p, q)
+    with pytest.raises(SSLKitError, match="0, 255"):
+        fine_tune(encoder, images.float(), labels, steps=1)
+
+
+@pytest.mark.parametrize("options,expected", [
+    (dict(num_classes=2), "outside 0..1"),  # labels reach 2: was an index error in the loss
+    (dict(steps=-1), "steps >= 0"),
+    (dict(batch_size=0), "batch_size >= 1"),
+])
+def test_fine_tune_settings_out_of_range_are_one_line_errors(options, expected):
+    encoder = build_encoder("convnet-small", 1)
+    images, labels = small_images()
+    with pytest.raises(SSLKitError, match=expected) as err:
+        fine_tune(encoder, images, labels, **options)
+    assert "\n" not in str(err.value)
+
+
+def test_fine_tune_sees_only_the_images_given():
+    """The model is a function of the labelled set: images outside it (e.g. the test set)
+    cannot influence it, and the per-class baseline trains on exactly the probe's draw."""
+    images, labels = small_images(16)
+    a = train_supervised_per_class(images, labels, per_class=2, steps=2, batch_size=4, seed=3)
+    from sslkit.evaluate import labels_per_class_subset
+    idx = torch.as_tensor(labels_per_class_subset(labels, 2, seed=3))
+    b = train_supervised(images[idx], labels[idx], num_classes=3, steps=2, batch_size=4, seed=3)
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    assert a[1].out_features == 3
+
+
+def test_supervised_baseline_leaves_the_global_rng_alone():
+    images, labels = small_images(8)
+    state = torch.random.get_rng_state()
+    train_supervised(images, labels, steps=1, batch_size=4, seed=5)
+    assert torch.equal(torch.random.get_rng_state(), state)
