@@ -29,7 +29,6 @@ assignment (``--student=alice``, ``--Execute.timeout=300``) are passed to ``nbgr
 from __future__ import annotations
 
 import argparse
-import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -66,15 +65,34 @@ def require_sandbox() -> None:
 
 def assignment_notebooks(assignment: str) -> list[str]:
     """The notebook names of a released assignment, from the gradebook."""
-    with sqlite3.connect(COURSE_ROOT / "gradebook.db") as db:
+    with parallel.connect(COURSE_ROOT / "gradebook.db") as db:
         rows = db.execute("SELECT notebook.name FROM notebook JOIN assignment ON "
                           "notebook.assignment_id = assignment.id WHERE assignment.name = ?",
                           (assignment,)).fetchall()  # fmt: skip
     db.close()
     if not rows:
-        sys.exit(f"{assignment} has not been released into this course's gradebook; run "
-                 "`python autograder/course.py release` first")
+        with parallel.connect(COURSE_ROOT / "gradebook.db") as db:
+            names = sorted(name for (name,) in db.execute("SELECT name FROM assignment"))
+        db.close()
+        sys.exit(f"{assignment} is not an assignment of this course's gradebook (it has: "
+                 f"{', '.join(names) or 'none'}); check the name, or run `python "
+                 "autograder/course.py release` if solutions/ has it")  # fmt: skip
     return sorted(name for (name,) in rows)
+
+
+def positive(kind):
+    """An argparse type: a number of ``kind`` above zero."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = 0
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"expected a number above 0, got {text!r}")
+        return value
+
+    return parse
 
 
 def run(args) -> None:
@@ -83,8 +101,11 @@ def run(args) -> None:
     notebooks = assignment_notebooks(args.assignment)
     reports = COURSE_ROOT / "reports" / args.assignment
     if args.zip:
-        imported = lms.import_zip(Path(args.zip), COURSE_ROOT, args.assignment, notebooks,
-                                  Path(args.roster) if args.roster else None)  # fmt: skip
+        try:
+            imported = lms.import_zip(Path(args.zip), COURSE_ROOT, args.assignment, notebooks,
+                                      Path(args.roster) if args.roster else None)  # fmt: skip
+        except lms.ImportFailed as error:
+            sys.exit(str(error))
         print(f"imported {len(imported.files)} notebooks, {len(imported.unmatched)} files not "
               f"imported (see {reports / 'import.txt'})", flush=True)
     grader = parallel.Grader(COURSE_ROOT, args.assignment, args.workers, args.timeout)
@@ -119,8 +140,9 @@ def main(argv: list[str] | None = None) -> None:
     run_parser.add_argument("assignment", help="e.g. 04_simclr")
     run_parser.add_argument("--zip", help="Canvas submissions zip to import first")
     run_parser.add_argument("--roster", help="CSV canvas_id,student_id for the zip's students")
-    run_parser.add_argument("--workers", type=int, default=2, help="parallel graders (2)")
-    run_parser.add_argument("--timeout", type=float, default=3600,
+    run_parser.add_argument("--workers", type=positive(int), default=2,
+                            help="parallel graders (2)")  # fmt: skip
+    run_parser.add_argument("--timeout", type=positive(float), default=3600,
                             help="seconds for one submission, all cells (3600)")
     run_parser.add_argument("--force", action="store_true", help="grade everything again")
     args, autograde_options = parser.parse_known_args(argv)

@@ -31,6 +31,10 @@ UPLOAD = re.compile(r"^(?P<stem>.+?)(?:-(?P<copy>\d+))?\.ipynb$")
 SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]*$")
 
 
+class ImportFailed(Exception):
+    """The archive or the roster cannot be used; the message names the file and the fix."""
+
+
 @dataclass
 class Imported:
     files: dict[str, Path] = field(default_factory=dict)  # archive name -> where it went
@@ -41,8 +45,15 @@ class Imported:
 def read_roster(path: Path | None) -> dict[str, str]:
     if path is None:
         return {}
-    with open(path, newline="") as f:
-        return {row["canvas_id"].strip(): row["student_id"].strip() for row in csv.DictReader(f)}
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        raise ImportFailed(f"cannot read the roster {path}: {error}") from None
+    if rows and not {"canvas_id", "student_id"} <= set(rows[0]):
+        raise ImportFailed(f"the roster {path} needs the columns canvas_id,student_id; its "
+                           f"header is {','.join(k for k in rows[0] if k)}")  # fmt: skip
+    return {(row["canvas_id"] or "").strip(): (row["student_id"] or "").strip() for row in rows}
 
 
 def import_zip(archive: Path, course: Path, assignment: str, notebooks: list[str],
@@ -52,7 +63,12 @@ def import_zip(archive: Path, course: Path, assignment: str, notebooks: list[str
     ids = read_roster(roster)
     result = Imported()
     chosen: dict[tuple[str, str], tuple[tuple[int, int], str]] = {}  # (student, nb) -> best
-    with zipfile.ZipFile(archive) as zf:
+    try:
+        zf = zipfile.ZipFile(archive)
+    except (OSError, zipfile.BadZipFile) as error:
+        raise ImportFailed(f"cannot open the LMS archive {archive}: {error}; pass the zip of "
+                           "Canvas' Download Submissions with --zip") from None  # fmt: skip
+    with zf:
         for info in zf.infolist():
             if info.is_dir():
                 continue
@@ -83,8 +99,15 @@ def import_zip(archive: Path, course: Path, assignment: str, notebooks: list[str
                 chosen[key] = (rank, info.filename)
         for (student, notebook), (_, filename) in sorted(chosen.items()):
             target = course / "submitted" / student / assignment / f"{notebook}.ipynb"
+            try:
+                content = zf.read(filename)
+            except (zipfile.BadZipFile, EOFError, OSError) as error:
+                result.unmatched.append(f"{filename}: damaged in the archive ({error})")
+                continue
             target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(zf.read(filename))
+            partial = target.with_name(f".{target.name}.part")  # a kill leaves no cut notebook
+            partial.write_bytes(content)
+            partial.replace(target)
             result.files[filename] = target
     write_report(result, course, assignment, archive)
     return result

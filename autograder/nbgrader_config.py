@@ -16,19 +16,24 @@ import os
 import sys
 import tempfile
 
-from nbconvert.preprocessors import CSSHTMLHeaderPreprocessor
+from nbconvert.preprocessors import ClearMetadataPreprocessor, CSSHTMLHeaderPreprocessor
 from nbgrader.preprocessors import (
+    AssignLatePenalties,
     CheckCellMetadata,
     ClearOutput,
     DeduplicateIds,
     GetGrades,
+    IgnorePattern,
+    LimitOutput,
     OverwriteKernelspec,
+    SaveAutoGrades,
 )
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from feedback import HideHiddenTests  # noqa: E402 -- importable through the line above
-from restore_cells import RestoreMissingCells  # noqa: E402
+from capped_output import CappedExecute  # noqa: E402 -- importable through the line above
+from feedback import HideHiddenTests  # noqa: E402
+from restore_cells import CleanMetadata, RestoreMissingCells  # noqa: E402
 
 c = get_config()  # noqa: F821 -- provided by traitlets when it loads this file
 
@@ -63,8 +68,11 @@ c.LockCells.lock_readonly_cells = True
 # read-only cell whose source differs from the gradebook's copy (an assert replaced by `pass`)
 # gets the gradebook's source back, hidden tests included; its points, type and lock are reset.
 # RestoreMissingCells is OverwriteCells with nbgrader 0.9's re-insertion of deleted test cells
-# fixed (see restore_cells.py).
+# fixed; CleanMetadata, with it, grades a cell whose nbgrader metadata a student mangled (an
+# unknown grade_id, points that are not a number) as a plain cell instead of crashing (see
+# restore_cells.py).
 c.Autograde.sanitize_preprocessors = [
+    CleanMetadata,
     ClearOutput,
     DeduplicateIds,
     OverwriteKernelspec,
@@ -79,6 +87,18 @@ c.OverwriteCells.add_missing_cells = True  # a deleted test cell is put back and
 # SSLKIT_PROFILE=ci) the slowest cell of 04_simclr takes about 30 s on a busy 2-core machine.
 c.Execute.timeout = 120
 c.Execute.interrupt_on_timeout = True
+# nbgrader's execution steps, with Execute replaced by CappedExecute (capped_output.py): a cell
+# that prints without end keeps 5 MiB of output, not gigabytes in nbgrader's memory.
+c.Autograde.autograde_preprocessors = [
+    CappedExecute,
+    IgnorePattern,
+    ClearMetadataPreprocessor,
+    LimitOutput,
+    SaveAutoGrades,
+    AssignLatePenalties,
+    CheckCellMetadata,
+]
+c.CappedExecute.max_output_bytes = 5 * 1024 * 1024
 
 # ---------------------------------------------------------------------------------------------
 # The sandbox: student code runs in a bubblewrap sandbox (sandbox.py, README "The sandbox")

@@ -9,8 +9,11 @@ autograded folder is copied into ``autograded/S``, the scores, comments and late
 ``reports/ASSIGNMENT/journal.jsonl``. Writes to the gradebook are therefore serial, and the
 gradebook never holds a half-graded submission.
 
-Resuming: a submission whose journal line is there (with the same content hash: a re-collected
-submission is graded again) is not graded again. Killing the grader loses at most the
+Resuming: a submission whose journal line is there is not graded again, unless its hash
+changed: the hash covers the submitted folder (a re-collected submission is graded again) and
+the assignment's cells in the gradebook (after a release with changed tests, every submission
+is graded again). A ``graded`` line whose scores are not in the gradebook (a gradebook deleted
+and released again) is graded again too. Killing the grader loses at most the
 submissions being graded at that moment; running it again grades them and the rest. A kill
 between a gradebook commit and its journal line (microseconds) grades that one submission again,
 which replaces its scores with the same ones.
@@ -33,6 +36,7 @@ import time
 import warnings
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import report
@@ -122,9 +126,50 @@ def copy_gradebook(source: Path, target: Path) -> None:
     dst.close()
 
 
+def connect(gradebook: Path) -> sqlite3.Connection:
+    """The gradebook, read-only; exit naming the fix if there is none (a fresh clone)."""
+    if not gradebook.is_file():
+        raise SystemExit(f"there is no gradebook at {gradebook}; run `python autograder/course.py "
+                         "release` (nbgrader generate_assignment) first")  # fmt: skip
+    return sqlite3.connect(f"{gradebook.resolve().as_uri()}?mode=ro", uri=True)
+
+
+def released_cells(gradebook: Path, assignment: str) -> str:
+    """sha256 over the assignment's cells in the gradebook: sources (hidden tests included),
+    checksums and points. It changes when the assignment is released with other tests."""
+    with connect(gradebook) as db:
+        cells = db.execute(
+            "SELECT notebook.name, source_cell.name, source_cell.source, source_cell.checksum "
+            "FROM source_cell JOIN notebook ON source_cell.notebook_id = notebook.id "
+            "JOIN assignment ON notebook.assignment_id = assignment.id "
+            "WHERE assignment.name = ? ORDER BY notebook.name, source_cell.name", (assignment,)
+        ).fetchall()
+        points = db.execute(
+            "SELECT notebook.name, base_cell.name, grade_cells.max_score FROM grade_cells "
+            "JOIN base_cell ON grade_cells.id = base_cell.id "
+            "JOIN notebook ON base_cell.notebook_id = notebook.id "
+            "JOIN assignment ON notebook.assignment_id = assignment.id "
+            "WHERE assignment.name = ? ORDER BY notebook.name, base_cell.name", (assignment,)
+        ).fetchall()
+    db.close()
+    return hashlib.sha256(json.dumps([cells, points]).encode()).hexdigest()
+
+
+def graded_students(gradebook: Path, assignment: str) -> set[str]:
+    """The students with a submission of the assignment in the gradebook."""
+    with connect(gradebook) as db:
+        rows = db.execute(
+            "SELECT submitted_assignment.student_id FROM submitted_assignment "
+            "JOIN assignment ON submitted_assignment.assignment_id = assignment.id "
+            "WHERE assignment.name = ?", (assignment,)
+        ).fetchall()
+    db.close()
+    return {student for (student,) in rows}
+
+
 def course_id(gradebook: Path, assignment: str) -> str:
     """The nbgrader course id the assignment was released under (nbgrader's API needs it)."""
-    with sqlite3.connect(gradebook) as db:
+    with connect(gradebook) as db:
         query = "SELECT course_id FROM assignment WHERE name = ?"
         row = db.execute(query, (assignment,)).fetchone()
     db.close()
@@ -157,11 +202,19 @@ class Grader:
 
     def todo(self, force: bool = False) -> list[str]:
         done = {} if force else self.journal.entries()
+        in_gradebook = graded_students(self.course / "gradebook.db", self.assignment)
         return [s for s in self.students()
-                if s not in done or done[s].digest != self.digest(s)]  # fmt: skip
+                if s not in done or done[s].digest != self.digest(s)
+                or (done[s].status == "graded" and s not in in_gradebook)]  # fmt: skip
+
+    @cached_property
+    def released(self) -> str:
+        return released_cells(self.course / "gradebook.db", self.assignment)
 
     def digest(self, student: str) -> str:
-        return submission_digest(self.course / "submitted" / student / self.assignment)
+        """The submission's files and the assignment's released cells (tests, points)."""
+        folder = submission_digest(self.course / "submitted" / student / self.assignment)
+        return hashlib.sha256(f"{self.released}\0{folder}".encode()).hexdigest()
 
     # ------------------------------------------------------------------ one worker
     def prepare(self, student: str, template: Path) -> Path:
@@ -246,10 +299,21 @@ class Grader:
     def finish(self, student: str, digest: str, status: int, output: str, seconds: float,
                private: Path) -> Entry:
         merged = status == 0 and self.merge(student, private)
-        flags = report.flags(self.course, self.course_id, self.assignment, student, output,
-                             graded=private / "autograded" / student / self.assignment)  # fmt: skip
-        if not merged and not any(f.startswith(("crash", "timeout", "missing")) for f in flags):
+        graded = private / "autograded" / student / self.assignment
+        try:
+            flags = report.flags(self.course, self.course_id, self.assignment, student, output,
+                                 graded)  # fmt: skip
+        except Exception as error:  # noqa: BLE001 -- one odd submission must not stop the run
+            flags = [f"check by hand: the grader could not inspect this submission "
+                     f"({type(error).__name__}: {str(error)[:120]})"]  # fmt: skip
+        reasons = ("crash", "timeout", "missing", "unreadable")
+        if not merged and not any(f.startswith(reasons) for f in flags):
             flags.append(f"crash: nbgrader could not grade it ({report.last_error(output)})")
+        earlier = graded_students(self.course / "gradebook.db", self.assignment)
+        if not merged and student in earlier:
+            score, top = self.score(student)
+            flags.append(f"stale grade: the gradebook and grades.csv still hold {score:g}/{top:g}"
+                         " from an earlier grading, not of this submission")  # fmt: skip
         entry = Entry(student, digest, "graded" if merged else "failed", flags,
                       seconds=round(seconds, 1))  # fmt: skip
         if merged:

@@ -4,6 +4,10 @@ A flag is one line naming a reason to look at a submission by hand; a flagged su
 still have its grade (a tampered test cell is graded with the original) or have none (a crash):
 
     missing notebook   the submission folder lacks a notebook of the assignment (scored 0)
+    unreadable notebook  the notebook is not a Jupyter notebook (cut JSON...; scored 0)
+    wrong notebook     it has none of the assignment's cells (another assignment's notebook)
+    output cut         a cell printed more than CappedExecute.max_output_bytes
+    stale grade        (parallel.py) this grading failed; the gradebook keeps an earlier one
     tampered           a test or read-only cell edited or deleted, or its points changed, in the
                        submitted notebook (nbgrader graded it with the original cell)
     calls the reference  a test failed with sslkit.grading's delegation message: the answer only
@@ -27,6 +31,7 @@ import re
 from pathlib import Path
 
 import nbformat
+from capped_output import CUT
 from feedback import HIDDEN, is_test_cell
 
 BUDGET_MESSAGE = "ran past its time budget"  # printed by sandbox.py and parallel.py
@@ -35,6 +40,7 @@ KERNEL_MACHINERY = re.compile(
     r"get_ipython|input_transformers|ast_transformers|showtraceback|set_custom_exc|excepthook"
     r"|events\.register|__code__|sys\.settrace|builtins"
 )
+NBGRADER_EPILOGUE = r"the above traceback|There was an error processing assignment"
 CRASHES = {
     "DeadKernelError": "the kernel died (memory, a signal, os._exit)",
     "Kernel didn't respond": "the kernel did not start",
@@ -43,7 +49,22 @@ CRASHES = {
 
 
 def nbgrader_meta(cell) -> dict:
-    return cell.get("metadata", {}).get("nbgrader", {})
+    """A cell's nbgrader metadata; {} where a submission mangled it (not a mapping)."""
+    metadata = cell.get("metadata") if isinstance(cell, dict) else None
+    meta = metadata.get("nbgrader") if isinstance(metadata, dict) else None
+    return meta if isinstance(meta, dict) else {}
+
+
+def source_of(cell) -> str:
+    source = cell.get("source", "")
+    return "".join(source) if isinstance(source, list) else str(source)
+
+
+def points_of(cell) -> float | None:
+    try:
+        return float(nbgrader_meta(cell).get("points", 0))
+    except (TypeError, ValueError):  # "points": "lots"
+        return None
 
 
 def normalised(source: str) -> list[str]:
@@ -51,12 +72,19 @@ def normalised(source: str) -> list[str]:
     return [line.strip() for line in HIDDEN.sub("", source).splitlines() if line.strip()]
 
 
-def read_cells(path: Path) -> dict[str, object] | None:
+def read_cells(path: Path) -> dict[str, object]:
+    """grade_id -> cell of a notebook. FileNotFoundError if there is none; ValueError, with
+    the reason in a few words, if the file is not a notebook (a student's file can hold
+    anything: cut JSON, a list, cells without metadata)."""
+    if not path.is_file():
+        raise FileNotFoundError(path)
     try:
         nb = nbformat.read(path, as_version=4)
-    except (OSError, ValueError, KeyError):  # missing, or not a notebook
-        return None
-    return {nbgrader_meta(c)["grade_id"]: c for c in nb.cells if nbgrader_meta(c).get("grade_id")}
+        cells = [c for c in nb.cells if isinstance(c, dict)]
+    except Exception as error:  # noqa: BLE001 -- whatever nbformat makes of a broken file
+        reason = " ".join(str(error).split())[:120] or type(error).__name__
+        raise ValueError(reason) from None
+    return {str(nbgrader_meta(c)["grade_id"]): c for c in cells if nbgrader_meta(c).get("grade_id")}
 
 
 def tampered(submitted: dict, notebook) -> list[str]:
@@ -71,19 +99,22 @@ def tampered(submitted: dict, notebook) -> list[str]:
         kind = "test cell" if cell.name in points else "read-only cell"
         if mine is None:
             found.append(f"{kind} {cell.name} deleted")
-        elif normalised(mine.source) != normalised(cell.source):
+        elif normalised(source_of(mine)) != normalised(cell.source):
             found.append(f"{kind} {cell.name} edited")
-        elif cell.name in points and float(nbgrader_meta(mine).get("points", 0)) != points[
-                cell.name]:  # fmt: skip
+        elif cell.name in points and points_of(mine) != points[cell.name]:
             found.append(f"{kind} {cell.name}: points changed")
     return found
 
 
 def from_outputs(graded: dict) -> list[str]:
-    """Delegation, cell timeouts and a dead kernel, read from the autograded cells."""
+    """Delegation, cell timeouts, cut output and a dead kernel, read from the autograded
+    cells."""
     found = []
     for name, cell in graded.items():
         for output in cell.get("outputs", []):
+            if output.get("output_type") == "stream" and CUT in str(output.get("text")):
+                found.append(f"output cut: cell {name} printed more than "
+                             "CappedExecute.max_output_bytes")  # fmt: skip
             if output.get("output_type") != "error":
                 continue
             ename, evalue = output.get("ename", ""), " ".join(str(output.get("evalue")).split())
@@ -97,9 +128,11 @@ def from_outputs(graded: dict) -> list[str]:
 
 
 def last_error(output: str) -> str:
-    """The last line of nbgrader's output that names an error, shortened."""
+    """The last line of nbgrader's output that names an error, shortened; not nbgrader's
+    closing lines, which only point at the traceback above them."""
     lines = [line.strip() for line in output.splitlines()
-             if re.search(r"Error|error|died|Killed|budget", line)]  # fmt: skip
+             if re.search(r"Error|error|died|Killed|budget", line)
+             and not re.search(NBGRADER_EPILOGUE, line)]  # fmt: skip
     return (lines[-1] if lines else "no error message")[:200]
 
 
@@ -113,18 +146,30 @@ def flags(course: Path, course_id: str, assignment: str, student: str, output: s
     submitted = course / "submitted" / student / assignment
     with Gradebook(f"sqlite:///{course / 'gradebook.db'}", course_id=course_id) as gb:
         for notebook in gb.find_assignment(assignment).notebooks:
-            mine = read_cells(submitted / f"{notebook.name}.ipynb")
-            if mine is None:
-                found.append(f"missing notebook: {notebook.name}.ipynb")
+            name = f"{notebook.name}.ipynb"
+            try:
+                mine = read_cells(submitted / name)
+            except FileNotFoundError:
+                found.append(f"missing notebook: {name}")
                 continue
-            found += [f"tampered: {text}" for text in tampered(mine, notebook)]
-            solutions = [c.source for c in mine.values() if nbgrader_meta(c).get("solution")
+            except ValueError as error:
+                found.append(f"unreadable notebook: {name} is not a Jupyter notebook ({error}); "
+                             "ask the student for the file again")  # fmt: skip
+                continue
+            if notebook.source_cells and not set(mine) & {c.name for c in notebook.source_cells}:
+                found.append(f"wrong notebook: {name} has none of {assignment}'s cells (another "
+                             "assignment's notebook?); graded with its tests put back")  # fmt: skip
+            else:
+                found += [f"tampered: {text}" for text in tampered(mine, notebook)]
+            solutions = [source_of(c) for c in mine.values() if nbgrader_meta(c).get("solution")
                          and c.get("cell_type") == "code"]  # fmt: skip
             touched = sorted({m.group() for s in solutions for m in KERNEL_MACHINERY.finditer(s)})
             if touched:
                 found.append(f"check by hand: the answers use {', '.join(touched)}")
-            autograded = read_cells(graded / f"{notebook.name}.ipynb") or {}
-            found += from_outputs(autograded)
+            try:
+                found += from_outputs(read_cells(graded / name))
+            except (FileNotFoundError, ValueError):  # not graded: nbgrader failed before
+                pass
     if BUDGET_MESSAGE in output:
         found.append("timeout: the notebook ran past its time budget; no grade")
     for needle, text in CRASHES.items():

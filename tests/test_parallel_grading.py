@@ -11,21 +11,34 @@ a crash would. Then:
   autograded notebooks untouched;
 - every submission ends with exactly one journal line and its grade in the gradebook (3/3 for
   a solution, 0/3 for a blank release), and the gradebook passes SQLite's integrity check.
+
+Bad input (second half): an empty submission folder, a notebook that is not JSON or not a
+notebook, another assignment's notebook, mangled nbgrader metadata (points "lots", metadata
+that is a string, a renamed test cell, changed cell ids) and a cell that prints without end
+each end with one journal line naming the problem, and the others are graded; a failed regrade
+says that the gradebook keeps an earlier grade; a new gradebook or changed tests regrade; bad
+arguments stop with one line.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
 import time
 
+import nbformat
 import pytest
 import tiny_course as tiny
 from nbgrader.api import Gradebook
+
+sys.path.insert(0, str(tiny.REPO / "autograder"))
+import lms  # noqa: E402 -- the course's modules, importable through the line above
+import parallel  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -108,3 +121,136 @@ def test_a_recollected_submission_is_graded_again(resumed, tmp_path):
     db = course / "autograder" / "gradebook.db"
     with Gradebook(f"sqlite:///{db}", course_id="sslkit") as gb:
         assert float(gb.find_submission(tiny.ASSIGNMENT, "blank0").score) == 3.0
+
+
+# ----------------------------------------------------------------------------- bad input
+# One run over submissions an instructor meets in practice; each must end with a journal line
+# that says what is wrong, and none may stop the run or lose the others' grades.
+LOUD = "def double(x):\n    for _ in range(3000):\n        print('x' * 100)\n    return 2 * x"
+BAD = {  # student -> (status, score, a flag it must have)
+    "good": ("graded", 3.0, None),
+    "emptydir": ("failed", None, "missing notebook: 00_tiny.ipynb"),
+    "badjson": ("failed", None, "unreadable notebook: 00_tiny.ipynb is not a Jupyter notebook"),
+    "jsonlist": ("failed", None, "unreadable notebook: 00_tiny.ipynb is not a Jupyter notebook"),
+    "otherassign": ("graded", 0.0, "wrong notebook: 00_tiny.ipynb has none of 00_tiny's cells"),
+    "badpoints": ("graded", 3.0, "tampered: test cell test_double: points changed"),
+    "metastr": ("graded", 3.0, "tampered: test cell test_square deleted"),
+    "renamed": ("graded", 3.0, "tampered: test cell test_square deleted"),
+    "loud": ("graded", 3.0, "output cut: cell test_double printed more than"),
+}
+
+
+def nbgrader_cell(nb, grade_id):
+    return next(c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade_id") == grade_id)
+
+
+def submit_bad(course) -> None:
+    folder = course / "autograder" / "submitted"
+    tiny.submit(course, "good", tiny.submission(course))
+    (folder / "emptydir" / tiny.ASSIGNMENT).mkdir(parents=True)
+    for student, text in (("badjson", '{"cells": ['), ("jsonlist", "[]")):
+        tiny.submit(course, student, tiny.submission(course))
+        (folder / student / tiny.ASSIGNMENT / f"{tiny.ASSIGNMENT}.ipynb").write_text(text)
+    other = nbformat.v4.new_notebook(
+        cells=[nbformat.v4.new_code_cell("x = 1", metadata=tiny.meta("other", points=5))])
+    tiny.submit(course, "otherassign", other)
+    nb = tiny.submission(course)
+    nbgrader_cell(nb, "test_double").metadata.nbgrader.points = "lots"
+    tiny.submit(course, "badpoints", nb)
+    nb = tiny.submission(course)
+    nbgrader_cell(nb, "test_square").metadata.nbgrader = "mangled"
+    tiny.submit(course, "metastr", nb)
+    nb = tiny.submission(course)
+    nbgrader_cell(nb, "test_square").metadata.nbgrader.grade_id = "my_test"
+    for cell in nb.cells:
+        cell.id = f"changed-{cell.id}"
+    tiny.submit(course, "renamed", nb)
+    tiny.submit(course, "loud", tiny.submission(course, {"double": LOUD}))
+
+
+@pytest.fixture(scope="module")
+def bad(tmp_path_factory):
+    course = tiny.make_course(tmp_path_factory.mktemp("bad"))
+    with open(course / "autograder" / "nbgrader_config.py", "a") as config:
+        config.write("\nc.CappedExecute.max_output_bytes = 20_000\n")
+    submit_bad(course)
+    first = tiny.course_py(course, "run", tiny.ASSIGNMENT, "--workers", "2", check=False)
+    return {"course": course, "first": first, "lines": journal_lines(course)}
+
+
+def test_bad_submissions_are_flagged_and_the_rest_graded(bad):
+    first = bad["first"]
+    assert first.returncode == 0, f"{first.stdout}\n{first.stderr}"
+    assert "Traceback" not in first.stdout + first.stderr
+    lines = {line["student"]: line for line in bad["lines"]}
+    assert sorted(lines) == sorted(BAD)
+    for student, (status, score, flag) in BAD.items():
+        line = lines[student]
+        assert (line["status"], line["score"]) == (status, score), line
+        flags = "; ".join(line["flags"])
+        if flag is None:
+            assert flags == "", f"{student}: {flags}"
+        else:
+            assert flag in flags, f"{student}: {flags}"
+            assert "Traceback" not in flags and "above traceback" not in flags
+    loud = (bad["course"] / "autograder" / "autograded" / "loud" / tiny.ASSIGNMENT
+            / f"{tiny.ASSIGNMENT}.ipynb")  # fmt: skip
+    assert loud.stat().st_size < 100_000  # 300 kB printed, 20 kB kept
+
+
+def test_a_failed_regrade_says_the_gradebook_keeps_the_earlier_grade(bad):
+    course = bad["course"]
+    (course / "autograder" / "submitted" / "good" / tiny.ASSIGNMENT
+     / f"{tiny.ASSIGNMENT}.ipynb").write_text("{")  # re-collected, broken  # fmt: skip
+    again = tiny.course_py(course, "run", tiny.ASSIGNMENT)
+    assert f"grading 1 of {len(BAD)} submissions" in again.stdout
+    line = journal_lines(course)[-1]
+    assert (line["student"], line["status"]) == ("good", "failed")
+    assert any(f.startswith("stale grade:") and "3/3" in f for f in line["flags"]), line
+
+
+def test_a_new_gradebook_or_new_tests_regrade(bad, tmp_path):
+    # A copy of the graded course: its gradebook deleted and released again (same tests), then
+    # released with a changed test. Only which submissions `run` would grade is checked.
+    course = tmp_path / "copy"
+    shutil.copytree(bad["course"], course)
+    ag = course / "autograder"
+    last = {line["student"]: line["status"] for line in journal_lines(course)}
+    graded = {student for student, status in last.items() if status == "graded"}
+    assert parallel.Grader(ag, tiny.ASSIGNMENT).todo() == []
+    (ag / "gradebook.db").unlink()
+    tiny.course_py(course, "release")
+    assert set(parallel.Grader(ag, tiny.ASSIGNMENT).todo()) == graded
+    source = course / "solutions" / tiny.ASSIGNMENT / f"{tiny.ASSIGNMENT}.ipynb"
+    nb = nbformat.read(source, as_version=4)
+    nbgrader_cell(nb, "test_double").source += "\nassert double(0) == 0"
+    nbformat.write(nb, source)
+    tiny.course_py(course, "release")
+    assert set(parallel.Grader(ag, tiny.ASSIGNMENT).todo()) == set(BAD)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["run", "00_tinny"], "00_tinny is not an assignment of this course's gradebook (it has: "
+                          "00_tiny); check the name"),
+    (["run", "00_tiny", "--workers", "0"], "argument --workers: expected a number above 0"),
+    (["run", "00_tiny", "--zip", "missing.zip"], "cannot open the LMS archive missing.zip"),
+    (["run", "00_tiny", "--zip", "autograder/course.py"], "File is not a zip file"),
+])  # fmt: skip
+def test_bad_arguments_stop_with_one_line(bad, args, message):
+    result = subprocess.run([sys.executable, str(bad["course"] / "autograder" / "course.py"),
+                             *args], cwd=bad["course"], capture_output=True, text=True)  # fmt: skip
+    assert result.returncode != 0
+    assert message in result.stderr and "Traceback" not in result.stderr, result.stderr
+
+
+def test_a_roster_without_its_columns_is_refused(tmp_path):
+    roster = tmp_path / "roster.csv"
+    roster.write_text("id,name\n1,a\n")
+    with pytest.raises(lms.ImportFailed, match="needs the columns canvas_id,student_id"):
+        lms.read_roster(roster)
+
+
+def test_no_gradebook_is_one_line(tmp_path):
+    with pytest.raises(SystemExit, match="there is no gradebook .* run `python autograder/"):
+        parallel.connect(tmp_path / "gradebook.db")
+    assert not (tmp_path / "gradebook.db").exists()
