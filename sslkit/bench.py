@@ -31,6 +31,7 @@ from sslkit.augment import view_config_for
 from sslkit.errors import SSLKitError
 from sslkit.methods import SimCLR, build_method
 from sslkit.train import fast_cuda_settings, resolve_device, train_step
+from sslkit.transfer import to_device
 
 SIZES = {  # size -> (architecture, images in the synthetic dataset)
     "tiny": ("convnet-small", 256),  # seconds on a CPU: checks that the benchmark works
@@ -85,9 +86,15 @@ def _simclr(arch: str, device: torch.device, compile: bool) -> tuple[SimCLR, tor
 
 
 def _random_batches(images: torch.Tensor, batch: int) -> Iterator[torch.Tensor]:
+    """Batches drawn as the training loop draws them: a new permutation of the images per pass,
+    sent to the device once per pass and sliced there. (Indices copied to the GPU at every step
+    with a plain .to() would make the host wait for the GPU each step and idle it meanwhile,
+    slowing (a) for a reason training does not have.)"""
     g = torch.Generator().manual_seed(1)
     while True:
-        yield images[torch.randint(0, len(images), (batch,), generator=g).to(images.device)]
+        order = to_device(torch.randperm(len(images), generator=g), images.device)  # (N,)
+        for start in range(0, len(images) - batch + 1, batch):
+            yield images[order[start : start + batch]]  # (batch, C, H, W)
 
 
 class _PerImage(torch.utils.data.Dataset):

@@ -46,6 +46,7 @@ from sslkit.methods.momentum import set_step_position
 from sslkit.profiles import Profile
 from sslkit.recipes import recipe_for
 from sslkit.schedules import cosine_schedule
+from sslkit.transfer import to_device
 
 CHECKPOINT = "last.pt"
 METRICS = "metrics.jsonl"
@@ -431,7 +432,7 @@ def train(
         started = time.perf_counter()
         order = torch.randperm(len(images), generator=generator)
         if cfg.loader == "device":
-            order = order.to(device)
+            order = to_device(order, device)  # one copy per epoch, queued like a kernel
             batches = ([images[i] for i in step_batches(order, b, cfg)]
                        for b in range(steps_per_epoch))
         else:

@@ -10,6 +10,7 @@ import types
 
 import pytest
 import torch
+from host_sync import copies_must_not_wait
 
 from sslkit import bench
 from sslkit.augment import view_config_for, view_transform
@@ -200,3 +201,22 @@ def test_cli_prints_the_views_table(capsys, monkeypatch):
     assert re.search(r"^\(v1\) sslkit batched ops\s+[\d.]+", out, re.M)
     assert re.search(r"^\(v3\) torchvision per image .*\s[\d.]+\s+-$", out, re.M)
     assert re.search(r"^\(v2\) kornia.augmentation\s+skipped", out, re.M)
+
+
+def test_device_path_batches_are_a_permutation_per_pass_sent_without_waiting():
+    """(a) draws its batches as training does: each pass over the images is a permutation,
+    copied to the device once and never by a blocking copy (which would stall the GPU at every
+    step and measure a slowdown that training does not have)."""
+    images = torch.arange(20, dtype=torch.uint8).view(20, 1, 1, 1).expand(20, 3, 2, 2)
+    batches = bench._random_batches(images, 8)
+    passes = [[next(batches) for _ in range(2)] for _ in range(3)]  # 20 // 8 = 2 batches a pass
+    seen = []
+    for first, second in passes:
+        ids = torch.cat([first[:, 0, 0, 0], second[:, 0, 0, 0]]).tolist()
+        assert len(set(ids)) == 16 and set(ids) <= set(range(20))  # no image twice in a pass
+        seen.append(ids)
+    assert seen[0] != seen[1]  # a new permutation each pass
+    with copies_must_not_wait():
+        on_meta = bench._random_batches(torch.empty(20, 3, 2, 2, dtype=torch.uint8,
+                                                    device="meta"), 8)
+        assert [next(on_meta).shape for _ in range(3)] == [torch.Size([8, 3, 2, 2])] * 3
