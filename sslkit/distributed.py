@@ -104,7 +104,9 @@ class _GatherWithGrad(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        grad = grad.contiguous()
+        # A copy: autograd may hand this same tensor to another backward too (x + y of two
+        # gathers), which must not see it summed already.
+        grad = grad.clone(memory_format=torch.contiguous_format)
         dist.all_reduce(grad, op=dist.ReduceOp.SUM)  # every rank's loss used this rank's rows
         n = grad.shape[0] // dist.get_world_size()
         return grad[rank() * n : (rank() + 1) * n]

@@ -121,6 +121,11 @@ def _worker(rank: int, init_file: str, out: str) -> None:
     gathered = distributed.gather_with_grad(local)
     (gathered * weights[rank]).sum().backward()
     result["gathered"], result["gather_grad"] = gathered.detach(), local.grad
+    # two gathers added: autograd hands both backwards one and the same gradient tensor
+    a, b = (_mine(x, rank).clone().requires_grad_(True) for _ in range(2))
+    both = distributed.gather_with_grad(a) + distributed.gather_with_grad(b)
+    (both * weights[rank]).sum().backward()
+    result["shared_grads"] = (a.grad, b.grad)
 
     # NT-Xent across ranks
     from sslkit.methods.simclr import nt_xent_across_ranks
@@ -184,6 +189,16 @@ def test_gather_with_grad_sums_gradients_and_keeps_the_local_slice(ranks):
         assert torch.allclose(r["gather_grad"], _mine(total, rank))
         # a raw all_gather has no backward; keeping only the own rank's gradient is the bug:
         assert not torch.allclose(r["gather_grad"], _mine(weights[rank], rank))
+
+
+def test_gather_with_grad_leaves_the_incoming_gradient_as_it_was(ranks):
+    """Summing over ranks in place would sum an already summed gradient again when autograd
+    hands the same tensor to two gathers (x + y): both gradients would come out doubled."""
+    _, weights, _, _ = _vectors()
+    total = weights.sum(dim=0)
+    for rank, r in enumerate(ranks):
+        for grad in r["shared_grads"]:
+            assert torch.allclose(grad, _mine(total, rank))
 
 
 def test_nt_xent_with_labels_offset_by_rank_equals_one_process(ranks):
