@@ -157,3 +157,19 @@ def test_loss_on_views_uses_the_mined_negative():
 def test_unknown_mining_is_refused():
     with pytest.raises(SSLKitError, match="unknown mining"):
         tiny_method("hardest")
+
+
+@pytest.mark.parametrize("mining", ["semi_hard", "batch_hard"])
+def test_mining_under_bfloat16_autocast_picks_the_float32_negatives(mining):
+    """Under autocast the distance matrix would be a bfloat16 product of unit vectors, off by
+    up to ~0.005: enough to move negatives across the semi-hard band and to reorder the hardest.
+    Mining computes it in float32 there too."""
+    method = tiny_method(mining)
+    g = torch.Generator().manual_seed(3)
+    z_a, z_p = (torch.nn.functional.normalize(torch.randn(256, 64, generator=g), dim=1)
+                for _ in range(2))
+    exact = method.mine(z_a, z_p)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(method.mine(z_a, z_p), exact)
+        rough = triplet.pairwise_sq_distances(z_a, z_p)  # a plain call: the product in bf16
+    assert float((rough - triplet.pairwise_sq_distances(z_a, z_p)).abs().max()) > 1e-3

@@ -180,9 +180,11 @@ class Triplet(nn.Module):
 
     def mine(self, z_a: torch.Tensor, z_p: torch.Tensor) -> torch.Tensor:
         """Anchors z_a (N, D), positives z_p (N, D) -> (N,) index into z_p of each negative.
-        Chosen without gradient: mining selects, it is not differentiated."""
-        with torch.no_grad():
-            dist = pairwise_sq_distances(z_a, z_p)  # (N, N), diagonal = positive distances
+        Chosen without gradient: mining selects, it is not differentiated. Distances in
+        float32 even under autocast: ||a||^2 + ||b||^2 - 2 a.b of unit vectors in bfloat16 is
+        off by up to ~0.005, enough to move a negative across the semi-hard band."""
+        with torch.no_grad(), torch.autocast(z_a.device.type, enabled=False):
+            dist = pairwise_sq_distances(z_a.float(), z_p.float())  # (N, N), diagonal: positives
             invalid = torch.eye(len(z_a), dtype=torch.bool, device=dist.device)
             if self.mining == "random":
                 return random_negatives(invalid, self.generator)
