@@ -176,3 +176,16 @@ def test_bench_measures_every_pipeline_on_the_gpu():
     for r in results:
         if r.name != "c" or r.images_per_s is not None:  # (c) needs lightly
             assert r.images_per_s > 0 and r.peak_mib > 0, r
+
+
+def test_masking_on_the_gpu_takes_noise_drawn_on_the_cpu():
+    """A seeded CPU generator's noise (the notebooks' way to make masking repeatable) masks
+    GPU patches exactly as it masks CPU ones."""
+    from sslkit.models.vit import random_masking
+
+    x = torch.randn(4, 64, 12)
+    noise = torch.rand(4, 64, generator=torch.Generator().manual_seed(1))
+    on_cpu = random_masking(x, 0.75, noise)
+    on_gpu = random_masking(x.to(CUDA), 0.75, noise)
+    for gpu, cpu in zip(on_gpu, on_cpu):
+        assert gpu.device.type == "cuda" and torch.equal(gpu.cpu(), cpu)

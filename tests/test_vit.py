@@ -35,6 +35,11 @@ def test_random_masking_keeps_the_smallest_noise():
                        torch.tensor([[1, 5], [0, 1]]))
 
 
+def test_random_masking_noise_of_the_wrong_shape_is_a_one_line_error():
+    with pytest.raises(SSLKitError, match=r"noise must be \(N, L\) = \(2, 8\).*got \(8,\)"):
+        random_masking(torch.zeros(2, 8, 3), 0.75, torch.rand(8))
+
+
 def test_vit_shapes_and_cls_output():
     torch.manual_seed(0)
     net = ViT(32, 4, in_channels=1, dim=32, depth=2, heads=4)

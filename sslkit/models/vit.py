@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sslkit.errors import SSLKitError
+from sslkit.transfer import to_device
 
 
 def patchify(imgs: torch.Tensor, patch_size: int) -> torch.Tensor:
@@ -54,6 +55,10 @@ def random_masking(x: torch.Tensor, mask_ratio: float, noise: torch.Tensor | Non
     len_keep = int(length * (1 - mask_ratio))
     if noise is None:
         noise = torch.rand(n, length, device=x.device)
+    elif noise.shape != (n, length):
+        raise SSLKitError(f"noise must be (N, L) = ({n}, {length}), one value per patch, got "
+                          f"{tuple(noise.shape)}: draw it with torch.rand({n}, {length})")
+    noise = to_device(noise, x.device)  # e.g. drawn on the CPU from a seeded generator
     ids_shuffle = torch.argsort(noise, dim=1)  # ascending: small is kept
     ids_restore = torch.argsort(ids_shuffle, dim=1)
     ids_keep = ids_shuffle[:, :len_keep]
