@@ -1,6 +1,6 @@
 """``sslkit results RUN...``: one Markdown row per finished run, for a results table.
 
-    | method | encoder | epochs | batch | kNN | training time | device | command |
+    | method | encoder | epochs | batch | kNN | training time | wall time | device | command |
 
 kNN is the accuracy at the run's final epoch (cosine, T = 0.1, k = the run's knn_k; 200 in the
 gpu profile), as REFERENCE.md's convention asks: never the best over epochs. It comes from the
@@ -8,8 +8,10 @@ last row of metrics.jsonl when the run monitored kNN at its last saved epoch (``
 N``), else from eval.json (``sslkit eval``) when that is not older than the checkpoint, else it
 is left out with a hint. A run that is not finished says so in the epochs column ("3 of 100")
 and its kNN is that of its last saved epoch. The training time is the sum of the epochs' wall
-times, over every call that trained the run (kNN monitoring excluded). The device and the
-command come from run.json, which ``sslkit train`` appends each call to.
+times, over every call that trained the run (kNN monitoring excluded); the wall time is that
+of the calls themselves, from start to their last saved epoch (data loading, kNN monitoring and
+checkpoints included), "unknown" for a call that did not record it. The device and the command
+come from run.json, which ``sslkit train`` appends each call to.
 
 The checkpoint is the record of how far the run got: a metrics row written after it (a call
 killed between the two writes, or mid-write) is left out, as ``--resume`` leaves it out.
@@ -23,8 +25,8 @@ from pathlib import Path
 from sslkit.errors import SSLKitError
 from sslkit.train import CHECKPOINT, METRICS, RUN_INFO, TrainConfig, load_checkpoint
 
-HEADER = ("| method | encoder | epochs | batch | kNN | training time | device | command |\n"
-          "|---|---|---|---|---|---|---|---|")
+HEADER = ("| method | encoder | epochs | batch | kNN | training time | wall time | device | "
+          "command |\n|---|---|---|---|---|---|---|---|---|")
 
 
 def duration(seconds: float) -> str:
@@ -125,8 +127,11 @@ def result_row(run: str | Path) -> str:
                       for c in calls}) or ["unknown"]
     commands = [f"`{c['command']}`" for c in calls if c.get("command")] or ["unknown"]
     seconds = sum(r["seconds"] for r in rows)
+    walls = [c.get("wall_seconds") for c in calls]
+    wall = (duration(sum(walls)) if walls and all(isinstance(w, (int, float)) for w in walls)
+            else "unknown")
     return (f"| {cfg.method} | {cfg.arch} | {epochs} | {cfg.batch_size} | "
-            f"{final_knn(run, rows, cfg)} | {duration(seconds)} | {', '.join(devices)} | "
+            f"{final_knn(run, rows, cfg)} | {duration(seconds)} | {wall} | {', '.join(devices)} | "
             f"{'<br>'.join(commands)} |")
 
 

@@ -342,6 +342,7 @@ def train(
     Under torchrun (or inside a process group the caller made) every process calls train();
     rank 0 alone writes metrics and checkpoints, and every rank returns the same weights.
     """
+    call_started = time.perf_counter()  # this call's wall time, recorded in OUT/run.json
     out = Path(out)
     _check_names(cfg)
     if not resume and (out / CHECKPOINT).exists():
@@ -462,17 +463,30 @@ def train(
             with open(out / METRICS, "a") as f:
                 f.write(json.dumps(row) + "\n")
             save_atomic(state, out / CHECKPOINT)
+            _record_wall_time(out, time.perf_counter() - call_started)
         distributed.barrier()  # no rank runs ahead of the checkpoint
+    if distributed.is_main():
+        _record_wall_time(out, time.perf_counter() - call_started)
     return method, metrics
 
 
 def _record_call(out: Path, command: str | None, device: torch.device) -> None:
-    """Append this call (its command, device, process count, torch version) to OUT/run.json."""
+    """Append this call (its command, device, process count, torch version) to OUT/run.json;
+    its wall_seconds follow after each epoch (_record_wall_time)."""
     path = out / RUN_INFO
     calls = json.loads(path.read_text())["calls"] if path.is_file() else []
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     calls.append({"command": command, "device": name, "processes": distributed.world_size(),
                   "torch": torch.__version__})
+    write_atomic(path, (json.dumps({"calls": calls}, indent=2) + "\n").encode())
+
+
+def _record_wall_time(out: Path, seconds: float) -> None:
+    """Set this call's wall time so far (data loading, epochs, kNN, checkpoints) in run.json;
+    updated after every epoch, so a call that is killed still leaves its time up to then."""
+    path = out / RUN_INFO
+    calls = json.loads(path.read_text())["calls"]
+    calls[-1]["wall_seconds"] = round(seconds, 1)
     write_atomic(path, (json.dumps({"calls": calls}, indent=2) + "\n").encode())
 
 

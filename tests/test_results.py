@@ -1,5 +1,5 @@
 """`sslkit results`: the row of a finished run carries the final epoch's kNN (never the best
-one), the summed epoch times, the device and the command that `sslkit train` recorded."""
+one), the summed epoch times, the calls' wall time, the device and the command that `sslkit train` recorded."""
 
 from __future__ import annotations
 
@@ -53,10 +53,13 @@ def test_row_of_a_run_trained_in_two_calls(run, capsys):
     header, rule, row = capsys.readouterr().out.strip().splitlines()
     assert header.startswith("| method | encoder | epochs |") and rule.startswith("|---|")
     cells = [c.strip() for c in row.strip("|").split("|")]
-    method, arch, epochs, batch, knn, seconds, device, commands = cells
+    method, arch, epochs, batch, knn, seconds, wall, device, commands = cells
     assert (method, arch, epochs, batch, device) == ("simclr", "convnet-small", "2", "32", "CPU")
     assert knn == "25.0 % (k=20)"
     assert seconds == duration(rows[0]["seconds"] + rows[1]["seconds"])
+    calls = json.loads((run / "run.json").read_text())["calls"]
+    assert len(calls) == 2 and all(c["wall_seconds"] > 0 for c in calls)
+    assert wall == duration(sum(c["wall_seconds"] for c in calls))
     first, second = commands.split("<br>")
     assert first == f"`sslkit {' '.join(TRAIN)} --knn-every 1 --stop-after-epoch 1 --out {run}`"
     assert second == f"`sslkit {' '.join(TRAIN)} --knn-every 1 --resume --out {run}`"
@@ -80,9 +83,11 @@ def test_unfinished_or_missing_runs():
 def test_unfinished_run_shows_its_saved_epoch(run, tmp_path):
     partial = copy(run.parent / "partial", tmp_path)
     (first,) = metrics(partial)
-    _, _, epochs, _, knn, seconds, _, _ = cells(results_table([partial]))
+    _, _, epochs, _, knn, seconds, wall, _, _ = cells(results_table([partial]))
     assert epochs == "1 of 2" and knn == f"{100 * first['knn']:.1f} % (k=20)"
     assert seconds == duration(first["seconds"])
+    (call,) = json.loads((partial / "run.json").read_text())["calls"]
+    assert wall == duration(call["wall_seconds"]) and call["wall_seconds"] >= first["seconds"]
 
 
 def test_rows_written_after_the_checkpoint_are_left_out(run, tmp_path):
@@ -94,11 +99,11 @@ def test_rows_written_after_the_checkpoint_are_left_out(run, tmp_path):
     with open(partial / "metrics.jsonl", "a") as f:
         f.write(json.dumps(unsaved) + "\n")
     expected = ("1 of 2", f"{100 * first['knn']:.1f} % (k=20)", duration(first["seconds"]))
-    _, _, epochs, _, knn, seconds, _, _ = cells(results_table([partial]))
+    _, _, epochs, _, knn, seconds, _, _, _ = cells(results_table([partial]))
     assert (epochs, knn, seconds) == expected
     with open(partial / "metrics.jsonl", "a") as f:
         f.write('{"epoch": 3, "step": 6, "lo')  # killed mid-write
-    _, _, epochs, _, knn, seconds, _, _ = cells(results_table([partial]))
+    _, _, epochs, _, knn, seconds, _, _, _ = cells(results_table([partial]))
     assert (epochs, knn, seconds) == expected
 
 
@@ -119,7 +124,16 @@ def test_eval_json_older_than_the_checkpoint_is_not_reported(run, tmp_path):
 def test_missing_run_json_shows_unknown(run, tmp_path):
     done = copy(run, tmp_path)
     (done / "run.json").unlink()
-    assert cells(results_table([done]))[6:] == ["unknown", "unknown"]
+    assert cells(results_table([done]))[6:] == ["unknown", "unknown", "unknown"]
+
+
+def test_a_call_that_recorded_no_wall_time_makes_it_unknown(run, tmp_path):
+    """run.json of a call that never recorded its wall time: the total is not known."""
+    done = copy(run, tmp_path)
+    info = json.loads((done / "run.json").read_text())
+    del info["calls"][0]["wall_seconds"]
+    (done / "run.json").write_text(json.dumps(info))
+    assert cells(results_table([done]))[6] == "unknown"
 
 
 @pytest.mark.parametrize("damage, message", [
