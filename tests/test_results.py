@@ -1,5 +1,6 @@
 """`sslkit results`: the row of a finished run carries the final epoch's kNN (never the best
-one), the summed epoch times, the calls' wall time, the device and the command that `sslkit train` recorded."""
+one), the summed epoch times, the calls' wall time, the device and the command that
+`sslkit train` recorded."""
 
 from __future__ import annotations
 
