@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: demo test lint lab release pretrain bench
+.PHONY: demo test lint lab release pretrain bench gpu-kit
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV) && $(BIN)/pip install --quiet -e '.[dev]' && touch $(INSTALLED)
@@ -27,6 +27,11 @@ BENCH_VENV := .bench-venv
 bench:
 	$(PYTHON) -m venv $(BENCH_VENV) && $(BENCH_VENV)/bin/pip install --quiet lightly kornia -e . && \
 		$(BENCH_VENV)/bin/python -m sslkit bench $(BENCH_ARGS)
+
+# What a GPU lease carries (.gpu/, git-ignored): CIFAR-10 repacked losslessly, the bench wheels
+# (docs/gpu.md; needs ../shared/data and PyPI)
+gpu-kit:
+	$(PYTHON) tests/gpu/device_checks.py kit
 
 lab: $(INSTALLED)
 	$(BIN)/jupyter lab notebooks
