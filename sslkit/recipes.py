@@ -8,7 +8,8 @@ method shares the small settings the notebooks were tuned with.
     method  training settings                       method options
     simclr  (the profile itself)                    -
     moco    lr 0.06, T 0.1                          K 4096, m 0.99, shuffle-BN in 8 groups
-    dino    -                                       head 2048 -> 256 -> 4096, T_s 0.1, T_t 0.04
+    dino    -                                       head 2048 -> 256 -> 4096, T_s 0.1, T_t 0.04,
+                                                    clip 3.0, last layer frozen in epoch 1
     mae     ViT (dim 192, 12 blocks, 3 heads),      patch 4, decoder 96 wide and 4 deep,
             AdamW lr 1.5e-4 x 512/256, betas        mask ratio 0.75, norm_pix
             (0.9, 0.95), weight decay 0.05
@@ -17,9 +18,10 @@ method shares the small settings the notebooks were tuned with.
             between the patches of an image)
 
 Sources (facts, REFERENCE.md): MoCo's CIFAR-10 demo (ResNet-18, lr 0.06 at batch 512, wd 5e-4,
-K 4096, m 0.99, T 0.1, SplitBatchNorm with 8 groups). DINO's head shape and temperatures from
-the paper; its out_dim of 65536 is for ImageNet, 4096 is this kit's choice for 10 classes; SGD
-as in the DINO authors' ResNet recipe. MAE: the paper's optimiser (blr 1.5e-4 scaled by B/256,
+K 4096, m 0.99, T 0.1, SplitBatchNorm with 8 groups). DINO's head shape, temperatures,
+gradient clipping at 3.0 and last layer frozen in the first epoch from the paper; its out_dim
+of 65536 is for ImageNet, 4096 is this kit's choice for 10 classes; SGD as in the DINO
+authors' ResNet recipe. MAE: the paper's optimiser (blr 1.5e-4 scaled by B/256,
 betas (0.9, 0.95), wd 0.05) and a ViT-tiny with patch 4, the usual CIFAR-scale choice; the
 paper warms up for 40 of 800+ epochs, here the profile's 10 of 100.
 
@@ -46,7 +48,8 @@ RECIPES = {
         ),
         "dino": Recipe(
             options={"hidden_dim": 2048, "bottleneck_dim": 256, "out_dim": 4096,
-                     "student_temp": 0.1, "teacher_temp": 0.04, "momentum": 0.996},
+                     "student_temp": 0.1, "teacher_temp": 0.04, "momentum": 0.996,
+                     "clip_grad": 3.0, "freeze_last_layer_epochs": 1},
         ),
         "mae": Recipe(
             train={"arch": "vit", "optimizer": "adamw", "lr": 1.5e-4 * 512 / 256,

@@ -153,6 +153,7 @@ def build(cfg: TrainConfig, data: ImageData, generator: torch.Generator | None =
     options = {"proj_dim": cfg.proj_dim, "temperature": cfg.temperature, "head": cfg.head}
     if cfg.method == "dino" and total_steps:
         options["total_steps"] = total_steps
+        options["steps_per_epoch"] = total_steps // cfg.epochs
     return build_method(cfg.method, cfg.arch, data.channels, cfg.dataset, data.image_size,
                         generator, method_options=cfg.method_options, **options)
 
@@ -266,7 +267,9 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, micro_b
     Each loss is divided by the number of micro-batches, so the accumulated gradient is that of
     the mean loss over the step's images. Under DDP, gradients are averaged over the ranks once,
     at the last micro-batch (``no_sync`` before). Methods with a moving average learn where each
-    forward sits in the step (``set_step_position``). Returns the step's mean loss (detached).
+    forward sits in the step (``set_step_position``); a method's ``before_optimizer_step``, if
+    it has one, sees the step's whole gradient just before the optimiser does. Returns the
+    step's mean loss (detached).
     """
     autocast = autocast or contextlib.nullcontext()
     optimizer.zero_grad(set_to_none=True)
@@ -281,6 +284,9 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, micro_b
                 loss = model(x) / k
             loss.backward()
         total = total + loss.detach()
+    method = model.module if isinstance(model, DistributedDataParallel) else model
+    if hasattr(method, "before_optimizer_step"):  # DINO: gradient clipping, frozen last layer
+        method.before_optimizer_step()
     optimizer.step()
     return total
 

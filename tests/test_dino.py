@@ -214,3 +214,41 @@ def test_the_training_loop_runs_dino(tmp_path):
                       batch_size=16, knn_every=1, warmup_epochs=0, n_train=32, n_test=32)
     method, rows = train(cfg, out=tmp_path, progress=False, data=data)
     assert isinstance(method, DINO) and math.isfinite(rows[-1]["loss"])
+
+
+def test_gradient_clipping_scales_each_parameter_to_at_most_the_clip():
+    """DINO's clipping: g <- g * min(1, clip / |g|) for each student parameter on its own."""
+    dino = small_dino(clip_grad=3.0)
+    params = [*dino.encoder.parameters(), *dino.head.parameters()]
+    g = torch.Generator().manual_seed(0)
+    for i, p in enumerate(params):  # alternately far above and below the clip
+        p.grad = torch.randn(p.shape, generator=g) * (10.0 if i % 2 else 0.01)
+    expected = [p.grad * min(1.0, 3.0 / (float(p.grad.norm()) + 1e-6)) for p in params]
+    dino.before_optimizer_step()
+    for p, want in zip(params, expected):
+        torch.testing.assert_close(p.grad, want)
+        assert float(p.grad.norm()) <= 3.0 + 1e-4
+    assert any(float(p.grad.norm()) > 2.99 for p in params)  # the large ones sit at the clip
+    off = small_dino()  # clip_grad 0: untouched
+    for p in off.parameters():
+        p.grad = torch.full_like(p, 100.0)
+    off.before_optimizer_step()
+    assert all(bool((p.grad == 100.0).all()) for p in off.parameters())
+
+
+def test_the_last_layer_stays_frozen_in_the_first_epoch(tmp_path):
+    """freeze_last_layer_epochs=1 with 2 steps per epoch: the training loop leaves the last
+    layer as it is for steps 1-2 (no gradient, so no momentum or weight decay) and updates it
+    from step 3; the rest of the student moves from step 1."""
+    from sslkit.train import train_step
+
+    dino = small_dino(freeze_last_layer_epochs=1, steps_per_epoch=2)
+    opt = torch.optim.SGD([p for p in dino.parameters() if p.requires_grad], lr=0.1,
+                          momentum=0.9, weight_decay=1e-2)
+    x = (torch.rand(6, 1, 16, 16) * 255).byte()
+    last = dino.head.last_layer.weight
+    for step in (1, 2, 3):
+        before_last, before_mlp = last.detach().clone(), dino.head.mlp[0].weight.detach().clone()
+        train_step(dino, opt, [x])
+        assert torch.equal(last, before_last) == (step <= 2), step
+        assert not torch.equal(dino.head.mlp[0].weight, before_mlp), step

@@ -82,6 +82,19 @@ def test_dino_recipe_builds_the_papers_head():
     assert dino.head.last_layer.weight.grad.abs().sum() > 0
 
 
+def test_dino_recipe_clips_and_freezes_the_last_layer_for_one_epoch():
+    """As the paper's training: gradients clipped at 3.0, last layer frozen in epoch 1 (the
+    training loop tells DINO its steps per epoch: 97 for CIFAR-10's 50,000 images at 512)."""
+    from types import SimpleNamespace
+
+    cfg = TrainConfig.from_profile(GPU, method="dino")
+    assert (cfg.method_options["clip_grad"], cfg.method_options["freeze_last_layer_epochs"]) == (
+        3.0, 1)
+    data = SimpleNamespace(channels=3, image_size=32)
+    dino = build(cfg, data, total_steps=cfg.epochs * 97)
+    assert dino.clip_grad == 3.0 and dino.frozen_last_layer_steps == 97
+
+
 def test_mae_recipe_builds_a_vit_tiny():
     _, mae = _cifar_shaped("mae")
     assert isinstance(mae, MAE) and mae.encoder.feature_dim == 192

@@ -136,6 +136,10 @@ class DINO(nn.Module, StepPosition):
         center_momentum: float = 0.9,
         centering: bool = True,
         sharpening: bool = True,  # False: the teacher uses the student's temperature
+        clip_grad: float = 0.0,  # clip each student parameter's gradient norm (DINO: 3.0); 0: off
+        freeze_last_layer_epochs: int = 0,  # the last layer is not updated in these first
+        #                                     epochs (DINO: 1), which stabilises the start
+        steps_per_epoch: int = 0,  # optimiser steps per epoch (the training loop sets it)
     ):
         super().__init__()
         self.encoder = encoder  # student backbone, the representation kept after training
@@ -151,6 +155,8 @@ class DINO(nn.Module, StepPosition):
         self.teacher_temps = teacher_temp_schedule(warmup_teacher_temp, teacher_temp,
                                                    warmup_steps, total_steps)
         self.momentums = momentum_schedule(momentum, total_steps)
+        self.clip_grad = clip_grad
+        self.frozen_last_layer_steps = freeze_last_layer_epochs * steps_per_epoch
         self.register_buffer("center", torch.zeros(1, out_dim))
         self.register_buffer("step", torch.zeros((), dtype=torch.long))  # saved in checkpoints
         # The same count on the host, for the schedules: reading the buffer at every step would
@@ -221,6 +227,20 @@ class DINO(nn.Module, StepPosition):
             self.step += 1
             self._host_step += 1
         return loss
+
+    @torch.no_grad()
+    def before_optimizer_step(self) -> None:
+        """The training loop calls this after the step's backward passes, before the optimiser
+        step: each student parameter's gradient is scaled down to norm clip_grad if it is
+        larger, and during the first frozen_last_layer_steps steps the last layer's gradient
+        is dropped (the optimiser then leaves it as it is: no momentum, no weight decay)."""
+        if self.clip_grad > 0:
+            for p in (*self.encoder.parameters(), *self.head.parameters()):
+                if p.grad is not None:  # scale = min(1, clip / |g|), no host read of |g|
+                    p.grad.mul_((self.clip_grad / (p.grad.norm() + 1e-6)).clamp(max=1.0))
+        if 0 < self._host_step <= self.frozen_last_layer_steps:  # _host_step counts this step
+            for p in self.head.last_layer.parameters():
+                p.grad = None
 
     def forward(self, x) -> torch.Tensor:
         """x (N, C, H, W) images (uint8 or [0, 1] floats) -> scalar loss; or x = the list of
