@@ -178,7 +178,7 @@ class Runner:
 
     def record(self, name: str, status: str, seconds: float, what: str) -> None:
         """A step done inside this script (unpacking the data)."""
-        self.steps.append(Step(name, ["(in device_checks.py)", what], 0, status, seconds))
+        self.steps.append(Step(name, what.split(" ", 1), 0, status, seconds))
         self.write_summary()
 
     def write_summary(self, extra: str = "") -> None:
