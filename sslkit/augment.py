@@ -125,9 +125,15 @@ def resized_crop_flip(
 ) -> torch.Tensor:
     """Crop each image to its box, mirror where flip is True, resize to size (bilinear).
 
-    x (N, C, H, W); box (N, 4) from crop_params; flip (N,) bool; angle (N,) radians or None
-    -> (N, C, size, size). One affine sampling grid per sample maps output coordinates in
-    [-1, 1] into the box: input = centre + R(angle) @ diag(±w, h) @ output.
+    x (N, C, H, W); box (N, 4) from crop_params, on the CPU; flip (N,) bool; angle (N,) radians
+    or None -> (N, C, size, size). One affine sampling grid per sample maps output coordinates
+    in [-1, 1] into the box: input = centre + R(angle) @ diag(±w, h) @ output. A rotated box
+    can reach past the image: that part is black, as torchvision's rotation fills it (a mirror
+    of the image there would add strokes that are not in it).
+
+    A crop shrunk by more than 2x aliases with bilinear sampling alone, so an image whose box
+    is shrunk by a factor f >= 2 (its integer part, from the box drawn on the CPU) is first
+    averaged over f x f blocks; its box covers the same part of the averaged image.
     """
     w, h, cx, cy = to_device(box.to(x.dtype), x.device).unbind(dim=1)
     sign = 1 - 2 * to_device(flip.to(x.dtype), x.device)  # -1 mirrors the x axis
@@ -137,10 +143,26 @@ def resized_crop_flip(
         [torch.stack([cos * w * sign, -sin * h, 2 * cx - 1], dim=1),
          torch.stack([sin * w * sign, cos * h, 2 * cy - 1], dim=1)], dim=1)  # (N, 2, 3)
     grid = F.affine_grid(theta, [x.shape[0], x.shape[1], size, size], align_corners=False)
-    # Shrinking a crop by more than 2x aliases with plain bilinear sampling: pre-blur by area.
-    if x.shape[-1] > 2 * size:
-        x = F.adaptive_avg_pool2d(x, 2 * size)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    padding = "reflection" if angle is None else "zeros"
+
+    def sample(images: torch.Tensor, rows_grid: torch.Tensor) -> torch.Tensor:
+        return F.grid_sample(images, rows_grid, mode="bilinear", padding_mode=padding,
+                             align_corners=False)
+
+    height, width = x.shape[-2:]
+    shrink = torch.minimum(box[:, 0].cpu() * width, box[:, 1].cpu() * height) / size  # (N,)
+    factor = shrink.floor().clamp_min(1).long()  # (N,) on the CPU: no wait for the GPU
+    if int(factor.max()) < 2:
+        return sample(x, grid)
+    out = x.new_empty(x.shape[0], x.shape[1], size, size)
+    for f in factor.unique().tolist():
+        rows = to_device((factor == f).nonzero().squeeze(1), x.device)  # the images shrunk by f
+        images = x[rows]
+        if f > 1:
+            images = F.adaptive_avg_pool2d(images, (max(1, round(height / f)),
+                                                    max(1, round(width / f))))
+        out[rows] = sample(images, grid[rows])
+    return out
 
 
 def to_gray(x: torch.Tensor) -> torch.Tensor:
@@ -294,7 +316,7 @@ def view_transform(cfg: ViewConfig = ViewConfig()) -> v2.Compose:
         v2.ToImage(),
         v2.RandomResizedCrop(cfg.size, scale=cfg.crop_scale, ratio=cfg.crop_ratio, antialias=True),
         v2.RandomHorizontalFlip(cfg.flip_p),
-        v2.RandomRotation(cfg.rotate_degrees),
+        v2.RandomRotation(cfg.rotate_degrees, interpolation=v2.InterpolationMode.BILINEAR),
         v2.RandomApply([v2.ColorJitter(0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s)], p=cfg.jitter_p),
         v2.RandomGrayscale(cfg.gray_p),
     ]

@@ -422,3 +422,44 @@ def test_rotate_batch_bad_shape_is_a_one_line_error(shape):
         rotate_batch(torch.zeros(shape))
     msg = str(err.value)
     assert "\n" not in msg and str(tuple(shape)) in msg
+
+
+# ------------------------------------------------------------------ shrinking and rotated crops
+def test_a_crop_needing_no_resize_is_its_pixels_even_from_a_large_image():
+    """A 32x32 box of a 96-px image, output 32 px: the box's pixels exactly (a pre-blur of the
+    whole image, as before, blurred them)."""
+    x = rand_images(1, 3, 96)
+    box = torch.tensor([[32 / 96, 32 / 96, 32 / 96, 32 / 96]])  # pixels 16..47 both ways
+    out = resized_crop_flip(x, box, no_flip(1), 32)
+    torch.testing.assert_close(out, x[:, :, 16:48, 16:48], atol=1e-5, rtol=0)
+
+
+def test_each_image_is_averaged_by_its_own_shrink_factor():
+    """In one batch: a full 96-px image to 32 px is its 3x3 block means; a 64-px box of it
+    (shrink 2) its 2x2 block means; a 32-px box its pixels."""
+    x = rand_images(3, 3, 96, seed=1)
+    box = torch.tensor([[1.0, 1.0, 0.5, 0.5], [64 / 96, 64 / 96, 0.5, 0.5],
+                        [32 / 96, 32 / 96, 0.5, 0.5]])
+    out = resized_crop_flip(x, box, no_flip(3), 32)
+    torch.testing.assert_close(out[0], F.avg_pool2d(x[:1], 3)[0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(out[1], F.avg_pool2d(x[1:2, :, 16:80, 16:80], 2)[0], atol=1e-5,
+                               rtol=0)
+    torch.testing.assert_close(out[2], x[2, :, 32:64, 32:64], atol=1e-5, rtol=0)
+
+
+def test_shrinking_never_waits_for_the_device():
+    from host_sync import copies_must_not_wait
+
+    x = torch.empty(4, 3, 96, 96, device="meta")
+    box = torch.tensor([[1.0, 1.0, 0.5, 0.5], [0.5, 0.5, 0.5, 0.5]] * 2)
+    with copies_must_not_wait():
+        assert resized_crop_flip(x, box, no_flip(4), 32).shape == (4, 3, 32, 32)
+
+
+def test_a_rotated_crop_is_black_outside_the_image():
+    """The corners a 45-degree turn of the full image brings in lie outside it: black, as
+    torchvision's rotation fills them, never a mirror of the image."""
+    x = torch.ones(1, 1, 32, 32)
+    out = resized_crop_flip(x, FULL[None], no_flip(1), 32, torch.tensor([math.pi / 4]))
+    assert float(out[0, 0, 0, 0]) == 0 and float(out[0, 0, -1, -1]) == 0
+    assert float(out[0, 0, 16, 16]) == pytest.approx(1.0)
