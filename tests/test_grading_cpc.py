@@ -246,3 +246,11 @@ def test_cpc_step_wrong_answers():
 
     check(delegates)  # right, and allowed in the visible check ...
     fails(check, delegates, True, "reference")  # ... not in the hidden one
+
+
+def test_a_patch_grid_built_in_float64_is_right_not_a_crash():
+    def into_float64(images, patch, stride):
+        return patch_grid(images, patch, stride).double()
+
+    grading.check_patch_grid(into_float64, hidden=False)
+    grading.check_patch_grid(into_float64, hidden=True)

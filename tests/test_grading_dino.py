@@ -218,3 +218,11 @@ def test_dino_step_wrong_answers():
         dino_method.DINO.loss_on_crops(None, crops)
 
     fails(check, delegates, True, "reference")
+
+
+def test_a_centre_computed_in_float64_is_right_not_a_crash():
+    def in_float64(center, teacher_out, m):
+        return update_center(center.double(), [t.double() for t in teacher_out], m)
+
+    grading.check_update_center(in_float64, hidden=False)
+    grading.check_update_center(in_float64, hidden=True)

@@ -306,3 +306,24 @@ def test_mae_step_wrong_answers():
     fails(check, whole_forward, True, "reference")  # ... but only by calling the reference
     fails(check, reference_loss, True, "reference")
     assert isinstance(MAE.forward, types.FunctionType)  # the guard blocked and restored it
+
+
+def test_patchify_built_from_the_kits_tile_split_fails_hidden():
+    """split_tiles (notebook 01's jigsaw) cuts the same grid: the whole exercise in one call."""
+    from sslkit.augment import merge_tiles, split_tiles
+
+    def via_tiles(imgs, p):
+        n, c, h, w = imgs.shape
+        tiles = split_tiles(imgs, h // p)  # (N, L, C, p, p)
+        return tiles.permute(0, 1, 3, 4, 2).reshape(n, -1, p * p * c)
+
+    def unpatchify_via_tiles(patches, p, channels=3):
+        n, length, _ = patches.shape
+        grid = int(length ** 0.5)
+        tiles = patches.reshape(n, length, p, p, channels).permute(0, 1, 4, 2, 3)
+        return merge_tiles(tiles, grid)
+
+    grading.check_patchify(via_tiles)  # numerically right: passes the visible check
+    fails(grading.check_patchify, via_tiles, True, "calls the reference")
+    grading.check_unpatchify(unpatchify_via_tiles)
+    fails(grading.check_unpatchify, unpatchify_via_tiles, True, "calls the reference")

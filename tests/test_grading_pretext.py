@@ -194,3 +194,20 @@ def test_jigsaw_tiles_delegation_fails_hidden():
     for answer in (via_jigsaw_tiles, via_split_tiles):
         grading.check_jigsaw_tiles(answer)
         fails(grading.check_jigsaw_tiles, answer, True, "calls the reference sslkit")
+
+
+def test_rotate_batch_that_converts_the_dtype_gets_a_one_line_message():
+    """Right rotations and labels, but uint8 images come back as floats: a readable failure
+    that names the dtype (before, an IndexError traceback from an empty difference)."""
+    def converts(x):
+        x = x.float()
+        return (torch.cat([torch.rot90(x, k, dims=(2, 3)) for k in range(4)]),
+                torch.arange(4).repeat_interleave(len(x)))
+
+    for hidden in (False, True):
+        try:
+            grading.check_rotate_batch(converts, hidden=hidden)
+        except AssertionError as err:
+            assert "keep the images' dtype" in str(err) and "\n" not in str(err)
+        else:
+            assert not hidden, "the hidden check feeds uint8 images"

@@ -187,3 +187,14 @@ def test_guard_restores_the_references():
     assert torch.equal(reference_rgb_to_lab(x), before)
     m = torch.ones(1, 1, 2, 2)
     assert reference_loss(x, x + 1, m) == 1
+
+
+def test_loss_returning_a_constant_zero_when_nothing_is_masked_passes_hidden():
+    """The exercise says: return 0 when nothing is masked. A constant 0 has no graph, and
+    needs none: its gradient is 0, as the reference's."""
+    def early_zero(x, r, m):
+        if m.sum() == 0:
+            return torch.zeros((), dtype=x.dtype)
+        return student_loss(x, r, m)
+
+    grading.check_masked_reconstruction_loss(early_zero, hidden=True)

@@ -91,6 +91,7 @@ def check_patch_grid(patch_grid: Callable, hidden: bool = False) -> None:
                 hint = " — put the grid axes first: permute to (N, rows, cols, C, patch, patch)"
             raise AssertionError(f"{ex}: expected shape {tuple(expected.shape)}, got "
                                  f"{tuple(got.shape)}{where}{hint}")
+        got = got.to(expected.dtype)  # a float64 buffer is a fine answer too
         if not torch.allclose(got, expected):
             variants = {
                 "rows come from the height (dim 2), columns from the width (dim 3)":
@@ -144,9 +145,9 @@ def check_column_context(column_context: Callable, hidden: bool = False) -> None
         if got.shape != expected.shape:
             raise AssertionError(f"{ex}: expected c of shape {tuple(expected.shape)} "
                                  f"(N, rows, cols, H), got {tuple(got.shape)}{where}")
-        if not torch.allclose(got.detach(), expected, atol=1e-5):
+        if not torch.allclose(got.detach().to(expected.dtype), expected, atol=1e-5):
             with torch.no_grad():
-                hint = _first_match(got.detach(), _context_variants(gru, z))
+                hint = _first_match(got.detach().to(expected.dtype), _context_variants(gru, z))
             raise AssertionError(f"{ex}: c differs from the GRU run down each column by up to "
                                  f"{float((got.detach() - expected).abs().max()):.2g}{where}"
                                  f"{hint}")

@@ -144,7 +144,7 @@ def check_update_center(update_center: Callable, hidden: bool = False) -> None:
         if got.numel() != expected.numel():
             raise AssertionError(f"{ex}: expected a centre of shape {tuple(expected.shape)}, got "
                                  f"{tuple(got.shape)}{where}: average over the batch (dim=0)")
-        got = got.reshape(expected.shape)
+        got = got.reshape(expected.shape).to(expected.dtype)  # float64 is a fine answer too
         if not torch.allclose(got, expected, atol=1e-6):
             hints = {"did you swap m and 1 - m?": (1 - m) * c + m * torch.cat(t).mean(0),
                      "average over the rows of every teacher crop (torch.cat them first)":
@@ -261,10 +261,10 @@ def _check_one_step(ex: str, dino_step: Callable, seed: int, steps: int, guard: 
                                  "update_teacher(student, teacher, m)")
         new_center = as_tensor(ex, new_center, where)
         if new_center.numel() != ref_c.numel() or not torch.allclose(
-                new_center.detach().reshape(ref_c.shape), ref_c, atol=1e-5):
+                new_center.detach().reshape(ref_c.shape).to(ref_c.dtype), ref_c, atol=1e-5):
             raise AssertionError(f"{ex}: {label}the new centre differs from the reference's"
                                  f"{where}: update it from this step's teacher outputs")
-        center = new_center.detach().reshape(ref_c.shape)
+        center = new_center.detach().reshape(ref_c.shape).to(ref_c.dtype)
 
 
 @quiet

@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import torch
 
-from sslkit import losses
+from sslkit import augment, losses
 from sslkit.grading.guard import (
     as_tensor,
     call,
@@ -22,14 +22,19 @@ from sslkit.grading.guard import (
     require_unchanged,
     scalar,
 )
+from sslkit.methods import cpc
 from sslkit.methods.mae import MAE
 from sslkit.models import vit
 
+# The kit's other ways of cutting an image into a grid do the whole exercise too.
+_PATCH_REFS = {"sslkit.models.vit.patchify": vit.patchify,
+               "sslkit.models.vit.unpatchify": vit.unpatchify,
+               "sslkit.augment.split_tiles": augment.split_tiles,
+               "sslkit.augment.merge_tiles": augment.merge_tiles,
+               "sslkit.methods.cpc.patch_grid": cpc.patch_grid}
 REFERENCES = {
-    "patchify": {"sslkit.models.vit.patchify": vit.patchify,
-                 "sslkit.models.vit.unpatchify": vit.unpatchify},
-    "unpatchify": {"sslkit.models.vit.patchify": vit.patchify,
-                   "sslkit.models.vit.unpatchify": vit.unpatchify},
+    "patchify": _PATCH_REFS,
+    "unpatchify": _PATCH_REFS,
     "random_masking": {"sslkit.models.vit.random_masking": vit.random_masking},
     "mae_loss": {"sslkit.losses.mae_loss": losses.mae_loss,
                  "sslkit.losses.mae_loss_loop": losses.mae_loss_loop},

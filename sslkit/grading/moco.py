@@ -277,7 +277,8 @@ def _step_hint(state: MoCo, v1, v2, got: float) -> str:
                                "order?")):
         if abs(got - float(value)) < 1e-5:
             return " — " + text
-    return " — if your moco_loss does not pass its tests yet, call sslkit.losses.moco_loss here"
+    return (" — if your moco_loss does not pass its own tests yet, mend it first: the step "
+            "is graded with it (sslkit's moco_loss is not allowed here)")
 
 
 def _check_one_step(ex: str, moco_step: Callable, seed: int, steps: int, guard: bool) -> None:

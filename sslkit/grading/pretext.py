@@ -53,6 +53,8 @@ def _call(exercise: str, fn: Callable, *args, where: str = "", guard: bool = Fal
 def _first_difference(got: torch.Tensor, expected: torch.Tensor) -> str:
     """'at [i, j, ...]: expected a, got b' for the first element that differs."""
     diff = (got.to(expected.dtype) - expected).abs() > 1e-6
+    if not bool(diff.any()):
+        return "(only in dtype or layout)"
     index = tuple(int(i) for i in diff.nonzero()[0])
     return (f"at {list(index)}: expected {float(expected[index]):.4g}, "
             f"got {float(got[index]):.4g}")
@@ -105,7 +107,10 @@ def _compare_rotate(ex: str, fn: Callable, x: torch.Tensor, guard: bool) -> None
     if not torch.equal(labels.cpu().long(), expected_labels):
         raise AssertionError(f"{ex}: expected labels {expected_labels.tolist()}, got "
                              f"{labels.tolist()}{where}{_rotate_hint(x, x_rot, labels)}")
-    if x_rot.dtype != x.dtype or not torch.equal(x_rot, expected):
+    if x_rot.dtype != x.dtype:
+        raise AssertionError(f"{ex}: x_rot must keep the images' dtype ({x.dtype}), got "
+                             f"{x_rot.dtype}{where}: rotate x itself, without converting it")
+    if not torch.equal(x_rot, expected):
         raise AssertionError(f"{ex}: x_rot differs from the contract "
                              f"{_first_difference(x_rot, expected)}{where}"
                              f"{_rotate_hint(x, x_rot, labels)}")
