@@ -125,3 +125,35 @@ def test_release_holds_no_hidden_test(source):
                      for line in cell.source.splitlines()}  # fmt: skip
     leaked = secret_lines(source, HIDDEN, whole_solution_cells=False) & release_lines
     assert not leaked, f"hidden test lines in {released(source).name}: {sorted(leaked)}"
+
+
+LOSS_TEST_CELLS = [  # (notebook, test cell, the function it tests)
+    ("02_triplet_loss", "test_triplet_loss", "triplet_loss"),
+    ("05_moco", "test_moco_loss", "moco_loss"),
+    ("06_dino", "test_dino_loss", "dino_loss"),
+    ("06_dino", "test_update_center", "update_center"),
+    ("07_mae", "test_mae_loss", "mae_loss"),
+    ("08_cpc", "test_cpc_loss", "cpc_loss"),
+]
+
+
+@pytest.mark.parametrize("notebook, cell, name", LOSS_TEST_CELLS,
+                         ids=[c for _, c, _ in LOSS_TEST_CELLS])
+def test_a_visible_test_cell_says_so_when_the_answer_is_not_a_tensor(notebook, cell, name):
+    """A student's loss that returns a Python float (.item() at the end) fails the visible
+    test cell with a readable line, not an AttributeError from calling .item() on a float."""
+    import json
+    import math
+
+    import torch
+
+    from sslkit import grading
+
+    path = Path(__file__).parents[1] / "solutions" / notebook / f"{notebook}.ipynb"
+    cells = {c["metadata"].get("nbgrader", {}).get("grade_id"): "".join(c["source"])
+             for c in json.loads(path.read_text())["cells"]}
+    visible = cells[cell].split("### BEGIN HIDDEN TESTS")[0]
+    namespace = {"torch": torch, "math": math, "grading": grading,
+                 name: lambda *args, **kwargs: 1.0}
+    with pytest.raises(AssertionError, match="expected a tensor"):
+        exec(compile(visible, cell, "exec"), namespace)
