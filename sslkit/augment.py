@@ -150,7 +150,8 @@ def resized_crop_flip(
                              align_corners=False)
 
     height, width = x.shape[-2:]
-    shrink = torch.minimum(box[:, 0].cpu() * width, box[:, 1].cpu() * height) / size  # (N,)
+    box_w, box_h = box.cpu().unbind(dim=1)[:2]  # fractions of the image, as drawn
+    shrink = torch.minimum(box_w * width, box_h * height) / size  # (N,)
     factor = shrink.floor().clamp_min(1).long()  # (N,) on the CPU: no wait for the GPU
     if int(factor.max()) < 2:
         return sample(x, grid)
