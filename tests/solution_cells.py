@@ -14,9 +14,14 @@ from pathlib import Path
 import pytest
 
 
+def notebook_cells(notebook: Path) -> dict[str, str]:
+    """grade_id -> source of every nbgrader cell of a notebook."""
+    return {c["metadata"].get("nbgrader", {}).get("grade_id"): "".join(c["source"])
+            for c in json.loads(notebook.read_text())["cells"]}
+
+
 def run_solution_cells(notebook: Path, grade_ids, namespace: dict) -> types.SimpleNamespace:
-    cells = {c["metadata"].get("nbgrader", {}).get("grade_id"): "".join(c["source"])
-             for c in json.loads(notebook.read_text())["cells"]}
+    cells = notebook_cells(notebook)
     for grade_id in grade_ids:
         exec(compile(cells[grade_id], f"{notebook.name}:{grade_id}", "exec"), namespace)
     return types.SimpleNamespace(**{name: namespace[name] for name in grade_ids})

@@ -142,17 +142,15 @@ LOSS_TEST_CELLS = [  # (notebook, test cell, the function it tests)
 def test_a_visible_test_cell_says_so_when_the_answer_is_not_a_tensor(notebook, cell, name):
     """A student's loss that returns a Python float (.item() at the end) fails the visible
     test cell with a readable line, not an AttributeError from calling .item() on a float."""
-    import json
     import math
 
     import torch
+    from solution_cells import notebook_cells
 
     from sslkit import grading
 
     path = Path(__file__).parents[1] / "solutions" / notebook / f"{notebook}.ipynb"
-    cells = {c["metadata"].get("nbgrader", {}).get("grade_id"): "".join(c["source"])
-             for c in json.loads(path.read_text())["cells"]}
-    visible = cells[cell].split("### BEGIN HIDDEN TESTS")[0]
+    visible = notebook_cells(path)[cell].split("### BEGIN HIDDEN TESTS")[0]
     namespace = {"torch": torch, "math": math, "grading": grading,
                  name: lambda *args, **kwargs: 1.0}
     with pytest.raises(AssertionError, match="expected a tensor"):
