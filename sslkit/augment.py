@@ -123,13 +123,15 @@ def resized_crop_flip(
     x: torch.Tensor, box: torch.Tensor, flip: torch.Tensor, size: int,
     angle: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Crop each image to its box, mirror where flip is True, resize to size (bilinear).
+    """Crop each image to its box, mirror where flip is True, resize to size (bilinear), then
+    turn the view by angle about its centre, in torchvision's order (crop, flip, rotate).
 
     x (N, C, H, W); box (N, 4) from crop_params, on the CPU; flip (N,) bool; angle (N,) radians
     or None -> (N, C, size, size). One affine sampling grid per sample maps output coordinates
-    in [-1, 1] into the box: input = centre + R(angle) @ diag(±w, h) @ output. A rotated box
-    can reach past the image: that part is black, as torchvision's rotation fills it (a mirror
-    of the image there would add strokes that are not in it).
+    o in [-1, 1]^2 to the view before its turn, u = R(angle) o, and u into the box:
+    input = centre + diag(+-w, h) @ R(angle) @ o. The corners a turn brings in (u outside
+    [-1, 1]^2) are black, as torchvision's rotation fills them: it samples the zero-padded view
+    and multiplies by a sampled mask of ones, so an edge pixel fades by mask(u)^2 here too.
 
     A crop shrunk by more than 2x aliases with bilinear sampling alone, so an image whose box
     is shrunk by a factor f >= 2 (its integer part, from the box drawn on the CPU) is first
@@ -137,16 +139,22 @@ def resized_crop_flip(
     """
     w, h, cx, cy = to_device(box.to(x.dtype), x.device).unbind(dim=1)
     sign = 1 - 2 * to_device(flip.to(x.dtype), x.device)  # -1 mirrors the x axis
-    a = torch.zeros_like(w) if angle is None else to_device(angle.to(x.dtype), x.device)
-    cos, sin = torch.cos(a), torch.sin(a)
-    theta = torch.stack(
-        [torch.stack([cos * w * sign, -sin * h, 2 * cx - 1], dim=1),
-         torch.stack([sin * w * sign, cos * h, 2 * cy - 1], dim=1)], dim=1)  # (N, 2, 3)
-    grid = F.affine_grid(theta, [x.shape[0], x.shape[1], size, size], align_corners=False)
-    padding = "reflection" if angle is None else "zeros"
+    n = x.shape[0]
+    turn = None  # (N, 2, 2) R(angle): output o -> the unturned view's u
+    if angle is not None:
+        a = to_device(angle.to(x.dtype), x.device)
+        cos, sin = torch.cos(a), torch.sin(a)
+        turn = torch.stack([torch.stack([cos, -sin], dim=1), torch.stack([sin, cos], dim=1)],
+                           dim=1)
+    linear = torch.diag_embed(torch.stack([w * sign, h], dim=1))  # (N, 2, 2) diag(+-w, h)
+    if turn is not None:
+        linear = linear @ turn
+    centre = torch.stack([2 * cx - 1, 2 * cy - 1], dim=1)[:, :, None]  # (N, 2, 1)
+    theta = torch.cat([linear, centre], dim=2)  # (N, 2, 3)
+    grid = F.affine_grid(theta, [n, x.shape[1], size, size], align_corners=False)
 
     def sample(images: torch.Tensor, rows_grid: torch.Tensor) -> torch.Tensor:
-        return F.grid_sample(images, rows_grid, mode="bilinear", padding_mode=padding,
+        return F.grid_sample(images, rows_grid, mode="bilinear", padding_mode="reflection",
                              align_corners=False)
 
     height, width = x.shape[-2:]
@@ -154,7 +162,7 @@ def resized_crop_flip(
     shrink = torch.minimum(box_w * width, box_h * height) / size  # (N,)
     factor = shrink.floor().clamp_min(1).long()  # (N,) on the CPU: no wait for the GPU
     if int(factor.max()) < 2:
-        return sample(x, grid)
+        return _black_corners(sample(x, grid), turn)
     out = x.new_empty(x.shape[0], x.shape[1], size, size)
     for f in factor.unique().tolist():
         rows = to_device((factor == f).nonzero().squeeze(1), x.device)  # the images shrunk by f
@@ -163,7 +171,20 @@ def resized_crop_flip(
             images = F.adaptive_avg_pool2d(images, (max(1, round(height / f)),
                                                     max(1, round(width / f))))
         out[rows] = sample(images, grid[rows])
-    return out
+    return _black_corners(out, turn)
+
+
+def _black_corners(views: torch.Tensor, turn: torch.Tensor | None) -> torch.Tensor:
+    """views (N, C, S, S) sampled with their turn; turn (N, 2, 2) or None. Multiplies by the
+    square of the sampled mask of ones (see resized_crop_flip): 0 in the corners, 1 inside."""
+    if turn is None:
+        return views
+    n, _, size, _ = views.shape
+    theta = torch.cat([turn, turn.new_zeros(n, 2, 1)], dim=2)  # (N, 2, 3): o -> u
+    grid = F.affine_grid(theta, [n, 1, size, size], align_corners=False)
+    mask = F.grid_sample(views.new_ones(n, 1, size, size), grid, mode="bilinear",
+                         padding_mode="zeros", align_corners=False)  # (N, 1, S, S)
+    return views * mask.square()
 
 
 def to_gray(x: torch.Tensor) -> torch.Tensor:

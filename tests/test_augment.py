@@ -463,3 +463,36 @@ def test_a_rotated_crop_is_black_outside_the_image():
     out = resized_crop_flip(x, FULL[None], no_flip(1), 32, torch.tensor([math.pi / 4]))
     assert float(out[0, 0, 0, 0]) == 0 and float(out[0, 0, -1, -1]) == 0
     assert float(out[0, 0, 16, 16]) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_a_turned_crop_is_torchvisions_rotation_of_the_crop(flip):
+    """Crop, flip, then turn the square view about its centre, as the per-image pipeline does:
+    a 16-px box of a 32-px image (no resize) turned by 23 degrees equals TF.rotate of the
+    (flipped) crop wherever torchvision's view lies wholly inside the crop, and is black where
+    it lies wholly outside. Before, the box turned inside the image and brought in the image
+    around it where torchvision shows black."""
+    x = rand_images(1, 3, 32, seed=3)
+    box = torch.tensor([[0.5, 0.5, 12 / 32, 20 / 32]])  # columns 4..19, rows 12..27
+    angle = math.radians(23.0)
+    out = resized_crop_flip(x, box, torch.tensor([flip]), 16, torch.tensor([angle]))[0]
+    crop = x[0, :, 12:28, 4:20]
+    crop = TF.horizontal_flip(crop) if flip else crop
+    expected = TF.rotate(crop, 23.0, TF.InterpolationMode.BILINEAR)
+    mask = TF.rotate(torch.ones(1, 16, 16), 23.0, TF.InterpolationMode.BILINEAR)[0]
+    inside, outside = mask > 1 - 1e-6, mask < 1e-6
+    assert int(inside.sum()) > 100 and int(outside.sum()) > 20
+    torch.testing.assert_close(out[:, inside], expected[:, inside], atol=1e-5, rtol=0)
+    assert float(out[:, outside].abs().max()) == 0.0
+
+
+def test_a_turned_white_crop_fades_at_its_edges_as_torchvision():
+    """On a constant image torchvision's edge pixels are mask^2 (a zero-padded view times the
+    sampled mask); so are the batched path's, for any box and angle."""
+    x = torch.ones(3, 1, 40, 40)
+    box = torch.tensor([[0.5, 0.4, 0.5, 0.5], [0.3, 0.45, 0.3, 0.7], [1.0, 1.0, 0.5, 0.5]])
+    angles = torch.tensor([0.3, -0.5, 1.0])
+    out = resized_crop_flip(x, box, no_flip(3), 16, angles)
+    for i, a in enumerate(angles.tolist()):
+        mask = TF.rotate(torch.ones(1, 16, 16), math.degrees(a), TF.InterpolationMode.BILINEAR)
+        torch.testing.assert_close(out[i], mask.square(), atol=1e-5, rtol=0)
