@@ -236,16 +236,69 @@ def test_cpc_step_wrong_answers():
     fails(check, nan_loss, False, "nan")
     fails(check, tensor_loss, False, "float")
 
-    def delegates(g_enc, g_ar, W, optimizer, patches):
+
+
+def kit_step(context=cpc_method.column_context, loss=losses.cpc_loss, zero_grad=True):
+    """cpc_step built from the kit's versions of the notebook's earlier exercises (and its
+    encode_patches helper)."""
+    def step(g_enc, g_ar, W, optimizer, patches):
         z = cpc_method.encode_patches(g_enc, patches)
-        loss = losses.cpc_loss(z, cpc_method.column_context(g_ar, z), W)
+        value = loss(z, context(g_ar, z), W)
+        if zero_grad:
+            optimizer.zero_grad()
+        value.backward()
+        optimizer.step()
+        return value.item()
+
+    return step
+
+
+@pytest.mark.parametrize("loss", [losses.cpc_loss, losses.cpc_loss_loop],
+                         ids=["cpc_loss", "cpc_loss_loop"])
+def test_cpc_step_may_call_the_kits_earlier_exercises(loss):
+    """As in 04 and 06: a student whose column_context or cpc_loss is broken may use sslkit's in
+    the step, and loses those points once, not again in the step."""
+    grading.check_cpc_step(kit_step(loss=loss), hidden=False)
+    grading.check_cpc_step(kit_step(loss=loss), hidden=True)
+
+    def via_encoder(g_enc, g_ar, W, optimizer, patches):  # CPCEncoder.encode: z and c, no loss
+        z, c = cpc_method.CPCEncoder.encode(types.SimpleNamespace(g_enc=g_enc, g_ar=g_ar),
+                                            patches)
+        value = loss(z, c, W)
+        optimizer.zero_grad()
+        value.backward()
+        optimizer.step()
+        return value.item()
+
+    grading.check_cpc_step(via_encoder, hidden=True)
+
+
+def test_cpc_step_with_the_kits_pieces_wired_wrong_fails():
+    def along_rows(g_ar, z):  # the GRU along each row instead of down each column
+        n, rows, cols, d = z.shape
+        return g_ar(z.reshape(n * rows, cols, d))[0].reshape(n, rows, cols, -1)
+
+    for hidden in (False, True):
+        message = fails(grading.check_cpc_step, kit_step(context=along_rows), hidden,
+                        "expected loss")
+        assert "call sslkit.methods.cpc.column_context or sslkit.losses.cpc_loss" in message
+    fails(grading.check_cpc_step, kit_step(zero_grad=False), True, "zero_grad")
+
+
+def test_cpc_step_that_calls_the_kits_whole_step_fails_hidden():
+    def via_loss_on_patches(g_enc, g_ar, W, optimizer, patches):
+        holder = types.SimpleNamespace(W=W, encoder=types.SimpleNamespace(
+            encode=lambda p: cpc_method.CPCEncoder.encode(
+                types.SimpleNamespace(g_enc=g_enc, g_ar=g_ar), p)))
+        loss = cpc_method.CPC.loss_on_patches(holder, patches)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         return loss.item()
 
-    check(delegates)  # right, and allowed in the visible check ...
-    fails(check, delegates, True, "reference")  # ... not in the hidden one
+    grading.check_cpc_step(via_loss_on_patches)  # the right numbers ...
+    message = fails(grading.check_cpc_step, via_loss_on_patches, True, "calls the reference")
+    assert "CPC.loss_on_patches" in message  # ... only by calling the whole step
 
 
 def test_a_patch_grid_built_in_float64_is_right_not_a_crash():

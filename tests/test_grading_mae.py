@@ -304,8 +304,60 @@ def test_mae_step_wrong_answers():
 
     check(whole_forward)  # right values ...
     fails(check, whole_forward, True, "reference")  # ... but only by calling the reference
-    fails(check, reference_loss, True, "reference")
+    check(reference_loss)
+    assert "MAE.forward_loss" in fails(check, reference_loss, True, "calls the reference")
     assert isinstance(MAE.forward, types.FunctionType)  # the guard blocked and restored it
+
+
+def kit_step(norm_pix=None, loss=losses.mae_loss):
+    """mae_step built from the kit's versions of the notebook's earlier exercises: vit.patchify
+    and the kit's loss (norm_pix: the setting passed to the loss, None for the model's)."""
+    def step(model, optimizer, imgs, mask_ratio, noise):
+        latent, mask, ids = model.forward_encoder(imgs, mask_ratio, noise)
+        pred = model.forward_decoder(latent, ids)
+        target = vit.patchify(imgs, model.patch_size)
+        value = loss(pred, target, mask, model.norm_pix if norm_pix is None else norm_pix)
+        optimizer.zero_grad()
+        value.backward()
+        optimizer.step()
+        return value.item()
+
+    return step
+
+
+@pytest.mark.parametrize("loss", [losses.mae_loss, losses.mae_loss_loop],
+                         ids=["mae_loss", "mae_loss_loop"])
+def test_mae_step_may_call_the_kits_earlier_exercises(loss):
+    """As in 04 and 06: a student whose mae_loss (or patchify) is broken may use sslkit's in the
+    step, and loses those points once, not again in the step."""
+    grading.check_mae_step(kit_step(loss=loss), hidden=False)
+    grading.check_mae_step(kit_step(loss=loss), hidden=True)
+
+
+def test_mae_step_with_the_kits_loss_wired_wrong_fails():
+    for hidden in (False, True):
+        fails(grading.check_mae_step, kit_step(norm_pix=False), hidden, "model.norm_pix")
+
+
+def test_mae_step_hint_names_the_kits_loss_when_nothing_else_explains_it():
+    def own_broken_loss(model, optimizer, imgs, mask_ratio, noise):
+        return kit_step(loss=lambda *a: 2 * losses.mae_loss(*a))(model, optimizer, imgs,
+                                                                  mask_ratio, noise)
+
+    message = fails(grading.check_mae_step, own_broken_loss, True, "expected loss")
+    assert "call sslkit.losses.mae_loss" in message and "not allowed" not in message
+
+
+def test_mae_step_that_calls_the_model_whole_fails_hidden():
+    def via_forward(model, optimizer, imgs, mask_ratio, noise):
+        loss = model(imgs)  # MAE.forward: its own random mask, the whole step's loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        return loss.item()
+
+    assert "MAE.forward" in fails(grading.check_mae_step, via_forward, True,
+                                  "calls the reference")
 
 
 def test_patchify_built_from_the_kits_tile_split_fails_hidden():

@@ -15,6 +15,7 @@ from torch import nn
 
 from sslkit import losses
 from sslkit.grading import moco as grading
+from sslkit.methods.moco import MoCo
 from sslkit.methods.momentum import update_momentum as reference_update_momentum
 
 NOTEBOOK = Path(__file__).parent.parent / "solutions" / "05_moco" / "05_moco.ipynb"
@@ -137,8 +138,6 @@ def test_enqueue_wrong_answers(solution):
 
 
 def test_enqueue_delegation_fails_hidden():
-    from sslkit.methods.moco import MoCo
-
     def via_method(queue, ptr, keys):
         holder = types.SimpleNamespace(queue=queue, queue_ptr=torch.tensor(ptr))
         MoCo.enqueue(holder, keys)
@@ -238,17 +237,100 @@ def test_moco_loss_that_normalises_its_inputs_in_place(solution):
     fails(grading.check_moco_loss, in_place, False, "changed its input q in place")
 
 
-def test_moco_step_delegation_fails_hidden(solution):
-    def via_reference(query_net, key_net, queue, ptr, optimizer, v1, v2, m, t):
-        reference_update_momentum(query_net, key_net, m)
+def kit_step(order="right"):
+    """moco_step built from the kit's versions of the notebook's earlier exercises only:
+    sslkit's update_momentum, moco_loss and MoCo.enqueue (through a stand-in for the module)."""
+    def enqueue(queue, ptr, keys):
+        holder = types.SimpleNamespace(queue=queue, queue_ptr=torch.tensor(ptr))
+        MoCo.enqueue(holder, keys)
+        return int(holder.queue_ptr)
+
+    def step(query_net, key_net, queue, ptr, optimizer, v1, v2, m, t):
         q = query_net(v1)
+        if order != "late_momentum":
+            reference_update_momentum(query_net, key_net, m)
         with torch.no_grad():
             k = key_net(v2)
+        if order == "late_momentum":
+            reference_update_momentum(query_net, key_net, m)
+        if order == "enqueue_first":
+            ptr = enqueue(queue, ptr, k)
         loss = losses.moco_loss(q, k, queue, t)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if order != "enqueue_first":
+            ptr = enqueue(queue, ptr, k)
+        return loss.item(), ptr
+
+    return step
+
+
+def test_moco_step_may_call_the_kits_earlier_exercises(solution):
+    """As in 04 and 06: a student whose moco_loss (or momentum update, or queue) is broken may
+    use sslkit's in the step, and loses those points once, not again in the step."""
+    grading.check_moco_step(kit_step(), hidden=False)
+    grading.check_moco_step(kit_step(), hidden=True)
+
+    def kit_loss_only(query_net, key_net, queue, ptr, optimizer, v1, v2, m, t):
+        q = query_net(v1)
+        solution.update_momentum(query_net, key_net, m)
+        with torch.no_grad():
+            k = key_net(v2)
+        loss = losses.info_nce(q, k, queue.detach(), t)  # moco_loss's own building block
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         return loss.item(), solution.enqueue(queue, ptr, k)
 
-    grading.check_moco_step(via_reference)
-    fails(grading.check_moco_step, via_reference, True, "calls the reference sslkit")
+    grading.check_moco_step(kit_loss_only, hidden=True)
+
+
+@pytest.mark.parametrize("order, mistake", [("late_momentum", "BEFORE the key pass"),
+                                            ("enqueue_first", "AFTER computing the loss")])
+def test_moco_step_with_the_kits_pieces_in_the_wrong_order_fails(order, mistake):
+    for hidden in (False, True):
+        fails(grading.check_moco_step, kit_step(order), hidden, mistake)
+
+
+class _StandIn:
+    """What a student could hand MoCo's methods as `self` to run the kit's whole step on the
+    networks of the exercise."""
+
+    first_micro_batch = last_micro_batch = True
+    symmetric = False
+    loss_on_views = MoCo.loss_on_views
+
+    def __init__(self, query_net, key_net, queue, ptr, m, t):
+        self.query_net, self.key_net, self.m = query_net, key_net, m
+        self.queue, self.queue_ptr, self.temperature = queue, torch.tensor(ptr), t
+        self._pending_keys = []
+
+    def embed_query(self, v):
+        return self.query_net(v)
+
+    @torch.no_grad()
+    def embed_keys(self, v):
+        return self.key_net(v)
+
+    def momentum_update(self):
+        reference_update_momentum(self.query_net, self.key_net, self.m)
+
+    def enqueue(self, keys):
+        MoCo.enqueue(self, keys)
+
+
+@pytest.mark.parametrize("whole", ["loss_on_views", "forward"])
+def test_moco_step_that_calls_the_kits_whole_step_fails_hidden(whole):
+    def via_kit_step(query_net, key_net, queue, ptr, optimizer, v1, v2, m, t):
+        holder = _StandIn(query_net, key_net, queue, ptr, m, t)
+        loss = (MoCo.loss_on_views(holder, v1, v2) if whole == "loss_on_views"
+                else MoCo.forward(holder, (v1, v2)))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        return loss.item(), int(holder.queue_ptr)
+
+    grading.check_moco_step(via_kit_step)  # the right numbers ...
+    message = fails(grading.check_moco_step, via_kit_step, True, "calls the reference")
+    assert f"sslkit.methods.MoCo.{whole}" in message  # ... only by calling the whole step

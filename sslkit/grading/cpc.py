@@ -37,12 +37,13 @@ REFERENCES = {
         "sslkit.losses.cpc_loss_loop": losses.cpc_loss_loop,
         "sslkit.losses.cpc_logits": losses.cpc_logits,
     },
+    # The step exercise follows the rule of every notebook's step (04's simclr_step, 06's
+    # dino_step): it may call the kit's versions of this notebook's earlier exercises
+    # (column_context, cpc_loss and its pieces), and the kit's helpers for the encoding
+    # (encode_patches, CPCEncoder.encode: z and c, not yet a loss), so that a student whose loss
+    # is broken loses the loss's points only, not the step's too. Blocked is only what does the
+    # whole step: CPC.loss_on_patches (encoding, contexts and loss) and CPC.forward.
     "cpc_step": {
-        "sslkit.losses.cpc_loss": losses.cpc_loss,
-        "sslkit.losses.cpc_loss_loop": losses.cpc_loss_loop,
-        "sslkit.losses.cpc_logits": losses.cpc_logits,
-        "sslkit.methods.cpc.encode_patches": cpc_method.encode_patches,
-        "sslkit.methods.cpc.column_context": cpc_method.column_context,
         "sslkit.methods.cpc.CPC.loss_on_patches": cpc_method.CPC.loss_on_patches,
         "sslkit.methods.cpc.CPC.forward": cpc_method.CPC.forward,
     },
@@ -288,7 +289,9 @@ def _check_steps(ex: str, cpc_step: Callable, seed: int, steps: int, guard: bool
                                  "k has contexts (rows - k > 0) and the scores stay finite")
         match_step(ex, got, expected, parts, before, ref, label, where,
                    hint=lambda: " — encode every patch with g_enc, run column_context, then "
-                                "cpc_loss(z, c, W)")
+                                "cpc_loss(z, c, W); if your column_context or cpc_loss does not "
+                                "pass its tests yet, call sslkit.methods.cpc.column_context or "
+                                "sslkit.losses.cpc_loss here")
 
 
 @quiet

@@ -37,6 +37,8 @@ REFERENCES = {
     },
     "update_center": {"sslkit.methods.dino.update_center": dino_method.update_center},
     "update_teacher": {"sslkit.methods.momentum.update_momentum": update_momentum},
+    # The step may call the kit's versions of the earlier exercises (dino_loss, update_momentum,
+    # update_center), as every notebook's step may; blocked is only what does the whole step.
     "dino_step": {
         "sslkit.methods.dino.DINO.loss_on_crops": dino_method.DINO.loss_on_crops,
         "sslkit.methods.dino.DINO.forward": dino_method.DINO.forward,
@@ -253,7 +255,9 @@ def _check_one_step(ex: str, dino_step: Callable, seed: int, steps: int, guard: 
         got, new_center = result
         expected, ref_c = _reference_step(ref_s, ref_t, ref_c, ref_opt, crops, *h.values())
         match_step(ex, got, expected, student, before, ref_s, label, where,
-                   hint=lambda: " — did you use the centre and both temperatures as given?")
+                   hint=lambda: " — did you use the centre and both temperatures as given? If "
+                                "your dino_loss does not pass its tests yet, call "
+                                "sslkit.losses.dino_loss here")
         diff = max_param_diff(teacher, ref_t)
         if diff > 1e-5:
             raise AssertionError(f"{ex}: {label}the teacher differs from the reference's by up "

@@ -38,12 +38,16 @@ REFERENCES = {
     "random_masking": {"sslkit.models.vit.random_masking": vit.random_masking},
     "mae_loss": {"sslkit.losses.mae_loss": losses.mae_loss,
                  "sslkit.losses.mae_loss_loop": losses.mae_loss_loop},
-    # the step may use the model's encoder and decoder stages, not its loss or whole forward
+    # The step exercise follows the rule of every notebook's step (04's simclr_step, 06's
+    # dino_step): it may call the kit's versions of this notebook's earlier exercises
+    # (vit.patchify, losses.mae_loss, vit.random_masking through forward_encoder), so that a
+    # student whose loss is broken loses the loss's points only, not the step's too, and the
+    # model's encoder and decoder stages, which the exercise hands out. Blocked is only what
+    # does the step's own work: MAE.forward_loss (the target patchified from the images, the
+    # model's norm_pix, the loss), MAE.loss_on (encoder, decoder and that loss) and MAE.forward.
     "mae_step": {"sslkit.methods.mae.MAE.forward": MAE.forward,
                  "sslkit.methods.mae.MAE.loss_on": MAE.loss_on,
-                 "sslkit.methods.mae.MAE.forward_loss": MAE.forward_loss,
-                 "sslkit.losses.mae_loss": losses.mae_loss,
-                 "sslkit.losses.mae_loss_loop": losses.mae_loss_loop},
+                 "sslkit.methods.mae.MAE.forward_loss": MAE.forward_loss},
 }
 
 
@@ -298,7 +302,9 @@ def _step_hint(model: MAE, imgs, mask_ratio, noise, got: float) -> str:
                  "the loss is on the masked patches only: pass the mask from forward_encoder":
                      losses.mae_loss(pred, target, torch.ones_like(mask), model.norm_pix)}
     return next((" — " + h for h, v in hints.items() if abs(float(v) - got) < 1e-5),
-                " — did you pass mask_ratio and noise to model.forward_encoder?")
+                " — did you pass mask_ratio and noise to model.forward_encoder? If your mae_loss "
+                "or patchify does not pass its tests yet, call sslkit.losses.mae_loss or "
+                "sslkit.models.vit.patchify here")
 
 
 def _check_steps(ex: str, mae_step: Callable, seed: int, steps: int, norm_pix: bool,

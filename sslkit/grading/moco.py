@@ -41,12 +41,16 @@ _MOMENTUM_REFS = {
     "sslkit.methods.MoCo.momentum_update": MoCo.momentum_update,
 }
 _QUEUE_REFS = {"sslkit.methods.MoCo.enqueue": MoCo.enqueue}
+# The step exercise follows the rule of every notebook's step (04's simclr_step, 06's
+# dino_step): it may call the kit's versions of this notebook's earlier exercises (the momentum
+# update, enqueue, moco_loss), so that a student whose loss is broken loses the loss's points
+# only, not the step's too. Blocked is only what does the whole step: MoCo.loss_on_views
+# (momentum update, key pass, loss, enqueue, in MoCo's order) and MoCo.forward, which calls it.
 REFERENCES = {
     "update_momentum": _MOMENTUM_REFS,
     "enqueue": _QUEUE_REFS,
     "moco_loss": _LOSS_REFS,
-    "moco_step": {**_LOSS_REFS, **_MOMENTUM_REFS, **_QUEUE_REFS,
-                  "sslkit.methods.MoCo.loss_on_views": MoCo.loss_on_views,
+    "moco_step": {"sslkit.methods.MoCo.loss_on_views": MoCo.loss_on_views,
                   "sslkit.methods.MoCo.forward": MoCo.forward},
 }
 
@@ -277,8 +281,8 @@ def _step_hint(state: MoCo, v1, v2, got: float) -> str:
                                "order?")):
         if abs(got - float(value)) < 1e-5:
             return " — " + text
-    return (" — if your moco_loss does not pass its own tests yet, mend it first: the step "
-            "is graded with it (sslkit's moco_loss is not allowed here)")
+    return (" — if your moco_loss or update_momentum does not pass its tests yet, call "
+            "sslkit.losses.moco_loss or sslkit.methods.momentum.update_momentum here")
 
 
 def _check_one_step(ex: str, moco_step: Callable, seed: int, steps: int, guard: bool) -> None:

@@ -42,6 +42,8 @@ REFERENCES = {
         "sslkit.losses.cosine_similarity_matrix": losses.cosine_similarity_matrix,
         "sslkit.losses._pair_similarities": losses._pair_similarities,
     },
+    # The step may call the kit's versions of the earlier exercises (sslkit.losses.nt_xent), as
+    # every notebook's step may; blocked is only what does the whole step.
     "simclr_step": {
         "sslkit.methods.SimCLR.loss_on_views": SimCLR.loss_on_views,
         "sslkit.methods.SimCLR.forward": SimCLR.forward,
