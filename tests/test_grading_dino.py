@@ -174,9 +174,34 @@ def test_update_teacher_that_only_rebinds_a_name():
         for ps, pt in zip(student.parameters(), teacher.parameters()):
             pt = m * pt + (1 - m) * ps  # the mistake: rebinds the name only
 
-    for hidden in (False, True):  # hidden starts with m = 0, where "swapped m" looked the same
+    for hidden in (False, True):  # at m = 0 "swapped m" looks the same: hidden checks it last
         message = fails(grading.check_update_teacher, rebinds, hidden, "did not change")
         assert "in place" in message and "swap" not in message
+
+
+def test_update_teacher_with_m_swapped_is_told_so_in_the_hidden_check():
+    """At m = 0 a swapped m leaves the teacher unchanged, like an update that only rebinds a
+    name: the hidden check must still name the swap, not in-place updates."""
+    @torch.no_grad()
+    def swapped(student, teacher, m):
+        for ps, pt in zip(student.parameters(), teacher.parameters()):
+            pt.mul_(1 - m).add_(ps, alpha=m)
+
+    message = fails(grading.check_update_teacher, swapped, True, "swap m and 1 - m")
+    assert "in place" not in message and "renames" not in message
+
+
+def test_update_teacher_that_skips_m_zero_is_told_so():
+    @torch.no_grad()
+    def skips_zero(student, teacher, m):
+        m = m or 0.996  # the mistake: m = 0 taken for "no momentum given"
+        for ps, pt in zip(student.parameters(), teacher.parameters()):
+            pt.mul_(m).add_(ps, alpha=1 - m)
+
+    grading.check_update_teacher(skips_zero)  # right for every m but 0
+    message = fails(grading.check_update_teacher, skips_zero, True,
+                    "at m=0 the teacher must become a copy of the student")
+    assert "m or 0.99" in message and "swap" not in message
 
 
 def test_dino_loss_that_changes_its_inputs_in_place():

@@ -95,9 +95,35 @@ def test_update_momentum_that_only_rebinds_a_name():
         for a, b in zip(online.parameters(), target.parameters()):
             b = m * b + (1 - m) * a  # the mistake: rebinds the name only
 
-    for hidden in (False, True):  # hidden starts with m = 0, where "swapped m" looked the same
+    for hidden in (False, True):  # at m = 0 "swapped m" looks the same: hidden checks it last
         message = fails(grading.check_update_momentum, rebinds, hidden, "did not change")
         assert "in place" in message and "swap" not in message
+
+
+def test_update_momentum_with_m_swapped_is_told_so_in_the_hidden_check():
+    """At m = 0 a swapped m leaves the target unchanged, like an update that only rebinds a
+    name: the hidden check must still name the swap, not in-place updates."""
+    def swapped(online, target, m):
+        with torch.no_grad():
+            for a, b in zip(online.parameters(), target.parameters()):
+                b.mul_(1 - m).add_(a, alpha=m)
+
+    message = fails(grading.check_update_momentum, swapped, True, "swap m and 1 - m")
+    assert "in place" not in message and "renames" not in message
+
+
+def test_update_momentum_that_skips_m_zero_is_told_so():
+    def skips_zero(online, target, m):
+        if not m:  # the mistake: m = 0 taken for "no momentum given"
+            return
+        with torch.no_grad():
+            for a, b in zip(online.parameters(), target.parameters()):
+                b.mul_(m).add_(a, alpha=1 - m)
+
+    grading.check_update_momentum(skips_zero)  # right for every m but 0
+    message = fails(grading.check_update_momentum, skips_zero, True, "at m=0 the target must "
+                    "become a copy of the online network")
+    assert "swap" not in message and "renames" not in message
 
 
 def test_update_momentum_delegation_fails_hidden():

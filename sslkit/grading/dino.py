@@ -177,7 +177,9 @@ def _pair(seed: int) -> tuple[nn.Module, nn.Module]:
 def check_update_teacher(update_teacher: Callable, hidden: bool = False) -> None:
     """θt <- m θt + (1 - m) θs for every parameter; the student is untouched; no autograd."""
     ex = "update_teacher"
-    cases = [(0.9, 0)] if not hidden else [(0.0, 1), (0.5, 2), (0.996, 3)]
+    # m = 0 last: there a swapped m and a teacher left unchanged look the same (see
+    # match_moving_average); the cases before it tell them apart
+    cases = [(0.9, 0)] if not hidden else [(0.5, 2), (0.996, 3), (0.0, 1)]
     for m, seed in cases:
         student, teacher = _pair(seed)
         old_s = [p.detach().clone() for p in student.parameters()]

@@ -216,7 +216,12 @@ def match_moving_average(exercise: str, source: torch.nn.Module, average: torch.
                          m: float, where: str, names: tuple[str, str]) -> None:
     """After an EMA update, check parameter by parameter that ``source`` is unchanged and
     ``average`` = m·old_average + (1 - m)·old_source (hinting at a swapped m). ``names``, e.g.
-    ("online", "target"), word the messages. Autograd checks stay with the caller."""
+    ("online", "target"), word the messages. Autograd checks stay with the caller.
+
+    At m = 0 several mistakes give the same numbers: a swapped m, an update that only rebinds
+    a name, and an update skipped for m = 0 all leave the average unchanged. Callers check a
+    case with 0 < m < 1, m != 0.5 (where a swapped m is right) before m = 0, so that the first
+    two fail there with their own hint; what fails only at m = 0 is told so."""
     src, avg = names
     for name, s0, a0, s1, a1 in zip(dict(source.named_parameters()), old_source, old_average,
                                    source.parameters(), average.parameters()):
@@ -224,6 +229,13 @@ def match_moving_average(exercise: str, source: torch.nn.Module, average: torch.
             raise AssertionError(f"{exercise}: the {src} {'network ' * (src == 'online')}"
                                  f"changed ({name}){where}: only the {avg} moves")
         expected = m * a0 + (1 - m) * s0
+        if m == 0 and not torch.allclose(a1.detach(), expected, atol=1e-6):
+            raise AssertionError(
+                f"{exercise}: at m=0 the {avg} must become a copy of the {src}"
+                f"{' network' * (src == 'online')}, but {name} "
+                f"differs from it by up to {float((a1.detach() - expected).abs().max()):.2g}"
+                f"{where}: m=0 is a valid momentum; do not skip the update or replace m when it "
+                "is 0 (`if m:` and `m or 0.99` treat 0 as missing)")
         if m < 1 and not torch.equal(s0, a0) and torch.equal(a1.detach(), a0):
             raise AssertionError(
                 f"{exercise}: the {avg} did not change ({name}){where}: update each parameter "
