@@ -183,7 +183,16 @@ def test_random_masking_wrong_answers():
             noise = torch.arange(x.shape[1]).float().expand(x.shape[0], -1)
         return random_masking(x, ratio, noise)
 
+    def kept_is_one(x, ratio, noise=None):
+        kept, mask, ids = random_masking(x, ratio, noise)
+        return kept, 1 - mask, ids  # the mistake: 1 = kept
+
     assert "SMALLEST" in fails(check, largest_kept, False, "differs")
+    for hidden in (False, True):  # hidden starts at mask_ratio 0.5: inverted = largest kept
+        message = fails(check, kept_is_one, hidden, "mask differs")
+        assert "mask must be 1 where a patch is REMOVED (masked), 0 where kept" in message
+        assert "SMALLEST" not in message
+    assert "SMALLEST" in fails(check, largest_kept, True, "x_kept differs")
     assert "ids_restore" in fails(check, mask_in_shuffled_order, False, "mask differs")
     assert "inverse" in fails(check, returns_ids_shuffle, False, "ids_restore differs")
     fails(check, masks_rounded_down, True, "round down")

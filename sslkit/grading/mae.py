@@ -133,12 +133,16 @@ MASK_CASES = {False: [(2, 8, 3, 0.75, 0)],
 
 
 def _masking_variants(x, ratio, noise) -> dict[str, tuple]:
-    """The outputs of the usual mistakes, to name the one an answer made."""
+    """The outputs of the usual mistakes, to name the one an answer made (the first that
+    matches wins: at mask_ratio=0.5 an inverted mask equals the mask of the largest noise, and
+    an answer whose x_kept is right has the inverted mask)."""
     n, length, _ = x.shape
     keep = int(length * (1 - ratio))
     mask_unrestored = torch.ones(n, length)
     mask_unrestored[:, :keep] = 0
     return {
+        "mask must be 1 where a patch is REMOVED (masked), 0 where kept":
+            (None, 1 - vit.random_masking(x, ratio, noise)[1], None),
         "keep the patches with the SMALLEST noise (argsort ascending)":
             vit.random_masking(x, ratio, -noise),
         "put the mask back in the original patch order: gather it with ids_restore":
