@@ -179,6 +179,28 @@ def test_update_teacher_that_only_rebinds_a_name():
         assert "in place" in message and "swap" not in message
 
 
+@pytest.mark.parametrize("mistake", ["swapped", "skips_zero", "m_or_default"])
+def test_update_center_at_m_zero_names_the_right_mistake(mistake):
+    """At m = 0 a swapped m and a centre returned unchanged give the same value."""
+    def update(center, teacher_out, m):
+        mean = torch.cat(teacher_out).mean(0, keepdim=True)
+        if mistake == "swapped":
+            return (1 - m) * center + m * mean
+        if mistake == "skips_zero" and not m:
+            return center
+        m = m or 0.9 if mistake == "m_or_default" else m
+        return m * center + (1 - m) * mean
+
+    if mistake == "swapped":
+        message = fails(grading.check_update_center, update, True, "swap m and 1 - m")
+        assert "m=0.99" in message  # caught before m = 0, where it is ambiguous
+    else:
+        grading.check_update_center(update)  # right for every m but 0
+        message = fails(grading.check_update_center, update, True,
+                        "at m=0 the new centre is the mean of the teacher outputs")
+        assert "swap" not in message
+
+
 def test_update_teacher_with_m_swapped_is_told_so_in_the_hidden_check():
     """At m = 0 a swapped m leaves the teacher unchanged, like an update that only rebinds a
     name: the hidden check must still name the swap, not in-place updates."""

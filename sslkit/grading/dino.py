@@ -134,7 +134,9 @@ def check_dino_loss(dino_loss: Callable, hidden: bool = False) -> None:
 def check_update_center(update_center: Callable, hidden: bool = False) -> None:
     """center <- m center + (1 - m) mean over all teacher rows (of every global crop)."""
     ex = "update_center"
-    cases = [(0.9, 4, 6, 0)] if not hidden else [(0.0, 3, 5, 1), (0.5, 2, 7, 2), (0.99, 5, 3, 3)]
+    # m = 0 last: there a swapped m and a centre returned unchanged look the same; the cases
+    # before it catch a swapped m (at m = 0.5 it is right, at 0.99 it is not)
+    cases = [(0.9, 4, 6, 0)] if not hidden else [(0.5, 2, 7, 2), (0.99, 5, 3, 3), (0.0, 3, 5, 1)]
     for m, n, k, seed in cases:
         t = [randn(n, k, seed=seed + i) for i in range(2)]
         t[1] = t[1] + 1.0  # the two crops differ in mean, so using one crop only shows
@@ -148,11 +150,16 @@ def check_update_center(update_center: Callable, hidden: bool = False) -> None:
                                  f"{tuple(got.shape)}{where}: average over the batch (dim=0)")
         got = got.reshape(expected.shape).to(expected.dtype)  # float64 is a fine answer too
         if not torch.allclose(got, expected, atol=1e-6):
-            hints = {"did you swap m and 1 - m?": (1 - m) * c + m * torch.cat(t).mean(0),
+            at_zero = ("at m=0 the new centre is the mean of the teacher outputs: do not skip "
+                       "the update or replace m when it is 0 (`if m:` and `m or 0.9` treat 0 as "
+                       "missing)")
+            swap = "did you swap m and 1 - m?" if m else at_zero  # the same value at m = 0
+            hints = {swap: (1 - m) * c + m * torch.cat(t).mean(0),
                      "average over the rows of every teacher crop (torch.cat them first)":
                          m * c + (1 - m) * t[0].mean(0)}
             hint = next((" — " + h for h, val in hints.items()
-                         if torch.allclose(got, val.reshape(got.shape), atol=1e-6)), "")
+                         if torch.allclose(got, val.reshape(got.shape), atol=1e-6)),
+                        "" if m else " — " + at_zero)
             raise AssertionError(f"{ex}: the new centre differs from m·center + (1 - m)·mean by "
                                  f"up to {float((got - expected).abs().max()):.2g}{where}{hint}")
 
