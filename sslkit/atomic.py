@@ -10,6 +10,7 @@ untouched. Checkpoints, the run log and the experiments' results are all written
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -29,5 +30,6 @@ def write_atomic(path: str | Path, data: bytes | Callable[[BinaryIO], object]) -
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # e.g. a read-only folder: the first error counts
+            tmp.unlink(missing_ok=True)
         raise

@@ -86,14 +86,15 @@ def cmd_train(args) -> int:
     overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig)
                  if f.name not in ("method", "method_options")
                  and getattr(args, f.name) is not None}
-    overrides["method_options"] = dict(parse_option(text) for text in args.option)
+    if args.option:  # none given: the recipe's (or, on --resume, the saved run's) options
+        overrides["method_options"] = dict(parse_option(text) for text in args.option)
     cfg = TrainConfig.from_profile(get_profile(args.profile), method=args.method, **overrides)
     from sslkit import distributed
 
     try:
         _, rows = train(cfg, args.out, resume=args.resume,
                         stop_after_epoch=args.stop_after_epoch, progress=not args.no_progress,
-                        command=command_line(args.argv))
+                        command=command_line(args.argv), asked=overrides)
         main_process = distributed.is_main()
     finally:
         distributed.cleanup()  # leave the process group torchrun made us join (if any)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -52,6 +53,10 @@ CHECKPOINT = "last.pt"
 METRICS = "metrics.jsonl"
 RUN_INFO = "run.json"  # the command line and device of each call that trained the run
 LOADERS = ("device", "dataloader")
+OPTIMIZERS = ("adam", "adamw", "sgd")
+# What a resumed run may change: where and how it runs and is monitored, not what it computes.
+RESUME_MAY_CHANGE = {"device", "workers", "compile", "data_root", "download", "knn_every",
+                     "knn_k", "n_test"}
 
 
 @dataclass(frozen=True)
@@ -177,7 +182,9 @@ def _check_numbers(cfg: TrainConfig) -> None:
     if cfg.batch_size < 2:
         raise SSLKitError(f"batch size {cfg.batch_size} leaves no negatives for the loss: use "
                           "--batch-size 2 or more")
-    at_least = {"epochs": 1, "knn_k": 1, "warmup_epochs": 0,
+    if cfg.optimizer not in OPTIMIZERS:
+        raise SSLKitError(f"unknown optimizer {cfg.optimizer!r}: use {', '.join(OPTIMIZERS)}")
+    at_least = {"epochs": 1, "knn_k": 1, "warmup_epochs": 0, "proj_dim": 1,
                 "knn_every": 0, "workers": 0, "n_train": 1, "n_test": 1}
     for name, low in at_least.items():
         value = getattr(cfg, name)
@@ -204,14 +211,25 @@ def save_atomic(obj, path: Path) -> None:
 
 
 def load_checkpoint(out: str | Path) -> dict:
-    """The checkpoint of the run in `out`, with a one-line error when there is none."""
+    """The checkpoint of the run in `out`, with a one-line error when there is none, when the
+    file is damaged (cut off, empty, not a torch file) or when it is not an sslkit run's."""
     path = Path(out) / CHECKPOINT
     if not path.is_file():
         raise SSLKitError(
             f"no checkpoint at {path}: train first with `sslkit train METHOD --out {out}`, "
             "or point to the folder of a finished run"
         )
-    return torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # torch.load fails in many ways on a damaged file
+        raise SSLKitError(f"{path} cannot be read ({type(err).__name__}): the file is damaged; "
+                          "copy the run again, or train it anew") from None
+    known = {f.name for f in fields(TrainConfig)}
+    if not (isinstance(ckpt, dict) and {"config", "epoch", "model"} <= ckpt.keys()
+            and isinstance(ckpt["config"], dict) and set(ckpt["config"]) <= known):
+        raise SSLKitError(f"{path} is not a checkpoint of `sslkit train` (or one from another "
+                          "version of sslkit): give the --out folder of an sslkit run")
+    return ckpt
 
 
 def _read_metrics(out: Path, up_to_epoch: int) -> list[dict]:
@@ -242,11 +260,16 @@ def _micro_batches(cfg: TrainConfig) -> int:
         raise SSLKitError(f"accumulate must be >= 1 (got {cfg.accumulate}): use --accumulate 1 "
                           "for one forward per optimiser step")
     per_forward, rest = divmod(cfg.batch_size, w * cfg.accumulate)
-    if rest or per_forward < 1:
+    if rest:
         raise SSLKitError(
             f"batch size {cfg.batch_size} cannot be split into {w} process(es) x "
             f"{cfg.accumulate} micro-batch(es): use a --batch-size divisible by "
             f"{w * cfg.accumulate}")
+    if per_forward < 2:  # a contrastive loss needs 2 pairs; BatchNorm needs 2 samples
+        raise SSLKitError(
+            f"batch size {cfg.batch_size} split into {w} process(es) x {cfg.accumulate} "
+            f"micro-batch(es) leaves {per_forward} image per forward: use a smaller "
+            f"--accumulate (at most {cfg.batch_size // (2 * w)}) or a larger --batch-size")
     return per_forward
 
 
@@ -336,11 +359,17 @@ def train(
     progress: bool = True,
     data: ImageData | None = None,
     command: str | None = None,
+    asked: dict | None = None,
 ):
     """Train cfg.method; checkpoint and metrics go to `out`. Returns (method, metrics rows).
 
     command: the command line that started this call, appended to OUT/run.json with the device
     it ran on (``sslkit results`` puts both in its table).
+
+    resume=True continues the run saved in `out` with its saved settings. asked: the settings
+    this call was given explicitly (the command line's flags), default every field of cfg. Any
+    of them that differs from the saved run is an error, except those in RESUME_MAY_CHANGE
+    (device, data_root, ...), which the resumed call takes from `asked`.
 
     stop_after_epoch: end this call after that epoch (the schedule still spans cfg.epochs), e.g.
     to split a long run over several sessions and continue with resume=True.
@@ -350,7 +379,12 @@ def train(
     """
     call_started = time.perf_counter()  # this call's wall time, recorded in OUT/run.json
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise SSLKitError(f"--out {out} is a file: give a folder for the run")
     _check_names(cfg)
+    if stop_after_epoch is not None and stop_after_epoch < 1:
+        raise SSLKitError(f"--stop-after-epoch must be at least 1 (got {stop_after_epoch}): "
+                          "give the epoch after which this call ends")
     if not resume and (out / CHECKPOINT).exists():
         raise SSLKitError(
             f"{out} already holds a run: pass --resume to continue it, or choose another --out"
@@ -362,16 +396,17 @@ def train(
         )
     ckpt = load_checkpoint(out) if resume else None
     if ckpt is not None:
-        # Resuming continues the saved run with its own settings; only the device may change.
-        cfg = replace(TrainConfig(**ckpt["config"]), device=cfg.device)
+        # Resuming continues the saved run with its own settings; only where and how it runs
+        # may change (RESUME_MAY_CHANGE).
+        asked = asdict(cfg) if asked is None else {"method": cfg.method, **asked}
+        saved = TrainConfig(**ckpt["config"])
+        _check_resume_settings(out, saved, asked)
+        cfg = replace(saved, **{k: v for k, v in asked.items() if k in RESUME_MAY_CHANGE})
     if cfg.loader not in LOADERS:
         raise SSLKitError(f"unknown loader {cfg.loader!r}: use one of {', '.join(LOADERS)}")
+    _check_writable(out)
     device = distributed.setup(resolve_device(cfg.device))
     fast_cuda_settings(device)
-    distributed.barrier()  # every rank has checked `out` before rank 0 writes to it
-    if distributed.is_main():
-        out.mkdir(parents=True, exist_ok=True)
-        _record_call(out, command, device)
     data = data or load_data(cfg)
     images = data.pretrain_images()  # (N, C, H, W) uint8
     if cfg.loader == "device":
@@ -420,9 +455,17 @@ def train(
                       f"{distributed.world_size()}: the run continues from epoch {start_epoch} "
                       "with the same weights and data permutation stream, but new augmentation "
                       "streams, so it is not bit-identical to an uninterrupted run")
-    metrics = _read_metrics(out, start_epoch)
+    metrics = _read_metrics(out, start_epoch) if ckpt is not None else []
+    distributed.barrier()  # every rank has checked its settings before rank 0 writes to `out`
     if distributed.is_main():
-        (out / METRICS).write_text("".join(json.dumps(r) + "\n" for r in metrics))
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            _record_call(out, command, device, fresh=ckpt is None,
+                         seconds=time.perf_counter() - call_started)
+            (out / METRICS).write_text("".join(json.dumps(r) + "\n" for r in metrics))
+        except OSError as err:
+            raise SSLKitError(f"cannot write to {out} ({err.strerror}): choose a writable "
+                              "--out") from None
     model = distributed.wrap(method, device)
     if cfg.compile:
         for part in ("encoder", "head"):
@@ -431,6 +474,9 @@ def train(
 
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
     last_epoch = cfg.epochs if stop_after_epoch is None else min(stop_after_epoch, cfg.epochs)
+    if start_epoch >= last_epoch and distributed.is_main():
+        print(f"note: {out} is already at epoch {start_epoch} of {cfg.epochs}: nothing to train"
+              + (f" (sslkit eval {out} evaluates it)" if start_epoch == cfg.epochs else ""))
     epochs = tqdm(range(start_epoch, last_epoch), desc=cfg.method, unit="epoch",
                   disable=not (progress and distributed.is_main()), initial=start_epoch,
                   total=cfg.epochs)
@@ -476,22 +522,60 @@ def train(
     return method, metrics
 
 
-def _record_call(out: Path, command: str | None, device: torch.device) -> None:
-    """Append this call (its command, device, process count, torch version) to OUT/run.json;
-    its wall_seconds follow after each epoch (_record_wall_time)."""
+def _check_resume_settings(out: Path, saved: TrainConfig, asked: dict) -> None:
+    """A resumed call may not change what the run computes: one line naming what differs."""
+    changed = [(name, value, getattr(saved, name)) for name, value in asked.items()
+               if name not in RESUME_MAY_CHANGE | {"method_options"}
+               and value != getattr(saved, name)]
+    changed += [(f"option {key}", value, saved.method_options.get(key))  # --option KEY=VALUE
+                for key, value in asked.get("method_options", {}).items()
+                if value != saved.method_options.get(key)]
+    if not changed:
+        return
+    said = ", ".join(f"{name} {value!r} (saved: {old!r})" for name, value, old in changed)
+    hint = ("; the learning-rate schedule spans the saved epochs, so to train longer start a "
+            "new run with more --epochs" if any(c[0] == "epochs" for c in changed) else "")
+    raise SSLKitError(f"{out} holds a {saved.method} run and --resume keeps its settings, but "
+                      f"this call asks for {said}{hint}: drop those flags to continue it, or "
+                      "give another --out for a new run")
+
+
+def _check_writable(out: Path) -> None:
+    """Fail before any work when `out` (or the folder it would be made in) is not writable."""
+    existing = next(p for p in (out, *out.parents) if p.exists())
+    if not os.access(existing, os.W_OK):
+        raise SSLKitError(f"cannot write to {existing} (read-only or not yours): choose a "
+                          "writable --out")
+
+
+def _record_call(out: Path, command: str | None, device: torch.device, fresh: bool,
+                 seconds: float) -> None:
+    """Append this call (its command, device, process count, torch version, wall time so far)
+    to OUT/run.json; its wall_seconds are updated after each epoch (_record_wall_time).
+
+    fresh: a new run, so the calls of an earlier run.json (left by a call that saved no
+    epoch, since there was no checkpoint) are dropped."""
     path = out / RUN_INFO
-    calls = json.loads(path.read_text())["calls"] if path.is_file() else []
+    calls = [] if fresh or not path.is_file() else _read_calls(path)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     calls.append({"command": command, "device": name, "processes": distributed.world_size(),
-                  "torch": torch.__version__})
+                  "torch": torch.__version__, "wall_seconds": round(seconds, 1)})
     write_atomic(path, (json.dumps({"calls": calls}, indent=2) + "\n").encode())
+
+
+def _read_calls(path: Path) -> list[dict]:
+    try:
+        return json.loads(path.read_text())["calls"]
+    except (ValueError, KeyError, TypeError):
+        raise SSLKitError(f"{path} is damaged (not the run's list of calls): move it away (the "
+                          "checkpoint is intact) and run again") from None
 
 
 def _record_wall_time(out: Path, seconds: float) -> None:
     """Set this call's wall time so far (data loading, epochs, kNN, checkpoints) in run.json;
     updated after every epoch, so a call that is killed still leaves its time up to then."""
     path = out / RUN_INFO
-    calls = json.loads(path.read_text())["calls"]
+    calls = _read_calls(path)
     calls[-1]["wall_seconds"] = round(seconds, 1)
     write_atomic(path, (json.dumps({"calls": calls}, indent=2) + "\n").encode())
 

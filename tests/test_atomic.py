@@ -32,3 +32,16 @@ def test_a_failure_leaves_the_old_file_and_no_temporary_file(tmp_path, monkeypat
         write_atomic(path, half_then_fail if where == "while writing" else b"new")
     assert path.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+def test_a_failure_in_a_read_only_folder_raises_the_first_error(tmp_path, monkeypatch):
+    """Where the temporary file cannot be made, its clean-up fails too (EROFS): the error
+    raised is the one that says why the write failed, not the clean-up's."""
+    def read_only(*args, **kwargs):
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr("builtins.open", read_only)
+    monkeypatch.setattr(atomic.Path, "unlink", lambda self, missing_ok=False: read_only())
+    with pytest.raises(OSError) as err:
+        write_atomic(tmp_path / "run.json", b"{}")
+    assert err.value.errno == 30 and err.value.__context__ is None

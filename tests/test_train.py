@@ -219,3 +219,139 @@ def test_cudnn_picks_its_fastest_convolutions_on_a_gpu_only(monkeypatch):
     assert torch.backends.cudnn.benchmark is False  # the CPU's settings are left alone
     fast_cuda_settings(torch.device("cuda"))
     assert torch.backends.cudnn.benchmark is True
+
+
+# ---------------------------------------------------------------- resuming with other settings
+def test_resume_with_other_settings_is_an_error_naming_them(tmp_path, data):
+    """--resume continues the saved run: a call asking for other epochs, another method or
+    another option is refused in one line naming each, and the run is left as it was."""
+    out = tmp_path / "run"
+    train(CFG, out, stop_after_epoch=1, progress=False, data=data)
+    before = (out / CHECKPOINT).read_bytes()
+    msg = one_line_error(lambda: train(replace(CFG, epochs=6, lr=0.1), out, resume=True,
+                                       progress=False, data=data))
+    assert "epochs 6 (saved: 3)" in msg and "lr 0.1 (saved: 0.002)" in msg
+    assert "schedule" in msg and "--out" in msg
+    msg = one_line_error(lambda: train(replace(CFG, method="moco"), out, resume=True,
+                                       progress=False, data=data, asked={"epochs": 3}))
+    assert "holds a simclr run" in msg and "method 'moco' (saved: 'simclr')" in msg
+    msg = one_line_error(lambda: train(CFG, out, resume=True, progress=False, data=data,
+                                       asked={"method_options": {"temperature": 0.5}}))
+    assert "option temperature 0.5 (saved: None)" in msg
+    assert (out / CHECKPOINT).read_bytes() == before
+
+
+def test_resume_takes_where_and_how_from_the_call(tmp_path, data, full_run):
+    """Flags that do not change what the run computes (RESUME_MAY_CHANGE) are taken from the
+    resuming call, and the run still ends with an uninterrupted run's weights."""
+    out = tmp_path / "run"
+    train(CFG, out, stop_after_epoch=1, progress=False, data=data)
+    method, rows = train(replace(CFG, knn_every=1, data_root="elsewhere"), out, resume=True,
+                         progress=False, data=data)
+    assert_same_state(method.state_dict(), full_run[0].state_dict())
+    assert "knn" in rows[-1] and "knn" not in rows[0]
+    assert load_checkpoint(out)["config"]["data_root"] == "elsewhere"
+    # the command line passes only its flags: the rest is the saved run's
+    _, rows = train(replace(CFG, epochs=99, method_options={"hidden_dim": 7}), out, resume=True,
+                    progress=False, data=data, asked={})
+    assert len(rows) == 3
+
+
+def test_resuming_a_finished_run_says_there_is_nothing_to_train(full_run, data, capsys):
+    _, rows = train(CFG, full_run[2], resume=True, progress=False, data=data)
+    assert len(rows) == 3
+    assert "already at epoch 3 of 3: nothing to train" in capsys.readouterr().out
+
+
+def test_cli_resume_with_changed_flags_is_refused(tmp_path, capsys):
+    from sslkit.cli import main
+
+    out = tmp_path / "cli"
+    small = ["--n-train", "64", "--n-test", "32", "--batch-size", "32", "--profile", "ci",
+             "--no-progress", "--epochs", "2"]
+    assert main(["train", "simclr", "--out", str(out), *small, "--stop-after-epoch", "1"]) == 0
+    capsys.readouterr()
+    assert main(["train", "moco", "--out", str(out), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "method 'moco' (saved: 'simclr')" in err and "Traceback" not in err
+    assert main(["train", "simclr", "--out", str(out), "--resume", "--epochs", "4"]) == 2
+    assert "epochs 4 (saved: 2)" in capsys.readouterr().err
+    calls = json.loads((out / RUN_INFO).read_text())["calls"]
+    assert len(calls) == 1  # refused calls are not recorded as having trained the run
+    # the bare command continues it: the profile's defaults are not "asked for"
+    assert main(["train", "simclr", "--out", str(out), "--resume", "--no-progress"]) == 0
+    assert load_checkpoint(out)["epoch"] == 2
+
+
+# ------------------------------------------------------------------- damaged checkpoints
+@pytest.mark.parametrize("damage", ["cut off", "empty", "garbage", "foreign", "other version"])
+def test_a_damaged_or_foreign_checkpoint_is_a_one_line_error(tmp_path, full_run, damage):
+    out = tmp_path / "bad"
+    out.mkdir()
+    good = (full_run[2] / CHECKPOINT).read_bytes()
+    if damage == "cut off":
+        (out / CHECKPOINT).write_bytes(good[: len(good) // 2])
+    elif damage == "empty":
+        (out / CHECKPOINT).write_bytes(b"")
+    elif damage == "garbage":
+        (out / CHECKPOINT).write_bytes(b"not a checkpoint at all" * 10)
+    elif damage == "foreign":
+        torch.save({"state_dict": {}}, out / CHECKPOINT)
+    else:
+        ckpt = torch.load(full_run[2] / CHECKPOINT, weights_only=False)
+        ckpt["config"]["no_such_setting"] = 1
+        torch.save(ckpt, out / CHECKPOINT)
+    msg = one_line_error(lambda: load_checkpoint(out))
+    assert str(out / CHECKPOINT) in msg
+    msg = msg.replace(str(out / CHECKPOINT), "FILE")  # the test's folder name says "damaged"
+    assert ("damaged" in msg) == (damage in ("cut off", "empty", "garbage"))
+    assert ("not a checkpoint of `sslkit train`" in msg) == (damage in ("foreign",
+                                                                         "other version"))
+    one_line_error(lambda: train(CFG, out, resume=True, progress=False))
+    one_line_error(lambda: load_trained(out))
+
+
+# ----------------------------------------------------- nothing written by a call that fails
+@pytest.mark.parametrize("change,hint", [
+    ({"optimizer": "adma"}, "unknown optimizer 'adma'"),
+    ({"proj_dim": -8}, "--proj-dim must be at least 1"),
+    ({"accumulate": 32}, "use a smaller --accumulate (at most 16)"),
+    ({"dataset": "folder", "data_root": "no/such/folder"}, "no/such/folder"),
+])
+def test_a_call_that_fails_writes_nothing(tmp_path, change, hint):
+    out = tmp_path / "never"
+    cfg = replace(CFG, **change)
+    msg = one_line_error(lambda: train(cfg, out, progress=False))
+    assert hint in msg
+    assert not out.exists()
+
+
+def test_stop_after_epoch_below_1_is_an_error(tmp_path, data):
+    msg = one_line_error(lambda: train(CFG, tmp_path / "r", stop_after_epoch=0, progress=False,
+                                       data=data))
+    assert "--stop-after-epoch must be at least 1" in msg
+    assert not (tmp_path / "r").exists()
+
+
+def test_out_that_is_a_file_or_not_writable_is_an_error(tmp_path, data, monkeypatch):
+    (tmp_path / "file").write_text("x")
+    msg = one_line_error(lambda: train(CFG, tmp_path / "file", progress=False, data=data))
+    assert "is a file" in msg
+    monkeypatch.setattr("sslkit.train.os.access", lambda path, mode: False)
+    msg = one_line_error(lambda: train(CFG, tmp_path / "ro" / "run", progress=False, data=data))
+    assert f"cannot write to {tmp_path}" in msg and "writable --out" in msg
+
+
+def test_a_fresh_run_drops_the_calls_of_one_that_saved_nothing(tmp_path, data):
+    """A call killed before its first epoch leaves run.json but no checkpoint; the next fresh
+    call into that folder is the run's only call."""
+    out = tmp_path / "again"
+    out.mkdir()
+    (out / RUN_INFO).write_text(json.dumps({"calls": [{"command": "killed"}]}))
+    train(CFG, out, stop_after_epoch=1, progress=False, data=data, command="sslkit train x")
+    calls = json.loads((out / RUN_INFO).read_text())["calls"]
+    assert [c["command"] for c in calls] == ["sslkit train x"]
+    assert calls[0]["wall_seconds"] > 0
+    (out / RUN_INFO).write_text("{ damaged")
+    msg = one_line_error(lambda: train(CFG, out, resume=True, progress=False, data=data))
+    assert f"{out / RUN_INFO} is damaged" in msg and "checkpoint is intact" in msg
