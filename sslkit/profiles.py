@@ -67,10 +67,15 @@ def profile_name() -> str:
 
 
 def get_profile(name: str | None = None) -> Profile:
-    """The named profile, or the active one."""
-    name = name or profile_name()
+    """The named profile (e.g. from ``--profile``), or the active one. An unknown name is a
+    one-line error whose fix names where the name came from: the argument, or SSLKIT_PROFILE."""
+    if name:
+        if name not in PROFILES:
+            raise SSLKitError(f"unknown profile {name!r}: use one of {', '.join(PROFILES)} "
+                              f"(e.g. --profile ci)")
+        return PROFILES[name]
+    name = profile_name()
     if name not in PROFILES:
-        raise SSLKitError(
-            f"unknown profile {name!r}: set SSLKIT_PROFILE to one of {', '.join(PROFILES)}"
-        )
+        raise SSLKitError(f"unknown profile {name!r} in the environment variable SSLKIT_PROFILE: "
+                          f"set it to one of {', '.join(PROFILES)}, or unset it")
     return PROFILES[name]

@@ -80,3 +80,14 @@ def test_module_reads_environment_at_call_time(env):
     assert profiles.profile_name() == "ci"
     env.setenv("SSLKIT_PROFILE", "gpu")
     assert profiles.profile_name() == "gpu"
+
+
+def test_unknown_profile_message_names_its_source(env):
+    """--profile ci2 was told to "set SSLKIT_PROFILE", which the user had not touched."""
+    with pytest.raises(SSLKitError) as err:
+        get_profile("ci2")
+    assert "SSLKIT_PROFILE" not in str(err.value) and "--profile ci" in str(err.value)
+    env.setenv("SSLKIT_PROFILE", "ci2")
+    with pytest.raises(SSLKitError) as err:
+        get_profile()
+    assert "SSLKIT_PROFILE" in str(err.value) and "'ci2'" in str(err.value)
