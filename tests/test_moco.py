@@ -174,3 +174,20 @@ def test_the_training_loop_runs_moco_and_checkpoints_the_queue(tmp_path):
     assert math.isfinite(rows[-1]["loss"])
     state = load_checkpoint(tmp_path)["model"]
     assert state["queue"].shape == (4096, cfg.proj_dim) and int(state["queue_ptr"]) == 128
+
+
+@pytest.mark.parametrize("option, value, expected", [
+    ("queue_size", -64, "--option queue_size=4096"), ("queue_size", 0, "queue_size"),
+    ("bn_splits", 0, "--option bn_splits=1"), ("momentum", 1.5, "--option momentum=0.99"),
+    ("temperature", 0.0, "--option temperature=0.2")])
+def test_sizes_and_ranges_are_checked_by_name(option, value, expected):
+    """queue_size=-64 failed in torch.randn ("negative dimension") and queue_size=0 in
+    moco_loss with a message about an empty queue the user never built."""
+    from sslkit.methods import check_method_options
+
+    settings = {"queue_size": 12, option: value}
+    for check in (lambda: tiny_moco(**settings),
+                  lambda: check_method_options("moco", {option: value})):
+        with pytest.raises(SSLKitError, match=option) as info:
+            check()
+        assert expected in str(info.value) and "\n" not in str(info.value)

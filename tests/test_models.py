@@ -113,3 +113,14 @@ def test_unknown_head_is_a_one_line_error():
         projection_head(8, 4, kind="transformer")
     msg = str(err.value)
     assert "\n" not in msg and "transformer" in msg and "mlp" in msg
+
+
+def test_image_side_too_small_for_the_convnet_is_a_one_line_error():
+    """--image-size 8 with convnet-small failed in the first forward ("Output size is too
+    small"): four max-pools leave nothing of 8 pixels; 16 is the smallest side that works."""
+    with pytest.raises(SSLKitError, match="--image-size 16 or more") as info:
+        build_encoder("convnet-small", 3, image_size=8)
+    assert "\n" not in str(info.value)
+    net = build_encoder("convnet-small", 3, image_size=16).eval()
+    assert net(torch.rand(2, 3, 16, 16)).shape == (2, 128)
+    assert build_encoder("resnet18", 3, image_size=8).feature_dim == 512  # no max-pool

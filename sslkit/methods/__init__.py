@@ -17,7 +17,7 @@ from sslkit.methods.cpc import CPC, build_cpc
 from sslkit.methods.dino import DINO, MultiCropViews
 from sslkit.methods.jigsaw import Jigsaw
 from sslkit.methods.mae import MAE, mae_view_config
-from sslkit.methods.moco import MoCo, moco_view_config
+from sslkit.methods.moco import MoCo, check_moco_options, moco_view_config
 from sslkit.methods.relative_patch import RelativePatch
 from sslkit.methods.rotation import Rotation
 from sslkit.methods.simclr import SimCLR
@@ -36,7 +36,8 @@ _NOT_OPTIONS = {"encoder", "views", "self"}  # constructor arguments that build_
 
 
 def check_method_options(name: str, method_options: dict) -> None:
-    """One-line error unless every key is a keyword of the method's constructor."""
+    """One-line error unless every key is a keyword of the method's constructor, each value
+    of its default's kind (and, for MoCo, in its range: sslkit.methods.moco.check_moco_options)."""
     if not method_options:
         return
     if name not in _OPTION_TAKERS:
@@ -53,6 +54,8 @@ def check_method_options(name: str, method_options: dict) -> None:
         if not _same_kind(value, default):
             raise SSLKitError(f"option {key!r} of {name} must be {_kind_name(default)} like its "
                               f"default, got {value!r}: write e.g. --option {key}={default}")
+    if name == "moco":  # its sizes and ranges, before any run folder is made
+        check_moco_options(method_options)
 
 
 def _same_kind(value, default) -> bool:
@@ -98,7 +101,7 @@ def build_method(
         options = {k: v for k, v in options.items() if k not in ("proj_dim", "temperature", "head")}
         vit = arch.startswith("vit")
         encoder = (ViT(image_size, 4, in_channels, dim=int(arch[4:] or 64)) if vit
-                   else build_encoder(arch, in_channels))
+                   else build_encoder(arch, in_channels, image_size))
         return DINO(encoder, MultiCropViews(view_config_for(dataset, image_size),
                                             local_size=image_size // 2, generator=generator),
                     **{**options, **method_options})
@@ -116,7 +119,7 @@ def build_method(
             raise SSLKitError(f"CPC encodes patches with its own LayerNorm network, not {arch!r}: "
                               f"use --arch convnet-small or --arch convnet")
         return build_cpc(dataset, in_channels, widths[arch], generator=generator)
-    encoder = build_encoder(arch, in_channels)
+    encoder = build_encoder(arch, in_channels, image_size)
     if name == "rotation":
         return Rotation(encoder)
     if name == "jigsaw":

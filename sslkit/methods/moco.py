@@ -74,6 +74,26 @@ def check_queue_size(queue_size: int, batch: int) -> None:
                           f"{max(batch, (queue_size // max(batch, 1)) * batch)}")
 
 
+def check_moco_options(options: dict) -> None:
+    """One-line error naming the option and a valid value, for a size below 1, a momentum
+    outside [0, 1] or a temperature <= 0 among `options` (keywords of MoCo's constructor),
+    which would otherwise fail deep inside torch or train nothing useful."""
+    examples = {"queue_size": "4096 (a multiple of the batch size)",
+                "bn_splits": "1 (no shuffle-BN)", "proj_dim": "128", "hidden_dim": "2048"}
+    for name, example in examples.items():
+        value = options.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                  or value < 1):
+            raise SSLKitError(f"MoCo's {name} must be a whole number of at least 1 (got "
+                              f"{value!r}): use e.g. --option {name}={example}")
+    if not 0 <= options.get("momentum", 0.99) <= 1:
+        raise SSLKitError(f"MoCo's momentum must be in [0, 1] (got {options['momentum']}): use "
+                          "e.g. --option momentum=0.99")
+    if not options.get("temperature", 0.2) > 0:
+        raise SSLKitError(f"MoCo's temperature must be positive (got {options['temperature']}): "
+                          "use e.g. --option temperature=0.2")
+
+
 class MoCo(nn.Module, StepPosition):
     per_rank_batchnorm = True  # torchrun: BN statistics per rank, not synchronised
 
@@ -91,6 +111,8 @@ class MoCo(nn.Module, StepPosition):
         bn_splits: int = 1,  # > 1: emulate shuffle-BN with this many groups
     ):
         super().__init__()
+        check_moco_options(dict(queue_size=queue_size, bn_splits=bn_splits, proj_dim=proj_dim,
+                                hidden_dim=hidden_dim, momentum=momentum, temperature=temperature))
         self.encoder = encoder  # f_q, the representation kept after training
         self.head = projection_head(encoder.feature_dim, proj_dim, hidden_dim, kind=head)
         self.key_encoder = copy.deepcopy(self.encoder)  # f_k

@@ -21,10 +21,19 @@ ARCHS = {
 }
 
 
-def build_encoder(arch: str, in_channels: int = 3) -> nn.Module:
+def build_encoder(arch: str, in_channels: int = 3, image_size: int | None = None) -> nn.Module:
+    """The encoder `arch` for images (N, in_channels, S, S). With image_size S, a side too
+    small for the architecture (an encoder's ``min_image_size``) is a one-line error here
+    rather than a shape error in the first forward pass."""
     if arch not in ARCHS:
         raise SSLKitError(f"unknown architecture {arch!r}: use one of {', '.join(ARCHS)}")
-    return ARCHS[arch](in_channels)
+    encoder = ARCHS[arch](in_channels)
+    smallest = getattr(encoder, "min_image_size", 1)
+    if image_size is not None and image_size < smallest:
+        raise SSLKitError(f"--image-size {image_size} is too small for --arch {arch}, whose "
+                          f"max-pools need a side of at least {smallest}: use --image-size "
+                          f"{smallest} or more, or --arch resnet18")
+    return encoder
 
 
 __all__ = ["ARCHS", "ConvNet", "build_encoder", "ViT", "projection_head", "resnet"]

@@ -7,8 +7,9 @@
     block 4: conv 3x3 w3->w4, BN, ReLU, maxpool 2  -> (N, w4, 2, 2)
     global average pool                            -> (N, w4) = h, the representation
 
-Works for any input side divisible by 16. ``forward_blocks`` returns the pooled output of every
-block, for probing which depth transfers best.
+Works for any input side divisible by 16; ``min_image_size`` (16 for four blocks) is the
+smallest side the max-pools leave at least one pixel of. ``forward_blocks`` returns the pooled
+output of every block, for probing which depth transfers best.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ class ConvNet(nn.Module):
         chans = (in_channels, *widths)
         self.blocks = nn.ModuleList(conv_block(a, b) for a, b in zip(chans[:-1], chans[1:]))
         self.feature_dim = widths[-1]
+        self.min_image_size = 2 ** len(widths)  # each block's max-pool halves the side
 
     def forward_blocks(self, x: torch.Tensor) -> list[torch.Tensor]:
         """x (N, C, H, W) -> the globally pooled output of each block, [(N, w_i)]."""
