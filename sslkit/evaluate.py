@@ -162,10 +162,21 @@ def knn_predict(
 
 
 def knn_accuracy(train_f, train_y, test_f, test_y, k: int = 200, temperature: float = 0.1):
-    """Fraction of test points (M, D) whose kNN prediction equals their label test_y (M,)."""
+    """Fraction of test points (M, D) whose kNN prediction equals their label test_y (M,).
+
+    Unlike knn_predict, which caps k at the N training points, this is the accuracy *at k*: a k
+    above N is a one-line error rather than a number reported for a k that was not used. So
+    are training labels of a single class, with which every prediction is right."""
     if test_y.shape != (len(test_f),):
         raise SSLKitError(f"knn_accuracy: {len(test_f)} test features but test labels of shape "
                           f"{tuple(test_y.shape)}: pass one label per test row, (M,)")
+    if k > len(train_f) > 0:
+        raise SSLKitError(f"knn_accuracy: k={k} neighbours but only {len(train_f)} training "
+                          f"samples: use k={len(train_f)} or less")
+    if len(train_y) and len(train_y.unique()) < 2:
+        raise SSLKitError(f"knn_accuracy needs training labels of at least 2 classes (got only "
+                          f"class {int(train_y[0])}), else every prediction is right: pass a "
+                          "labelled set with several classes")
     pred = knn_predict(train_f, train_y, test_f, k, temperature)
     return float((pred == test_y.to(pred.device)).float().mean())
 

@@ -613,3 +613,32 @@ def test_subset_draws_from_every_class_of_a_class_sorted_set():
     again = data.subset(n_train=100, n_test=40)
     assert torch.equal(sub.train_y, again.train_y) and torch.equal(sub.train_x, again.train_x)
     assert data.subset().train_x is images  # None keeps everything, no copy
+
+
+# ----------------------------------------------------------------------- not found, one class
+def test_missing_roots_are_data_not_found_with_the_root(tmp_path):
+    """`sslkit eval` tells a missing dataset from other errors to suggest its --data-root."""
+    from sslkit.data import DataNotFound
+
+    for load, what in ((lambda r: load_cifar(r), "CIFAR-10"), (lambda r: load_stl10(r), "STL-10"),
+                       (lambda r: load_image_folder(r), "image folder")):
+        with pytest.raises(DataNotFound) as info:
+            load(tmp_path / "nowhere")
+        assert info.value.what == what and info.value.root == tmp_path / "nowhere"
+
+
+def test_one_class_folder_loads_but_is_not_labelled_for_evaluation(tmp_path):
+    """One class folder is fine for self-supervised training; evaluation needs 2 classes."""
+    from sslkit.data import ImageData, load_dataset
+
+    save_png(tmp_path / "train" / "all" / "a.png", folder_pixels(1))
+    save_png(tmp_path / "train" / "all" / "b.png", folder_pixels(2))
+    save_png(tmp_path / "test" / "all" / "c.png", folder_pixels(3))
+    data = load_dataset("folder", tmp_path, image_size=8)
+    assert data.classes == ["all"] and len(data.pretrain_images()) == 2
+    with pytest.raises(SSLKitError, match="only one class") as info:
+        data.check_labelled()
+    assert "ROOT/train/<class>/" in str(info.value) and "\n" not in str(info.value)
+    two = ImageData("folder", data.train_x, torch.tensor([0, 1]), data.test_x, data.test_y,
+                    ["a", "b"])
+    two.check_labelled()  # no error

@@ -24,6 +24,16 @@ from sslkit.errors import SSLKitError
 DATASETS = ("shifted_digits", "digits", "cifar10", "cifar100", "stl10", "folder")
 
 
+class DataNotFound(SSLKitError):
+    """A dataset's files are not under the root it was loaded from: ``what`` (e.g. "CIFAR-10")
+    and ``root``, as given (a relative root is resolved from the current folder). ``sslkit
+    eval`` turns it into advice for its own ``--data-root``."""
+
+    def __init__(self, message: str, what: str, root: str | Path):
+        super().__init__(message)
+        self.what, self.root = what, Path(root)
+
+
 @dataclass(frozen=True)
 class ImageData:
     name: str
@@ -41,6 +51,21 @@ class ImageData:
     @property
     def image_size(self) -> int:
         return self.train_x.shape[-1]
+
+    def check_labelled(self) -> None:
+        """One-line error unless the training labels hold at least 2 classes: with one, every
+        kNN or linear-probe prediction is right and the accuracy (1.0) says nothing.
+        Self-supervised training itself needs no labels and does not call this."""
+        present = self.train_y.unique().tolist()
+        if len(present) >= 2:
+            return
+        names = ", ".join(repr(self.classes[c]) for c in present if c < len(self.classes))
+        fix = ("put each class's images in its own subfolder, ROOT/train/<class>/ and "
+               "ROOT/test/<class>/, with at least 2 classes" if self.name == "folder"
+               else "use more training images (--n-train)")
+        raise SSLKitError(f"the {self.name} training images have labels of only one class "
+                          f"({names or 'none'}), so there are no labels to evaluate kNN or a "
+                          f"linear probe against: {fix}")
 
     def pretrain_images(self) -> torch.Tensor:
         """Every image self-supervised training may use: train (+ unlabeled)."""
@@ -109,4 +134,4 @@ def load_dataset(
     return ImageData(name=name, **parts)
 
 
-__all__ = ["DATASETS", "ImageData", "load_dataset"]
+__all__ = ["DATASETS", "DataNotFound", "ImageData", "load_dataset"]

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sslkit.data import DataNotFound
 from sslkit.errors import SSLKitError
 
 IMAGE_SHAPE = (3, 32, 32)
@@ -221,7 +222,8 @@ def load_cifar(root: str | Path, classes: int = 10, download: bool = False) -> d
             raise SSLKitError(
                 f"{spec['name']} in {folder} is incomplete (missing {', '.join(missing)}): {hint}"
             )
-        raise SSLKitError(f"{spec['name']} not found in {root} (expected {folder}): {hint}")
+        raise DataNotFound(f"{spec['name']} not found in {root} (expected {folder}): {hint}",
+                           spec['name'], root)
 
     train = [_read_batch(folder / name, spec["label_key"]) for name in spec["train"]]
     test_x, test_y = _read_batch(folder / spec["test"], spec["label_key"])

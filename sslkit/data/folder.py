@@ -11,6 +11,12 @@ Decoding uses ``torchvision.io.decode_image`` on the file bytes (JPEG, PNG, GIF,
 is several times faster than PIL for small images, and falls back to PIL for other formats
 (BMP, TIFF, PPM, ...). Hidden files and folders (``.ipynb_checkpoints``) are skipped, as are
 files whose extension is not an image extension.
+
+One class folder is enough for self-supervised training, which uses no labels (put unlabelled
+images in ``ROOT/train/all/`` and a few in ``ROOT/test/all/``). Evaluation needs labels of at
+least 2 classes, since with one every prediction is right: ``sslkit eval``, the kNN monitor
+(``--knn-every``) and ``knn_accuracy`` refuse a single class with a one-line error that says
+how to lay the classes out (``ImageData.check_labelled``).
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ try:  # deprecated in torchvision 0.29 and due to be removed: then PIL does all 
 except ImportError:  # pragma: no cover - depends on the torchvision version
     decode_image = None
 
+from sslkit.data import DataNotFound
 from sslkit.errors import SSLKitError
 
 IMAGE_EXTENSIONS = (
@@ -157,9 +164,9 @@ def load_image_folder(root: str | Path, image_size: int = 32) -> dict:
         raise SSLKitError(f"image_size must be a positive integer, got {image_size!r}")
     root = Path(root)
     if not root.is_dir():
-        raise SSLKitError(
+        raise DataNotFound(
             f"image folder {root} not found: pass --data-root to a folder that holds "
-            f"train/<class>/ and test/<class>/ (or val/<class>/)"
+            f"train/<class>/ and test/<class>/ (or val/<class>/)", "image folder", root
         )
     train_dir = root / "train"
     if not train_dir.is_dir():

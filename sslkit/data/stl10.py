@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sslkit.data import DataNotFound
 from sslkit.errors import SSLKitError
 
 FOLDER = "stl10_binary"
@@ -155,7 +156,8 @@ def load_stl10(root: str | Path, download: bool = False, unlabeled: bool = True)
             raise SSLKitError(
                 f"STL-10 in {folder} is incomplete (missing {', '.join(missing)}): {hint}"
             )
-        raise SSLKitError(f"STL-10 not found in {root} (expected {folder}): {hint}")
+        raise DataNotFound(f"STL-10 not found in {root} (expected {folder}): {hint}",
+                           "STL-10", root)
 
     classes = _read_class_names(folder / "class_names.txt")
     result: dict = {"classes": classes, "unlabeled_x": None}
