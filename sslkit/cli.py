@@ -3,6 +3,8 @@
     sslkit train simclr --dataset cifar10 --download --arch resnet18 --epochs 100 --out runs/simclr
     sslkit train simclr --out runs/simclr --resume      # continue an interrupted run
     sslkit eval runs/simclr                             # kNN, linear probe, t-SNE figure
+    sslkit eval runs/simclr --data-root ~/data          # the run's dataset moved, or a relative
+                                                        # --data-root seen from another folder
     sslkit demo                                         # the offline CPU demo (make demo)
     sslkit experiment list                              # the papers' claims, at small scale
     sslkit experiment loss_functions --profile laptop   # table.md, figure.png, results.json
@@ -105,15 +107,34 @@ def cmd_train(args) -> int:
 
 
 def evaluate_run(out: str | Path, k: int | None = None, labels_per_class: int = 10,
-                 tsne_path: str | Path | None = None) -> dict:
-    """kNN and linear-probe accuracy of the run in `out` (+ a t-SNE figure); saves eval.json."""
+                 tsne_path: str | Path | None = None, data_root: str | Path | None = None,
+                 show=None) -> dict:
+    """kNN and linear-probe accuracy of the run in `out` (+ a t-SNE figure); saves eval.json.
+
+    out: the run folder, or its checkpoint file OUT/last.pt. data_root: where the run's dataset
+    is, when not at the path saved with the run (relative to the folder training started in).
+    show: called with the scores as soon as they are known, then with {"tsne": path} once the
+    figure is saved, so a folder that cannot be written loses nothing already shown."""
     from sslkit import evaluate, plots
+    from sslkit.data import DataNotFound
+    from sslkit.results import run_folder
     from sslkit.train import load_trained
 
-    method, cfg, data = load_trained(out)
+    out = run_folder(out)
+    show = show or (lambda scores: None)
+    try:
+        method, cfg, data = load_trained(out, data_root=data_root)
+    except DataNotFound as err:
+        where = "" if err.root.is_absolute() else f" (relative to this folder, {Path.cwd()})"
+        raise SSLKitError(f"{err.what} not found at {err.root}{where}: give the folder that "
+                          f"holds it with `sslkit eval {out} --data-root PATH`") from None
+    data.check_labelled()
+    k = cfg.knn_k if k is None else k  # --k 0 is an error, not the default
+    if k > len(data.train_x):
+        raise SSLKitError(f"--k {k} is more than the {len(data.train_x)} training images "
+                          f"that kNN votes among: use --k {len(data.train_x)} or less")
     train_f = evaluate.extract_features(method.encoder, data.train_x)
     test_f = evaluate.extract_features(method.encoder, data.test_x)
-    k = cfg.knn_k if k is None else k  # --k 0 is an error, not the default
     result = {
         "knn": evaluate.knn_accuracy(train_f, data.train_y, test_f, data.test_y, k=k),
         "knn_k": k,
@@ -121,19 +142,41 @@ def evaluate_run(out: str | Path, k: int | None = None, labels_per_class: int = 
         f"linear_{labels_per_class}_per_class": evaluate.linear_probe(
             train_f, data.train_y, test_f, data.test_y, labels_per_class=labels_per_class),
     }
-    tsne_path = Path(tsne_path or Path(out) / "tsne.png")
+    show(result)
     shown = test_f[:2000]
-    plots.tsne_panels({f"{cfg.method} features h": evaluate.tsne(shown)},
-                      data.test_y[: len(shown)], data.classes, path=tsne_path)
+    embedding = evaluate.tsne(shown)  # (n, 2)
+    tsne_path = Path(tsne_path or out / "tsne.png")
     result["tsne"] = str(tsne_path)
-    (Path(out) / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
+    _write(out / "eval.json", lambda path: path.write_text(json.dumps(result, indent=2) + "\n"),
+           f"the scores are shown above; to save them, copy {out} to a writable folder and "
+           "evaluate the copy")
+    _write(tsne_path, lambda path: plots.tsne_panels(
+        {f"{cfg.method} features h": embedding}, data.test_y[: len(shown)], data.classes,
+        path=path), f"the scores are saved in {out / 'eval.json'}; give the figure a path in a "
+                    "writable folder with --tsne PATH")
+    show({"tsne": result["tsne"]})
     return result
 
 
-def cmd_eval(args) -> int:
-    result = evaluate_run(args.out, args.k, args.labels_per_class, args.tsne)
-    for key, value in result.items():
+def _write(path: Path, write, fix: str) -> None:
+    """write(path), with a failure to write (read-only folder, full disk) as a one-line error."""
+    try:
+        write(path)
+    except OSError as err:
+        reason = err.strerror or str(err)
+        if err.filename and Path(err.filename) != path:  # e.g. a folder on the way
+            reason += f": {err.filename}"
+        raise SSLKitError(f"cannot write {path} ({reason}): {fix}") from None
+
+
+def print_scores(scores: dict) -> None:
+    for key, value in scores.items():
         print(f"{key:>22}: {value:.4f}" if isinstance(value, float) else f"{key:>22}: {value}")
+
+
+def cmd_eval(args) -> int:
+    evaluate_run(args.out, args.k, args.labels_per_class, args.tsne, args.data_root,
+                 show=print_scores)
     return 0
 
 
@@ -179,10 +222,15 @@ def cmd_bench(args) -> int:
 
 
 def cmd_results(args) -> int:
-    from sslkit.results import results_table
+    """The table of the good runs on stdout, then one error line per bad folder (exit 2)."""
+    from sslkit.results import HEADER, rows_and_errors
 
-    print(results_table(args.runs))
-    return 0
+    rows, errors = rows_and_errors(args.runs)
+    if rows:
+        print("\n".join([HEADER, *rows]), flush=True)
+    for error in errors:
+        print(f"sslkit: error: {error}", file=sys.stderr)
+    return 2 if errors else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -194,6 +242,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=int, help="kNN neighbours (default: the run's knn_k)")
     p.add_argument("--labels-per-class", type=int, default=10)
     p.add_argument("--tsne", help="where to write the t-SNE figure (default: OUT/tsne.png)")
+    p.add_argument("--data-root", help="the run's dataset folder, if not at the path saved "
+                                       "with the run (a relative saved path only works from "
+                                       "the folder training started in)")
     p = sub.add_parser("demo", help="SimCLR on the embedded digits vs pixels and a random encoder")
     p.add_argument("--out", default="demo-output", help="folder for the run and the figure")
     p.add_argument("--epochs", type=int, help="pre-training epochs (default: the laptop profile)")
@@ -220,19 +271,30 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = build_parser().parse_args(argv)
-    args.argv = argv
     commands = {"train": cmd_train, "eval": cmd_eval, "demo": cmd_demo,
                 "experiment": cmd_experiment, "bench": cmd_bench, "results": cmd_results}
+    args = None
     try:
+        args = build_parser().parse_args(argv)  # imports torch: Ctrl-C may come here too
+        args.argv = argv
         return commands[args.command](args)
     except SSLKitError as err:
         print(f"sslkit: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("sslkit: interrupted; the last finished epoch is saved (continue with --resume)",
-              file=sys.stderr)
+        print(f"sslkit: interrupted{interrupted_train(args)}", file=sys.stderr)
         return 130
+
+
+def interrupted_train(args) -> str:
+    """What an interrupted `sslkit train` left: the last finished epoch, or nothing at all."""
+    if args is None or args.command != "train":
+        return ""
+    # OUT/last.pt is sslkit.train.CHECKPOINT, not imported: Ctrl-C may have cut that import
+    if (Path(args.out) / "last.pt").exists():
+        return "; the last finished epoch is saved (continue with --resume)"
+    return (" before the first epoch finished, so nothing was saved: run the same command again "
+            "(without --resume)")
 
 
 if __name__ == "__main__":

@@ -13,6 +13,9 @@ of the calls themselves, from start to their last saved epoch (data loading, kNN
 checkpoints included), "unknown" for a call that did not record it. The device and the command
 come from run.json, which ``sslkit train`` appends each call to.
 
+A folder that is not a run, or a damaged run, is one line on stderr after the table of the
+others (``sslkit: error: ...``, exit status 2); a run's checkpoint file stands for its folder.
+
 The checkpoint is the record of how far the run got: a metrics row written after it (a call
 killed between the two writes, or mid-write) is left out, as ``--resume`` leaves it out.
 """
@@ -88,7 +91,7 @@ def final_knn(run: Path, rows: list[dict], cfg: TrainConfig) -> str:
     try:
         result = json.loads(evaluated.read_text())
         return f"{100 * result['knn']:.1f} % (k={result['knn_k']})"
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, OSError):
         return f"eval.json unreadable: `sslkit eval {run}`"
 
 
@@ -103,19 +106,31 @@ def _calls(run: Path) -> list[dict]:
     return [c for c in calls["calls"] if isinstance(c, dict)]
 
 
-def result_row(run: str | Path) -> str:
-    """One table row for the run saved in `run`."""
-    run = Path(run)
-    if run.is_file():
-        raise SSLKitError(f"{run} is a file, not a run folder: give the folder that was passed "
+def run_folder(path: str | Path) -> Path:
+    """The run folder that `path` names: the folder itself, or the folder of its checkpoint
+    file (OUT/last.pt). Any other file is a one-line error."""
+    path = Path(path)
+    if path.is_file():
+        if path.name == CHECKPOINT:
+            return path.parent
+        raise SSLKitError(f"{path} is a file, not a run folder: give the folder that was passed "
                           "to `sslkit train --out`")
+    return path
+
+
+def result_row(run: str | Path) -> str:
+    """One table row for the run saved in `run` (its folder, or its checkpoint file)."""
+    run = run_folder(run)
     try:
-        ckpt = load_checkpoint(run)
-    except SSLKitError:
-        raise
-    except Exception as err:  # torch.load fails in many ways on a damaged file
-        raise SSLKitError(f"{run / CHECKPOINT} cannot be read ({type(err).__name__}): the file "
-                          "is damaged; copy the run again") from None
+        return _row(run)
+    except OSError as err:  # a file that cannot be read (permissions, a broken disk)
+        raise SSLKitError(f"{run}: cannot read {err.filename or 'a file'} "
+                          f"({err.strerror or err}): make the run folder readable, or copy it "
+                          "again") from None
+
+
+def _row(run: Path) -> str:
+    ckpt = load_checkpoint(run)  # a damaged or foreign checkpoint is a one-line error there
     cfg = TrainConfig(**ckpt["config"])
     rows = saved_rows(run, ckpt["epoch"])
     if not rows:
@@ -136,5 +151,17 @@ def result_row(run: str | Path) -> str:
 
 
 def results_table(runs: list[str | Path]) -> str:
-    """The header and one row per run folder."""
+    """The header and one row per run folder; the first bad folder is a one-line error."""
     return "\n".join([HEADER, *(result_row(run) for run in runs)])
+
+
+def rows_and_errors(runs: list[str | Path]) -> tuple[list[str], list[str]]:
+    """(table rows of the good runs, one-line errors of the bad ones), each in the given order:
+    one damaged or missing folder does not hide the others' rows."""
+    rows, errors = [], []
+    for run in runs:
+        try:
+            rows.append(result_row(run))
+        except SSLKitError as err:
+            errors.append(str(err))
+    return rows, errors

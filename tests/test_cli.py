@@ -173,3 +173,145 @@ def test_mae_trains_from_the_command_line_with_a_vit(tmp_path):
 def test_mae_with_a_cnn_exits_2(tmp_path, capsys):
     err = run_error(["train", "mae", "--out", str(tmp_path / "r"), *SMALL], capsys)
     assert "--arch vit" in err
+
+
+# ------------------------------------------------------------------- eval, results, Ctrl-C
+def image_folder(root: Path, classes: tuple[str, ...], per_class: int = 8) -> Path:
+    """ROOT/train/<class>/*.png and ROOT/test/<class>/*.png of random 16x16 images."""
+    from PIL import Image
+
+    rng = torch.Generator().manual_seed(0)
+    for split in ("train", "test"):
+        for name in classes:
+            (root / split / name).mkdir(parents=True)
+            for i in range(per_class):
+                pixels = torch.randint(0, 256, (16, 16, 3), generator=rng, dtype=torch.uint8)
+                Image.fromarray(pixels.numpy()).save(root / split / name / f"{i}.png")
+    return root
+
+
+FOLDER = ["--dataset", "folder", "--image-size", "16", "--batch-size", "8", "--epochs", "1",
+          "--knn-k", "8", "--profile", "ci", "--no-progress"]
+
+
+def test_eval_from_another_folder_takes_data_root(tmp_path, monkeypatch, capsys):
+    """The run saved --data-root imgs relative to where training started; eval from elsewhere
+    could not find it and had no --data-root to say where it is."""
+    image_folder(tmp_path / "imgs", ("a", "b"))
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "simclr", "--out", "run", "--data-root", "imgs", *FOLDER]) == 0
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    err = run_error(["eval", "../run"], capsys)
+    assert "imgs" in err and "`sslkit eval ../run --data-root PATH`" in err
+    assert main(["eval", "../run", "--data-root", "../imgs"]) == 0
+    assert json.loads((tmp_path / "run" / "eval.json").read_text())["knn_k"] == 8
+
+
+def test_one_class_folder_trains_but_eval_says_there_are_no_labels(tmp_path, capsys):
+    """One class folder: the kNN monitor said 1.0 and eval refused only the linear probe.
+    Training (no labels needed) works; evaluation says plainly that it has nothing to use."""
+    image_folder(tmp_path / "imgs", ("all",))
+    out = tmp_path / "run"
+    assert main(["train", "simclr", "--out", str(out), "--data-root", str(tmp_path / "imgs"),
+                 *FOLDER]) == 0
+    err = run_error(["eval", str(out)], capsys)
+    assert "only one class ('all')" in err and "at least 2 classes" in err
+    assert "ROOT/train/<class>/" in err
+    err = run_error(["train", "simclr", "--out", str(tmp_path / "monitored"), "--knn-every", "1",
+                     "--data-root", str(tmp_path / "imgs"), *FOLDER], capsys)
+    assert "at least 2 classes" in err
+
+
+def test_eval_with_k_above_the_training_set_exits_2(trained_run, capsys):
+    """--k 100000 on 64 training images printed knn_k: 100000 for a kNN over all 64."""
+    err = run_error(["eval", str(trained_run), "--k", "65"], capsys)
+    assert "64 training images" in err and "--k 64 or less" in err
+
+
+def test_eval_takes_the_checkpoint_file_or_says_to_give_the_folder(trained_run, tmp_path,
+                                                                   capsys):
+    """`sslkit eval RUN/last.pt` looked for RUN/last.pt/last.pt."""
+    figure = tmp_path / "t.png"
+    assert main(["eval", str(trained_run / "last.pt"), "--tsne", str(figure)]) == 0
+    assert figure.is_file() and json.loads((trained_run / "eval.json").read_text())["tsne"] \
+        == str(figure)
+    err = run_error(["eval", str(trained_run / "metrics.jsonl")], capsys)
+    assert "is a file, not a run folder" in err
+
+
+def test_eval_into_a_read_only_folder_shows_the_scores_then_one_line(trained_run, tmp_path,
+                                                                    monkeypatch, capsys):
+    """A run folder that cannot be written: kNN, probe and t-SNE were computed, then a
+    traceback from writing lost them. (Root may write anywhere, so the write is made to fail.)"""
+    from sslkit import plots
+
+    real_write_text = Path.write_text
+
+    def read_only(path, *args, **kwargs):
+        if path.name == "eval.json":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_write_text(path, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", read_only)
+    err = run_error(["eval", str(trained_run), "--tsne", str(tmp_path / "t.png")], capsys)
+    assert f"cannot write {trained_run / 'eval.json'} (Permission denied)" in err
+    assert "copy" in err
+    monkeypatch.undo()
+    capsys.readouterr()
+
+    def no_figure(*args, path=None, **kwargs):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(plots, "tsne_panels", no_figure)
+    code = main(["eval", str(trained_run), "--tsne", "/ro/t.png"])
+    captured = capsys.readouterr()
+    assert code == 2 and "knn" in captured.out and "linear" in captured.out  # shown first
+    err = captured.err.strip()
+    assert "\n" not in err and "cannot write /ro/t.png" in err and "--tsne PATH" in err
+    assert "knn" in json.loads((trained_run / "eval.json").read_text())  # saved before
+
+
+def test_results_of_a_good_and_a_bad_folder_shows_the_good_row(trained_run, tmp_path, capsys):
+    """One empty folder among the runs failed the whole table."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["results", str(trained_run), str(empty)]) == 2
+    captured = capsys.readouterr()
+    header, rule, row = captured.out.strip().splitlines()
+    assert header.startswith("| method |") and row.startswith("| simclr |")
+    (err,) = captured.err.strip().splitlines()
+    assert err.startswith("sslkit: error: no checkpoint at") and str(empty) in err
+
+
+@pytest.mark.parametrize("saved", [False, True])
+def test_ctrl_c_says_whether_an_epoch_was_saved(trained_run, tmp_path, monkeypatch, capsys,
+                                               saved):
+    """Ctrl-C before the first epoch finished said "the last finished epoch is saved (continue
+    with --resume)", and --resume then found nothing."""
+    import sslkit.train
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sslkit.train, "train", interrupted)
+    out = trained_run if saved else tmp_path / "new"
+    assert main(["train", "simclr", "--out", str(out), *SMALL]) == 130
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith("sslkit: interrupted")
+    if saved:
+        assert "continue with --resume" in err
+    else:
+        assert "nothing was saved" in err and "without --resume" in err
+
+
+def test_bad_sizes_exit_2_naming_the_option(tmp_path, capsys):
+    """queue_size=-64 and --image-size 8 (convnet) ended in RuntimeErrors from deep in torch."""
+    err = run_error(["train", "moco", "--out", str(tmp_path / "q"), *SMALL, "--option",
+                     "queue_size=-64"], capsys)
+    assert "queue_size" in err and "--option queue_size=4096" in err
+    assert not (tmp_path / "q").exists()  # checked with the other options, before the run
+    image_folder(tmp_path / "imgs", ("a", "b"))
+    err = run_error(["train", "simclr", "--out", str(tmp_path / "s"), "--data-root",
+                     str(tmp_path / "imgs"), *FOLDER, "--image-size", "8"], capsys)
+    assert "--image-size 8 is too small" in err and "--image-size 16 or more" in err

@@ -160,3 +160,22 @@ def test_damaged_runs_are_one_line_errors(run, tmp_path, capsys, damage, message
 def test_a_file_is_not_a_run_folder(run, capsys):
     assert main(["results", str(run / "metrics.jsonl")]) == 2
     assert "is a file, not a run folder" in capsys.readouterr().err
+
+
+def test_checkpoint_file_names_its_run_and_unreadable_files_are_one_line(run, tmp_path,
+                                                                         monkeypatch):
+    """The checkpoint file stands for its folder (as in `sslkit eval`); a file that cannot be
+    read (permissions) is a one-line error naming it, not a traceback."""
+    assert cells(results_table([run / "last.pt"]))[:3] == ["simclr", "convnet-small", "2"]
+    real_read_text = type(run).read_text
+
+    def unreadable(path, *args, **kwargs):
+        if path.name == "metrics.jsonl":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_read_text(path, *args, **kwargs)
+
+    monkeypatch.setattr(type(run), "read_text", unreadable)
+    with pytest.raises(SSLKitError) as info:
+        results_table([run])
+    assert f"cannot read {run / 'metrics.jsonl'} (Permission denied)" in str(info.value)
+    assert "\n" not in str(info.value)
