@@ -221,6 +221,9 @@ def load_checkpoint(out: str | Path) -> dict:
         )
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except OSError as err:  # not the file's fault: permissions, a vanished mount
+        raise SSLKitError(f"{path} cannot be opened ({err.strerror or err}): check that it "
+                          "is readable by you") from None
     except Exception as err:  # torch.load fails in many ways on a damaged file
         raise SSLKitError(f"{path} cannot be read ({type(err).__name__}): the file is damaged; "
                           "copy the run again, or train it anew") from None
@@ -408,6 +411,8 @@ def train(
     device = distributed.setup(resolve_device(cfg.device))
     fast_cuda_settings(device)
     data = data or load_data(cfg)
+    if cfg.knn_every:  # the monitor's first epoch would fail after training it, unsaved
+        _check_monitor(cfg, data)
     images = data.pretrain_images()  # (N, C, H, W) uint8
     if cfg.loader == "device":
         images = images.to(device)  # the whole dataset kept on the device, 1 byte per value
@@ -522,6 +527,15 @@ def train(
     return method, metrics
 
 
+def _check_monitor(cfg: TrainConfig, data: ImageData) -> None:
+    """The kNN monitor (--knn-every) needs labels of 2 classes and knn_k training images."""
+    data.check_labelled()
+    if cfg.knn_k > len(data.train_x):
+        raise SSLKitError(f"--knn-k {cfg.knn_k} is more than the {len(data.train_x)} training "
+                          f"images the monitor votes among: use --knn-k {len(data.train_x)} or "
+                          "less, or --knn-every 0")
+
+
 def _check_resume_settings(out: Path, saved: TrainConfig, asked: dict) -> None:
     """A resumed call may not change what the run computes: one line naming what differs."""
     changed = [(name, value, getattr(saved, name)) for name, value in asked.items()
@@ -601,7 +615,8 @@ def load_trained(out: str | Path, device: str = "cpu", data_root: str | Path | N
     data_root: where the run's dataset files are, when not at the path saved with the run
     (which is relative to the folder the run was started from)."""
     ckpt = load_checkpoint(out)
-    cfg = TrainConfig(**ckpt["config"])
+    # never download again on evaluation: a missing dataset is an error naming --data-root
+    cfg = replace(TrainConfig(**ckpt["config"]), download=False)
     if data_root is not None:
         cfg = replace(cfg, data_root=str(data_root))
     data = load_data(cfg)

@@ -355,3 +355,37 @@ def test_a_fresh_run_drops_the_calls_of_one_that_saved_nothing(tmp_path, data):
     (out / RUN_INFO).write_text("{ damaged")
     msg = one_line_error(lambda: train(CFG, out, resume=True, progress=False, data=data))
     assert f"{out / RUN_INFO} is damaged" in msg and "checkpoint is intact" in msg
+
+
+def test_the_knn_monitor_is_checked_before_the_first_epoch(tmp_path, data):
+    """--knn-every with more neighbours than training images, or with one class of labels,
+    would fail after the first epoch trained and before it was saved: refused up front."""
+    few = replace(CFG, knn_every=1, knn_k=200)
+    msg = one_line_error(lambda: train(few, tmp_path / "k", progress=False, data=data))
+    assert "--knn-k 200 is more than the 128 training images" in msg
+    one_class = ImageData(name="folder", train_x=data.train_x, train_y=data.train_y * 0,
+                          test_x=data.test_x, test_y=data.test_y * 0, classes=["only"])
+    msg = one_line_error(lambda: train(replace(CFG, knn_every=1), tmp_path / "c",
+                                       progress=False, data=one_class))
+    assert "only one class" in msg
+    assert not (tmp_path / "k").exists() and not (tmp_path / "c").exists()
+    train(replace(CFG, knn_every=0, epochs=1), tmp_path / "c", progress=False, data=one_class)
+
+
+def test_an_unreadable_checkpoint_is_not_called_damaged(full_run, monkeypatch):
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(torch, "load", denied)
+    msg = one_line_error(lambda: load_checkpoint(full_run[2]))
+    assert "cannot be opened (Permission denied)" in msg and "damaged" not in msg.replace(
+        str(full_run[2]), "")
+
+
+def test_load_trained_never_downloads(tmp_path, data, monkeypatch):
+    out = tmp_path / "dl"
+    train(replace(CFG, epochs=1, download=True), out, progress=False, data=data)
+    asked = []
+    monkeypatch.setattr("sslkit.train.load_data", lambda cfg: asked.append(cfg) or data)
+    load_trained(out)
+    assert asked[0].download is False
