@@ -26,6 +26,7 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
+from sslkit.atomic import write_atomic
 from sslkit.errors import SSLKitError
 
 
@@ -146,14 +147,18 @@ def evaluate_run(out: str | Path, k: int | None = None, labels_per_class: int = 
     shown = test_f[:2000]
     embedding = evaluate.tsne(shown)  # (n, 2)
     tsne_path = Path(tsne_path or out / "tsne.png")
-    result["tsne"] = str(tsne_path)
-    _write(out / "eval.json", lambda path: path.write_text(json.dumps(result, indent=2) + "\n"),
-           f"the scores are shown above; to save them, copy {out} to a writable folder and "
-           "evaluate the copy")
+
+    def save_json(path: Path) -> None:  # the scores, and the figure's path once it exists
+        write_atomic(path, (json.dumps(result, indent=2) + "\n").encode())
+
+    _write(out / "eval.json", save_json, f"the scores are shown above; to save them, copy "
+                                         f"{out} to a writable folder and evaluate the copy")
     _write(tsne_path, lambda path: plots.tsne_panels(
         {f"{cfg.method} features h": embedding}, data.test_y[: len(shown)], data.classes,
         path=path), f"the scores are saved in {out / 'eval.json'}; give the figure a path in a "
                     "writable folder with --tsne PATH")
+    result["tsne"] = str(tsne_path)
+    _write(out / "eval.json", save_json, "the figure is saved; the scores are shown above")
     show({"tsne": result["tsne"]})
     return result
 
