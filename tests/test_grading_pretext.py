@@ -19,6 +19,7 @@ from sslkit import augment
 from sslkit.augment import rotate_batch as reference_rotate_batch  # the alias form
 from sslkit.grading import pretext as grading
 from sslkit.grading import reconstruction
+from sslkit.methods.rotation import Rotation
 
 NOTEBOOK = (Path(__file__).parent.parent / "solutions" / "01_pretext_tasks"
             / "01_pretext_tasks.ipynb")
@@ -139,17 +140,57 @@ def test_rotation_step_wrong_answers(solution):
     fails(check, returns_tensor, False, "Python float")
 
 
-def test_rotation_step_delegation_fails_hidden(solution):
-    def delegating(model, optimizer, x):
-        x_rot, labels = augment.rotate_batch(x)  # the reference instead of one's own
+def test_rotation_step_may_call_the_kits_rotate_batch():
+    """As in 04-08: a step may call the kit's version of the notebook's earlier exercise, so a
+    student whose rotate_batch is broken loses its points once, not again in the step."""
+    def with_kits_rotate_batch(model, optimizer, x):
+        x_rot, labels = augment.rotate_batch(x)  # the kit's, where one's own does not pass yet
         loss = F.cross_entropy(model(x_rot), labels)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         return loss.item()
 
-    grading.check_rotation_step(delegating)
-    fails(grading.check_rotation_step, delegating, True, "calls the reference sslkit")
+    grading.check_rotation_step(with_kits_rotate_batch)
+    grading.check_rotation_step(with_kits_rotate_batch, hidden=True)
+
+
+@pytest.mark.parametrize("whole", ["logits_labels", "forward"])
+def test_rotation_step_that_calls_the_kits_whole_step_fails_hidden(whole):
+    """Rotation.logits_labels (rotate, one forward pass, labels) and Rotation.forward (and the
+    loss) do the step's own work: an answer built on them fails the hidden check."""
+    def via_kit_step(model, optimizer, x):
+        stand_in = types.SimpleNamespace(encoder=model[0], head=model[1])
+        stand_in.logits_labels = lambda v: Rotation.logits_labels(stand_in, v)
+        loss = (F.cross_entropy(*Rotation.logits_labels(stand_in, x)) if whole == "logits_labels"
+                else Rotation.forward(stand_in, x))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        return loss.item()
+
+    grading.check_rotation_step(via_kit_step)  # the right numbers ...
+    message = fails(grading.check_rotation_step, via_kit_step, True, "calls the reference")
+    assert "sslkit.methods.Rotation." in message  # ... only by calling the whole step
+
+
+def test_rotation_step_hint_offers_the_kits_rotate_batch(solution):
+    """When nothing else explains a wrong loss, the hint says the kit's rotate_batch may be used
+    (the rule of every step exercise), not only to fix one's own first."""
+    def wrong_rotations(x):
+        return (torch.cat([torch.rot90(x, -k, dims=(2, 3)) for k in range(4)]),
+                torch.arange(4).repeat_interleave(len(x)))
+
+    def step(model, optimizer, x):
+        x_rot, labels = wrong_rotations(x)
+        loss = F.cross_entropy(model(x_rot), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        return loss.item()
+
+    message = fails(grading.check_rotation_step, step, False, "expected loss")
+    assert "sslkit.augment.rotate_batch" in message
 
 
 # ---------------------------------------------------------------------------------------------

@@ -36,8 +36,12 @@ REFERENCES = {
         "sslkit.methods.Rotation.logits_labels": Rotation.logits_labels,
         "sslkit.methods.Rotation.forward": Rotation.forward,
     },
+    # The step exercise follows the rule of every notebook's step (moco.py, simclr.py, dino.py):
+    # it may call the kit's version of this notebook's earlier exercise, augment.rotate_batch,
+    # so that a student whose rotate_batch is broken loses its points once, not the step's too.
+    # Blocked is only what does the step's own work: Rotation.logits_labels (rotate, one
+    # forward pass of all 4N images, labels) and Rotation.forward (that and the loss).
     "rotation_step": {
-        "sslkit.augment.rotate_batch": augment.rotate_batch,
         "sslkit.methods.Rotation.logits_labels": Rotation.logits_labels,
         "sslkit.methods.Rotation.forward": Rotation.forward,
     },
@@ -164,7 +168,8 @@ def _step_hint(method: Rotation, x: torch.Tensor, got: float) -> str:
                 "BatchNorm sees all of them")
     if abs(got - float(shuffled)) < 1e-5:
         return " — the labels must follow the blocks of rotate_batch's output"
-    return " — if your rotate_batch does not pass its tests yet, fix it first"
+    return (" — if your rotate_batch does not pass its tests yet, call "
+            "sslkit.augment.rotate_batch in the step instead")
 
 
 def _check_one_step(ex: str, step_fn: Callable, seed: int, steps: int, guard: bool) -> None:
