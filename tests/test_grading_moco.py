@@ -319,6 +319,26 @@ def test_moco_step_with_the_kits_pieces_in_the_wrong_order_fails(order, mistake)
         fails(grading.check_moco_step, kit_step(order), hidden, mistake)
 
 
+def test_moco_step_that_passes_one_minus_m_is_told_so(solution):
+    """The hint for a key network updated with 1 - m names that mistake and the rule, not the
+    order of update_momentum's arguments (which is not what it computes)."""
+    def one_minus_m(query_net, key_net, queue, ptr, optimizer, v1, v2, m, t):
+        q = query_net(v1)
+        solution.update_momentum(query_net, key_net, 1 - m)  # the mistake
+        with torch.no_grad():
+            k = key_net(v2)
+        loss = solution.moco_loss(q, k, queue, t)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        return loss.item(), solution.enqueue(queue, ptr, k)
+
+    for hidden in (False, True):
+        message = fails(grading.check_moco_step, one_minus_m, hidden, "expected loss")
+        assert "1 - m" in message and "in this order" not in message
+        assert "m·θk + (1 - m)·θq" in message
+
+
 class _StandIn:
     """What a student could hand MoCo's methods as `self` to run the kit's whole step on the
     networks of the exercise."""

@@ -279,8 +279,9 @@ def _step_hint(state: MoCo, v1, v2, got: float) -> str:
         swap = losses.moco_loss(q, swapped.embed_keys(v2), state.queue, t)
     for value, text in ((late, "update the key network (update_momentum) BEFORE the key pass"),
                         (enqueued_first, "enqueue the keys AFTER computing the loss"),
-                        (swap, "did you call update_momentum(query_net, key_net, m) in this "
-                               "order?")):
+                        (swap, "the key network was averaged with 1 - m in place of m: "
+                               "pass m itself, update_momentum(query_net, key_net, m), for "
+                               "θk <- m·θk + (1 - m)·θq")):
         if abs(got - float(value)) < 1e-5:
             return " — " + text
     return (" — if your moco_loss or update_momentum does not pass its tests yet, call "
