@@ -201,6 +201,32 @@ def test_random_masking_wrong_answers():
     fails(check, lambda *a: vit.random_masking(*a), True, "reference")
 
 
+@pytest.mark.parametrize("hidden", [False, True], ids=["visible", "hidden"])
+def test_random_masking_with_a_bool_mask_is_told_to_return_floats(solution, hidden):
+    """A bool mask has the right values (True == 1.0), so comparing it as floats passed; then
+    the notebook's `images * (1 - mask)` crashed. The check names the dtype in one line."""
+    def bool_mask(x, ratio, noise=None):
+        n, length, _ = x.shape
+        kept, _, ids_restore = solution.random_masking(x, ratio, noise)
+        return kept, ids_restore >= int(length * (1 - ratio)), ids_restore  # True = hidden
+
+    message = fails(grading.check_random_masking, bool_mask, hidden, "mask")
+    assert "torch.bool" in message and "float" in message
+    assert "1.0" in message and "0.0" in message
+
+    def uint8_mask(x, ratio, noise=None):
+        kept, mask, ids_restore = solution.random_masking(x, ratio, noise)
+        return kept, mask.to(torch.uint8), ids_restore
+
+    assert "torch.uint8" in fails(grading.check_random_masking, uint8_mask, hidden, "float")
+
+    def double_mask(x, ratio, noise=None):  # any floating dtype is fine
+        kept, mask, ids_restore = solution.random_masking(x, ratio, noise)
+        return kept, mask.double(), ids_restore
+
+    grading.check_random_masking(double_mask, hidden=hidden)
+
+
 def test_mae_loss_wrong_answers():
     check = grading.check_mae_loss
 

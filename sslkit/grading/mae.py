@@ -173,6 +173,11 @@ def check_random_masking(random_masking: Callable, hidden: bool = False) -> None
         variants = _masking_variants(x, ratio, noise)
         for name, got, expected, pos in (("x_kept", kept, e_kept, 0), ("mask", mask, e_mask, 1),
                                          ("ids_restore", ids, e_ids, 2)):
+            if name == "mask" and got.shape == expected.shape and not got.dtype.is_floating_point:
+                # a bool mask compares equal as floats, then breaks `images * (1 - mask)`
+                raise AssertionError(f"{ex}: expected a float mask (1.0 = hidden, 0.0 = kept), "
+                                     f"got {got.dtype}{where}: build it with torch.ones(N, L) "
+                                     "and set the kept entries to 0 (or convert with .float())")
             if _same(got.float(), expected.float()):
                 continue
             if got.shape != expected.shape:
