@@ -226,3 +226,22 @@ def test_runs_on_the_notebooks_own_data_are_still_loaded(course, in_notebook_fol
     in_notebook_folder(course, "04_simclr")
     ns = run_cells("04_simclr", ["setup", "digits", "train"], {})
     assert "loaded the trained run in ../../runs/simclr" in capsys.readouterr().out
+
+
+def test_evaluation_cifar_figure_trains_a_short_run(course, in_notebook_folder, capsys):
+    """09's CIFAR-10 figure (digits profile, CIFAR-10 in the data folder, runs/simclr on digits):
+    the SimCLR run it trains is the short one its text promises, the budget's `epochs`, not
+    SimCLR's full `simclr_epochs`."""
+    in_notebook_folder(course, "09_evaluation")
+    ns = run_cells("09_evaluation", ["setup"], {})
+    ns["budget"].update(epochs=1, simclr_epochs=2)  # tell the two apart
+    cells = notebook_cells(notebook("09_evaluation"))
+    # the definitions only (the rest of these cells trains and evaluates every method)
+    for grade_id, start, end in (("methods", "ARCH_FOR = ", "encoders, how = "),  # trained_encoder
+                                 ("neighbours", "def nearest", "ssl_name = ")):  # show_neighbours
+        source = cells[grade_id]
+        source = source[source.index(start):source.index(end)]
+        exec(compile(source, f"09_evaluation:{grade_id}", "exec"), ns)
+    run_cells("09_evaluation", ["cifar"], ns)
+    assert "runs/simclr was trained on shifted_digits, not cifar10" in capsys.readouterr().out
+    assert ns["cifar_how"] == "trained here, 1 epochs"
