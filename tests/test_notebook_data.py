@@ -173,7 +173,7 @@ def test_simclr_trains_its_own_run_when_runs_simclr_holds_another_dataset(
     in_notebook_folder(course, "04_simclr")
     ns = run_cells("04_simclr", ["setup", "digits", "train", "evaluate"], {})
     out = capsys.readouterr().out
-    assert "was trained on shifted_digits (1 channels), not on cifar10 (3)" in out
+    assert "was trained on shifted_digits (1-channel), not on cifar10 (3-channel)" in out
     assert ns["eval_data"] is ns["data"]
     assert ns["cfg"].dataset == "cifar10"
 
@@ -194,7 +194,8 @@ def test_mae_cells_cut_colour_patches_and_train_when_runs_mae_holds_digits(
     assert tuple(tiles.shape) == (64, 3, 4, 4)
     assert torch.equal(tiles[8 + 3], digit[0, :, 4:8, 12:16])  # patch row 1, column 3
     out = capsys.readouterr().out
-    assert "was trained on shifted_digits (1 channels), not on cifar10 (3): training here" in out
+    assert ("was trained on shifted_digits (1-channel), not on cifar10 (3-channel): "
+            "training here instead") in out
     assert ns["mae"].in_channels == 3
 
 
@@ -207,8 +208,8 @@ def test_cpc_cells_use_the_datas_channels_and_skip_runs_of_other_data(
     assert tuple(ns["batch"].shape) == (16, 5, 5, 3, 8, 8)
     out = capsys.readouterr().out
     for run in ("cpc", "simclr"):
-        assert (f"runs/{run} was trained on shifted_digits (1 channels), not on cifar10 (3): "
-                "training here instead") in out
+        assert (f"runs/{run} was trained on shifted_digits (1-channel), not on cifar10 "
+                "(3-channel): training here instead") in out
     assert ns["cpc_source"].startswith("trained 1 epochs here")
 
 
