@@ -25,7 +25,15 @@ import numpy as np
 from sslkit import evaluate, plots
 from sslkit.errors import SSLKitError
 from sslkit.profiles import get_profile
-from sslkit.train import CHECKPOINT, TrainConfig, build, load_checkpoint, load_data, train
+from sslkit.train import (
+    CHECKPOINT,
+    TrainConfig,
+    build,
+    load_checkpoint,
+    load_data,
+    load_trained,
+    train,
+)
 
 PROBE_SEEDS = 5  # the 10-labels-per-class probe is averaged over this many draws of labels
 
@@ -46,12 +54,16 @@ def run_demo(out: str | Path = "demo-output", epochs: int | None = None) -> dict
         cfg = replace(cfg, epochs=epochs)
     run = out / "simclr"
     started = time.perf_counter()
-    resume = (run / CHECKPOINT).exists()
-    if resume and load_checkpoint(run)["config"] != asdict(cfg):
+    saved = load_checkpoint(run) if (run / CHECKPOINT).exists() else None
+    if saved is not None and saved["config"] != asdict(cfg):
         raise SSLKitError(f"{run} holds a run with other settings: delete it or pass --out DIR")
     print(f"SimCLR on {cfg.dataset}: {cfg.arch}, {cfg.epochs} epochs, batch {cfg.batch_size}, "
           f"NT-Xent T={cfg.temperature}, on the CPU")
-    method, _ = train(cfg, run, resume=resume)
+    if saved is not None and saved["epoch"] == cfg.epochs:
+        print(f"reusing the finished run in {run} (delete it to train again)")
+        method = load_trained(run)[0]
+    else:
+        method, _ = train(cfg, run, resume=saved is not None)
     train_time = time.perf_counter() - started
 
     data = load_data(cfg)

@@ -33,3 +33,15 @@ def test_zero_epochs_is_an_error_not_the_default(tmp_path):
     with pytest.raises(SSLKitError, match="--epochs must be at least 1"):
         run_demo(tmp_path, epochs=0)
     assert not (tmp_path / "simclr").exists()
+
+
+def test_a_second_demo_reuses_the_finished_run(demo, capsys):
+    """Run again, the demo scores the finished run it left instead of resuming it (which said
+    there was nothing to train and pointed to another command)."""
+    out, scores = demo
+    capsys.readouterr()
+    again = run_demo(out, epochs=1)
+    printed = capsys.readouterr().out
+    assert f"reusing the finished run in {out / 'simclr'}" in printed
+    assert "nothing to train" not in printed
+    assert again["SimCLR encoder"] == scores["SimCLR encoder"]
