@@ -134,4 +134,19 @@ def load_dataset(
     return ImageData(name=name, **parts)
 
 
-__all__ = ["DATASETS", "DataNotFound", "ImageData", "load_dataset"]
+def load_profile_data(profile, root: str | Path) -> ImageData:
+    """A notebook's data: the dataset of `profile` (an sslkit.profiles.Profile) from `root`,
+    cut to the profile's n_train / n_test. A missing dataset (CIFAR-10 in the gpu profile, not
+    downloaded yet) is a one-line DataNotFound saying how to fetch it from a notebook, whose
+    data folder the notebooks call DATA_ROOT."""
+    try:
+        data = load_dataset(profile.dataset, root)
+    except DataNotFound as err:
+        raise DataNotFound(f"{err.what} is not in {Path(root).resolve()}: fetch it once with "
+                           f"load_dataset({profile.dataset!r}, DATA_ROOT, download=True), or "
+                           "start Jupyter with SSLKIT_PROFILE=laptop for the bundled digits",
+                           err.what, err.root) from None
+    return data.subset(profile.n_train, profile.n_test)
+
+
+__all__ = ["DATASETS", "DataNotFound", "ImageData", "load_dataset", "load_profile_data"]
