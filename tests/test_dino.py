@@ -205,6 +205,24 @@ def test_registered_in_build_method():
     assert torch.isfinite(loss)
 
 
+def test_local_crops_that_do_not_fit_the_encoder_are_a_one_line_error():
+    """DINO's local crops are half the side: at 16 they are 8 pixels, too few for the ConvNet's
+    four max-pools, and at 20 they are 10, which 4x4 ViT patches do not tile (both passed the
+    encoder's check on the global side and failed in the first forward)."""
+    for side in (16, 24, 30):
+        with pytest.raises(SSLKitError, match="local crops are half that side") as err:
+            build_method("dino", "convnet-small", 1, "digits", side)
+        assert "use --image-size 32 or more" in str(err.value) and "\n" not in str(err.value)
+    dino = build_method("dino", "convnet-small", 1, "digits", 32, total_steps=5)
+    assert torch.isfinite(dino((torch.rand(2, 1, 32, 32) * 255).byte()))
+    build_method("dino", "vit", 1, "digits", 16, total_steps=5)  # patches of 4: 8 is enough
+    for side in (12, 20, 18):  # the 4x4 patches must tile the local crops too: 6, 10, 9 do not
+        with pytest.raises(SSLKitError, match="a multiple of 8"):
+            build_method("dino", "vit", 1, "digits", side)
+    assert torch.isfinite(build_method("dino", "vit", 1, "digits", 24)(
+        (torch.rand(2, 1, 24, 24) * 255).byte()))
+
+
 def test_the_training_loop_runs_dino(tmp_path):
     from sslkit.data import load_dataset
     from sslkit.train import TrainConfig, train

@@ -124,3 +124,15 @@ def test_image_side_too_small_for_the_convnet_is_a_one_line_error():
     net = build_encoder("convnet-small", 3, image_size=16).eval()
     assert net(torch.rand(2, 3, 16, 16)).shape == (2, 128)
     assert build_encoder("resnet18", 3, image_size=8).feature_dim == 512  # no max-pool
+
+
+def test_image_side_the_vit_patches_do_not_tile_is_a_one_line_error():
+    """--image-size 18 with --arch vit passed the build and failed in the first forward, after
+    the run folder was made: 4x4 patches do not tile 18 pixels. The error names both multiples
+    of 4 around it."""
+    for side, fix in ((18, "use --image-size 16 or 20"), (2, "use --image-size 4")):
+        with pytest.raises(SSLKitError, match=fix) as info:
+            build_encoder("vit", 3, image_size=side)
+        assert "\n" not in str(info.value)
+    net = build_encoder("vit", 3, image_size=20).eval()  # positions interpolated to a 5x5 grid
+    assert net(torch.rand(2, 3, 20, 20)).shape == (2, net.feature_dim)

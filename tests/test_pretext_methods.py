@@ -206,6 +206,24 @@ def test_build_method_gives_each_pretext_method():
         assert isinstance(build_method(name, "convnet-small", 1, "shifted_digits", 32), cls)
 
 
+@pytest.mark.parametrize("name,cls", [("jigsaw", Jigsaw), ("relative_patch", RelativePatch)])
+def test_a_side_too_small_for_the_tiles_is_a_one_line_error(name, cls):
+    """3 tiles of side s // 3 each lose the gap (2) to their crop: side 9 leaves 1 pixel per
+    tile, side 8 none (it failed in F.interpolate with an empty input, and side 4 in randint)."""
+    for side in (4, 8):
+        with pytest.raises(SSLKitError, match="use --image-size 9 or more") as err:
+            build_method(name, "resnet18", 1, "digits", side)
+        assert "\n" not in str(err.value)
+        with pytest.raises(SSLKitError, match="images of side"):  # a direct call, as in 01
+            tiny(cls, generator=gen(0))(torch.rand(4, 1, side, side))
+    method = build_method(name, "resnet18", 1, "digits", 9)
+    assert torch.isfinite(method(torch.rand(4, 1, 9, 9)))
+    wide = tiny(cls, gap=4, generator=gen(0))  # the limit follows the gap: 3 x (4 + 1)
+    with pytest.raises(SSLKitError, match="15 or more"):
+        wide(torch.rand(4, 1, 14, 14))
+    assert torch.isfinite(wide(torch.rand(4, 1, 15, 15)))
+
+
 def test_rotation_head_beats_chance_after_a_short_training(shifted_parts):
     """40 Adam steps on 64 digits: the 4-way accuracy on 4 x 64 rotations of other digits is far
     above chance (25 %; the binomial standard deviation is under 3 points)."""

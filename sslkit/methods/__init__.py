@@ -15,7 +15,7 @@ from sslkit.augment import SimCLRViews, view_config_for
 from sslkit.errors import SSLKitError
 from sslkit.methods.cpc import CPC, build_cpc
 from sslkit.methods.dino import DINO, MultiCropViews
-from sslkit.methods.jigsaw import Jigsaw
+from sslkit.methods.jigsaw import Jigsaw, smallest_side
 from sslkit.methods.mae import MAE, mae_view_config
 from sslkit.methods.moco import MoCo, check_moco_options, moco_view_config
 from sslkit.methods.relative_patch import RelativePatch
@@ -100,8 +100,21 @@ def build_method(
         # SimCLR's options do not apply (DINO has its own head and temperatures)
         options = {k: v for k, v in options.items() if k not in ("proj_dim", "temperature", "head")}
         vit = arch.startswith("vit")
+        if vit and image_size % 8:  # 4x4 patches tile the global crops and the local (half)
+            raise SSLKitError(
+                f"--image-size {image_size} does not fit DINO with --arch {arch}: its 4x4 "
+                "patches must tile the global crops and the local ones, half that side; use "
+                f"--image-size {f'{image_size - image_size % 8} or ' if image_size > 8 else ''}"
+                f"{image_size - image_size % 8 + 8} (a multiple of 8)")
         encoder = (ViT(image_size, 4, in_channels, dim=int(arch[4:] or 64)) if vit
                    else build_encoder(arch, in_channels, image_size))
+        smallest = getattr(encoder, "min_image_size", 1)
+        if image_size // 2 < smallest:  # the local crops, not the global ones, set the limit
+            raise SSLKitError(
+                f"--image-size {image_size} is too small for DINO with --arch {arch}: its local "
+                f"crops are half that side, {image_size // 2} pixels, and the encoder's "
+                f"max-pools need {smallest}; use --image-size {2 * smallest} or more, or --arch "
+                "vit or resnet18")
         return DINO(encoder, MultiCropViews(view_config_for(dataset, image_size),
                                             local_size=image_size // 2, generator=generator),
                     **{**options, **method_options})
@@ -122,10 +135,14 @@ def build_method(
     encoder = build_encoder(arch, in_channels, image_size)
     if name == "rotation":
         return Rotation(encoder)
-    if name == "jigsaw":
-        return Jigsaw(encoder, generator=generator)
-    if name == "relative_patch":
-        return RelativePatch(encoder, generator=generator)
+    if name in ("jigsaw", "relative_patch"):  # tiles of a third of the side, less a gap
+        method = (Jigsaw if name == "jigsaw" else RelativePatch)(encoder, generator=generator)
+        smallest = smallest_side(method.gap, getattr(method, "grid", 3))
+        if image_size < smallest:
+            raise SSLKitError(f"--image-size {image_size} is too small for {name}, whose 3x3 "
+                              f"tiles each lose {method.gap} pixels to the gap: use --image-size "
+                              f"{smallest} or more")
+        return method
     if name == "moco":  # v2: MLP head and blur
         return MoCo(encoder, SimCLRViews(moco_view_config(view_config_for(dataset, image_size)),
                                          generator), **{**options, **method_options})

@@ -25,7 +25,22 @@ import torch.nn.functional as F
 from torch import nn
 
 from sslkit.augment import hamming_permutations, jigsaw_tiles, jitter_tiles
+from sslkit.errors import SSLKitError
 from sslkit.transfer import to_device
+
+
+def smallest_side(gap: int, grid: int = 3) -> int:
+    """The smallest image side that leaves each of grid x grid tiles at least one pixel after
+    its random crop of `gap` pixels."""
+    return grid * (gap + 1)
+
+
+def check_tile_side(side: int, gap: int, grid: int = 3) -> None:
+    """One-line error unless images of side `side` can be cut into tiles (smallest_side)."""
+    if side < smallest_side(gap, grid):
+        raise SSLKitError(f"images of side {side} are too small for {grid}x{grid} tiles that each "
+                          f"lose {gap} pixels to the gap: use images of side "
+                          f"{smallest_side(gap, grid)} or more")
 
 
 def tile_head(in_dim: int, hidden_dim: int, classes: int) -> nn.Sequential:
@@ -58,6 +73,7 @@ class Jigsaw(nn.Module):
         """x (N, C, H, W) uint8 or [0, 1] floats -> (tiles (N, T, C, S, S), labels (N,))."""
         x = x.float() / 255 if x.dtype == torch.uint8 else x
         n, g = len(x), self.generator
+        check_tile_side(min(x.shape[2:]), self.gap, self.grid)
         cell = min(x.shape[2:]) // self.grid
         x = jitter_tiles(x[:, None], self.grid * cell, g)[:, 0]  # random (3 cell)^2 crop
         labels = to_device(torch.randint(len(self.permutations), (n,), generator=g), x.device)

@@ -100,7 +100,8 @@ class MAE(nn.Module):
             raise SSLKitError(f"mask ratio must be in [0, 1), got {mask_ratio}: use e.g. 0.75")
         if image_size % patch_size:
             raise SSLKitError(f"image size {image_size} is not a multiple of the patch size "
-                              f"{patch_size}: choose a patch size that divides it")
+                              f"{patch_size}: use a side that is (--image-size), or a patch size "
+                              "that divides it (--option patch_size=P)")
         self.image_size, self.patch_size, self.in_channels = image_size, patch_size, in_channels
         self.mask_ratio, self.norm_pix, self.views = mask_ratio, norm_pix, views
         grid = image_size // patch_size

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sslkit.augment import jitter_tiles, patch_pairs
-from sslkit.methods.jigsaw import tile_head
+from sslkit.methods.jigsaw import check_tile_side, tile_head
 from sslkit.transfer import to_device
 
 
@@ -44,6 +44,7 @@ class RelativePatch(nn.Module):
         """x (N, C, H, W) uint8 or [0, 1] floats -> (centre, neighbour (N, C, S, S), labels)."""
         x = x.float() / 255 if x.dtype == torch.uint8 else x
         n, g = len(x), self.generator
+        check_tile_side(min(x.shape[2:]), self.gap)
         cell = min(x.shape[2:]) // 3
         x = jitter_tiles(x[:, None], 3 * cell, g)[:, 0]  # random (3 cell)^2 crop
         labels = to_device(torch.randint(8, (n,), generator=g), x.device)

@@ -22,17 +22,26 @@ ARCHS = {
 
 
 def build_encoder(arch: str, in_channels: int = 3, image_size: int | None = None) -> nn.Module:
-    """The encoder `arch` for images (N, in_channels, S, S). With image_size S, a side too
-    small for the architecture (an encoder's ``min_image_size``) is a one-line error here
-    rather than a shape error in the first forward pass."""
+    """The encoder `arch` for images (N, in_channels, S, S). With image_size S, a side the
+    architecture cannot take is a one-line error here rather than a shape error in the first
+    forward pass: a ConvNet's max-pools need ``min_image_size`` pixels, and a ViT's patches
+    must tile the image."""
     if arch not in ARCHS:
         raise SSLKitError(f"unknown architecture {arch!r}: use one of {', '.join(ARCHS)}")
     encoder = ARCHS[arch](in_channels)
+    if image_size is None:
+        return encoder
     smallest = getattr(encoder, "min_image_size", 1)
-    if image_size is not None and image_size < smallest:
+    if image_size < smallest:
         raise SSLKitError(f"--image-size {image_size} is too small for --arch {arch}, whose "
                           f"max-pools need a side of at least {smallest}: use --image-size "
                           f"{smallest} or more, or --arch resnet18")
+    patch = getattr(encoder, "patch_size", 1)
+    if image_size % patch:
+        below, above = image_size - image_size % patch, image_size - image_size % patch + patch
+        raise SSLKitError(f"--image-size {image_size} is not a multiple of the patch size of "
+                          f"--arch {arch}, whose {patch}x{patch} patches must tile the image: "
+                          f"use --image-size {f'{below} or ' if below else ''}{above}")
     return encoder
 
 

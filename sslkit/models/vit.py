@@ -114,7 +114,9 @@ class ViT(nn.Module):
                  dim: int = 64, depth: int = 4, heads: int = 4, mlp_ratio: float = 2.0):
         super().__init__()
         if image_size % patch_size:
-            raise SSLKitError(f"image size {image_size} not a multiple of patch {patch_size}")
+            raise SSLKitError(f"image size {image_size} is not a multiple of the patch size "
+                              f"{patch_size}: use a side that {patch_size}x{patch_size} patches "
+                              f"tile, e.g. {image_size - image_size % patch_size + patch_size}")
         self.patch_size, self.in_channels, self.feature_dim = patch_size, in_channels, dim
         self.grid = image_size // patch_size
         self.patch_embed = nn.Linear(patch_size * patch_size * in_channels, dim)
