@@ -65,7 +65,7 @@ class TrainConfig:
     dataset: str = "shifted_digits"  # see sslkit.data.DATASETS
     data_root: str = "data"  # where dataset files live (or are downloaded to)
     download: bool = False  # fetch torchvision datasets that are missing
-    image_size: int = 32  # side of the images for an ImageFolder tree
+    image_size: int = 32  # side of the images of --dataset folder (the others keep their own)
     n_train: int | None = None  # use only the first n training images
     n_test: int | None = None  # evaluate on the first n test images
     arch: str = "convnet-small"  # see sslkit.models.ARCHS
@@ -411,6 +411,10 @@ def train(
     device = distributed.setup(resolve_device(cfg.device))
     fast_cuda_settings(device)
     data = data or load_data(cfg)
+    if ckpt is None and (asked or {}).get("image_size", data.image_size) != data.image_size:
+        raise SSLKitError(f"--image-size {asked['image_size']} does not resize --dataset "
+                          f"{cfg.dataset}, whose images are {data.image_size}x{data.image_size}: "
+                          "drop it (it sets the side of --dataset folder images)")
     if cfg.knn_every:  # the monitor's first epoch would fail after training it, unsaved
         _check_monitor(cfg, data)
     images = data.pretrain_images()  # (N, C, H, W) uint8
@@ -422,7 +426,7 @@ def train(
             f"batch size {cfg.batch_size} is larger than the training set ({len(images)} "
             f"images): use --batch-size {len(images)} or less"
         )
-    _micro_batches(cfg)
+    per_forward = _micro_batches(cfg)
 
     generator = torch.Generator().manual_seed(cfg.seed)  # permutations (and augmentation)
     views_generator = generator  # one process: one stream, as before DDP existed
@@ -431,6 +435,8 @@ def train(
     total_steps = cfg.epochs * steps_per_epoch
     # channels_last conv weights: about 25 % faster on CPU (oneDNN) and the layout GPUs prefer.
     method = build(cfg, data, views_generator, total_steps=total_steps)
+    if hasattr(method, "check_batch"):  # MoCo's queue and shuffle-BN groups, before `out` exists
+        method.check_batch(per_forward, cfg.batch_size)
     if not getattr(method, "per_rank_batchnorm", False):
         method = distributed.sync_batchnorm(method, device)
     method = method.to(device, memory_format=torch.channels_last)

@@ -317,6 +317,14 @@ def test_a_damaged_or_foreign_checkpoint_is_a_one_line_error(tmp_path, full_run,
     ({"proj_dim": -8}, "--proj-dim must be at least 1"),
     ({"accumulate": 32}, "use a smaller --accumulate (at most 16)"),
     ({"dataset": "folder", "data_root": "no/such/folder"}, "no/such/folder"),
+    # MoCo's queue and shuffle-BN groups were checked only in the first step, after --out
+    ({"method": "moco", "method_options": {"queue_size": 100}}, "--option queue_size=96"),
+    ({"method": "moco", "method_options": {"queue_size": 96, "symmetric": True}},
+     "keys per step (64)"),
+    ({"method": "moco", "method_options": {"bn_splits": 32}}, "--option bn_splits=16"),
+    ({"method": "moco", "method_options": {"bn_splits": 5}}, "--option bn_splits=16"),
+    ({"method": "moco", "accumulate": 2, "method_options": {"bn_splits": 16}},
+     "the 16 images of each forward pass"),
 ])
 def test_a_call_that_fails_writes_nothing(tmp_path, change, hint):
     out = tmp_path / "never"
@@ -324,6 +332,15 @@ def test_a_call_that_fails_writes_nothing(tmp_path, change, hint):
     msg = one_line_error(lambda: train(cfg, out, progress=False))
     assert hint in msg
     assert not out.exists()
+
+
+def test_image_size_for_a_dataset_it_does_not_resize_is_an_error(tmp_path, data):
+    """--image-size sets the side of --dataset folder images only; with the digits it was
+    silently ignored, and the run trained on 32 x 32 images."""
+    msg = one_line_error(lambda: train(CFG, tmp_path / "r", progress=False, data=data,
+                                       asked={"image_size": 16}))
+    assert "--image-size 16 does not resize --dataset shifted_digits" in msg
+    assert "32x32" in msg and not (tmp_path / "r").exists()
 
 
 def test_stop_after_epoch_below_1_is_an_error(tmp_path, data):

@@ -70,8 +70,8 @@ def check_queue_size(queue_size: int, batch: int) -> None:
     """One-line error unless the queue holds a whole number of batches."""
     if batch <= 0 or queue_size % batch != 0:
         raise SSLKitError(f"MoCo queue size K={queue_size} is not divisible by the keys per step "
-                          f"({batch}): choose K as a multiple of the batch size, e.g. "
-                          f"{max(batch, (queue_size // max(batch, 1)) * batch)}")
+                          f"({batch}): use --option queue_size="
+                          f"{max(batch, (queue_size // max(batch, 1)) * batch)}, a multiple of it")
 
 
 def check_moco_options(options: dict) -> None:
@@ -129,6 +129,20 @@ class MoCo(nn.Module, StepPosition):
         self.register_buffer("queue", queue)
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
         self._pending_keys: list[torch.Tensor] = []  # keys of this step's micro-batches
+
+    def check_batch(self, per_forward: int, per_step: int) -> None:
+        """One-line error, before training, for batches the queue or shuffle-BN cannot take.
+
+        per_forward: images in one forward pass on this process; per_step: images in one
+        optimiser step over all processes, whose keys are enqueued together (twice as many
+        when symmetric)."""
+        check_queue_size(self.queue.shape[0], 2 * per_step if self.symmetric else per_step)
+        s = self.bn_splits
+        if s > 1 and (per_forward % s or per_forward < 2 * s):  # BatchNorm needs 2 per group
+            fits = max(d for d in range(1, per_forward // 2 + 1) if per_forward % d == 0)
+            raise SSLKitError(f"bn_splits={s} needs the {per_forward} images of each forward "
+                              f"pass to split evenly into {s} groups of at least 2: use --option "
+                              f"bn_splits={fits} or a larger --batch-size")
 
     # -- stages -------------------------------------------------------------------------------
 
