@@ -42,7 +42,7 @@ from sslkit.atomic import write_atomic
 from sslkit.data import ImageData, load_dataset
 from sslkit.errors import SSLKitError
 from sslkit.evaluate import extract_features, knn_accuracy
-from sslkit.methods import build_method, check_method_options
+from sslkit.methods import build_method, check_method_options, check_shared_settings
 from sslkit.methods.momentum import set_step_position
 from sslkit.profiles import Profile
 from sslkit.recipes import recipe_for
@@ -405,6 +405,8 @@ def train(
         saved = TrainConfig(**ckpt["config"])
         _check_resume_settings(out, saved, asked)
         cfg = replace(saved, **{k: v for k, v in asked.items() if k in RESUME_MAY_CHANGE})
+    if ckpt is None:  # a flag the method ignores would train as if it had not been given
+        check_shared_settings(cfg.method, asked or {})
     if cfg.loader not in LOADERS:
         raise SSLKitError(f"unknown loader {cfg.loader!r}: use one of {', '.join(LOADERS)}")
     _check_writable(out)

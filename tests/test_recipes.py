@@ -9,7 +9,14 @@ import torch
 
 from sslkit.cli import build_parser, main, parse_option
 from sslkit.errors import SSLKitError
-from sslkit.methods import MAE, METHODS, build_method, check_method_options
+from sslkit.methods import (
+    MAE,
+    METHODS,
+    SHARED_SETTINGS,
+    build_method,
+    check_method_options,
+    check_shared_settings,
+)
 from sslkit.profiles import get_profile
 from sslkit.recipes import RECIPES, recipe_for
 from sslkit.train import TrainConfig, build, load_trained, make_optimizer, train
@@ -189,3 +196,49 @@ def test_resume_keeps_the_options(tmp_path):
     assert method.queue.shape[0] == 48
     rebuilt = build(cfg, load_trained(tmp_path)[2])
     assert rebuilt.queue.shape[0] == 48
+
+
+# ------------------------------------------ --proj-dim, --temperature, --head: who uses them
+SETTING_VALUES = {"proj_dim": (8, 16), "temperature": (0.1, 0.7), "head": ("mlp", "linear")}
+
+
+def loss_and_shapes(name: str, **setting) -> tuple[float, dict]:
+    """One method built from a fixed seed with one shared setting changed: its loss on a fixed
+    batch, and its parameters' shapes."""
+    arch = "vit" if name == "mae" else "convnet-small"
+    torch.manual_seed(0)  # the same initial weights
+    method = build_method(name, arch, 1, "digits", 32, torch.Generator().manual_seed(0),
+                          **setting)
+    x = (torch.rand(8, 1, 32, 32, generator=torch.Generator().manual_seed(1)) * 255).byte()
+    torch.manual_seed(2)
+    return float(method(x).detach()), {k: v.shape for k, v in method.state_dict().items()}
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_shared_settings_table_says_which_methods_use_each_setting(name):
+    """SHARED_SETTINGS is what check_shared_settings refuses from: a setting is listed for a
+    method exactly when changing it changes the module (its shapes) or its loss."""
+    for key, (a, b) in SETTING_VALUES.items():
+        loss_a, shapes_a = loss_and_shapes(name, **{key: a})
+        loss_b, shapes_b = loss_and_shapes(name, **{key: b})
+        used = shapes_a != shapes_b or loss_a != loss_b
+        assert used == (key in SHARED_SETTINGS.get(name, ())), (name, key, loss_a, loss_b)
+
+
+@pytest.mark.parametrize("method,key", [("rotation", "temperature"), ("jigsaw", "head"),
+                                        ("dino", "proj_dim"), ("mae", "temperature"),
+                                        ("cpc", "head"), ("triplet", "temperature")])
+def test_a_flag_the_method_ignores_is_a_one_line_error(tmp_path, capsys, method, key):
+    """`train rotation --temperature 50` trained exactly as without the flag."""
+    flag = "--" + key.replace("_", "-")
+    value = str(SETTING_VALUES[key][1])
+    assert main(["train", method, "--out", str(tmp_path / "r"), flag, value, "--profile",
+                 "ci", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"sslkit: error: {flag} does not apply to {method}")
+    assert "\n" not in err and not (tmp_path / "r").exists()
+
+
+def test_the_methods_that_use_a_flag_accept_it():
+    for name, keys in SHARED_SETTINGS.items():
+        check_shared_settings(name, {key: SETTING_VALUES[key][0] for key in keys})

@@ -58,6 +58,28 @@ def check_method_options(name: str, method_options: dict) -> None:
         check_moco_options(method_options)
 
 
+# The methods that use the shared settings --proj-dim, --temperature and --head (the others
+# ignore them), and what each of the others has instead.
+SHARED_SETTINGS = {"simclr": ("proj_dim", "temperature", "head"),
+                   "moco": ("proj_dim", "temperature", "head"), "triplet": ("proj_dim", "head")}
+_INSTEAD = {"triplet": "uses a margin, not a temperature",
+            "dino": "sets its own head and temperatures with --option (out_dim, student_temp, "
+                    "teacher_temp)",
+            "mae": "has no projection head and no temperature (its sizes are --option's)",
+            "cpc": "scores its predictions with bilinear maps W_k, without a temperature"}
+
+
+def check_shared_settings(name: str, given) -> None:
+    """One-line error when `given` (the settings a command line set explicitly) holds one of
+    --proj-dim, --temperature or --head and method `name` ignores it: the run would otherwise
+    train as if the flag had not been given."""
+    for key in ("proj_dim", "temperature", "head"):
+        if key in given and key not in SHARED_SETTINGS.get(name, ()):
+            why = _INSTEAD.get(name, "classifies with its own head, without a temperature")
+            raise SSLKitError(f"--{key.replace('_', '-')} does not apply to {name}, which {why}: "
+                              "drop it")
+
+
 def _same_kind(value, default) -> bool:
     """Whether an option's value can stand where its default does (an int for a float is fine,
     a bool is not a number here). Defaults of other kinds (None, tuples) are not checked."""
@@ -89,8 +111,8 @@ def build_method(
 ) -> nn.Module:
     """A method module with a freshly initialised encoder.
 
-    options: proj_dim, temperature, head (SimCLR's; the pretext tasks, which classify with their
-    own heads, ignore them). method_options: keywords of the method's own constructor (MoCo's
+    options: proj_dim, temperature, head (used by the methods in SHARED_SETTINGS, ignored by
+    the others). method_options: keywords of the method's own constructor (MoCo's
     queue_size, DINO's out_dim, MAE's depth, ...), checked by name; they win over options."""
     if name not in METHODS:
         raise SSLKitError(f"unknown method {name!r}: use one of {', '.join(METHODS)}")
@@ -154,7 +176,7 @@ def build_method(
 
 
 __all__ = [
-    "CPC",
+    "CPC", "SHARED_SETTINGS", "check_shared_settings",
     "DINO", "MAE", "METHODS", "Jigsaw", "MoCo", "RelativePatch", "Rotation", "SimCLR", "Triplet",
     "build_method",
 ]
