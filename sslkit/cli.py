@@ -1,4 +1,4 @@
-"""The command line: ``sslkit train | eval | demo`` (also ``python -m sslkit``).
+"""The command line: sslkit train | eval | demo | experiment | bench | results.
 
     sslkit train simclr --dataset cifar10 --download --arch resnet18 --epochs 100 --out runs/simclr
     sslkit train simclr --out runs/simclr --resume      # continue an interrupted run
@@ -36,14 +36,46 @@ def _train_parser(sub) -> None:
     from sslkit.models import ARCHS
     from sslkit.train import TrainConfig
 
-    p = sub.add_parser("train", help="self-supervised pre-training of one method")
+    p = sub.add_parser("train", help="self-supervised pre-training of one method",
+                       description="Unset options take the profile's values (sslkit.profiles) "
+                                   "and, in the gpu profile, the method's recipe "
+                                   "(sslkit.recipes).")
     p.add_argument("method", help=f"one of {', '.join(METHODS)}")
     p.add_argument("--out", required=True, help="run folder: checkpoint, metrics.jsonl")
     p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
     p.add_argument("--stop-after-epoch", type=int, help="end this call after that epoch")
     p.add_argument("--profile", help="ci | laptop | gpu (default: SSLKIT_PROFILE or automatic)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    helps = {"dataset": f"one of {', '.join(DATASETS)}", "arch": f"one of {', '.join(ARCHS)}"}
+    helps = {
+        "dataset": f"one of {', '.join(DATASETS)}",
+        "data_root": "where the dataset's files are, or are downloaded to (default: data)",
+        "download": "fetch a missing torchvision dataset (CIFAR-10/100, STL-10) into --data-root",
+        "image_size": "side of the images of --dataset folder (the other datasets keep theirs)",
+        "n_train": "train on the first N training images only",
+        "n_test": "evaluate on the first N test images only",
+        "arch": f"one of {', '.join(ARCHS)}",
+        "head": "projection head: mlp, linear or none (simclr, moco, triplet)",
+        "proj_dim": "projection head output size (simclr, moco, triplet)",
+        "temperature": "temperature of the contrastive loss (simclr, moco)",
+        "epochs": "epochs of the whole run; the learning-rate schedule spans them",
+        "batch_size": "images per optimiser step, over all processes and micro-batches",
+        "optimizer": "adam, adamw or sgd (momentum 0.9)",
+        "lr": "peak learning rate, reached after the warm-up, then cosine decay to 0",
+        "weight_decay": "weight decay of the optimiser",
+        "warmup_epochs": "epochs of linear learning-rate warm-up",
+        "seed": "seed of the weights, the data order and the augmentations",
+        "device": "auto, cpu, cuda, cuda:N or mps (auto: cuda when there is one)",
+        "knn_every": "kNN accuracy on the test set every N epochs and at the last, into "
+                     "metrics.jsonl (0: never)",
+        "knn_k": "neighbours that vote in that kNN monitor",
+        "accumulate": "micro-batches per optimiser step: less memory, but a contrastive loss "
+                      "finds its negatives within each micro-batch",
+        "loader": "device: the dataset on the device, views made there in batches; dataloader: "
+                  "views made per image by torchvision in --workers processes",
+        "workers": "DataLoader worker processes (--loader dataloader)",
+        "compile": "torch.compile the encoder and the head",
+        "adam_beta2": "Adam(W)'s second-moment decay (MAE: 0.95)",
+    }
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="a keyword of the method's constructor, e.g. --option queue_size=16384 "
                         "(repeatable; see sslkit.recipes for the full-size ones)")
@@ -52,7 +84,7 @@ def _train_parser(sub) -> None:
             continue
         flag = "--" + f.name.replace("_", "-")
         if f.type == "bool":
-            p.add_argument(flag, action="store_true", default=None)
+            p.add_argument(flag, action="store_true", default=None, help=helps.get(f.name))
         else:
             kind = {"int": int, "float": float, "int | None": int}.get(f.type, str)
             p.add_argument(flag, type=kind, default=None, help=helps.get(f.name))
@@ -245,7 +277,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="evaluate a trained run: kNN, linear probe, t-SNE")
     p.add_argument("out", help="the run folder given to `sslkit train --out`")
     p.add_argument("--k", type=int, help="kNN neighbours (default: the run's knn_k)")
-    p.add_argument("--labels-per-class", type=int, default=10)
+    p.add_argument("--labels-per-class", type=int, default=10,
+                   help="labelled images per class for the linear probe's few-label score "
+                        "(default 10)")
     p.add_argument("--tsne", help="where to write the t-SNE figure (default: OUT/tsne.png)")
     p.add_argument("--data-root", help="the run's dataset folder, if not at the path saved "
                                        "with the run (a relative saved path only works from "
@@ -257,10 +291,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", help="an experiment's name, or `list` to show them all")
     p.add_argument("--profile", choices=("ci", "laptop", "gpu"),
                    help="ci (seconds), laptop (minutes on a CPU), gpu (CIFAR-10); default: "
-                        "the active profile (SSLKIT_PROFILE, else gpu with CUDA, else laptop)")
+                        "the active profile (SSLKIT_PROFILE, else ci under nbgrader, else "
+                        "gpu with CUDA, else laptop)")
     p.add_argument("--out", help="output folder (default: experiments/NAME-PROFILE)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p = sub.add_parser("results", help="a Markdown table of finished runs: kNN, time, command")
+    p = sub.add_parser("results", help="a Markdown table of runs: kNN, time, command "
+                                       "(an unfinished one shows 'k of N' epochs)")
     p.add_argument("runs", nargs="+", help="run folders given to `sslkit train --out`")
     p = sub.add_parser("bench", help="SimCLR images/s: device path, DataLoader, lightly, ceiling")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")

@@ -3,6 +3,7 @@ bad input ending with exit status 2 and one line on stderr (no traceback)."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -316,3 +317,13 @@ def test_bad_sizes_exit_2_naming_the_option(tmp_path, capsys):
     err = run_error(["train", "simclr", "--out", str(tmp_path / "s"), "--data-root",
                      str(tmp_path / "imgs"), *FOLDER, "--image-size", "8"], capsys)
     assert "--image-size 8 is too small" in err and "--image-size 16 or more" in err
+
+
+def test_every_flag_has_a_help_text():
+    """23 of `sslkit train`'s flags had none: their meaning was only in TrainConfig's comments."""
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name, sub in subparsers.choices.items():
+        for action in sub._actions:
+            if action.option_strings and action.dest != "help":
+                assert action.help, f"sslkit {name} {action.option_strings[0]} has no help"
