@@ -17,7 +17,7 @@ method shares the small settings the notebooks were tuned with.
             (ResNet-18 has BatchNorm, which leaks
             between the patches of an image)
 
-Sources (facts, REFERENCE.md): MoCo's CIFAR-10 demo (ResNet-18, lr 0.06 at batch 512, wd 5e-4,
+Sources (published facts): MoCo's CIFAR-10 demo (ResNet-18, lr 0.06 at batch 512, wd 5e-4,
 K 4096, m 0.99, T 0.1, SplitBatchNorm with 8 groups). DINO's head shape, temperatures,
 gradient clipping at 3.0 and last layer frozen in the first epoch from the paper; its out_dim
 of 65536 is for ImageNet, 4096 is this kit's choice for 10 classes; SGD as in the DINO

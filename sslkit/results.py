@@ -1,9 +1,9 @@
-"""``sslkit results RUN...``: one Markdown row per finished run, for a results table.
+"""``sslkit results RUN...``: one Markdown row per run, for a results table.
 
     | method | encoder | epochs | batch | kNN | training time | wall time | device | command |
 
 kNN is the accuracy at the run's final epoch (cosine, T = 0.1, k = the run's knn_k; 200 in the
-gpu profile), as REFERENCE.md's convention asks: never the best over epochs. It comes from the
+gpu profile; the monitor of Wu et al., 2018), never the best over epochs. It comes from the
 last row of metrics.jsonl when the run monitored kNN at its last saved epoch (``--knn-every
 N``), else from eval.json (``sslkit eval``) when that is not older than the checkpoint, else it
 is left out with a hint. A run that is not finished says so in the epochs column ("3 of 100")

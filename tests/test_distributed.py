@@ -5,7 +5,7 @@ Each check compares 2 ranks, each holding half of a batch, with ONE process on t
 queue and shuffle-BN, DINO's all-reduced centre, one SimCLR training step with synchronised
 BatchNorm, one MoCo training step with per-rank BatchNorm, and a
 whole `train()` run with checkpoints written by rank 0 and resumed under DDP. Each guards
-against a bug that libraries shipped (REFERENCE.md, "Known pitfalls").
+against a bug that other SSL libraries shipped, as their users reported it.
 
 The 2 processes run once per group of checks (a module fixture) and save what they computed;
 the tests compare it with a single process here.

@@ -1,6 +1,8 @@
 """Full-size recipes and method options: the gpu profile gives each method the settings of its
-paper or CIFAR-10 reference run (REFERENCE.md), flags and --option win over the recipe, the
-options reach the module and survive a checkpoint, and a wrong option is a one-line error."""
+paper or CIFAR-10 reference run (sslkit.recipes names them), flags and --option win over the
+recipe, the options reach the module and survive a checkpoint, and a wrong option is a one-line
+error. --proj-dim, --temperature and --head reach the methods that use them and are refused by
+the others."""
 
 from __future__ import annotations
 
