@@ -199,9 +199,12 @@ class GlobalBatchNorm(_BatchNorm):
     """BatchNorm whose training statistics are taken over the batches of ALL ranks, on any
     device (torch's SyncBatchNorm is GPU-only; this one also runs on CPU with gloo).
 
-    Per channel: sum, sum of squares and count are all-reduced (with gradient), then
-    mean = S / n, var = SS / n - mean^2 (biased, used to normalise; the running variance gets
-    the unbiased n / (n - 1) version, as BatchNorm does). One process or eval mode: BatchNorm.
+    Per channel, in two passes: the sum and the count are all-reduced (with gradient), giving
+    the mean; then the sum of squared deviations from that mean, giving the variance (biased,
+    used to normalise; the running variance gets the unbiased n / (n - 1) version, as
+    BatchNorm does). Not E[x^2] - mean^2 in one pass: in float32 that loses the variance when
+    a channel's mean is large against its spread (off by 0.2 at a mean of 1000). One process
+    or eval mode: BatchNorm.
     """
 
     def _check_input_dim(self, x: torch.Tensor) -> None:
@@ -212,12 +215,15 @@ class GlobalBatchNorm(_BatchNorm):
         if not (self.training and is_distributed()):
             return super().forward(x)
         dims = [d for d in range(x.ndim) if d != 1]  # every axis but the channels
-        xf = x.float()
-        count = torch.full((1,), xf.numel() / xf.shape[1], device=x.device)
-        stats = all_reduce_sum_with_grad(torch.cat([xf.sum(dims), (xf * xf).sum(dims), count]))
         c = x.shape[1]
-        n = stats[2 * c]
-        mean, var = stats[:c] / n, stats[c : 2 * c] / n - (stats[:c] / n) ** 2  # (C,) each
+        shape = [1, c] + [1] * (x.ndim - 2)
+        xf = x.float()
+        count = torch.full((1,), xf.numel() / c, device=x.device)
+        sums = all_reduce_sum_with_grad(torch.cat([xf.sum(dims), count]))  # (C + 1,)
+        n = sums[c]
+        mean = sums[:c] / n  # (C,)
+        centred = xf - mean.view(shape)
+        var = all_reduce_sum_with_grad((centred * centred).sum(dims)) / n  # (C,)
         if self.track_running_stats:
             with torch.no_grad():
                 self.num_batches_tracked.add_(1)
@@ -225,8 +231,7 @@ class GlobalBatchNorm(_BatchNorm):
                     self.num_batches_tracked)
                 self.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
                 self.running_var.mul_(1 - m).add_(var.detach() * n / (n - 1), alpha=m)
-        shape = [1, c] + [1] * (x.ndim - 2)
-        out = (xf - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
+        out = centred * torch.rsqrt(var.view(shape) + self.eps)
         if self.affine:
             out = out * self.weight.view(shape) + self.bias.view(shape)
         return out.to(x.dtype)

@@ -580,7 +580,8 @@ def _check_cpc(fn: str, z, c, W) -> None:
 
 
 @_in_float32
-def cpc_logits(z: Tensor, c: Tensor, W: Tensor) -> list[tuple[Tensor, Tensor]]:
+def cpc_logits(z: Tensor, c: Tensor, W: Tensor, candidates: Tensor | None = None,
+               offset: int = 0) -> list[tuple[Tensor, Tensor]]:
     """CPC's scores as K classification problems, one per step k = 1..K.
 
     z: (N, R, C, D) patch encodings on an R x C grid; c: (N, R, C, H) contexts, c[n, t, j]
@@ -593,12 +594,17 @@ def cpc_logits(z: Tensor, c: Tensor, W: Tensor) -> list[tuple[Tensor, Tensor]]:
     the other M - 1 patches: other images (tells images apart) and other positions of the same
     image (so the prediction has to be about *where*, not only about *which image*).
 
+    candidates (M', D), offset: score against these instead, where z's patches are the rows
+    offset .. offset + M - 1 (under torchrun: every process's patches, rank-major; see
+    sslkit.methods.cpc.cpc_loss_across_ranks). The labels then index these rows.
+
     Returns [(logits (N·(R-k)·C, M), labels (N·(R-k)·C,)) for k = 1..K].
     """
     _check_cpc("cpc_logits", z, c, W)
     n, rows, cols, d = z.shape
-    candidates = z.reshape(n * rows * cols, d)  # (M, D)
-    flat = torch.arange(n * rows * cols, device=z.device).view(n, rows, cols)  # (N, R, C)
+    if candidates is None:
+        candidates = z.reshape(n * rows * cols, d)  # (M, D)
+    flat = torch.arange(n * rows * cols, device=z.device).view(n, rows, cols) + offset  # (N,R,C)
     out = []
     for k in range(1, W.shape[0] + 1):
         # legend: n = image, t = context row, j = column, d = z feature, h = context feature

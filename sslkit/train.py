@@ -144,7 +144,18 @@ def make_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
 
 
 def load_data(cfg: TrainConfig) -> ImageData:
-    data = load_dataset(cfg.dataset, cfg.data_root, cfg.download, cfg.image_size)
+    """The run's dataset, cut to n_train / n_test. Under torchrun with --download, rank 0
+    fetches what is missing while the others wait, then they read its files: processes that all
+    downloaded into one folder at once could leave it corrupt."""
+    def load(download: bool) -> ImageData:
+        return load_dataset(cfg.dataset, cfg.data_root, download, cfg.image_size)
+
+    if cfg.download and distributed.is_distributed():
+        data = load(download=True) if distributed.is_main() else None
+        distributed.barrier()
+        data = data or load(download=False)
+    else:
+        data = load(cfg.download)
     return data.subset(cfg.n_train, cfg.n_test)
 
 
@@ -378,7 +389,8 @@ def train(
     to split a long run over several sessions and continue with resume=True.
 
     Under torchrun (or inside a process group the caller made) every process calls train();
-    rank 0 alone writes metrics and checkpoints, and every rank returns the same weights.
+    rank 0 alone writes metrics and checkpoints, and every rank returns the same weights (but
+    MoCo's BatchNorm running statistics, which are per rank).
     """
     call_started = time.perf_counter()  # this call's wall time, recorded in OUT/run.json
     out = Path(out)

@@ -2,9 +2,11 @@
 
 Each check compares 2 ranks, each holding half of a batch, with ONE process on the whole
 (concatenated) batch: a gathered gradient, NT-Xent with labels offset by rank, MoCo's shared
-queue and shuffle-BN, DINO's all-reduced centre, one SimCLR training step with synchronised
-BatchNorm, one MoCo training step with per-rank BatchNorm, and a
-whole `train()` run with checkpoints written by rank 0 and resumed under DDP. Each guards
+queue and shuffle-BN, DINO's all-reduced centre, triplet mining and CPC candidates across
+ranks, synchronised BatchNorm on channels far from zero, one download for all ranks, one
+SimCLR training step with synchronised BatchNorm, one MoCo training step with per-rank
+BatchNorm, and whole `train()` runs (SimCLR, MAE) with checkpoints written by rank 0 and
+resumed under DDP. Each guards
 against a bug that other SSL libraries shipped, as their users reported it.
 
 The 2 processes run once per group of checks (a module fixture) and save what they computed;
@@ -15,6 +17,8 @@ from __future__ import annotations
 
 import contextlib
 import io
+from dataclasses import replace
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -24,8 +28,9 @@ from torch import nn
 
 from sslkit import distributed
 from sslkit.augment import SimCLRViews, ViewConfig
-from sslkit.losses import nt_xent
-from sslkit.methods import DINO, MoCo, SimCLR
+from sslkit.losses import cpc_loss, nt_xent
+from sslkit.methods import DINO, MoCo, SimCLR, Triplet
+from sslkit.methods.cpc import cpc_loss_across_ranks
 from sslkit.methods.dino import MultiCropViews
 from sslkit.models.convnet import ConvNet
 from sslkit.train import TrainConfig, train_step
@@ -87,6 +92,23 @@ def _moco() -> MoCo:
                 momentum=0.9)
 
 
+def _triplet(mining: str) -> Triplet:
+    torch.manual_seed(0)
+    return Triplet(_encoder(), SimCLRViews(ViewConfig(size=8)), proj_dim=4, mining=mining)
+
+
+def _cpc_inputs():
+    """z (N, R, C, D), c (N, R, C, H), W (K, D, H) for cpc_loss: a 3x2 grid, 2 steps ahead."""
+    g = torch.Generator().manual_seed(3)
+    return (torch.randn(N, 3, 2, 4, generator=g), torch.randn(N, 3, 2, 5, generator=g),
+            torch.randn(2, 4, 5, generator=g))
+
+
+def _far_from_zero() -> torch.Tensor:
+    """(N, 3, 4, 4) channels whose mean (1000) is large against their spread (1)."""
+    return 1000 + torch.randn(N, 3, 4, 4, generator=torch.Generator().manual_seed(4))
+
+
 def _dino() -> DINO:
     torch.manual_seed(0)
     views = MultiCropViews(ViewConfig(size=8), n_local=1, local_size=4)
@@ -138,7 +160,8 @@ def _worker(rank: int, init_file: str, out: str) -> None:
     # MoCo: the queue after one step
     moco = _moco()
     _, (v1, v2) = _views()
-    moco.loss_on_views(_mine(v1, rank), _mine(v2, rank))
+    torch.manual_seed(100 + rank)  # as in training: other random streams on every rank, so
+    moco.loss_on_views(_mine(v1, rank), _mine(v2, rank))  # the shuffle must be broadcast
     result["queue"], result["queue_ptr"] = moco.queue.clone(), int(moco.queue_ptr)
 
     # DINO: the centre after one step
@@ -157,8 +180,44 @@ def _worker(rank: int, init_file: str, out: str) -> None:
     moco = _moco()
     model = distributed.wrap(moco, torch.device("cpu"))
     optimizer = torch.optim.SGD(moco.parameters(), lr=0.5, momentum=0.9)
+    torch.manual_seed(100 + rank)
     result["moco_loss"] = train_step(model, optimizer, [[_mine(v1, rank), _mine(v2, rank)]])
     result["moco_grads"], result["moco_weights"] = _grads(moco), _params(moco)
+
+    # Triplet: negatives mined among every rank's positives, BatchNorm synchronised
+    for mining in ("batch_hard", "semi_hard"):
+        triplet = distributed.sync_batchnorm(_triplet(mining), torch.device("cpu"))
+        loss = triplet.loss_on_views(_mine(v1, rank), _mine(v2, rank))
+        loss.backward()
+        result[mining] = loss.detach(), _grads(triplet)
+
+    # CPC: every rank's patches are candidates
+    z, c, w = _cpc_inputs()
+    a, b = (_mine(t, rank).clone().requires_grad_(True) for t in (z, c))
+    w = w.clone().requires_grad_(True)
+    loss = cpc_loss_across_ranks(a, b, w)
+    loss.backward()
+    result["cpc"] = loss.detach(), a.grad, b.grad, w.grad
+
+    # Synchronised BatchNorm on channels far from zero
+    result["far_bn"] = distributed.GlobalBatchNorm(3)(_mine(_far_from_zero(), rank)).detach()
+
+    # --download under torchrun: rank 0 fetches, the others wait and then read its files
+    import time
+
+    import sslkit.train as train_module
+
+    calls = []
+
+    def fake_load(name, root, download, image_size):
+        calls.append(("start", download, time.monotonic()))
+        time.sleep(0.5)  # a download
+        calls.append(("end", download, time.monotonic()))
+        return SimpleNamespace(subset=lambda n_train, n_test: "the data")
+
+    train_module.load_dataset = fake_load
+    result["loaded"] = train_module.load_data(TrainConfig(download=True))
+    result["load_calls"] = calls
 
     torch.save(result, f"{out}/rank{rank}.pt")
     dist.destroy_process_group()
@@ -227,6 +286,7 @@ def test_moco_keys_gathered_before_the_queue_update(ranks):
     _, (v1, v2) = _views()
     single = _moco()
     single.bn_splits = WORLD
+    torch.manual_seed(100)  # rank 0's stream draws the permutation, which it broadcasts
     single.loss_on_views(v1, v2)
     assert torch.allclose(ranks[0]["queue"], single.queue, atol=1e-5)
     untouched = _moco().queue[N:]
@@ -277,6 +337,7 @@ def test_moco_step_equals_one_process_with_one_batchnorm_group_per_rank(ranks):
     moco.bn_splits = WORLD
     optimizer = torch.optim.SGD(moco.parameters(), lr=0.5, momentum=0.9)
     _, (v1, v2) = _views()
+    torch.manual_seed(100)  # rank 0's permutation, broadcast to rank 1 (seeded 101)
     loss = train_step(moco, optimizer, [[v1, v2]])
     grads, weights = _grads(moco), _params(moco)
     assert torch.allclose(torch.stack([r["moco_loss"] for r in ranks]).mean(), loss, atol=1e-5)
@@ -289,6 +350,54 @@ def test_moco_step_equals_one_process_with_one_batchnorm_group_per_rank(ranks):
                 continue  # per-rank BatchNorm: each rank's running statistics are its own
             assert torch.allclose(r["moco_weights"][name].float(), w.float(), atol=1e-5), name
     assert torch.equal(ranks[0]["moco_weights"]["queue"], ranks[1]["moco_weights"]["queue"])
+
+
+@pytest.mark.parametrize("mining", ["batch_hard", "semi_hard"])
+def test_triplet_mines_among_every_ranks_positives(ranks, mining):
+    """Each rank mined its negatives in its own half: a loss that depends on the number of
+    processes (1.02 on the whole batch, 0.65 as the mean of 2 halves, batch-hard)."""
+    triplet = _triplet(mining)
+    _, (v1, v2) = _views()
+    whole = triplet.loss_on_views(v1, v2)
+    whole.backward()
+    grads = _grads(triplet)
+    assert torch.allclose(torch.stack([r[mining][0] for r in ranks]).mean(), whole, atol=1e-5)
+    for name, g in grads.items():  # the mean of the ranks' gradients, as DDP averages them
+        mean = torch.stack([r[mining][1][name] for r in ranks]).mean(dim=0)
+        assert torch.allclose(mean, g, atol=1e-5), name
+    halves = [_triplet(mining).loss_on_views(_mine(v1, r), _mine(v2, r)) for r in range(WORLD)]
+    assert not torch.allclose(torch.stack(halves).mean(), whole, atol=1e-3)
+
+
+def test_cpc_takes_every_ranks_patches_as_candidates(ranks):
+    z, c, w = (t.clone().requires_grad_(True) for t in _cpc_inputs())
+    whole = cpc_loss(z, c, w)
+    whole.backward()
+    assert torch.allclose(torch.stack([r["cpc"][0] for r in ranks]).mean(), whole, atol=1e-5)
+    for rank, r in enumerate(ranks):
+        _, gz, gc, gw = r["cpc"]
+        assert torch.allclose(gz / WORLD, _mine(z.grad, rank), atol=1e-6)
+        assert torch.allclose(gc / WORLD, _mine(c.grad, rank), atol=1e-6)
+    mean_gw = torch.stack([r["cpc"][3] for r in ranks]).mean(dim=0)
+    assert torch.allclose(mean_gw, w.grad, atol=1e-5)
+    z, c, w = _cpc_inputs()  # per-rank candidates only: fewer negatives, a lower loss
+    per_rank = torch.stack([cpc_loss(_mine(z, r), _mine(c, r), w) for r in range(WORLD)])
+    assert not torch.allclose(per_rank.mean(), whole.detach(), atol=1e-2)
+
+
+def test_synchronised_batchnorm_keeps_the_variance_of_channels_far_from_zero(ranks):
+    """E[x^2] - mean^2 in float32 lost the variance of a channel at 1000 +- 1 (off by 0.2)."""
+    whole = nn.BatchNorm2d(3)(_far_from_zero()).detach()
+    assert torch.allclose(torch.cat([r["far_bn"] for r in ranks]), whole, atol=1e-3)
+
+
+def test_download_is_done_by_rank_0_alone_before_the_others_read(ranks):
+    assert all(r["loaded"] == "the data" for r in ranks)
+    (_, d0, _), (_, _, end0) = ranks[0]["load_calls"]
+    (_, d1, start1), _ = ranks[1]["load_calls"]
+    assert d0 is True and d1 is False  # one download, into one folder
+    # CLOCK_MONOTONIC is system-wide on Linux, so the two processes' times compare
+    assert start1 >= end0
 
 
 def test_per_rank_batchnorm_would_differ():
@@ -336,6 +445,13 @@ def _train_worker(rank: int, init_file: str, out: str) -> None:
                                                    progress=False)
     train_module.train(cfg, f"{out}/to_single", stop_after_epoch=1, progress=False)
     result.update(widened=_params(widened), widened_rows=widened_rows, printed=printed.getvalue())
+    # MAE draws its masks from torch's global stream, which SimCLR never touches: resuming
+    # must restore each rank's own state of it
+    mae = replace(cfg, method="mae", arch="vit", method_options={"depth": 1, "decoder_depth": 1})
+    mae_whole, _ = train_module.train(mae, f"{out}/mae_whole", progress=False)
+    train_module.train(mae, f"{out}/mae_split", stop_after_epoch=1, progress=False)
+    mae_resumed, _ = train_module.train(mae, f"{out}/mae_split", resume=True, progress=False)
+    result.update(mae_whole=_params(mae_whole), mae_resumed=_params(mae_resumed))
     torch.save(result, f"{out}/rank{rank}.pt")
     dist.destroy_process_group()
 
@@ -358,11 +474,18 @@ def test_train_under_ddp_checkpoints_on_rank_0_and_resumes(tmp_path, capsys):
     train(_train_cfg(), tmp_path / "single", stop_after_epoch=1, progress=False)
     ranks = _spawn(_train_worker, tmp_path)
     assert ranks[1]["saved_by"] == [] and set(ranks[0]["saved_by"]) == {0}
-    assert len(ranks[0]["saved_by"]) == 6  # 2 epochs; 1 + 1; 1 resumed from one process; 1
+    assert len(ranks[0]["saved_by"]) == 10  # 2 epochs; 1 + 1; 1 from one process; 1; MAE 2 + 2
     for r in ranks:  # every rank ends with the same weights; resuming changes nothing
         for name, w in ranks[0]["whole"].items():
             assert torch.allclose(r["whole"][name].float(), w.float(), atol=1e-6), name
             assert torch.allclose(r["resumed"][name].float(), w.float(), atol=1e-6), name
+        for name, w in ranks[0]["mae_whole"].items():
+            assert torch.allclose(r["mae_whole"][name], w, atol=1e-6), name
+            assert torch.allclose(r["mae_resumed"][name], w, atol=1e-6), name
+    # each rank has its own augmentation and global random streams, saved to resume from
+    ckpt = torch.load(tmp_path / "whole" / "last.pt", weights_only=False)
+    for streams in (ckpt["views_generators"], ckpt["torch_rngs"]):
+        assert len(streams) == WORLD and not torch.equal(streams[0], streams[1])
     assert [row["epoch"] for row in ranks[0]["rows"]] == [1, 2]
     assert not list(tmp_path.glob("*/*.tmp"))
     # A one-process checkpoint continued by 2 ranks: both ranks agree, rank 0 says what changed.

@@ -38,9 +38,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sslkit import distributed
 from sslkit.augment import SimCLRViews, view_config_for
 from sslkit.errors import SSLKitError
-from sslkit.losses import cpc_logits, cpc_loss
+from sslkit.losses import _in_float32, cpc_logits, cpc_loss
 from sslkit.transfer import to_device
 
 # -- stages --------------------------------------------------------------------------------------
@@ -99,6 +100,24 @@ def column_context(g_ar: nn.GRU, z: torch.Tensor) -> torch.Tensor:
     seq = z.permute(0, 2, 1, 3).reshape(n * cols, rows, d)  # (N·Cc, R, D), one column each
     out, _ = g_ar(seq)  # (N·Cc, R, H)
     return out.reshape(n, cols, rows, -1).permute(0, 2, 1, 3)  # (N, R, Cc, H)
+
+
+@_in_float32
+def cpc_loss_across_ranks(z: torch.Tensor, c: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
+    """CPC's loss of this process's N images with every process's patches as candidates. One
+    process: cpc_loss.
+
+    z (N, R, Cc, D), c (N, R, Cc, H) on each of P processes; W (K, D, H). The candidates are the
+    gathered z, flattened rank-major (P·N·R·Cc, D), so this process's patches start at row
+    rank·N·R·Cc. Averaged over the processes (as DDP averages gradients), it is cpc_loss of the
+    whole batch: the same negatives as one process would see."""
+    if not distributed.is_distributed():
+        return cpc_loss(z, c, W)
+    n, rows, cols, d = z.shape
+    candidates = distributed.gather_with_grad(z).reshape(-1, d)  # (P·N·R·Cc, D)
+    offset = distributed.rank() * n * rows * cols
+    return torch.stack([F.cross_entropy(logits, labels)
+                        for logits, labels in cpc_logits(z, c, W, candidates, offset)]).mean()
 
 
 @torch.no_grad()
@@ -197,7 +216,7 @@ class CPC(nn.Module):
         """patches (N, R, Cc, C, p, p) -> scalar loss; the per-step accuracy goes to
         ``last_stats["accuracy"]`` (a list of K floats)."""
         z, c = self.encoder.encode(patches)
-        loss = cpc_loss(z, c, self.W)
+        loss = cpc_loss_across_ranks(z, c, self.W)  # cpc_loss in one process
         acc = prediction_accuracy(z.detach(), c.detach(), self.W.detach())
         self._accuracy = acc
         return loss

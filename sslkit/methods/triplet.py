@@ -30,6 +30,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from sslkit import distributed
 from sslkit.augment import SimCLRViews
 from sslkit.errors import SSLKitError
 from sslkit.losses import triplet_loss
@@ -178,26 +179,32 @@ class Triplet(nn.Module):
         z = self.head(self.encoder(v))
         return nn.functional.normalize(z, dim=1) if self.normalize else z
 
-    def mine(self, z_a: torch.Tensor, z_p: torch.Tensor) -> torch.Tensor:
-        """Anchors z_a (N, D), positives z_p (N, D) -> (N,) index into z_p of each negative.
+    def mine(self, z_a: torch.Tensor, z_p: torch.Tensor, offset: int = 0) -> torch.Tensor:
+        """Anchors z_a (N, D), candidates z_p (M, D) whose row offset + i is anchor i's positive
+        (offset 0 and M = N in one process) -> (N,) index into z_p of each negative.
         Chosen without gradient: mining selects, it is not differentiated. Distances in
         float32 even under autocast: ||a||^2 + ||b||^2 - 2 a.b of unit vectors in bfloat16 is
         off by up to ~0.005, enough to move a negative across the semi-hard band."""
         with torch.no_grad(), torch.autocast(z_a.device.type, enabled=False):
-            dist = pairwise_sq_distances(z_a.float(), z_p.float())  # (N, N), diagonal: positives
-            invalid = torch.eye(len(z_a), dtype=torch.bool, device=dist.device)
+            dist = pairwise_sq_distances(z_a.float(), z_p.float())  # (N, M)
+            rows = torch.arange(len(z_a), device=dist.device)  # (N,)
+            invalid = torch.zeros_like(dist, dtype=torch.bool)
+            invalid[rows, offset + rows] = True  # the positives
             if self.mining == "random":
                 return random_negatives(invalid, self.generator)
             if self.mining == "batch_hard":
                 return batch_hard_negatives(dist, invalid)
-            return semi_hard_negatives(dist.diagonal(), dist, self.margin, invalid)
+            return semi_hard_negatives(dist[rows, offset + rows], dist, self.margin, invalid)
 
     def loss_on_views(self, v1: torch.Tensor, v2: torch.Tensor) -> torch.Tensor:
         """Triplet loss of anchors v1 and positives v2 (N, C, S, S); both in ONE forward pass
-        so that BatchNorm normalises over all 2N views."""
+        so that BatchNorm normalises over all 2N views. Under torchrun the negatives are mined
+        among the positives of every process (gathered with gradient), so the loss is that of
+        one process on the whole batch."""
         z = self.embed(torch.cat([v1, v2]))  # (2N, proj_dim)
         z_a, z_p = z.chunk(2)  # (N, proj_dim) each
-        negative = z_p[self.mine(z_a, z_p)]  # (N, proj_dim)
+        candidates = distributed.gather_with_grad(z_p)  # (W·N, proj_dim), rank-major
+        negative = candidates[self.mine(z_a, candidates, distributed.rank() * len(z_a))]
         return triplet_loss(z_a, z_p, negative, self.margin)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
