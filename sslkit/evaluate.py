@@ -7,6 +7,8 @@ what self-supervision adds.
 
 from __future__ import annotations
 
+from numbers import Integral
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -40,6 +42,13 @@ def _check_finite(features: torch.Tensor, name: str) -> None:
     if not bool(torch.isfinite(features).all()):
         raise SSLKitError(f"{name} contain NaN or infinite values: the encoder diverged or "
                           "the input is broken; check the training loss and the images")
+
+
+def _check_whole(value, name: str, example: str) -> None:
+    """One-line error unless value is a whole number >= 1 (not a float, not a bool)."""
+    if isinstance(value, bool) or not isinstance(value, Integral) or value < 1:
+        raise SSLKitError(f"{name} must be a whole number of at least 1 (got {value!r}): use "
+                          f"e.g. {name}={example}")
 
 
 def _check_labels(labels: torch.Tensor, n: int, num_classes: int | None, who: str) -> None:
@@ -136,9 +145,10 @@ def knn_predict(
     if len(train_labels) != len(train_features):
         raise SSLKitError(f"{len(train_features)} train features but {len(train_labels)} labels: "
                           "pass one label per feature row, in the same order")
-    if k < 1 or not temperature > 0:
-        raise SSLKitError(f"kNN needs k >= 1 and temperature > 0 (got k={k}, temperature="
-                          f"{temperature}): use e.g. k=200, temperature=0.1")
+    _check_whole(k, "k", "200")
+    if not temperature > 0:
+        raise SSLKitError(f"kNN needs temperature > 0 (got {temperature}): use e.g. "
+                          "temperature=0.1")
     if chunk_size < 1:
         raise SSLKitError(f"chunk_size must be at least 1 (got {chunk_size}): use e.g. 1024")
     _check_labels(train_labels, len(train_features), num_classes, "knn_predict")
@@ -167,6 +177,7 @@ def knn_accuracy(train_f, train_y, test_f, test_y, k: int = 200, temperature: fl
     Unlike knn_predict, which caps k at the N training points, this is the accuracy *at k*: a k
     above N is a one-line error rather than a number reported for a k that was not used. So
     are training labels of a single class, with which every prediction is right."""
+    _check_whole(k, "k", "200")
     if test_y.shape != (len(test_f),):
         raise SSLKitError(f"knn_accuracy: {len(test_f)} test features but test labels of shape "
                           f"{tuple(test_y.shape)}: pass one label per test row, (M,)")
@@ -185,8 +196,7 @@ def labels_per_class_subset(labels, per_class: int, seed: int = 0) -> np.ndarray
     """Indices (sorted) of `per_class` random examples of every class (all of a class if it has
     fewer), for labels (N,) (a tensor on any device, or an array). Index features and labels
     with the same indices to keep them aligned."""
-    if per_class < 1:
-        raise SSLKitError(f"per_class must be at least 1 (got {per_class}): use e.g. 10")
+    _check_whole(per_class, "per_class", "10")
     labels = labels.cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
     if labels.ndim != 1:
         raise SSLKitError(f"labels_per_class_subset needs labels (N,), got shape "
@@ -255,6 +265,9 @@ def tsne(features: torch.Tensor, seed: int = 0) -> np.ndarray:
                           "flatten them first (e.g. pixels(images))")
     if len(features) < 4:
         raise SSLKitError(f"t-SNE needs at least 4 points (got {len(features)}): pass more")
+    if features.shape[1] < 2:
+        raise SSLKitError(f"t-SNE maps features to 2-D and needs at least 2 of them (got "
+                          f"{features.shape[1]}): plot 1-D features directly instead")
     _check_finite(features, "tsne: the features")
     perplexity = min(30.0, max(2.0, (len(features) - 1) / 3))
     model = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed)
@@ -285,6 +298,9 @@ def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, k: int = 1) -> flo
         raise SSLKitError("topk_accuracy got no rows (N = 0): the accuracy of nothing is "
                           "undefined; pass at least one prediction")
     _check_labels(labels, len(labels), logits.shape[1], "topk_accuracy")
+    if bool(torch.isnan(logits).any()):  # a NaN ranks nowhere, so its row would count as right
+        raise SSLKitError("topk_accuracy: the logits contain NaN: the model diverged; check the "
+                          "training loss and the learning rate")
     labels = labels.to(logits.device).long()
     classes = torch.arange(logits.shape[1], device=logits.device)  # (C,)
     own = logits.gather(1, labels[:, None])  # (N, 1) the label's logit
@@ -349,7 +365,9 @@ def train_linear_probe(
         )
     _check_labels(train_y, len(train_f), num_classes, "train_linear_probe")
     _check_finite(train_f, "train_linear_probe: the features")
-    train_f, train_y = train_f.float(), train_y.to(train_f.device).long()
+    # detached: features computed with gradient (enc(x) outside no_grad) would keep their graph
+    # in the standardisation, and the second step would backpropagate through it again
+    train_f, train_y = train_f.detach().float(), train_y.to(train_f.device).long()
     num_classes = num_classes or int(train_y.max()) + 1
     linear = _zero_linear(train_f.shape[1], num_classes, train_f.device)
     probe = nn.Sequential(Standardize(train_f), linear)

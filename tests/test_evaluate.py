@@ -124,7 +124,11 @@ def test_knn_bad_shapes_are_one_line_errors():
 
 
 @pytest.mark.parametrize("call,expected", [
-    (lambda f, y: knn_predict(f, y, f, k=0), "k >= 1"),  # once: no votes, every point class 0
+    (lambda f, y: knn_predict(f, y, f, k=0), "k must be a whole number"),  # once: no votes,
+    # every point class 0; a float or bool k was a TypeError deep in torch.topk
+    (lambda f, y: knn_predict(f, y, f, k=2.5), "got 2.5"),
+    (lambda f, y: knn_accuracy(f, y, f, y, k=True), "got True"),
+    (lambda f, y: labels_per_class_subset(y, 2.5), "per_class must be a whole number"),
     (lambda f, y: knn_predict(f, y, f, temperature=0.0), "temperature > 0"),  # once: NaN votes
     (lambda f, y: knn_predict(f, y[:5], f), "6 train features but 5 labels"),
     (lambda f, y: linear_probe(f, y, f, y, labels_per_class=0), "at least 1"),
@@ -133,6 +137,12 @@ def test_knn_and_probe_settings_out_of_range_are_one_line_errors(call, expected)
     f, y = torch.randn(6, 3, generator=gen(3)), torch.tensor([0, 1, 2, 0, 1, 2])
     with pytest.raises(SSLKitError, match=expected) as err:
         call(f, y)
+    assert "\n" not in str(err.value)
+
+
+def test_tsne_of_one_feature_is_a_one_line_error():
+    with pytest.raises(SSLKitError, match="at least 2 of them") as err:  # was sklearn's error
+        tsne(torch.randn(50, 1, generator=gen(5)))
     assert "\n" not in str(err.value)
 
 

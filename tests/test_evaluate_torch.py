@@ -71,6 +71,27 @@ def test_topk_bad_input():
         topk_accuracy(torch.zeros(3, 2), torch.zeros(3, dtype=torch.long), 0)
 
 
+def test_topk_of_nan_logits_is_an_error_not_full_marks():
+    """A NaN logit is neither above nor equal to any other, so the label ranked first and a
+    diverged fine-tune scored 100 %. -inf (a masked class) is still a valid logit."""
+    logits = torch.tensor([[float("nan"), 1.0], [0.0, 2.0]])
+    with pytest.raises(SSLKitError, match="contain NaN"):
+        topk_accuracy(logits, torch.tensor([0, 0]))
+    masked = torch.tensor([[float("-inf"), 1.0], [0.0, float("-inf")]])
+    assert topk_accuracy(masked, torch.tensor([1, 0])) == 1.0
+
+
+def test_probe_on_features_that_carry_a_graph_trains():
+    """Features computed with gradient (enc(x) outside no_grad, as in a notebook) kept their
+    graph in the standardisation; the second epoch backpropagated through it again."""
+    enc = nn.Linear(4, 3)
+    x, y = torch.randn(12, 4, generator=gen(20)), torch.arange(12) % 3
+    probe = train_linear_probe(enc(x), y, epochs=3)
+    plain = train_linear_probe(enc(x).detach(), y, epochs=3)
+    for a, b in zip(probe.parameters(), plain.parameters()):
+        assert torch.equal(a, b)
+
+
 def test_linear_probe_step_is_one_gradient_step_of_cross_entropy():
     torch.manual_seed(0)
     head = nn.Linear(5, 3)
