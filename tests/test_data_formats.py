@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from sslkit.data.cifar import load_cifar
-from sslkit.data.folder import load_image_folder
+from sslkit.data.folder import decode_rgb, load_image_folder
 from sslkit.data.stl10 import IMAGE_BYTES, load_stl10
 from sslkit.errors import SSLKitError
 
@@ -225,9 +225,14 @@ def test_cifar_truncated_batch_is_one_line_error(tmp_path):
     [
         ({b"labels": [0, 1], b"data": np.zeros((3, 3072), np.uint8)}, "3 images but 2 'labels'"),
         ({b"labels": [0, None, 1], b"data": np.zeros((3, 3072), np.uint8)},
-         "'labels' must be whole numbers"),
+         "'labels' must be a list of whole numbers"),
         ({b"labels": [b"cat"] * 3, b"data": np.zeros((3, 3072), np.uint8)},
-         "'labels' must be whole numbers"),
+         "'labels' must be a list of whole numbers"),
+        # a cast to int64 read these as labels 0, 9, 1 and 1, 0, 1 without a word
+        ({b"labels": [0.7, 9.9, 1.0], b"data": np.zeros((3, 3072), np.uint8)}, "got float64"),
+        ({b"labels": [True, False, True], b"data": np.zeros((3, 3072), np.uint8)}, "got bool"),
+        ({b"labels": [[0], [1], [2]], b"data": np.zeros((3, 3072), np.uint8)},
+         r"of shape \(3, 1\)"),
         ({b"labels": [0, 1, 2], b"data": np.zeros((3, 3, 32, 32), np.uint8)},
          r"'data' must be uint8 of shape \(N, 3072\)"),
         ({b"labels": [0, 1, 2], b"data": np.zeros((3, 3072), np.int64)}, "got int64"),
@@ -373,7 +378,7 @@ def test_stl10_bad_files_name_the_file_and_the_fix(tmp_path):
         ("train_y.bin", b"", "4 images but 0 labels"),
         ("test_X.bin", b"", r"size \(0 bytes\) is not a positive multiple of 27648"),
         ("unlabeled_X.bin", b"\0" * (IMAGE_BYTES + 1), "unlabeled_X.bin is not an STL-10"),
-        ("class_names.txt", b"\n\n", "lists no class names"),
+        ("class_names.txt", b"\n\n", "lists 0 class names, not 10"),
         ("class_names.txt", "airplane\n".encode("utf-16"), "cannot read STL-10 file"),
     ]:
         original = (folder / name).read_bytes()
@@ -386,11 +391,15 @@ def test_stl10_bad_files_name_the_file_and_the_fix(tmp_path):
         (folder / name).write_bytes(original)
 
 
-def test_stl10_too_few_class_names_blames_class_names_txt(tmp_path):
+def test_stl10_other_class_counts_blame_class_names_txt(tmp_path):
+    """STL-10 has 10 classes; 11 names loaded as an 11-class dataset."""
     write_stl10(tmp_path)
-    (tmp_path / "stl10_binary" / "class_names.txt").write_text("airplane\nbird\ncar\n")
-    with pytest.raises(SSLKitError, match=r"1\.\.3 \(class_names.txt lists 3 names\)"):
-        load_stl10(tmp_path)
+    for names in ("airplane\nbird\ncar\n", "".join(f"c{i}\n" for i in range(11))):
+        (tmp_path / "stl10_binary" / "class_names.txt").write_text(names)
+        count = len(names.split())
+        expected = f"class_names.txt lists {count} class names, not 10"
+        with pytest.raises(SSLKitError, match=expected):
+            load_stl10(tmp_path)
 
 
 def test_stl10_root_pointing_at_the_binary_folder_names_its_parent(tmp_path, monkeypatch):
@@ -589,6 +598,22 @@ def test_image_folder_unreadable_files_are_one_line_errors(tmp_path):
     (cls / "gone.png").symlink_to(tmp_path / "nowhere.png")  # dangling link
     with pytest.raises(SSLKitError, match="cannot read image file .*gone.png"):
         load_image_folder(tmp_path, image_size=8)
+
+
+def test_image_folder_16_bit_grey_keeps_its_top_8_bits_in_every_format(tmp_path):
+    """PIL's convert("RGB") clipped 16-bit PGM and TIFF pixels to 255; 16-bit PNG (decoded by
+    torchvision) keeps the top 8 bits. All three now agree; float pixels are an error."""
+    values = np.array([[0, 255, 256, 30000], [40000, 65279, 65280, 65535]], dtype=np.uint16)
+    for ext in ("png", "pgm", "tif"):
+        Image.fromarray(values).save(tmp_path / f"g.{ext}")
+        img = decode_rgb(tmp_path / f"g.{ext}")
+        assert img.dtype == torch.uint8 and img.shape == (3, 2, 4)
+        top = torch.from_numpy((values >> 8).astype(np.uint8))  # (2, 4)
+        assert torch.equal(img, top.expand(3, -1, -1)), ext
+    Image.fromarray(np.full((2, 4), 0.5, dtype=np.float32)).save(tmp_path / "f.tif")
+    with pytest.raises(SSLKitError, match="floating-point pixels") as info:
+        decode_rgb(tmp_path / "f.tif")
+    assert "\n" not in str(info.value)
 
 
 def test_image_folder_root_pointing_at_a_split_names_its_parent(tmp_path):

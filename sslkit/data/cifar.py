@@ -121,13 +121,14 @@ def _read_batch(path: Path, label_key: str) -> tuple[np.ndarray, np.ndarray]:
             f"CIFAR file {path}: 'data' must be uint8 of shape (N, {ROW_SIZE}), "
             f"got {data.dtype} {tuple(data.shape)}: {_refetch(path.parent)}"
         )
-    try:
-        labels = np.asarray(batch[label_key], dtype=np.int64).reshape(-1)
-    except (TypeError, ValueError) as exc:  # e.g. None or names among the labels
+    labels = np.asarray(batch[label_key])
+    # not cast to int64 first: that would truncate 0.7 to 0, and read "3" or True as a label
+    if labels.ndim != 1 or not (np.issubdtype(labels.dtype, np.integer) or labels.size == 0):
         raise SSLKitError(
-            f"CIFAR file {path}: '{label_key}' must be whole numbers ({_one_line(exc)}): "
-            f"{_refetch(path.parent)}"
-        ) from exc
+            f"CIFAR file {path}: '{label_key}' must be a list of whole numbers, got "
+            f"{labels.dtype} of shape {labels.shape}: {_refetch(path.parent)}"
+        )
+    labels = labels.astype(np.int64)
     if len(labels) != len(data):
         raise SSLKitError(
             f"CIFAR file {path}: {len(data)} images but {len(labels)} '{label_key}': "

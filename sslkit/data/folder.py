@@ -79,6 +79,16 @@ def _decode_with_pil(path: Path, data: bytes) -> torch.Tensor:
     from PIL import Image
 
     with Image.open(io.BytesIO(data)) as img:
+        if img.mode.startswith("I"):  # 16-bit grey (PGM, TIFF; PIL may say "I" for 32 bits)
+            values = np.array(img, dtype=np.int64)
+            if values.min() < 0 or values.max() > 65535:
+                raise SSLKitError(f"image file {path} holds 32-bit pixels: save it as an 8- "
+                                  "or 16-bit image")
+            grey = torch.from_numpy((values >> 8).astype(np.uint8))  # the top 8 of 16 bits,
+            return grey[None].expand(3, -1, -1).contiguous()  # as torchvision does for PNG
+        if img.mode == "F":  # convert("RGB") would clip them to 0 or 255
+            raise SSLKitError(f"image file {path} holds floating-point pixels, which have no "
+                              "fixed range: save it as an 8- or 16-bit image")
         rgb = np.array(img.convert("RGB"), dtype=np.uint8)  # (H, W, 3)
     return torch.from_numpy(rgb).permute(2, 0, 1)
 
@@ -101,6 +111,8 @@ def decode_rgb(path: Path) -> torch.Tensor:
     except (RuntimeError, ValueError):
         try:
             img = _decode_with_pil(path, data)
+        except SSLKitError:
+            raise
         except Exception as exc:
             if type(exc).__name__ == "UnidentifiedImageError":  # its message names a buffer
                 detail = "empty file" if not data else "not an image format PIL knows"

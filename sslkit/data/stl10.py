@@ -95,8 +95,9 @@ def _read_class_names(path: Path) -> list[str]:
             f"cannot read STL-10 file {path} ({_one_line(exc)}): {_refetch(path.parent)}"
         ) from exc
     names = [line.strip() for line in text.splitlines() if line.strip()]
-    if not names:
-        raise SSLKitError(f"STL-10 file {path} lists no class names: {_refetch(path.parent)}")
+    if len(names) != 10:
+        raise SSLKitError(f"STL-10 file {path} lists {len(names)} class names, not 10: "
+                          f"{_refetch(path.parent)}")
     return names
 
 
