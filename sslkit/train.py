@@ -143,12 +143,13 @@ def make_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
     raise SSLKitError(f"unknown optimizer {cfg.optimizer!r}: use adam, adamw or sgd")
 
 
-def load_data(cfg: TrainConfig) -> ImageData:
-    """The run's dataset, cut to n_train / n_test. Under torchrun with --download, rank 0
+def load_data(cfg: TrainConfig, unlabeled: bool = True) -> ImageData:
+    """The run's dataset, cut to n_train / n_test (unlabeled=False: without an unlabeled
+    split, which evaluation does not use). Under torchrun with --download, rank 0
     fetches what is missing while the others wait, then they read its files: processes that all
     downloaded into one folder at once could leave it corrupt."""
     def load(download: bool) -> ImageData:
-        return load_dataset(cfg.dataset, cfg.data_root, download, cfg.image_size)
+        return load_dataset(cfg.dataset, cfg.data_root, download, cfg.image_size, unlabeled)
 
     if cfg.download and distributed.is_distributed():
         data = load(download=True) if distributed.is_main() else None
@@ -639,7 +640,7 @@ def load_trained(out: str | Path, device: str = "cpu", data_root: str | Path | N
     cfg = replace(TrainConfig(**ckpt["config"]), download=False)
     if data_root is not None:
         cfg = replace(cfg, data_root=str(data_root))
-    data = load_data(cfg)
+    data = load_data(cfg, unlabeled=False)  # evaluation never reads STL-10's unlabeled split
     method = build(cfg, data)
     method.load_state_dict(ckpt["model"])
     return method.to(device).eval(), cfg, data

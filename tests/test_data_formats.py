@@ -667,3 +667,19 @@ def test_one_class_folder_loads_but_is_not_labelled_for_evaluation(tmp_path):
     two = ImageData("folder", data.train_x, torch.tensor([0, 1]), data.test_x, data.test_y,
                     ["a", "b"])
     two.check_labelled()  # no error
+
+
+def test_evaluating_an_stl10_run_does_not_read_the_unlabeled_split(tmp_path):
+    """Pre-training uses train + unlabeled; evaluation loaded the unlabeled split too (2.6 GiB
+    of STL-10's 100,000 images) and needed it present."""
+    from sslkit.train import TrainConfig, load_trained, train
+
+    write_stl10(tmp_path / "data")
+    cfg = TrainConfig(dataset="stl10", data_root=str(tmp_path / "data"), batch_size=2, epochs=1,
+                      warmup_epochs=0, device="cpu")
+    train(cfg, tmp_path / "run", progress=False)
+    (tmp_path / "data" / "stl10_binary" / "unlabeled_X.bin").unlink()
+    method, saved, data = load_trained(tmp_path / "run")
+    assert saved.dataset == "stl10" and data.unlabeled_x is None and len(data.train_x) == 4
+    with pytest.raises(SSLKitError, match="unlabeled_X.bin"):  # pre-training still needs it
+        train(cfg, tmp_path / "again", progress=False)

@@ -209,7 +209,7 @@ def _worker(rank: int, init_file: str, out: str) -> None:
 
     calls = []
 
-    def fake_load(name, root, download, image_size):
+    def fake_load(name, root, download, image_size, unlabeled):
         calls.append(("start", download, time.monotonic()))
         time.sleep(0.5)  # a download
         calls.append(("end", download, time.monotonic()))

@@ -106,9 +106,12 @@ class ImageData:
 
 
 def load_dataset(
-    name: str, root: str | Path = "data", download: bool = False, image_size: int = 32
+    name: str, root: str | Path = "data", download: bool = False, image_size: int = 32,
+    unlabeled: bool = True,
 ) -> ImageData:
-    """Load a dataset by name (see the module docstring). root: where files live."""
+    """Load a dataset by name (see the module docstring). root: where files live.
+    unlabeled=False leaves out an unlabeled split (STL-10's 100,000 images, 2.6 GiB), which
+    only pre-training uses."""
     if name == "shifted_digits":
         from sslkit.data.digits import shifted_digits
 
@@ -124,7 +127,7 @@ def load_dataset(
     elif name == "stl10":
         from sslkit.data.stl10 import load_stl10
 
-        parts = load_stl10(root, download=download)
+        parts = load_stl10(root, download=download, unlabeled=unlabeled)
     elif name == "folder":
         from sslkit.data.folder import load_image_folder
 
