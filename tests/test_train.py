@@ -205,7 +205,7 @@ def test_bad_batch_sizes_are_errors(tmp_path, data, batch_size, hint):
 
 def test_load_trained_restores_the_weights(full_run, monkeypatch, data):
     method, _, out = full_run
-    monkeypatch.setattr("sslkit.train.load_data", lambda cfg: data)
+    monkeypatch.setattr("sslkit.train.load_data", lambda cfg, unlabeled=True: data)
     loaded, cfg, _ = load_trained(out)
     assert cfg == CFG and not loaded.training
     assert_same_state(loaded.state_dict(), method.state_dict())
@@ -403,6 +403,7 @@ def test_load_trained_never_downloads(tmp_path, data, monkeypatch):
     out = tmp_path / "dl"
     train(replace(CFG, epochs=1, download=True), out, progress=False, data=data)
     asked = []
-    monkeypatch.setattr("sslkit.train.load_data", lambda cfg: asked.append(cfg) or data)
+    monkeypatch.setattr("sslkit.train.load_data",
+                        lambda cfg, unlabeled=True: asked.append(cfg) or data)
     load_trained(out)
     assert asked[0].download is False
