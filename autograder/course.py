@@ -11,8 +11,10 @@
 autograde every submission not yet graded in parallel workers (parallel.py; each kernel in the
 sandbox of sandbox.py), generate feedback without hidden tests, export
 reports/ASSIGNMENT/grades.csv and write reports/ASSIGNMENT/report.md, which lists each flagged
-submission and why (report.py). Run it again after a kill, or after importing more
-submissions: what is graded stays graded. ``--force`` grades everything again.
+submission and why (report.py), and each student folder whose notebooks are not in a folder
+named ASSIGNMENT. Run it again after a kill, after importing more submissions, or after fixing
+what made gradings fail: what is graded stays graded, what failed is graded again. ``--force``
+grades everything again.
 
 Each step is ``python -m nbgrader ...`` run with this interpreter in the course root (the folder
 of this file), with
@@ -24,11 +26,15 @@ of this file), with
 
 ``grade`` with no assignment grades every assignment that has submissions; options after the
 assignment (``--student=alice``, ``--Execute.timeout=300``) are passed to ``nbgrader autograde``.
+A submission nbgrader cannot grade (a kernel killed by the student's code) does not stop it:
+feedback and grades.csv are made for the others, then it exits with autograde's status and a
+line naming the submissions without a grade.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -40,6 +46,11 @@ import parallel  # noqa: E402
 import report  # noqa: E402
 import sandbox  # noqa: E402
 
+# the line nbgrader autograde ends with for each submission it could not grade
+AUTOGRADE_ERROR = re.compile(
+    r"There was an error processing assignment '(?P<assignment>.*)' for student '(?P<student>.*)'"
+)
+
 
 def nbgrader(*args: str, check: bool = True) -> int:
     """Run one nbgrader command in the course root; exit with its status if it fails (or
@@ -50,6 +61,40 @@ def nbgrader(*args: str, check: bool = True) -> int:
     if status and check:
         sys.exit(status)
     return status
+
+
+def autograde(assignment: str, options: list[str]) -> tuple[int, list[str]]:
+    """``nbgrader autograde``, its log shown as it runs; (its status, "student (assignment)"
+    of each submission it could not grade, from the errors nbgrader lists at its end)."""
+    command = [sys.executable, "-m", "nbgrader", "autograde", assignment, *options]
+    print("+ nbgrader autograde", assignment, *options, flush=True)
+    failed = []
+    env = parallel.nbgrader_env()
+    with subprocess.Popen(command, cwd=COURSE_ROOT, env=env, stderr=subprocess.PIPE, text=True,
+                          errors="replace") as process:  # fmt: skip
+        for line in process.stderr:
+            sys.stderr.write(line)
+            found = AUTOGRADE_ERROR.search(line)
+            if found:
+                failed.append(f"{found['student']} ({found['assignment']})")
+    return process.returncode, failed
+
+
+def grade(assignment: str, options: list[str]) -> None:
+    """autograde -> feedback -> grades.csv, each step whatever the one before did: a
+    submission that nbgrader cannot grade must not cost the others their feedback and grades."""
+    status, failed = autograde(assignment, options)
+    feedback = nbgrader("generate_feedback", assignment, "--force", check=False)
+    export = nbgrader("export", check=False)
+    if failed:
+        print(f"nbgrader autograde could not grade {', '.join(failed)}: no grade (0 in "
+              "grades.csv) and no feedback for them (see their errors above); the other "
+              "submissions are graded", file=sys.stderr)  # fmt: skip
+    elif status:
+        print(f"nbgrader autograde failed (status {status}, see its errors above); feedback and "
+              "grades.csv hold what it graded", file=sys.stderr)  # fmt: skip
+    if status or feedback or export:
+        sys.exit(status or feedback or export)
 
 
 def require_sandbox() -> None:
@@ -71,9 +116,7 @@ def assignment_notebooks(assignment: str) -> list[str]:
                           (assignment,)).fetchall()  # fmt: skip
     db.close()
     if not rows:
-        with parallel.connect(COURSE_ROOT / "gradebook.db") as db:
-            names = sorted(name for (name,) in db.execute("SELECT name FROM assignment"))
-        db.close()
+        names = sorted(parallel.assignment_names(COURSE_ROOT / "gradebook.db"))
         sys.exit(f"{assignment} is not an assignment of this course's gradebook (it has: "
                  f"{', '.join(names) or 'none'}); check the name, or run `python "
                  "autograder/course.py release` if solutions/ has it")  # fmt: skip
@@ -114,7 +157,7 @@ def run(args) -> None:
     nbgrader("export", f"--to={reports / 'grades.csv'}", f"--assignment={args.assignment}",
              check=False)  # fmt: skip
     entries = grader.journal.entries()
-    current = [entries[s] for s in grader.students() if s in entries]
+    current = [entries[s] for s in grader.students() if s in entries] + grader.misplaced()
     unmatched = []
     if (reports / "import.txt").exists():
         unmatched = [line.strip() for line in (reports / "import.txt").read_text().splitlines()
@@ -132,8 +175,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("release", help="generate notebooks/ from solutions/ (overwrites notebooks/)")
-    grade = sub.add_parser("grade", help="autograde, generate feedback and export grades.csv")
-    grade.add_argument("assignment", nargs="?", default="*", help="e.g. 04_simclr (default: all)")
+    grade_parser = sub.add_parser("grade",
+                                  help="autograde, generate feedback and export grades.csv")
+    grade_parser.add_argument("assignment", nargs="?", default="*",
+                              help="e.g. 04_simclr (default: all)")  # fmt: skip
     sub.add_parser("nbgrader", help="run any nbgrader command in the course root")
     run_parser = sub.add_parser("run", help="import, autograde in parallel, feedback, export, "
                                             "report (resumable)")  # fmt: skip
@@ -158,9 +203,7 @@ def main(argv: list[str] | None = None) -> None:
         nbgrader("generate_assignment", "*", "--force")
     else:
         require_sandbox()
-        nbgrader("autograde", args.assignment, *autograde_options)
-        nbgrader("generate_feedback", args.assignment, "--force")
-        nbgrader("export")
+        grade(args.assignment, autograde_options)
 
 
 if __name__ == "__main__":

@@ -9,18 +9,24 @@ autograded folder is copied into ``autograded/S``, the scores, comments and late
 ``reports/ASSIGNMENT/journal.jsonl``. Writes to the gradebook are therefore serial, and the
 gradebook never holds a half-graded submission.
 
-Resuming: a submission whose journal line is there is not graded again, unless its hash
+Resuming: a submission whose journal line says ``graded`` is not graded again, unless its hash
 changed: the hash covers the submitted folder (a re-collected submission is graded again) and
 the assignment's cells in the gradebook (after a release with changed tests, every submission
 is graded again). A ``graded`` line whose scores are not in the gradebook (a gradebook deleted
-and released again) is graded again too. Killing the grader loses at most the
-submissions being graded at that moment; running it again grades them and the rest. A kill
-between a gradebook commit and its journal line (microseconds) grades that one submission again,
-which replaces its scores with the same ones.
+and released again) is graded again too, and so is every submission whose last line says
+``failed``: the cause may have been the grading machine's (memory, a time limit), fixed since.
+Killing the grader loses at most the submissions being graded at that moment; running it again
+grades them and the rest. A kill between a gradebook commit and its journal line
+(microseconds) grades that one submission again, which replaces its scores with the same ones.
 
 Every submission ends with a journal line: ``graded`` (its scores are in the gradebook) or
 ``failed`` (nbgrader could not grade it: a crash, a kernel that died, the notebook's time
 budget), each with the flags of report.py.
+
+A student folder ``submitted/S/`` without a folder of the assignment, but with notebooks that
+are in no folder of another assignment (``submitted/S/00_Tiny/``, notebooks straight in
+``submitted/S/``), is not graded: it is flagged (``missing notebook``) and gets a row with 0 in
+grades.csv, so that no student is left out of the report without a word.
 """
 
 from __future__ import annotations
@@ -167,6 +173,14 @@ def graded_students(gradebook: Path, assignment: str) -> set[str]:
     return {student for (student,) in rows}
 
 
+def assignment_names(gradebook: Path) -> set[str]:
+    """The names of the course's assignments in the gradebook."""
+    with connect(gradebook) as db:
+        names = {name for (name,) in db.execute("SELECT name FROM assignment")}
+    db.close()
+    return names
+
+
 def course_id(gradebook: Path, assignment: str) -> str:
     """The nbgrader course id the assignment was released under (nbgrader's API needs it)."""
     with connect(gradebook) as db:
@@ -201,11 +215,33 @@ class Grader:
         return sorted(p.parent.name for p in submitted.glob(f"*/{self.assignment}") if p.is_dir())
 
     def todo(self, force: bool = False) -> list[str]:
+        """The students to grade: no journal line, a changed hash, a last line that says
+        ``failed``, or scores missing from the gradebook; every student with ``force``."""
         done = {} if force else self.journal.entries()
         in_gradebook = graded_students(self.course / "gradebook.db", self.assignment)
         return [s for s in self.students()
                 if s not in done or done[s].digest != self.digest(s)
-                or (done[s].status == "graded" and s not in in_gradebook)]  # fmt: skip
+                or done[s].status == "failed" or s not in in_gradebook]  # fmt: skip
+
+    def misplaced(self) -> list[Entry]:
+        """A ``failed`` entry, flagged, for each submitted/S/ that has no folder of the
+        assignment but has notebooks outside the folders of the course's assignments (a
+        misnamed folder, notebooks straight in submitted/S/); hidden folders do not count."""
+        submitted = self.course / "submitted"
+        assignments = assignment_names(self.course / "gradebook.db")
+        entries = []
+        for folder in sorted(p for p in submitted.glob("*") if p.is_dir()):
+            if (folder / self.assignment).is_dir():
+                continue
+            notebooks = [nb.relative_to(submitted) for nb in folder.rglob("*.ipynb")]
+            found = sorted({f"submitted/{nb.parent}/" for nb in notebooks
+                            if nb.parts[1] not in assignments
+                            and not any(part.startswith(".") for part in nb.parts)})  # fmt: skip
+            if found:
+                flag = (f"missing notebook: no folder submitted/{folder.name}/{self.assignment}/, "
+                        f"but notebooks in {', '.join(found)}; move them there and run again")
+                entries.append(Entry(folder.name, "", "failed", [flag]))
+        return entries
 
     @cached_property
     def released(self) -> str:
@@ -333,14 +369,22 @@ class Grader:
         in this run, in the order it finished."""
         todo = self.todo(force)
         total = len(self.students())
+        done = {} if force else self.journal.entries()
+        retried = sum(done[s].status == "failed" for s in todo if s in done)
+        again = f", {retried} failed last time: tried again" if retried else ""
         self.log(f"grading {len(todo)} of {total} submissions of {self.assignment} "
-                 f"with {self.workers} workers ({total - len(todo)} already graded)")
-        if not todo:
+                 f"with {self.workers} workers ({total - len(todo)} already graded{again})")
+        misplaced = self.misplaced()
+        for entry in misplaced:
+            self.log(f"  {entry.student}: not graded  [{entry.flags[0]}]")
+        if not todo and not misplaced:
             return []
         self.course_id = course_id(self.course / "gradebook.db", self.assignment)
         with self.gradebook(self.course) as gb:  # everyone gets a row in grades.csv, graded or not
-            for student in todo:
+            for student in [*todo, *(entry.student for entry in misplaced)]:
                 gb.update_or_create_student(student)
+        if not todo:
+            return []
         self.work.mkdir(parents=True, exist_ok=True)
         template = self.work / "gradebook-template.db"
         copy_gradebook(self.course / "gradebook.db", template)

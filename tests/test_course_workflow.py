@@ -14,6 +14,12 @@ hand, and ``course.py run 00_tiny --zip submissions.zip --workers 2`` does the r
     hackhank_1006_5006_00_tiny.ipynb           a wrong square behind an input  "check by hand"
                                                transformer that blanks tests   (see README)
     submitted/nobook/00_tiny/mywork.ipynb      (by hand) a misnamed notebook   0, "missing notebook"
+    submitted/wrongcase/00_Tiny/00_tiny.ipynb  (by hand) a misnamed folder     0, "missing notebook"
+    submitted/loose/00_tiny.ipynb              (by hand) no assignment folder  0, "missing notebook"
+
+``course.py grade 00_tiny`` (plain nbgrader, what ``make grade`` runs) on the solution, the
+blank release and the os._exit submission: the crash costs only its own grade, the others get
+feedback and a grades.csv row, and the command ends with a line naming the crashed one.
 """
 
 from __future__ import annotations
@@ -38,12 +44,16 @@ def square(x):
     return 2 * x
 """
 EXPECTED = {"solvedsam": 3.0, "delegdan": 2.0, "tampertom": 2.0, "crashcarl": 0.0,
-            "latelucy": 3.0, "nobook": 0.0}  # fmt: skip
+            "latelucy": 3.0, "nobook": 0.0, "wrongcase": 0.0, "loose": 0.0}  # fmt: skip
 HIDDEN_SNIPPETS = ["double(-3)", "square(-4)", "[4.0, 8.0]", "blocked="]
 FLAGGED = {"delegdan": "calls the reference: test_mean_of", "crashcarl": "crash:",
            "tampertom": "tampered: test cell test_square edited",
            "nobook": "missing notebook: 00_tiny.ipynb",
            "hackhank": "check by hand: the answers use get_ipython, input_transformers",
+           "wrongcase": "missing notebook: no folder submitted/wrongcase/00_tiny/, but "
+                        "notebooks in submitted/wrongcase/00_Tiny/",
+           "loose": "missing notebook: no folder submitted/loose/00_tiny/, but notebooks in "
+                    "submitted/loose/;",
            }  # fmt: skip
 
 
@@ -76,6 +86,11 @@ def ran(tmp_path_factory):
     tiny.submit(course, "nobook", tiny.submission(course)).joinpath(
         f"{tiny.ASSIGNMENT}.ipynb").rename(course / "autograder" / "submitted" / "nobook"
                                            / tiny.ASSIGNMENT / "mywork.ipynb")  # fmt: skip
+    submitted = course / "autograder" / "submitted"
+    (submitted / "wrongcase" / "00_Tiny").mkdir(parents=True)
+    nbformat.write(tiny.submission(course), submitted / "wrongcase" / "00_Tiny" / "00_tiny.ipynb")
+    (submitted / "loose").mkdir()
+    nbformat.write(tiny.submission(course), submitted / "loose" / "00_tiny.ipynb")
     result = tiny.course_py(course, "run", tiny.ASSIGNMENT, "--zip", str(archive),
                             "--workers", "2", timeout=900)  # fmt: skip
     return {"course": course, "result": result,
@@ -122,6 +137,13 @@ def test_the_report_flags_each_problem_and_nothing_else(ran):
     assert "| solvedsam |" not in report
 
 
+def test_the_run_names_each_misplaced_folder(ran):
+    out = ran["result"].stdout
+    assert "  wrongcase: not graded  [missing notebook: no folder submitted/wrongcase/00_tiny/, " \
+           "but notebooks in submitted/wrongcase/00_Tiny/; move them there and run again]" in out
+    assert "  loose: not graded  [missing notebook: no folder submitted/loose/00_tiny/" in out
+
+
 def visible_text(html: str) -> str:
     """What a browser shows of an HTML page (code is split into highlighting spans)."""
     return unescape(re.sub(r"<[^>]+>", "", html))
@@ -146,3 +168,34 @@ def test_feedback_shows_results_without_hidden_test_code(ran):
 def test_the_instructor_guide_shows_the_one_command():
     guide = (tiny.REPO / "autograder" / "README.md").read_text()
     assert "course.py run 04_simclr --zip" in guide
+
+
+# ----------------------------------------------------------------------------- course.py grade
+@pytest.fixture(scope="module")
+def graded_plainly(tmp_path_factory):
+    course = tiny.make_course(tmp_path_factory.mktemp("grade"))
+    tiny.submit(course, "solvedsam", tiny.submission(course))
+    tiny.submit(course, "blankbob", tiny.submission(course, solved=False))
+    tiny.submit(course, "crashcarl", tiny.submission(course, {"square": CRASHING}))
+    result = tiny.course_py(course, "grade", tiny.ASSIGNMENT, timeout=900, check=False)
+    return {"course": course, "result": result}
+
+
+def test_grade_gives_the_others_feedback_and_grades_when_one_crashes(graded_plainly):
+    ag = graded_plainly["course"] / "autograder"
+    result = graded_plainly["result"]
+    for student in ("solvedsam", "blankbob"):
+        feedback = ag / "feedback" / student / tiny.ASSIGNMENT / f"{tiny.ASSIGNMENT}.html"
+        assert feedback.is_file(), f"no feedback for {student}:\n{result.stderr[-3000:]}"
+    assert not (ag / "feedback" / "crashcarl").exists()
+    with open(ag / "grades.csv", newline="") as f:
+        scores = {row["student_id"]: float(row["score"]) for row in csv.DictReader(f)}
+    assert scores == {"solvedsam": 3.0, "blankbob": 0.0, "crashcarl": 0.0}
+
+
+def test_grade_ends_with_autogrades_status_and_one_line_naming_the_crash(graded_plainly):
+    result = graded_plainly["result"]
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[-1] == (
+        "nbgrader autograde could not grade crashcarl (00_tiny): no grade (0 in grades.csv) and "
+        "no feedback for them (see their errors above); the other submissions are graded")

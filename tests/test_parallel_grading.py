@@ -10,14 +10,17 @@ a crash would. Then:
 - the rerun grades only the submissions without a journal line, and leaves the finished ones'
   autograded notebooks untouched;
 - every submission ends with exactly one journal line and its grade in the gradebook (3/3 for
-  a solution, 0/3 for a blank release), and the gradebook passes SQLite's integrity check.
+  a solution, 0/3 for a blank release), and the gradebook passes SQLite's integrity check;
+- a submission whose grading failed (here: ``--timeout`` too short) is graded again by the next
+  run, which says so.
 
 Bad input (second half): an empty submission folder, a notebook that is not JSON or not a
 notebook, another assignment's notebook, mangled nbgrader metadata (points "lots", metadata
 that is a string, a renamed test cell, changed cell ids) and a cell that prints without end
 each end with one journal line naming the problem, and the others are graded; a failed regrade
 says that the gradebook keeps an earlier grade; a new gradebook or changed tests regrade; bad
-arguments stop with one line.
+arguments stop with one line; a student folder whose notebooks are in no assignment's folder is
+flagged.
 """
 
 from __future__ import annotations
@@ -123,6 +126,22 @@ def test_a_recollected_submission_is_graded_again(resumed, tmp_path):
         assert float(gb.find_submission(tiny.ASSIGNMENT, "blank0").score) == 3.0
 
 
+def test_a_rerun_grades_again_what_failed_last_time(resumed, tmp_path):
+    # A new submission whose grading fails for the grading machine's reason (a --timeout too
+    # short for nbgrader to start), in a copy of the graded course: the next run grades it.
+    course = tmp_path / "copy"
+    shutil.copytree(resumed["course"], course)
+    tiny.submit(course, "late0", tiny.submission(course))
+    first = tiny.course_py(course, "run", tiny.ASSIGNMENT, "--timeout", "0.5")
+    assert "late0: failed, no grade" in first.stdout, first.stdout
+    again = tiny.course_py(course, "run", tiny.ASSIGNMENT)
+    total = len(STUDENTS) + 1
+    assert (f"grading 1 of {total} submissions of {tiny.ASSIGNMENT} with 2 workers "
+            f"({total - 1} already graded, 1 failed last time: tried again)") in again.stdout
+    assert "late0: graded, 3/3" in again.stdout, again.stdout
+    assert journal_lines(course)[-1]["status"] == "graded"
+
+
 # ----------------------------------------------------------------------------- bad input
 # One run over submissions an instructor meets in practice; each must end with a journal line
 # that says what is wrong, and none may stop the run or lose the others' grades.
@@ -203,9 +222,11 @@ def test_a_failed_regrade_says_the_gradebook_keeps_the_earlier_grade(bad):
     (course / "autograder" / "submitted" / "good" / tiny.ASSIGNMENT
      / f"{tiny.ASSIGNMENT}.ipynb").write_text("{")  # re-collected, broken  # fmt: skip
     again = tiny.course_py(course, "run", tiny.ASSIGNMENT)
-    assert f"grading 1 of {len(BAD)} submissions" in again.stdout
-    line = journal_lines(course)[-1]
-    assert (line["student"], line["status"]) == ("good", "failed")
+    # good, and the three that failed the first run, tried again (and failing again)
+    assert (f"grading 4 of {len(BAD)} submissions of {tiny.ASSIGNMENT} with 2 workers "
+            f"({len(BAD) - 4} already graded, 3 failed last time: tried again)") in again.stdout
+    line = [line for line in journal_lines(course) if line["student"] == "good"][-1]
+    assert line["status"] == "failed"
     assert any(f.startswith("stale grade:") and "3/3" in f for f in line["flags"]), line
 
 
@@ -216,11 +237,11 @@ def test_a_new_gradebook_or_new_tests_regrade(bad, tmp_path):
     shutil.copytree(bad["course"], course)
     ag = course / "autograder"
     last = {line["student"]: line["status"] for line in journal_lines(course)}
-    graded = {student for student, status in last.items() if status == "graded"}
-    assert parallel.Grader(ag, tiny.ASSIGNMENT).todo() == []
+    failed = {student for student, status in last.items() if status == "failed"}
+    assert set(parallel.Grader(ag, tiny.ASSIGNMENT).todo()) == failed  # tried again, always
     (ag / "gradebook.db").unlink()
     tiny.course_py(course, "release")
-    assert set(parallel.Grader(ag, tiny.ASSIGNMENT).todo()) == graded
+    assert set(parallel.Grader(ag, tiny.ASSIGNMENT).todo()) == set(BAD)
     source = course / "solutions" / tiny.ASSIGNMENT / f"{tiny.ASSIGNMENT}.ipynb"
     nb = nbformat.read(source, as_version=4)
     nbgrader_cell(nb, "test_double").source += "\nassert double(0) == 0"
@@ -241,6 +262,35 @@ def test_bad_arguments_stop_with_one_line(bad, args, message):
                              *args], cwd=bad["course"], capture_output=True, text=True)  # fmt: skip
     assert result.returncode != 0
     assert message in result.stderr and "Traceback" not in result.stderr, result.stderr
+
+
+def test_notebooks_outside_every_assignment_folder_are_flagged(tmp_path):
+    # A gradebook with two assignments (only its assignment table is read) and student folders
+    # with notebooks in every place: only those in no assignment's folder are flagged.
+    with sqlite3.connect(tmp_path / "gradebook.db") as db:
+        db.execute("CREATE TABLE assignment (name TEXT)")
+        db.executemany("INSERT INTO assignment VALUES (?)", [("00_tiny",), ("01_other",)])
+    db.close()
+    notebooks = ["right/00_tiny/00_tiny.ipynb", "other/01_other/01_other.ipynb",
+                 "wrongcase/00_Tiny/00_tiny.ipynb", "loose/00_tiny.ipynb",
+                 "deep/work/00_tiny/00_tiny.ipynb", "checkpoint/.ipynb_checkpoints/a.ipynb",
+                 "both/00_tiny/00_tiny.ipynb", "both/00_tiny.ipynb"]  # fmt: skip
+    for name in notebooks:
+        (tmp_path / "submitted" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "submitted" / name).write_text("{}")
+    (tmp_path / "submitted" / "notes").mkdir()
+    (tmp_path / "submitted" / "notes" / "readme.txt").write_text("not a notebook")
+    entries = parallel.Grader(tmp_path, "00_tiny").misplaced()
+    flags = {entry.student: (entry.status, entry.flags) for entry in entries}
+    assert flags == {
+        "deep": ("failed", ["missing notebook: no folder submitted/deep/00_tiny/, but notebooks "
+                            "in submitted/deep/work/00_tiny/; move them there and run again"]),
+        "loose": ("failed", ["missing notebook: no folder submitted/loose/00_tiny/, but "
+                             "notebooks in submitted/loose/; move them there and run again"]),
+        "wrongcase": ("failed", ["missing notebook: no folder submitted/wrongcase/00_tiny/, but "
+                                 "notebooks in submitted/wrongcase/00_Tiny/; move them there "
+                                 "and run again"]),
+    }  # fmt: skip
 
 
 def test_a_roster_without_its_columns_is_refused(tmp_path):
