@@ -68,9 +68,10 @@ c.LockCells.lock_readonly_cells = True
 # read-only cell whose source differs from the gradebook's copy (an assert replaced by `pass`)
 # gets the gradebook's source back, hidden tests included; its points, type and lock are reset.
 # RestoreMissingCells is OverwriteCells with nbgrader 0.9's re-insertion of deleted test cells
-# fixed; CleanMetadata, with it, grades a cell whose nbgrader metadata a student mangled (an
-# unknown grade_id, points that are not a number) as a plain cell instead of crashing (see
-# restore_cells.py).
+# fixed. CleanMetadata, first, makes nbgrader metadata a student mangled gradable instead of a
+# crash (see restore_cells.py): a known cell gets the released cell's flags and points back (a
+# test cell marked as a solution), a copied and pasted cell and a cell with an unknown grade_id
+# are graded as plain cells.
 c.Autograde.sanitize_preprocessors = [
     CleanMetadata,
     ClearOutput,

@@ -8,17 +8,21 @@ still have its grade (a tampered test cell is graded with the original) or have 
     wrong notebook     it has none of the assignment's cells (another assignment's notebook)
     output cut         a cell printed more than CappedExecute.max_output_bytes
     stale grade        (parallel.py) this grading failed; the gradebook keeps an earlier one
-    tampered           a test or read-only cell edited or deleted, or its points changed, in the
-                       submitted notebook (nbgrader graded it with the original cell)
+    tampered           a test or read-only cell edited or deleted, or its points or nbgrader
+                       flags (grade, solution, locked) changed, in the submitted notebook
+                       (nbgrader graded it with the original cell)
     calls the reference  a test failed with sslkit.grading's delegation message: the answer only
                        calls sslkit's reference implementation
     timeout            a cell ran past Execute.timeout (scored 0), or the whole notebook ran past
                        its budget (no grade)
     crash              nbgrader could not grade it: the kernel died (memory, a signal,
                        os._exit), could not start, or nbgrader failed
-    check by hand      the student's code reaches into the kernel's machinery (IPython's hooks,
-                       traceback display, exception hooks, a function's ``__code__``), which
-                       could hide a failing test (README, "What the sandbox does not protect")
+    check by hand      the student's code (answer cells and cells the student added) reaches into
+                       the kernel's machinery (IPython's hooks, traceback display, exception
+                       hooks, a function's ``__code__``), which could hide a failing test, or
+                       reads IPython's input history (``In``, ``_ih``, ``_i1``, ``%history``),
+                       which holds the test cells run before, hidden tests included, and can put
+                       them into the feedback (README, "What the sandbox does not protect")
 
 ``reports/ASSIGNMENT/report.md`` lists every flagged submission and why; ``flags.csv`` holds
 the same with one row per submission, ``grades.csv`` is nbgrader's export.
@@ -33,12 +37,16 @@ from pathlib import Path
 import nbformat
 from capped_output import CUT
 from feedback import HIDDEN, is_test_cell
+from restore_cells import released_flags
 
 BUDGET_MESSAGE = "ran past its time budget"  # printed by sandbox.py and parallel.py
 DELEGATION = "your answer calls the reference"  # sslkit.grading.guard.call's message
 KERNEL_MACHINERY = re.compile(
     r"get_ipython|input_transformers|ast_transformers|showtraceback|set_custom_exc|excepthook"
     r"|events\.register|__code__|sys\.settrace|builtins"
+    # IPython's input history: In (not the first word of a sentence in a comment), _ih, _i,
+    # _ii, _iii, _i1, _i2..., %hist and %history
+    r"|\bIn\b(?!\s+\w)|\b_ih\b|\b_i(?:i{0,2}|\d+)\b|%hist(?:ory)?\b"
 )
 NBGRADER_EPILOGUE = r"the above traceback|There was an error processing assignment"
 CRASHES = {
@@ -72,37 +80,66 @@ def normalised(source: str) -> list[str]:
     return [line.strip() for line in HIDDEN.sub("", source).splitlines() if line.strip()]
 
 
-def read_cells(path: Path) -> dict[str, object]:
-    """grade_id -> cell of a notebook. FileNotFoundError if there is none; ValueError, with
-    the reason in a few words, if the file is not a notebook (a student's file can hold
-    anything: cut JSON, a list, cells without metadata)."""
+def read_notebook(path: Path) -> list:
+    """The cells of a notebook. FileNotFoundError if there is none; ValueError, with the reason
+    in a few words, if the file is not a notebook (a student's file can hold anything: cut
+    JSON, a list, cells without metadata)."""
     if not path.is_file():
         raise FileNotFoundError(path)
     try:
         nb = nbformat.read(path, as_version=4)
-        cells = [c for c in nb.cells if isinstance(c, dict)]
+        return [c for c in nb.cells if isinstance(c, dict)]
     except Exception as error:  # noqa: BLE001 -- whatever nbformat makes of a broken file
         reason = " ".join(str(error).split())[:120] or type(error).__name__
         raise ValueError(reason) from None
-    return {str(nbgrader_meta(c)["grade_id"]): c for c in cells if nbgrader_meta(c).get("grade_id")}
+
+
+def by_grade_id(cells: list) -> dict[str, object]:
+    """grade_id -> cell; of a copied and pasted cell the first copy, the one nbgrader grades
+    (restore_cells.CleanMetadata)."""
+    found: dict[str, object] = {}
+    for cell in cells:
+        if nbgrader_meta(cell).get("grade_id"):
+            found.setdefault(str(nbgrader_meta(cell)["grade_id"]), cell)
+    return found
+
+
+def read_cells(path: Path) -> dict[str, object]:
+    """grade_id -> cell of a notebook; the errors of ``read_notebook``."""
+    return by_grade_id(read_notebook(path))
+
+
+def changed_flags(meta: dict, released: dict) -> list[str]:
+    """Which of a cell's nbgrader flags differ from the released cell's, as nbgrader reads them
+    (utils.is_grade, is_solution, is_locked): grade, solution, or else locked, which a grade or
+    solution flag decides."""
+    changed = [key for key in ("grade", "solution") if bool(meta.get(key)) != released[key]]
+    locked = not meta.get("solution") and bool(meta.get("grade") or meta.get("locked"))
+    return changed or (["locked"] if locked != released["locked"] else [])
 
 
 def tampered(submitted: dict, notebook) -> list[str]:
-    """Locked cells of the gradebook's ``notebook`` (test and read-only cells) that the
-    submitted cells (grade_id -> cell) lack or changed."""
+    """Cells of the gradebook's ``notebook`` that the submitted cells (grade_id -> cell) lack
+    or changed: a test or read-only cell deleted or edited, a test cell's points, or any
+    cell's nbgrader flags."""
     found = []
     points = {cell.name: float(cell.max_score) for cell in notebook.grade_cells}
+    released = released_flags(notebook)
     for cell in notebook.source_cells:
-        if not cell.locked:
-            continue
         mine = submitted.get(cell.name)
-        kind = "test cell" if cell.name in points else "read-only cell"
+        kind = ("test cell" if cell.name in points else "read-only cell" if cell.locked
+                else "answer cell")  # fmt: skip
         if mine is None:
-            found.append(f"{kind} {cell.name} deleted")
-        elif normalised(source_of(mine)) != normalised(cell.source):
+            if cell.locked:
+                found.append(f"{kind} {cell.name} deleted")
+            continue
+        changed = changed_flags(nbgrader_meta(mine), released[cell.name])
+        if cell.locked and normalised(source_of(mine)) != normalised(cell.source):
             found.append(f"{kind} {cell.name} edited")
         elif cell.name in points and points_of(mine) != points[cell.name]:
             found.append(f"{kind} {cell.name}: points changed")
+        elif changed:
+            found.append(f"{kind} {cell.name}: nbgrader flags changed ({', '.join(changed)})")
     return found
 
 
@@ -148,7 +185,7 @@ def flags(course: Path, course_id: str, assignment: str, student: str, output: s
         for notebook in gb.find_assignment(assignment).notebooks:
             name = f"{notebook.name}.ipynb"
             try:
-                mine = read_cells(submitted / name)
+                cells = read_notebook(submitted / name)
             except FileNotFoundError:
                 found.append(f"missing notebook: {name}")
                 continue
@@ -156,14 +193,19 @@ def flags(course: Path, course_id: str, assignment: str, student: str, output: s
                 found.append(f"unreadable notebook: {name} is not a Jupyter notebook ({error}); "
                              "ask the student for the file again")  # fmt: skip
                 continue
+            mine = by_grade_id(cells)
             if notebook.source_cells and not set(mine) & {c.name for c in notebook.source_cells}:
                 found.append(f"wrong notebook: {name} has none of {assignment}'s cells (another "
                              "assignment's notebook?); graded with its tests put back")  # fmt: skip
             else:
                 found += [f"tampered: {text}" for text in tampered(mine, notebook)]
-            solutions = [source_of(c) for c in mine.values() if nbgrader_meta(c).get("solution")
-                         and c.get("cell_type") == "code"]  # fmt: skip
-            touched = sorted({m.group() for s in solutions for m in KERNEL_MACHINERY.finditer(s)})
+            # the student's code: every code cell but the test and read-only cells, which
+            # nbgrader replaces by the gradebook's copy (a pasted copy of one is the student's)
+            restored = {id(mine[c.name]) for c in notebook.source_cells
+                        if c.locked and c.name in mine}  # fmt: skip
+            answers = [source_of(c) for c in cells
+                       if c.get("cell_type") == "code" and id(c) not in restored]  # fmt: skip
+            touched = sorted({m.group() for s in answers for m in KERNEL_MACHINERY.finditer(s)})
             if touched:
                 found.append(f"check by hand: the answers use {', '.join(touched)}")
             try:

@@ -12,56 +12,90 @@ is nbgrader's own (``missing_cell_transform``: the gradebook's source and points
 is executed and scored like any other test cell.
 
 nbgrader also stops with a traceback, leaving the submission ungraded, on nbgrader metadata a
-student can produce by editing the notebook's JSON or pasting a cell from another notebook: a
-grade_id the gradebook does not know (a renamed test cell, the notebook of another assignment:
-nbgrader 0.9 drops the id and then fails with ``KeyError: 'grade_id'``), points that are not a
-number, metadata that is not a mapping or has no grade_id. ``CleanMetadata`` (first of the
-sanitising preprocessors) and ``RestoreMissingCells`` turn such a cell into an ordinary,
-ungraded cell; a test cell it was is then missing and put back from the gradebook, and the
-report flags it as deleted or its points as changed.
+student can produce by editing the notebook's JSON, pasting a cell from another notebook or
+copying and pasting a cell in JupyterLab. ``CleanMetadata``, first of the sanitising
+preprocessors, makes every cell's nbgrader metadata one nbgrader can grade:
+
+- a cell whose grade_id the gradebook knows gets the released cell's flags back (grade,
+  solution, locked, task), its points and schema version: a test cell marked as a solution, or
+  not graded, made nbgrader fail with "Inconsistent checksums";
+- a second cell with a grade_id already seen (a copied and pasted cell) becomes an ordinary
+  cell, and the first one is graded: nbgrader's DeduplicateIds empties the metadata of all
+  copies but the last, and ``add_missing_task_cells`` then fails with ``KeyError: 'grade_id'``;
+- a cell whose metadata is not a mapping, has no grade_id, or a grade_id the gradebook does
+  not know (a renamed test cell, the notebook of another assignment) becomes an ordinary cell;
+  a test cell it was is then missing and put back from the gradebook.
+
+report.py flags changed flags or points as tampered, and a test cell made ordinary as
+deleted; a pasted copy is not flagged (the first copy is the one it checks).
 """
 
 from __future__ import annotations
 
-from nbgrader.api import MissingEntry
+from nbgrader.api import Gradebook
 from nbgrader.preprocessors import NbGraderPreprocessor, OverwriteCells
+
+SCHEMA_VERSION = 3  # nbgrader 0.9's cell metadata
+
+
+def released_flags(notebook) -> dict[str, dict]:
+    """grade_id -> the nbgrader flags and points of the released cell, from the gradebook's
+    ``notebook`` (nbgrader.api.Notebook). ``locked`` is nbgrader's ``is_locked`` of the cell:
+    false for a solution cell, true for a test cell."""
+    points = {c.name: float(c.max_score) for c in [*notebook.grade_cells, *notebook.task_cells]}
+    grades = {c.name for c in notebook.grade_cells}
+    solutions = {c.name for c in notebook.solution_cells}
+    tasks = {c.name for c in notebook.task_cells}
+    return {
+        cell.name: {"grade": cell.name in grades, "solution": cell.name in solutions,
+                    "locked": bool(cell.locked), "task": cell.name in tasks,
+                    **({"points": points[cell.name]} if cell.name in points else {})}
+        for cell in notebook.source_cells
+    }  # fmt: skip
 
 
 class CleanMetadata(NbGraderPreprocessor):
-    """Drop nbgrader metadata that would crash nbgrader's own preprocessors (see above)."""
+    """Make nbgrader metadata that would crash nbgrader's own preprocessors gradable (see
+    above)."""
+
+    def preprocess(self, nb, resources):
+        info = resources["nbgrader"]
+        with Gradebook(info["db_url"]) as gb:
+            self.released = released_flags(gb.find_notebook(info["notebook"], info["assignment"]))
+        self.seen: set[str] = set()
+        return super().preprocess(nb, resources)
 
     def preprocess_cell(self, cell, resources, index):
         if not isinstance(cell.get("metadata"), dict):
             cell["metadata"] = {}
-        meta = cell.metadata.get("nbgrader")
-        if meta is None:
+        if "nbgrader" not in cell.metadata:
             return cell, resources
-        if not isinstance(meta, dict) or not isinstance(meta.get("grade_id"), str):
+        meta = cell.metadata.nbgrader
+        grade_id = meta.get("grade_id") if isinstance(meta, dict) else None
+        if not isinstance(grade_id, str):
             self.log.warning("Cell %d has unusable nbgrader metadata; grading it as a plain cell",
                              index)  # fmt: skip
-            del cell.metadata["nbgrader"]
-        elif meta.get("grade"):
-            try:
-                float(meta.get("points"))
-            except (TypeError, ValueError):  # OverwriteCells resets it from the gradebook
-                self.log.warning("Cell %s has points %r", meta["grade_id"], meta.get("points"))
-                meta["points"] = 0.0
+        elif grade_id in self.seen:
+            self.log.warning("Cell %d is a copy of cell %s; grading it as a plain cell",
+                             index, grade_id)  # fmt: skip
+        elif grade_id not in self.released:
+            self.log.warning("Cell %s is not in the gradebook; grading it as a plain cell",
+                             grade_id)  # fmt: skip
+        else:
+            self.seen.add(grade_id)
+            released = self.released[grade_id]
+            changed = [key for key, value in released.items() if meta.get(key, False) != value]
+            if changed:
+                self.log.warning("Cell %s has changed nbgrader metadata (%s); resetting it",
+                                 grade_id, ", ".join(changed))  # fmt: skip
+            meta.pop("points", None)
+            meta.update(released, schema_version=SCHEMA_VERSION)
+            return cell, resources
+        del cell.metadata["nbgrader"]
         return cell, resources
 
 
 class RestoreMissingCells(OverwriteCells):
-    def preprocess_cell(self, cell, resources, index):
-        grade_id = cell.metadata.get("nbgrader", {}).get("grade_id")
-        if grade_id is not None:
-            try:
-                self.gradebook.find_source_cell(grade_id, self.notebook_id, self.assignment_id)
-            except MissingEntry:  # nbgrader would keep the rest of its metadata, and crash
-                self.log.warning("Cell %s is not in the gradebook; grading it as a plain cell",
-                                 grade_id)  # fmt: skip
-                del cell.metadata["nbgrader"]
-                return cell, resources
-        return super().preprocess_cell(cell, resources, index)
-
     def add_missing_grade_cells(self, nb, resources):
         source_nb = self.gradebook.find_notebook(self.notebook_id, self.assignment_id)
         source_cells = list(source_nb.source_cells)  # in the instructor notebook's order

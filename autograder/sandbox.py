@@ -6,12 +6,14 @@ Only the kernel, the process that runs student code, is sandboxed. nbgrader star
 the kernelspec ``kernels/sslkit-sandbox/kernel.json``, whose command is this file:
 
     python sandbox.py kernel -f CONNECTION_FILE      (run by jupyter_client, not by hand)
-    python sandbox.py check                          (is bubblewrap usable here? exit 1 if not)
+    python sandbox.py check                          (does the kernel start here? exit 1 if not)
 
 The kernel process tree sees (see README.md, "The sandbox", for what this does not cover):
 
     /usr, /bin, /lib...   the system, read-only
     the interpreter       sys.prefix (the virtual environment) and sys.base_prefix, read-only
+                          (at their real paths, and where a symbolic link leads there, at the
+                          linked path too)
     sslkit                the installed package's folder, read-only
     /submission           a private copy of the submission's folder without its notebooks
                           (read-write; its working directory and HOME)
@@ -121,6 +123,25 @@ def bwrap_error() -> str | None:
     return None
 
 
+def interpreter_error() -> str | None:
+    """None if this interpreter starts in the sandbox and imports ipykernel and sslkit there,
+    as the kernel does; else a one-line message."""
+    base = os.environ.get("SSLKIT_SANDBOX_TMP") or None
+    root = Path(tempfile.mkdtemp(prefix="sslkit-check-", dir=base))
+    stage = root / "stage" if os.geteuid() == 0 else None
+    try:
+        os.chmod(root, 0o711)  # as root, the sandbox uid passes through it to the stage
+        command = [*sandbox_command(0, {"PATH": "/usr/bin:/bin"}, stage),
+                   sys.executable, "-c", "import ipykernel, sslkit"]  # fmt: skip
+        probe = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    if probe.returncode:
+        reason = (probe.stderr.strip().splitlines() or [f"exit status {probe.returncode}"])[-1]
+        return f"sslkit-sandbox: bubblewrap works, but the kernel cannot start in it ({reason})"
+    return None
+
+
 def as_sandbox_user(slot: int) -> list[str]:
     """The command prefix that drops root to the slot's unprivileged uid (nothing if not root).
 
@@ -151,17 +172,25 @@ def readonly_mounts(stage: Path | None) -> tuple[list[str], list[tuple[str, Path
     if sslkit is None or not sslkit.submodule_search_locations:
         raise SystemExit("sslkit-sandbox: sslkit is not installed in this interpreter; "
                          "run `make test` or `pip install -e .` first")
-    places = {os.path.realpath(p) for p in
-              (sys.prefix, sys.base_prefix, *sslkit.submodule_search_locations)}
-    staged = []
-    for place in sorted(p for p in places if p != "/usr" and not p.startswith("/usr/")):
-        source = place
+    # Each folder at its real path, and also at the path this interpreter knows it by where a
+    # symbolic link leads there (a linked .venv): the kernel is started as sys.executable.
+    binds: dict[str, str] = {}  # path in the sandbox -> the folder bound there
+    for path in (sys.prefix, sys.base_prefix, *sslkit.submodule_search_locations):
+        binds[os.path.realpath(path)] = os.path.realpath(path)
+    for path in (sys.prefix, sys.base_prefix, *sslkit.submodule_search_locations):
+        inside = [f for f in binds.values() if os.path.abspath(path).startswith(f"{f}/")]
+        if not inside:  # a link inside a bound folder is in the sandbox already, as a link
+            binds.setdefault(os.path.abspath(path), os.path.realpath(path))
+    staged: dict[str, Path] = {}
+    for place in sorted(p for p in binds if p != "/usr" and not p.startswith("/usr/")):
+        folder = source = binds[place]
         if stage is not None:
-            source = stage / str(len(staged))
-            source.mkdir(parents=True)
-            staged.append((place, source))
+            if folder not in staged:
+                staged[folder] = stage / str(len(staged))
+                staged[folder].mkdir(parents=True)
+            source = staged[folder]
         args += ["--ro-bind", str(source), place]
-    return args, staged
+    return args, list(staged.items())
 
 
 def sandbox_command(slot: int, env: dict[str, str], stage: Path | None) -> list[str]:
@@ -310,11 +339,13 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     kernel = sub.add_parser("kernel", help="start a sandboxed ipykernel (jupyter_client does)")
     kernel.add_argument("-f", dest="connection_file", required=True)
-    sub.add_parser("check", help="exit 1 with a message if bubblewrap cannot be used")
+    sub.add_parser("check", help="exit 1 with a message if the kernel cannot start in the "
+                   "sandbox (bubblewrap missing or unusable, the interpreter not reachable)")
     args = parser.parse_args(argv)
     if args.command == "check":
-        error = bwrap_error()
-        print(error or "sslkit-sandbox: bubblewrap works")
+        error = bwrap_error() or interpreter_error()
+        print(error or f"sslkit-sandbox: bubblewrap works and starts {sys.executable} with "
+              "ipykernel and sslkit")  # fmt: skip
         return 1 if error else 0
     return run_kernel(args.connection_file)
 

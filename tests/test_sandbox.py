@@ -250,3 +250,26 @@ def test_interpreter_and_sslkit_are_reachable_inside_wherever_the_checkout_lives
         assert done.stdout.strip() == sys.prefix
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def test_check_starts_the_interpreter_and_names_why_it_cannot(monkeypatch, capsys):
+    sandbox = load_sandbox_module()
+    assert sandbox.main(["check"]) == 0
+    assert f"starts {sys.executable}" in capsys.readouterr().out
+    monkeypatch.setattr(sys, "executable", "/nonexistent/bin/python")  # not in the sandbox
+    assert sandbox.main(["check"]) == 1
+    out = capsys.readouterr().out
+    assert "the kernel cannot start in it" in out and "/nonexistent/bin/python" in out
+    assert len(out.strip().splitlines()) == 1
+
+
+def test_a_virtual_environment_behind_a_symbolic_link_starts_in_the_sandbox(tmp_path):
+    """bwrap binds the venv at its real path; the kernel is started as sys.executable, under
+    the link, which must exist in the sandbox too."""
+    link = tmp_path / "venv"
+    link.symlink_to(os.path.realpath(sys.prefix))
+    python = link / "bin" / Path(sys.executable).name
+    check = subprocess.run([python, tiny.REPO / "autograder" / "sandbox.py", "check"],
+                           capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert f"starts {python}" in check.stdout
