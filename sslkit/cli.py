@@ -164,6 +164,9 @@ def evaluate_run(out: str | Path, k: int | None = None, labels_per_class: int = 
                           f"holds it with `sslkit eval {out} --data-root PATH`") from None
     data.check_labelled()
     k = cfg.knn_k if k is None else k  # --k 0 is an error, not the default
+    if k < 1:
+        raise SSLKitError(f"--k must be at least 1 (got {k}): leave it out for the run's knn_k "
+                          f"({cfg.knn_k}), or give e.g. --k 200")
     if k > len(data.train_x):
         raise SSLKitError(f"--k {k} is more than the {len(data.train_x)} training images "
                           f"that kNN votes among: use --k {len(data.train_x)} or less")

@@ -57,7 +57,7 @@ def test_eval_writes_scores_and_figure(trained_run, capsys):
 def test_eval_with_k_0_exits_2(trained_run, capsys):
     """--k 0 was read as "not given" and silently used the run's k."""
     err = run_error(["eval", str(trained_run), "--k", "0"], capsys)
-    assert "k >= 1" in err
+    assert "--k must be at least 1 (got 0)" in err and "knn_k" in err
 
 
 def test_train_flags_map_to_config_fields():
