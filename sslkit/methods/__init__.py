@@ -15,7 +15,7 @@ from sslkit.augment import SimCLRViews, view_config_for
 from sslkit.errors import SSLKitError
 from sslkit.methods.cpc import CPC, build_cpc
 from sslkit.methods.dino import DINO, MultiCropViews
-from sslkit.methods.jigsaw import Jigsaw, smallest_side
+from sslkit.methods.jigsaw import Jigsaw, check_tile_side
 from sslkit.methods.mae import MAE, mae_view_config
 from sslkit.methods.moco import MoCo, check_moco_options, moco_view_config
 from sslkit.methods.relative_patch import RelativePatch
@@ -159,11 +159,7 @@ def build_method(
         return Rotation(encoder)
     if name in ("jigsaw", "relative_patch"):  # tiles of a third of the side, less a gap
         method = (Jigsaw if name == "jigsaw" else RelativePatch)(encoder, generator=generator)
-        smallest = smallest_side(method.gap, getattr(method, "grid", 3))
-        if image_size < smallest:
-            raise SSLKitError(f"--image-size {image_size} is too small for {name}, whose 3x3 "
-                              f"tiles each lose {method.gap} pixels to the gap: use --image-size "
-                              f"{smallest} or more")
+        check_tile_side(image_size, method.gap, getattr(method, "grid", 3))
         return method
     if name == "moco":  # v2: MLP head and blur
         return MoCo(encoder, SimCLRViews(moco_view_config(view_config_for(dataset, image_size)),

@@ -29,18 +29,13 @@ from sslkit.errors import SSLKitError
 from sslkit.transfer import to_device
 
 
-def smallest_side(gap: int, grid: int = 3) -> int:
-    """The smallest image side that leaves each of grid x grid tiles at least one pixel after
-    its random crop of `gap` pixels."""
-    return grid * (gap + 1)
-
-
 def check_tile_side(side: int, gap: int, grid: int = 3) -> None:
-    """One-line error unless images of side `side` can be cut into tiles (smallest_side)."""
-    if side < smallest_side(gap, grid):
+    """One-line error unless images of side `side` leave each of grid x grid tiles at least one
+    pixel after its random crop of `gap` pixels: side >= grid * (gap + 1)."""
+    smallest = grid * (gap + 1)
+    if side < smallest:
         raise SSLKitError(f"images of side {side} are too small for {grid}x{grid} tiles that each "
-                          f"lose {gap} pixels to the gap: use images of side "
-                          f"{smallest_side(gap, grid)} or more")
+                          f"lose {gap} pixels to the gap: use --image-size {smallest} or more")
 
 
 def tile_head(in_dim: int, hidden_dim: int, classes: int) -> nn.Sequential:
