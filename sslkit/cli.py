@@ -51,9 +51,9 @@ def _train_parser(sub) -> None:
         "data_root": "where the dataset's files are, or are downloaded to (default: data)",
         "download": "fetch a missing torchvision dataset (CIFAR-10/100, STL-10) into --data-root",
         "image_size": "side of the images of --dataset folder (the other datasets keep theirs)",
-        "n_train": "train on N of the training images (and of STL-10's unlabeled ones), drawn "
-                   "at random from a fixed seed",
-        "n_test": "evaluate on N of the test images, drawn at random from a fixed seed",
+        "n_train": "train on N of the training images, a seeded draw that keeps each class's "
+                   "share (and on N of STL-10's unlabeled ones, drawn at random)",
+        "n_test": "evaluate on N of the test images, a seeded draw that keeps each class's share",
         "arch": f"one of {', '.join(ARCHS)}",
         "head": "projection head: mlp, linear or none (simclr, moco, triplet)",
         "proj_dim": "projection head output size (simclr, moco, triplet)",

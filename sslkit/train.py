@@ -66,8 +66,8 @@ class TrainConfig:
     data_root: str = "data"  # where dataset files live (or are downloaded to)
     download: bool = False  # fetch torchvision datasets that are missing
     image_size: int = 32  # side of the images of --dataset folder (the others keep their own)
-    n_train: int | None = None  # train on n training images (a seeded random draw)
-    n_test: int | None = None  # evaluate on n test images (a seeded random draw)
+    n_train: int | None = None  # train on n training images (seeded, stratified by class)
+    n_test: int | None = None  # evaluate on n test images (seeded, stratified by class)
     arch: str = "convnet-small"  # see sslkit.models.ARCHS
     head: str = "mlp"  # projection head: mlp | linear | none
     proj_dim: int = 64  # projection output size

@@ -633,11 +633,37 @@ def test_subset_draws_from_every_class_of_a_class_sorted_set():
     data = ImageData("folder", images, labels, images, labels, [str(c) for c in range(10)])
     sub = data.subset(n_train=100, n_test=40)
     assert len(sub.train_x) == 100 and len(sub.test_x) == 40
-    assert len(sub.train_y.unique()) == 10 and len(sub.test_y.unique()) >= 8
+    # stratified: every class keeps its share, 100 / 10 and 40 / 10 of each
+    assert torch.equal(sub.train_y.bincount(), torch.full((10,), 10))
+    assert torch.equal(sub.test_y.bincount(), torch.full((10,), 4))
     assert bool((sub.train_y[1:] >= sub.train_y[:-1]).all())  # original order kept
     again = data.subset(n_train=100, n_test=40)
     assert torch.equal(sub.train_y, again.train_y) and torch.equal(sub.train_x, again.train_x)
     assert data.subset().train_x is images  # None keeps everything, no copy
+
+
+def test_stratified_draw_gives_each_class_its_share_by_largest_remainder():
+    from sslkit.data import stratified_draw
+
+    # classes of 50, 30 and 20 images in shuffled order; a draw of 7 is 3.5, 2.1 and 1.4:
+    # whole parts 3, 2, 1 and the one left over to the largest remainder (class 0)
+    g = torch.Generator().manual_seed(5)
+    labels = torch.tensor([0] * 50 + [1] * 30 + [2] * 20)[torch.randperm(100, generator=g)]
+    for seed in range(5):
+        idx = stratified_draw(labels, 7, torch.Generator().manual_seed(seed))
+        assert torch.equal(labels[idx].bincount(), torch.tensor([4, 2, 1]))
+        assert len(idx.unique()) == 7 and bool((idx[1:] > idx[:-1]).all())  # distinct, sorted
+    # within a class the draw is random: different seeds pick different images of class 0
+    firsts = {tuple(stratified_draw(labels, 7, torch.Generator().manual_seed(s)).tolist())
+              for s in range(5)}
+    assert len(firsts) == 5
+    # fewer images than classes: the largest classes first, ties to the lower class
+    assert torch.equal(labels[stratified_draw(labels, 2, g)].sort().values, torch.tensor([0, 1]))
+    even = torch.arange(4).repeat(5)  # 4 classes of 5
+    assert torch.equal(even[stratified_draw(even, 3, g)].sort().values, torch.tensor([0, 1, 2]))
+    # a plain random draw of 100 of CIFAR-100-sized classes misses about a third of them
+    hundred = torch.arange(100).repeat_interleave(500)
+    assert len(hundred[stratified_draw(hundred, 100, g)].unique()) == 100
 
 
 # ----------------------------------------------------------------------- not found, one class

@@ -74,10 +74,11 @@ class ImageData:
         return torch.cat([self.train_x, self.unlabeled_x])
 
     def subset(self, n_train: int | None = None, n_test: int | None = None, seed: int = 0):
-        """n_train training and n_test test images drawn at random (fixed seed), kept in their
-        original order; None, or a number at least the split's size, keeps all. The unlabeled
-        split (STL-10) is cut to n_train images too. Random, not the first n: folder datasets
-        are sorted by class, so their first n images would all be of one class."""
+        """n_train training and n_test test images, a seeded draw stratified by class (each
+        class keeps its share of the split), kept in their original order; None, or a number
+        at least the split's size, keeps all. The unlabeled split (STL-10) is cut to n_train
+        images drawn at random. Never the first n: folder datasets are sorted by class, so their
+        first n images would all be of one class."""
         for flag, n in (("n-train", n_train), ("n-test", n_test)):
             # bool is an int; a negative n would silently keep all but |n| images.
             if n is not None and (isinstance(n, bool) or not isinstance(n, Integral) or n < 1):
@@ -86,13 +87,16 @@ class ImageData:
                     f"use --{flag} 1 or more, or leave it out to use all images"
                 )
 
-        def pick(x: torch.Tensor | None, n: int | None) -> torch.Tensor | None:
+        def pick(x: torch.Tensor | None, n: int | None, labels: torch.Tensor | None = None):
             if x is None or n is None or n >= len(x):
                 return None
             g = torch.Generator().manual_seed(seed)
-            return torch.randperm(len(x), generator=g)[:n].sort().values
+            if labels is None:
+                return torch.randperm(len(x), generator=g)[:n].sort().values
+            return stratified_draw(labels, n, g)
 
-        tr, te = pick(self.train_x, n_train), pick(self.test_x, n_test)
+        tr = pick(self.train_x, n_train, self.train_y)
+        te = pick(self.test_x, n_test, self.test_y)
         un = pick(self.unlabeled_x, n_train)
         return ImageData(
             self.name,
@@ -103,6 +107,22 @@ class ImageData:
             self.classes,
             self.unlabeled_x if un is None else self.unlabeled_x[un],
         )
+
+
+def stratified_draw(labels: torch.Tensor, n: int, generator: torch.Generator) -> torch.Tensor:
+    """(n,) sorted indices into labels (N,), n < N, drawn at random within each class, with
+    class c given its share n * N_c / N of the draw: the whole part for every class, then one
+    more for the classes with the largest fractional parts (ties to the lower class) until n are
+    drawn. A random draw of 100 of CIFAR-100's images would miss about a third of the classes;
+    this one takes one of each."""
+    order = torch.randperm(len(labels), generator=generator)  # (N,) random order
+    classes, counts = labels.unique(return_counts=True)  # (C,), (C,)
+    share, rest = (n * counts).div(len(labels), rounding_mode="floor"), (n * counts) % len(labels)
+    extra = sorted(range(len(classes)), key=lambda c: (-int(rest[c]), c))[: n - int(share.sum())]
+    share[extra] += 1
+    shuffled = labels[order]  # (N,) the labels in the random order
+    picked = [order[shuffled == c][:k] for c, k in zip(classes.tolist(), share.tolist())]
+    return torch.cat(picked).sort().values
 
 
 def load_dataset(

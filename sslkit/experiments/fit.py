@@ -61,7 +61,7 @@ def check_profile(profile: str, settings: dict) -> None:
 
 
 def load_data(scale: Scale) -> ImageData:
-    """The scale's dataset, a seeded random subset of n_train / n_test images."""
+    """The scale's dataset, a seeded subset of n_train / n_test images, stratified by class."""
     return load_dataset(scale.dataset, scale.data_root).subset(scale.n_train, scale.n_test)
 
 
