@@ -35,7 +35,7 @@ from torchvision.transforms import v2
 from sslkit.errors import SSLKitError
 from sslkit.transfer import to_device
 
-LUMA = (0.299, 0.587, 0.114)  # ITU-R 601 weights, as torchvision's grayscale
+LUMA = (0.2989, 0.587, 0.114)  # ITU-R 601 weights as torchvision rounds them (sum 0.9999)
 
 
 @dataclass(frozen=True)
@@ -98,93 +98,125 @@ def _uniform(n: int, low: float, high: float, generator: torch.Generator | None)
     return low + (high - low) * torch.rand(n, generator=generator)
 
 
-def crop_params(n: int, cfg: ViewConfig, generator=None) -> torch.Tensor:
+def crop_params(n: int, cfg: ViewConfig, generator=None,
+                image_size: tuple[int, int] | None = None) -> torch.Tensor:
     """Random resized crop boxes as fractions of the image: (n, 4) = (w, h, cx, cy).
 
-    Area ~ U(crop_scale), log aspect ratio ~ U(log crop_ratio), as torchvision draws them; a box
-    that does not fit (w or h > 1) is redrawn up to 10 times, then the whole image is used.
+    torchvision's RandomResizedCrop, per sample: area ~ U(crop_scale) of the image's area, log
+    aspect ratio (w/h in pixels) ~ U(log crop_ratio); a box that does not fit is redrawn up to
+    10 times, then the central crop is used: the whole image, or, if the image's own aspect
+    ratio lies outside crop_ratio, the largest central box with the nearest allowed ratio.
+
+    image_size (H, W) makes the draw torchvision's exactly: sides rounded to whole pixels (a
+    side of 0 does not fit) and the offset a whole number of pixels, uniform over the positions
+    that fit. Without it the image is a continuous unit square: nothing is rounded.
     """
-    box = torch.tensor([1.0, 1.0, 0.5, 0.5]).repeat(n, 1)  # fallback: the full image
+    pixels = image_size is not None
+    height, width = (int(image_size[0]), int(image_size[1])) if pixels else (1, 1)
+    snap = torch.round if pixels else (lambda t: t)  # round half to even, as Python's round
+    box = torch.zeros(n, 4, dtype=torch.float64)  # (w, h, left, top) in pixels until the end
     todo = torch.ones(n, dtype=torch.bool)
     log_r = (math.log(cfg.crop_ratio[0]), math.log(cfg.crop_ratio[1]))
     for _ in range(10):
-        area = _uniform(n, *cfg.crop_scale, generator)
-        ratio = torch.exp(_uniform(n, *log_r, generator))
-        w, h = torch.sqrt(area * ratio), torch.sqrt(area / ratio)
-        ok = todo & (w <= 1) & (h <= 1)
-        cx = w / 2 + (1 - w) * torch.rand(n, generator=generator)
-        cy = h / 2 + (1 - h) * torch.rand(n, generator=generator)
-        box[ok] = torch.stack([w, h, cx, cy], dim=1)[ok]
+        area = height * width * _uniform(n, *cfg.crop_scale, generator).double()
+        ratio = torch.exp(_uniform(n, *log_r, generator).double())
+        w, h = snap(torch.sqrt(area * ratio)), snap(torch.sqrt(area / ratio))
+        ok = todo & (w > 0) & (w <= width) & (h > 0) & (h <= height)
+        # offsets uniform over [0, W - w] (continuous) or {0, ..., W - w} (pixels)
+        positions = 1 if pixels else 0  # {0, ..., W - w} has W - w + 1 whole-pixel offsets
+        left = torch.rand(n, generator=generator).double() * (width - w + positions)
+        top = torch.rand(n, generator=generator).double() * (height - h + positions)
+        if pixels:
+            left = left.floor().clamp_max(width - w)
+            top = top.floor().clamp_max(height - h)
+        box[ok] = torch.stack([w, h, left, top], dim=1)[ok]
         todo &= ~ok
-    return box
+    # The central fallback, as torchvision computes it.
+    lo, hi = min(cfg.crop_ratio), max(cfg.crop_ratio)
+    w, h = float(width), float(height)
+    if width / height < lo:
+        h = float(snap(torch.tensor(w / lo, dtype=torch.float64)))
+    elif width / height > hi:
+        w = float(snap(torch.tensor(h * hi, dtype=torch.float64)))
+    left, top = ((width - w) // 2, (height - h) // 2) if pixels else ((1 - w) / 2, (1 - h) / 2)
+    box[todo] = torch.tensor([w, h, left, top], dtype=torch.float64)
+    w, h, left, top = box.unbind(dim=1)
+    return torch.stack([w / width, h / height, (left + w / 2) / width, (top + h / 2) / height],
+                       dim=1).float()
+
+
+def _resize_weights(start: torch.Tensor, length: torch.Tensor, in_size: int, size: int
+                    ) -> torch.Tensor:
+    """Rows of torchvision's antialiased bilinear resize of pixels [start, start + length) of
+    one axis (in_size pixels) to size pixels, per sample: start, length (N,) -> (N, size, in_size).
+
+    PIL's algorithm, which torch's antialiased interpolate follows: output pixel i is centred at
+    c = start + (i + 0.5) * scale in the input, scale = length / size, and weighs input pixel j
+    by the triangle max(0, 1 - |j + 0.5 - c| / support), support = max(scale, 1) (plain
+    bilinear when enlarging, a wider filter when shrinking), over the crop's pixels only,
+    normalised to sum 1.
+    """
+    scale = (length / size)[:, None, None]  # (N, 1, 1)
+    i = torch.arange(size, dtype=start.dtype, device=start.device)[None, :, None]  # (1, S, 1)
+    j = torch.arange(in_size, dtype=start.dtype, device=start.device)[None, None, :]  # (1, 1, I)
+    first = start[:, None, None]
+    centre = first + (i + 0.5) * scale  # (N, S, 1)
+    weight = (1 - (j + 0.5 - centre).abs() / scale.clamp_min(1)).clamp_min(0)  # (N, S, I)
+    weight = weight * ((j + 1 > first) & (j < first + length[:, None, None]))  # in the crop
+    return weight / weight.sum(dim=2, keepdim=True)
 
 
 def resized_crop_flip(
     x: torch.Tensor, box: torch.Tensor, flip: torch.Tensor, size: int,
     angle: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Crop each image to its box, mirror where flip is True, resize to size (bilinear), then
-    turn the view by angle about its centre, in torchvision's order (crop, flip, rotate).
+    """Crop each image to its box, mirror where flip is True, resize to size, then turn the
+    view by angle about its centre: torchvision's resized_crop (bilinear, antialias=True),
+    horizontal_flip and rotate (bilinear, black fill), in that order.
 
     x (N, C, H, W); box (N, 4) from crop_params, on the CPU; flip (N,) bool; angle (N,) radians
-    or None -> (N, C, size, size). One affine sampling grid per sample maps output coordinates
-    o in [-1, 1]^2 to the view before its turn, u = R(angle) o, and u into the box:
-    input = centre + diag(+-w, h) @ R(angle) @ o. The corners a turn brings in (u outside
-    [-1, 1]^2) are black, as torchvision's rotation fills them: it samples the zero-padded view
-    and multiplies by a sampled mask of ones, so an edge pixel fades by mask(u)^2 here too.
+    or None -> (N, C, size, size).
 
-    A crop shrunk by more than 2x aliases with bilinear sampling alone, so an image whose box
-    is shrunk by a factor f >= 2 (its integer part, from the box drawn on the CPU) is first
-    averaged over f x f blocks; its box covers the same part of the averaged image.
+    The resize is separable: view = Ry @ x @ Rx^T with per-sample weight matrices Ry (N, S, H)
+    and Rx (N, S, W) from _resize_weights (Rx's rows reversed where flipped), one batched
+    matmul per axis. Box edges within 1e-3 px of a whole pixel are taken as that pixel, so the
+    whole-pixel boxes crop_params draws crop exactly as torchvision does. The turn samples the
+    view at R(angle) o (o the output pixel in [-1, 1]^2) with zero padding and multiplies by the
+    same sampling of a view of ones, as torchvision's rotate fills with black: the corners the
+    turn brings in are 0 and a pixel at the view's edge fades by that mask.
     """
-    w, h, cx, cy = to_device(box.to(x.dtype), x.device).unbind(dim=1)
-    sign = 1 - 2 * to_device(flip.to(x.dtype), x.device)  # -1 mirrors the x axis
-    n = x.shape[0]
-    turn = None  # (N, 2, 2) R(angle): output o -> the unturned view's u
-    if angle is not None:
-        a = to_device(angle.to(x.dtype), x.device)
-        cos, sin = torch.cos(a), torch.sin(a)
-        turn = torch.stack([torch.stack([cos, -sin], dim=1), torch.stack([sin, cos], dim=1)],
-                           dim=1)
-    linear = torch.diag_embed(torch.stack([w * sign, h], dim=1))  # (N, 2, 2) diag(+-w, h)
-    if turn is not None:
-        linear = linear @ turn
-    centre = torch.stack([2 * cx - 1, 2 * cy - 1], dim=1)[:, :, None]  # (N, 2, 1)
-    theta = torch.cat([linear, centre], dim=2)  # (N, 2, 3)
-    grid = F.affine_grid(theta, [n, x.shape[1], size, size], align_corners=False)
+    n, c, height, width = x.shape
+    if n == 0:  # affine_grid refuses an empty batch
+        return x.new_empty(0, c, size, size)
 
-    def sample(images: torch.Tensor, rows_grid: torch.Tensor) -> torch.Tensor:
-        return F.grid_sample(images, rows_grid, mode="bilinear", padding_mode="reflection",
-                             align_corners=False)
+    def pixels(centre: torch.Tensor, side: torch.Tensor, extent: int):
+        """(first pixel, length) of a box axis in pixels, snapped to whole pixels within 1e-3."""
+        start, length = (centre - side / 2) * extent, side * extent
+        snap = torch.round
+        start = torch.where((start - snap(start)).abs() < 1e-3, snap(start), start)
+        length = torch.where((length - snap(length)).abs() < 1e-3, snap(length), length)
+        return start, length
 
-    height, width = x.shape[-2:]
-    box_w, box_h = box.cpu().unbind(dim=1)[:2]  # fractions of the image, as drawn
-    shrink = torch.minimum(box_w * width, box_h * height) / size  # (N,)
-    factor = shrink.floor().clamp_min(1).long()  # (N,) on the CPU: no wait for the GPU
-    if int(factor.max()) < 2:
-        return _black_corners(sample(x, grid), turn)
-    out = x.new_empty(x.shape[0], x.shape[1], size, size)
-    for f in factor.unique().tolist():
-        rows = to_device((factor == f).nonzero().squeeze(1), x.device)  # the images shrunk by f
-        images = x[rows]
-        if f > 1:
-            images = F.adaptive_avg_pool2d(images, (max(1, round(height / f)),
-                                                    max(1, round(width / f))))
-        out[rows] = sample(images, grid[rows])
-    return _black_corners(out, turn)
-
-
-def _black_corners(views: torch.Tensor, turn: torch.Tensor | None) -> torch.Tensor:
-    """views (N, C, S, S) sampled with their turn; turn (N, 2, 2) or None. Multiplies by the
-    square of the sampled mask of ones (see resized_crop_flip): 0 in the corners, 1 inside."""
-    if turn is None:
+    w, h, cx, cy = box.cpu().double().unbind(dim=1)
+    left, cols = pixels(cx, w, width)
+    top, rows = pixels(cy, h, height)
+    params = to_device(torch.stack([left, cols, top, rows]).to(x.dtype), x.device)  # (4, N)
+    rx = _resize_weights(params[0], params[1], width, size)  # (N, S, W)
+    ry = _resize_weights(params[2], params[3], height, size)  # (N, S, H)
+    rx = torch.where(to_device(flip, x.device).view(n, 1, 1), rx.flip(1), rx)  # mirror columns
+    views = ry[:, None] @ x @ rx.transpose(1, 2)[:, None]  # (N, 1, S, H) @ (N, C, H, W) @ ...
+    if angle is None:
         return views
-    n, _, size, _ = views.shape
-    theta = torch.cat([turn, turn.new_zeros(n, 2, 1)], dim=2)  # (N, 2, 3): o -> u
-    grid = F.affine_grid(theta, [n, 1, size, size], align_corners=False)
-    mask = F.grid_sample(views.new_ones(n, 1, size, size), grid, mode="bilinear",
-                         padding_mode="zeros", align_corners=False)  # (N, 1, S, S)
-    return views * mask.square()
+    a = to_device(angle.to(x.dtype), x.device)
+    cos, sin = torch.cos(a), torch.sin(a)
+    zero = torch.zeros_like(a)
+    theta = torch.stack([torch.stack([cos, -sin, zero], dim=1),
+                         torch.stack([sin, cos, zero], dim=1)], dim=1)  # (N, 2, 3): o -> R o
+    grid = F.affine_grid(theta, [n, c + 1, size, size], align_corners=False)
+    with_ones = torch.cat([views, torch.ones_like(views[:, :1])], dim=1)  # (N, C + 1, S, S)
+    turned = F.grid_sample(with_ones, grid, mode="bilinear", padding_mode="zeros",
+                           align_corners=False)
+    return turned[:, :c] * turned[:, c:]  # the view times the mask (black corners)
 
 
 def to_gray(x: torch.Tensor) -> torch.Tensor:
@@ -259,19 +291,42 @@ def color_jitter(x: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+def blur_settings(cfg: ViewConfig) -> tuple[tuple[float, float], int]:
+    """The blur of cfg at its view size: ((sigma_low, sigma_high) in pixels, kernel size).
+
+    blur_sigma is given for 224 px images and scaled to cfg.size; the kernel reaches 2
+    sigma_high (at least 1 pixel) each way, and at most size - 1 pixels (reflect padding needs
+    that), so a 1 px view is left as it is. Both pipelines use these settings.
+    """
+    scale = cfg.size / 224  # SimCLR's sigma range is given for 224 px images
+    sigma = (cfg.blur_sigma[0] * scale, cfg.blur_sigma[1] * scale)
+    radius = min(max(1, math.ceil(2 * sigma[1])), cfg.size - 1)
+    return sigma, 2 * radius + 1
+
+
+def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, kernel_size: int | None = None
+                  ) -> torch.Tensor:
     """Blur each image with its own sigma (pixels): x (N, C, H, W), sigma (N,), sigma 0 = none.
 
-    Separable kernel of odd size about 4 sigma_max + 1, reflect padding; one grouped
-    convolution blurs all N*C planes at once.
+    Separable sampled Gaussian, reflect padding, as torchvision's gaussian_blur: kernel_size
+    (odd) for every image, as torchvision's GaussianBlur uses one size for every sigma it
+    draws; None: each image's kernel reaches max(1, ceil(2 sigma)) pixels each way. A kernel
+    never reaches further than H - 1 or W - 1 pixels (the reflect padding's limit), and an
+    image's result never depends on the other images' sigmas. One grouped convolution per
+    axis blurs all N*C planes at once.
     """
     n, c, h, w = x.shape
-    radius = max(1, min(int(math.ceil(2 * float(sigma.max()))), (min(h, w) - 1) // 2))
-    offsets = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)  # (k,)
-    s = to_device(sigma.to(x.dtype), x.device).clamp_min(1e-3).view(n, 1)
-    kernel = torch.exp(-0.5 * (offsets / s) ** 2)  # (N, k)
+    s = sigma.cpu().double().clamp_min(1e-3)  # (N,) on the CPU, where the kernel is built
+    if kernel_size is None:
+        reach = torch.ceil(2 * s).clamp_min(1)  # (N,) each image's own radius
+    else:
+        reach = torch.full((n,), float(kernel_size // 2), dtype=torch.float64)
+    radius = min(int(reach.max()) if n else 0, h - 1, w - 1)
+    offsets = torch.arange(-radius, radius + 1, dtype=torch.float64)  # (k,)
+    kernel = torch.exp(-0.5 * (offsets / s[:, None]) ** 2)  # (N, k)
+    kernel = kernel * (offsets.abs() <= reach[:, None])  # zero beyond each image's radius
     kernel = kernel / kernel.sum(dim=1, keepdim=True)
-    kernel = kernel.repeat_interleave(c, dim=0)  # (N*C, k): one kernel per plane
+    kernel = to_device(kernel.to(x.dtype).repeat_interleave(c, dim=0), x.device)  # (N*C, k)
     planes = F.pad(x.reshape(1, n * c, h, w), (radius, radius, radius, radius), mode="reflect")
     planes = F.conv2d(planes, kernel.view(n * c, 1, 1, -1), groups=n * c)  # along width
     planes = F.conv2d(planes, kernel.view(n * c, 1, -1, 1), groups=n * c)  # along height
@@ -299,7 +354,7 @@ class SimCLRViews(nn.Module):
             )
         cfg, g, n = self.cfg, self.generator, x.shape[0]
         x = x.float() / 255 if x.dtype == torch.uint8 else x.float()
-        box = crop_params(n, cfg, g)
+        box = crop_params(n, cfg, g, image_size=x.shape[-2:])
         flip = torch.rand(n, generator=g) < cfg.flip_p
         angle = None
         if cfg.rotate_degrees:
@@ -312,11 +367,11 @@ class SimCLRViews(nn.Module):
             gray = to_device(torch.rand(n, generator=g) < cfg.gray_p, x.device).view(n, 1, 1, 1)
             x = torch.where(gray, to_gray(x).expand_as(x), x)
 
-        scale = cfg.size / 224  # SimCLR's sigma range is given for 224 px images
-        sigma = _uniform(n, cfg.blur_sigma[0] * scale, cfg.blur_sigma[1] * scale, g)
+        (sigma_lo, sigma_hi), kernel = blur_settings(cfg)
+        sigma = _uniform(n, sigma_lo, sigma_hi, g)
         sigma[torch.rand(n, generator=g) >= cfg.blur_p] = 0.0
         if bool((sigma > 0).any()):
-            blurred = gaussian_blur(x, sigma)
+            blurred = gaussian_blur(x, sigma, kernel)
             x = torch.where(to_device(sigma > 0, x.device).view(n, 1, 1, 1), blurred, x)
         if cfg.solarize_p > 0:
             x = solarize(x, torch.rand(n, generator=g) < cfg.solarize_p)
@@ -343,9 +398,7 @@ def view_transform(cfg: ViewConfig = ViewConfig()) -> v2.Compose:
         v2.RandomGrayscale(cfg.gray_p),
     ]
     if cfg.blur_p > 0:
-        scale = cfg.size / 224
-        sigma = (cfg.blur_sigma[0] * scale, cfg.blur_sigma[1] * scale)
-        kernel = 2 * max(1, math.ceil(2 * sigma[1])) + 1
+        sigma, kernel = blur_settings(cfg)
         steps.append(v2.RandomApply([v2.GaussianBlur(kernel, sigma)], p=cfg.blur_p))
     steps.append(v2.ToDtype(torch.float32, scale=True))
     if cfg.solarize_p > 0:
@@ -565,7 +618,7 @@ class ComposedViews(nn.Module):
         cfg, g, n = self.cfg, self.generator, x.shape[0]
         if op == "crop":
             flip = torch.rand(n, generator=g) < cfg.flip_p
-            return resized_crop_flip(x, crop_params(n, cfg, g), flip, cfg.size)
+            return resized_crop_flip(x, crop_params(n, cfg, g, x.shape[-2:]), flip, cfg.size)
         if op == "cutout":
             size = x.shape[-1]
             side = torch.randint(size // 4, size // 2 + 1, (n,), generator=g)

@@ -19,12 +19,17 @@ environment) and is skipped with a note otherwise.
 from __future__ import annotations
 
 import itertools
-import math
 from collections.abc import Callable
 
 import torch
 
-from sslkit.augment import SimCLRViews, ViewConfig, view_config_for, view_transform
+from sslkit.augment import (
+    SimCLRViews,
+    ViewConfig,
+    blur_settings,
+    view_config_for,
+    view_transform,
+)
 from sslkit.bench import Result, _measure, check_counts, format_table
 from sslkit.errors import SSLKitError
 
@@ -53,8 +58,7 @@ def kornia_views(cfg: ViewConfig) -> torch.nn.Module:
         K.RandomGrayscale(p=cfg.gray_p),
     ]
     if cfg.blur_p > 0:
-        sigma = tuple(v * cfg.size / 224 for v in cfg.blur_sigma)  # as SimCLRViews scales it
-        kernel = 2 * math.ceil(2 * sigma[1]) + 1  # the support gaussian_blur uses
+        sigma, kernel = blur_settings(cfg)  # as SimCLRViews and view_transform blur
         stages.append(K.RandomGaussianBlur((kernel, kernel), sigma, p=cfg.blur_p))
     if cfg.solarize_p > 0:
         stages.append(K.RandomSolarize(thresholds=0.0, additions=0.0, p=cfg.solarize_p))

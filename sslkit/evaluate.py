@@ -393,7 +393,7 @@ def _augment(x: torch.Tensor, cfg, generator: torch.Generator) -> torch.Tensor:
     from sslkit.augment import crop_params, resized_crop_flip
 
     n = len(x)
-    box = crop_params(n, cfg, generator)  # (n, 4)
+    box = crop_params(n, cfg, generator, image_size=x.shape[-2:])  # (n, 4)
     flip = torch.rand(n, generator=generator) < cfg.flip_p
     angle = (2 * torch.rand(n, generator=generator) - 1) * np.deg2rad(cfg.rotate_degrees)
     return resized_crop_flip(x, box, flip, cfg.size, angle.float())

@@ -243,11 +243,37 @@ def test_pixel_aligned_crop_is_a_slice():
 
 
 @pytest.mark.parametrize("factor", [2, 4])
-def test_shrinking_the_full_image_averages_pixels(factor):
-    # 2x: bilinear samples fall between two pixels on each axis; 4x: the area pre-blur first.
+def test_shrinking_the_full_image_is_torchvisions_antialiased_resize(factor):
+    # Shrinking by 2 or 4 is a triangle filter of half-width 2 or 4 pixels (torchvision's
+    # antialias=True), not a plain average of 2x2 or 4x4 blocks (which aliases more).
     x = rand_images(2, 1, 32)
     out = resized_crop_flip(x, FULL.repeat(2, 1), no_flip(2), 32 // factor)
-    torch.testing.assert_close(out, F.avg_pool2d(x, factor), atol=1e-6, rtol=0)
+    expected = TF.resize(x, [32 // factor] * 2, antialias=True)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
+    assert float((out - F.avg_pool2d(x, factor)).abs().max()) > 1e-2
+
+
+# (top, left, height, width) in pixels of an (H, W) image, output side: enlarged, kept, shrunk
+# by less than 2 (DINO's local crops), by 3 and by a fraction, square and not.
+BOXES = [((3, 5, 20, 20), (32, 32), 32), ((2, 1, 17, 23), (32, 32), 32),
+         ((4, 4, 24, 24), (32, 32), 16), ((1, 2, 20, 14), (32, 32), 16),
+         ((0, 0, 96, 96), (96, 96), 32), ((7, 30, 50, 61), (60, 96), 24)]
+
+
+@pytest.mark.parametrize("flip", [False, True])
+@pytest.mark.parametrize("pixel_box,shape,size", BOXES)
+def test_crop_and_resize_is_torchvisions_resized_crop(pixel_box, shape, size, flip):
+    """A whole-pixel box is cropped and resized as torchvision's resized_crop (bilinear,
+    antialias=True) and then mirrored: the view's edge pixels come from the crop alone, never
+    from the image around it, and a shrunk view is filtered, not aliased."""
+    top, left, h, w = pixel_box
+    x = rand_images(1, 3, *shape, seed=4)
+    box = torch.tensor([[w / shape[1], h / shape[0], (left + w / 2) / shape[1],
+                         (top + h / 2) / shape[0]]])
+    out = resized_crop_flip(x, box, torch.tensor([flip]), size)
+    expected = TF.resized_crop(x, top, left, h, w, [size, size], antialias=True)
+    expected = TF.horizontal_flip(expected) if flip else expected
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
 
 
 def test_rotation_by_plus_90_degrees_is_rot90_counter_clockwise():
@@ -266,8 +292,9 @@ def test_to_gray_weights():
     eye = torch.eye(3).view(3, 3, 1, 1)  # pure red, green, blue
     torch.testing.assert_close(to_gray(eye).flatten(), torch.tensor(LUMA))
     x = rand_images(2, 3, 5)
-    expected = 0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]
-    torch.testing.assert_close(to_gray(x), expected[:, None])
+    expected = 0.2989 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]  # torchvision's weights
+    torch.testing.assert_close(to_gray(x), expected[:, None], atol=0, rtol=1e-6)
+    torch.testing.assert_close(to_gray(x), TF.rgb_to_grayscale(x), atol=0, rtol=1e-6)
     assert to_gray(x).shape == (2, 1, 5, 5)
 
 
@@ -434,16 +461,16 @@ def test_a_crop_needing_no_resize_is_its_pixels_even_from_a_large_image():
     torch.testing.assert_close(out, x[:, :, 16:48, 16:48], atol=1e-5, rtol=0)
 
 
-def test_each_image_is_averaged_by_its_own_shrink_factor():
-    """In one batch: a full 96-px image to 32 px is its 3x3 block means; a 64-px box of it
-    (shrink 2) its 2x2 block means; a 32-px box its pixels."""
+def test_each_image_is_resized_by_its_own_shrink_factor():
+    """In one batch: a full 96-px image to 32 px, a 64-px box of it and a 32-px box, each as
+    torchvision resizes it alone."""
     x = rand_images(3, 3, 96, seed=1)
     box = torch.tensor([[1.0, 1.0, 0.5, 0.5], [64 / 96, 64 / 96, 0.5, 0.5],
                         [32 / 96, 32 / 96, 0.5, 0.5]])
     out = resized_crop_flip(x, box, no_flip(3), 32)
-    torch.testing.assert_close(out[0], F.avg_pool2d(x[:1], 3)[0], atol=1e-5, rtol=0)
-    torch.testing.assert_close(out[1], F.avg_pool2d(x[1:2, :, 16:80, 16:80], 2)[0], atol=1e-5,
-                               rtol=0)
+    for i, (start, side) in enumerate([(0, 96), (16, 64), (32, 32)]):
+        expected = TF.resized_crop(x[i], start, start, side, side, [32, 32], antialias=True)
+        torch.testing.assert_close(out[i], expected, atol=1e-5, rtol=0)
     torch.testing.assert_close(out[2], x[2, :, 32:64, 32:64], atol=1e-5, rtol=0)
 
 
@@ -470,20 +497,23 @@ def test_a_turned_crop_is_torchvisions_rotation_of_the_crop(flip):
     """Crop, flip, then turn the square view about its centre, as the per-image pipeline does:
     a 16-px box of a 32-px image (no resize) turned by 23 degrees equals TF.rotate of the
     (flipped) crop wherever torchvision's view lies wholly inside the crop, and is black where
-    it lies wholly outside. Before, the box turned inside the image and brought in the image
-    around it where torchvision shows black."""
+    it lies wholly outside, and so is every pixel of the soft edge between. Before, the box
+    turned inside the image and brought in the image around it where torchvision shows
+    black."""
     x = rand_images(1, 3, 32, seed=3)
     box = torch.tensor([[0.5, 0.5, 12 / 32, 20 / 32]])  # columns 4..19, rows 12..27
     angle = math.radians(23.0)
     out = resized_crop_flip(x, box, torch.tensor([flip]), 16, torch.tensor([angle]))[0]
     crop = x[0, :, 12:28, 4:20]
     crop = TF.horizontal_flip(crop) if flip else crop
-    expected = TF.rotate(crop, 23.0, TF.InterpolationMode.BILINEAR)
+    expected = TF.rotate(crop, 23.0, TF.InterpolationMode.BILINEAR, fill=0)  # as RandomRotation
     mask = TF.rotate(torch.ones(1, 16, 16), 23.0, TF.InterpolationMode.BILINEAR)[0]
     inside, outside = mask > 1 - 1e-6, mask < 1e-6
     assert int(inside.sum()) > 100 and int(outside.sum()) > 20
     torch.testing.assert_close(out[:, inside], expected[:, inside], atol=1e-5, rtol=0)
     assert float(out[:, outside].abs().max()) == 0.0
+    # and at the soft edge between them too: the whole view is torchvision's
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
 
 
 def test_a_turned_white_crop_fades_at_its_edges_as_torchvision():

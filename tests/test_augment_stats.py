@@ -135,6 +135,12 @@ def test_blur_rate():
 
     batched, single = _pipelines(cfg, img)
     _rates_agree(blurred(batched), blurred(single), 0.4)
+    # and its strength: a blurred dot's peak is the kernel's centre squared, which falls with
+    # sigma, so the distribution of the peaks compares the sigmas drawn (and their scaling)
+    dot = torch.zeros(3, 16, 16, dtype=torch.uint8)
+    dot[:, 8, 8] = 255
+    batched, single = (v.amax(dim=(1, 2, 3)) for v in _pipelines(cfg, dot))
+    _same_distribution(batched[batched < 1], single[single < 1])
 
 
 def test_solarize_rate_and_effect():
@@ -177,18 +183,25 @@ def _structured(seed: int) -> torch.Tensor:
                                                           jitter_strength=1.0),
                                  view_config_for("digits")])
 def test_output_statistics_agree(cfg):
-    means, stds = [], []
+    """Per-channel mean (pooled over three images) within 0.01 + 4 standard errors, and
+    per-channel spread within 10 %. The 0.01 allows what is known to differ: torchvision
+    jitters uint8 images, each blend truncating (up to -0.5/255 each on average), in a random
+    order. The standard error is that of the difference of the two means of per-view means
+    (with 400 views per image it is ~0.01, so a fixed 0.02 passed or failed by the seed)."""
+    n, batched_means, single_means = 1000, [], []
     for seed in range(3):
-        batched, single = _pipelines(cfg, _structured(seed), n=400)
+        batched, single = _pipelines(cfg, _structured(seed), n=n)
         for v in (batched, single):
-            assert v.shape == (400, 3, cfg.size, cfg.size)
+            assert v.shape == (n, 3, cfg.size, cfg.size)
             assert -1e-6 <= v.min() and v.max() <= 1 + 1e-6
-        means.append((batched.mean(dim=(0, 2, 3)), single.mean(dim=(0, 2, 3))))
-        stds.append((batched.std(dim=(0, 2, 3)), single.std(dim=(0, 2, 3))))
-    for (a, b) in means:  # per-channel mean of the augmented images
-        assert (a - b).abs().max() < 0.02, (a, b)
-    for (a, b) in stds:  # per-channel spread
-        assert ((a / b) - 1).abs().max() < 0.1, (a, b)
+        a, b = batched.std(dim=(0, 2, 3)), single.std(dim=(0, 2, 3))
+        assert ((a / b) - 1).abs().max() < 0.1, (a, b)  # per-channel spread
+        batched_means.append(batched.mean(dim=(2, 3)))  # (n, 3) per-view channel means
+        single_means.append(single.mean(dim=(2, 3)))
+    a, b = torch.cat(batched_means), torch.cat(single_means)  # (3n, 3)
+    se = (a.var(dim=0) / len(a) + b.var(dim=0) / len(b)).sqrt()  # (3,)
+    assert ((a.mean(dim=0) - b.mean(dim=0)).abs() < 0.01 + 4 * se).all(), (
+        a.mean(dim=0), b.mean(dim=0), se)
 
 
 def test_the_comparison_detects_a_different_distribution():
