@@ -16,6 +16,10 @@ The two draw their parameters from the same distributions; tests/test_augment_st
 compares them. One difference is deliberate: torchvision applies the four jitter operations
 in a random order, the batched form in the fixed order brightness, contrast, saturation, hue.
 
+Views are float32 even where training runs the network under bfloat16 autocast (CUDA): the
+resize, the blur and the Sobel filter are matmuls and convolutions, which autocast would run
+in bfloat16 (off by up to 17/255 per pixel), so they run with autocast off.
+
 Both take the settings of a ``ViewConfig``; ``view_config_for`` holds the per-dataset presets.
 
 The contract helper ``rotate_batch`` (rotation prediction) lives here too.
@@ -33,6 +37,7 @@ from torch import nn
 from torchvision.transforms import v2
 
 from sslkit.errors import SSLKitError
+from sslkit.precision import in_float32
 from sslkit.transfer import to_device
 
 LUMA = (0.2989, 0.587, 0.114)  # ITU-R 601 weights as torchvision rounds them (sum 0.9999)
@@ -166,6 +171,7 @@ def _resize_weights(start: torch.Tensor, length: torch.Tensor, in_size: int, siz
     return weight / weight.sum(dim=2, keepdim=True)
 
 
+@in_float32
 def resized_crop_flip(
     x: torch.Tensor, box: torch.Tensor, flip: torch.Tensor, size: int,
     angle: torch.Tensor | None = None,
@@ -304,6 +310,7 @@ def blur_settings(cfg: ViewConfig) -> tuple[tuple[float, float], int]:
     return sigma, 2 * radius + 1
 
 
+@in_float32
 def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, kernel_size: int | None = None
                   ) -> torch.Tensor:
     """Blur each image with its own sigma (pixels): x (N, C, H, W), sigma (N,), sigma 0 = none.
@@ -564,6 +571,7 @@ def cutout(x: torch.Tensor, corner: torch.Tensor, side: torch.Tensor) -> torch.T
 SOBEL_X = ((-1.0, 0.0, 1.0), (-2.0, 0.0, 2.0), (-1.0, 0.0, 1.0))  # d/dx; its transpose is d/dy
 
 
+@in_float32
 def sobel(x: torch.Tensor) -> torch.Tensor:
     """Edge magnitude of the luminance, in every channel: (N, C, H, W) -> (N, C, H, W) in [0, 1].
 

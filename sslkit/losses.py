@@ -33,13 +33,12 @@ Conventions
 
 from __future__ import annotations
 
-import functools
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from sslkit.errors import SSLKitError
+from sslkit.precision import in_float32
 
 __all__ = [
     "cosine_similarity_matrix",
@@ -63,32 +62,8 @@ __all__ = [
 
 
 # ----------------------------------------------------------------------------------------------
-# Private helpers: precision and input checks
+# Private helpers: input checks
 # ----------------------------------------------------------------------------------------------
-
-
-def _in_float32(fn):
-    """Decorator: run ``fn`` with floating tensor arguments upcast to >= float32, autocast off.
-
-    Non-floating tensors are passed through untouched so that the input check inside ``fn`` can
-    report them.
-    """
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        def up(x):
-            if isinstance(x, Tensor) and x.is_floating_point():
-                return x.to(torch.promote_types(x.dtype, torch.float32))
-            return x
-
-        args = tuple(up(a) for a in args)
-        kwargs = {k: up(v) for k, v in kwargs.items()}
-        tensors = [a for a in (*args, *kwargs.values()) if isinstance(a, Tensor)]
-        device_type = tensors[0].device.type if tensors else "cpu"
-        with torch.autocast(device_type=device_type, enabled=False):
-            return fn(*args, **kwargs)
-
-    return wrapper
 
 
 def _shape(t: Tensor) -> str:
@@ -189,7 +164,7 @@ def _semi_hard(sim: Tensor, partner: Tensor, negative_mask: Tensor) -> Tensor:
 # ----------------------------------------------------------------------------------------------
 
 
-@_in_float32
+@in_float32
 def cosine_similarity_matrix(a: Tensor, b: Tensor) -> Tensor:
     """Cosine similarity of every row of ``a`` (N, D) with every row of ``b`` (M, D) -> (N, M).
 
@@ -200,7 +175,7 @@ def cosine_similarity_matrix(a: Tensor, b: Tensor) -> Tensor:
     return a @ b.T  # (N, M)
 
 
-@_in_float32
+@in_float32
 def triplet_loss(anchor: Tensor, positive: Tensor, negative: Tensor,
                  margin: float = 1.0) -> Tensor:
     """Triplet hinge on squared Euclidean distances (Schroff et al., 2015).
@@ -217,7 +192,7 @@ def triplet_loss(anchor: Tensor, positive: Tensor, negative: Tensor,
     return F.relu(d_pos - d_neg + margin).mean()
 
 
-@_in_float32
+@in_float32
 def info_nce(query: Tensor, positive: Tensor, negatives: Tensor,
              temperature: float = 0.1) -> Tensor:
     """InfoNCE: pick the positive out of 1 + K candidates (van den Oord et al., 2018).
@@ -244,7 +219,7 @@ def info_nce(query: Tensor, positive: Tensor, negatives: Tensor,
     return F.cross_entropy(logits, labels)
 
 
-@_in_float32
+@in_float32
 def nt_xent(z1: Tensor, z2: Tensor, temperature: float = 0.5) -> Tensor:
     """SimCLR's NT-Xent loss (Chen et al., 2020, Algorithm 1), vectorised.
 
@@ -267,7 +242,7 @@ def nt_xent(z1: Tensor, z2: Tensor, temperature: float = 0.5) -> Tensor:
     return F.cross_entropy(logits, labels)
 
 
-@_in_float32
+@in_float32
 def nt_xent_logits(z1: Tensor, z2: Tensor, temperature: float = 0.5, normalize: bool = True,
                    semi_hard: bool = False) -> tuple[Tensor, Tensor]:
     """The (logits (2N, 2N), labels (2N,)) whose cross-entropy is NT-Xent, with the variants of
@@ -291,7 +266,7 @@ def nt_xent_logits(z1: Tensor, z2: Tensor, temperature: float = 0.5, normalize: 
     return logits, partner
 
 
-@_in_float32
+@in_float32
 def nt_xent_loop(z1: Tensor, z2: Tensor, temperature: float = 0.5) -> Tensor:
     """The same value as :func:`nt_xent`, as a plain loop over the 2N anchors (slow, readable).
 
@@ -314,7 +289,7 @@ def nt_xent_loop(z1: Tensor, z2: Tensor, temperature: float = 0.5) -> Tensor:
     return total / (2 * n)
 
 
-@_in_float32
+@in_float32
 def nt_logistic(z1: Tensor, z2: Tensor, temperature: float = 0.5,
                 semi_hard: bool = False) -> Tensor:
     """NT-Logistic loss from SimCLR's loss comparison (Chen et al., 2020, Table 2).
@@ -339,7 +314,7 @@ def nt_logistic(z1: Tensor, z2: Tensor, temperature: float = 0.5,
     return (pos_term + neg_term).mean()
 
 
-@_in_float32
+@in_float32
 def margin_triplet(z1: Tensor, z2: Tensor, margin: float = 0.5,
                    semi_hard: bool = False) -> Tensor:
     """Margin triplet loss from SimCLR's loss comparison (Chen et al., 2020, Table 2).
@@ -378,7 +353,7 @@ def _check_queue(fn: str, q: Tensor, queue: Tensor) -> None:
                           f"shape {_shape(queue)}): fill it with normalised random keys")
 
 
-@_in_float32
+@in_float32
 def moco_loss(q: Tensor, k: Tensor, queue: Tensor, temperature: float = 0.2) -> Tensor:
     """MoCo's InfoNCE: each query q_i must pick its key k_i out of [k_i, queue_0..queue_{K-1}].
 
@@ -402,7 +377,7 @@ def moco_loss(q: Tensor, k: Tensor, queue: Tensor, temperature: float = 0.2) -> 
     return F.cross_entropy(logits, labels)
 
 
-@_in_float32
+@in_float32
 def moco_loss_loop(q: Tensor, k: Tensor, queue: Tensor, temperature: float = 0.2) -> Tensor:
     """The same value as :func:`moco_loss`, one query at a time (slow, readable)."""
     _check_inputs("moco_loss_loop", {"q": q, "k": k}, temperature=temperature)
@@ -512,7 +487,7 @@ def _normalise_patches(target: Tensor) -> Tensor:
     return (target - mean) / (var + NORM_PIX_EPS) ** 0.5
 
 
-@_in_float32
+@in_float32
 def mae_loss(pred: Tensor, target: Tensor, mask: Tensor, norm_pix: bool = False) -> Tensor:
     """MAE's reconstruction loss: mean squared error over the masked patches only.
 
@@ -535,7 +510,7 @@ def mae_loss(pred: Tensor, target: Tensor, mask: Tensor, norm_pix: bool = False)
     return (per_patch * mask).sum() / mask.sum().clamp_min(1)
 
 
-@_in_float32
+@in_float32
 def mae_loss_loop(pred: Tensor, target: Tensor, mask: Tensor, norm_pix: bool = False) -> Tensor:
     """The same value as :func:`mae_loss`, one patch at a time (slow, readable)."""
     _check_mae("mae_loss_loop", pred, target, mask, norm_pix)
@@ -579,7 +554,7 @@ def _check_cpc(fn: str, z, c, W) -> None:
                           f"got {z.shape[1]}: use K <= {z.shape[1] - 1} or a finer patch grid")
 
 
-@_in_float32
+@in_float32
 def cpc_logits(z: Tensor, c: Tensor, W: Tensor, candidates: Tensor | None = None,
                offset: int = 0) -> list[tuple[Tensor, Tensor]]:
     """CPC's scores as K classification problems, one per step k = 1..K.
@@ -615,7 +590,7 @@ def cpc_logits(z: Tensor, c: Tensor, W: Tensor, candidates: Tensor | None = None
     return out
 
 
-@_in_float32
+@in_float32
 def cpc_loss(z: Tensor, c: Tensor, W: Tensor) -> Tensor:
     """CPC's InfoNCE (van den Oord et al., 2018) on a grid of patches, vectorised.
 
@@ -633,7 +608,7 @@ def cpc_loss(z: Tensor, c: Tensor, W: Tensor) -> Tensor:
                         for logits, labels in cpc_logits(z, c, W)]).mean()
 
 
-@_in_float32
+@in_float32
 def cpc_loss_loop(z: Tensor, c: Tensor, W: Tensor) -> Tensor:
     """The same value as :func:`cpc_loss`, a plain loop over k, images, rows t and columns j."""
     _check_cpc("cpc_loss_loop", z, c, W)

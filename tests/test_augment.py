@@ -526,3 +526,26 @@ def test_a_turned_white_crop_fades_at_its_edges_as_torchvision():
     for i, a in enumerate(angles.tolist()):
         mask = TF.rotate(torch.ones(1, 16, 16), math.degrees(a), TF.InterpolationMode.BILINEAR)
         torch.testing.assert_close(out[i], mask.square(), atol=1e-5, rtol=0)
+
+
+def test_views_under_autocast_are_the_float32_views():
+    """Training makes its views inside the bfloat16 autocast that runs the network (on CUDA;
+    the CPU's autocast casts the same ops). The resize, blur and Sobel filter are matmuls and
+    convolutions that autocast would run in bfloat16, up to 0.066 off per pixel."""
+    from sslkit.augment import ComposedViews
+    from sslkit.methods.dino import MultiCropViews
+
+    x = torch.randint(0, 256, (16, 3, 40, 40), dtype=torch.uint8)
+    cfg = ViewConfig(blur_p=0.5, rotate_degrees=20, solarize_p=0.3)
+    makers = {
+        "simclr": lambda g: SimCLRViews(cfg, g)(x),
+        "multi-crop": lambda g: torch.cat([v.flatten() for v in MultiCropViews(cfg, 2, 16,
+                                                                               generator=g)(x)]),
+        "composed": lambda g: ComposedViews(("crop", "blur", "sobel"), cfg, g)(x),
+    }
+    for name, make in makers.items():
+        plain = make(torch.Generator().manual_seed(3))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            mixed = make(torch.Generator().manual_seed(3))
+        assert mixed.dtype == torch.float32, name
+        assert torch.equal(mixed, plain), (name, float((mixed - plain).abs().max()))

@@ -41,7 +41,8 @@ from torch import nn
 from sslkit import distributed
 from sslkit.augment import SimCLRViews, view_config_for
 from sslkit.errors import SSLKitError
-from sslkit.losses import _in_float32, cpc_logits, cpc_loss
+from sslkit.losses import cpc_logits, cpc_loss
+from sslkit.precision import in_float32
 from sslkit.transfer import to_device
 
 # -- stages --------------------------------------------------------------------------------------
@@ -102,7 +103,7 @@ def column_context(g_ar: nn.GRU, z: torch.Tensor) -> torch.Tensor:
     return out.reshape(n, cols, rows, -1).permute(0, 2, 1, 3)  # (N, R, Cc, H)
 
 
-@_in_float32
+@in_float32
 def cpc_loss_across_ranks(z: torch.Tensor, c: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
     """CPC's loss of this process's N images with every process's patches as candidates. One
     process: cpc_loss.

@@ -23,11 +23,12 @@ from torch import nn
 
 from sslkit import distributed
 from sslkit.augment import SimCLRViews
-from sslkit.losses import _check_inputs, _in_float32, cosine_similarity_matrix, nt_xent
+from sslkit.losses import _check_inputs, cosine_similarity_matrix, nt_xent
 from sslkit.models.heads import projection_head
+from sslkit.precision import in_float32
 
 
-@_in_float32
+@in_float32
 def nt_xent_across_ranks(z1: torch.Tensor, z2: torch.Tensor,
                          temperature: float = 0.5) -> torch.Tensor:
     """NT-Xent of this rank's n pairs against the views of every rank. One process: nt_xent.
