@@ -113,14 +113,26 @@ class _PerImage(torch.utils.data.Dataset):
         return self.transform(x)
 
 
-def _loader_batches(dataset, batch: int, workers: int, device: torch.device) -> Iterator:
+def _loader_batches(dataset, batch: int, workers: int,
+                    device: torch.device) -> tuple[Iterator, int]:
+    """A standard DataLoader's batches, moved to the device -> (batches, ahead).
+
+    ahead = workers x prefetch_factor: the batches the workers make before the main process
+    asks for them. While the untimed warm-up runs (cuDNN's search, torch.compile, the workers'
+    start) they fill that stock, and a timer started on it would count batches made before it
+    started (in a model of the workers: up to 1.7 times the steady rate with 15 workers and 30
+    timed steps; about 1.05 after this). So these arms take `ahead` more untimed steps first."""
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=batch, shuffle=True, drop_last=True, num_workers=workers,
         pin_memory=device.type == "cuda", persistent_workers=workers > 0,
         generator=torch.Generator().manual_seed(2))
-    while True:
-        for views in loader:
-            yield [v.to(device, non_blocking=True) for v in views]
+
+    def batches() -> Iterator:
+        while True:
+            for views in loader:
+                yield [v.to(device, non_blocking=True) for v in views]
+
+    return batches(), workers * (loader.prefetch_factor or 0)
 
 
 def check_counts(batch: int, steps: int, warmup: int) -> None:
@@ -136,11 +148,15 @@ def check_counts(batch: int, steps: int, warmup: int) -> None:
 
 
 def lightly_available() -> bool:
+    """False when lightly is not installed. One that is installed but fails to import (a
+    dependency missing, another torchvision) counts as available: row (c) then shows why."""
     try:
         import lightly.loss  # noqa: F401
         import lightly.transforms  # noqa: F401
-    except ImportError:
-        return False
+    except ImportError as err:
+        return (err.name or "").split(".")[0] != "lightly"
+    except Exception:
+        return True
     return True
 
 
@@ -177,25 +193,29 @@ def run_bench(device: str = "auto", batch: int = 512, steps: int = 20, size: str
 
     # (b) the DataLoader path: torchvision per image in worker processes
     method, optimizer = _simclr(arch, dev, compile)
-    per_image = _PerImage(images, method.views.per_image())
+    views_per_image, ahead = _loader_batches(_PerImage(images, method.views.per_image()), batch,
+                                             workers, dev)
     results.append(_measure(
-        "b", f"sslkit, DataLoader ({workers} workers)",
-        ([v] for v in _loader_batches(per_image, batch, workers, dev)),
-        lambda micro: train_step(method, optimizer, micro, autocast), batch, steps, warmup, dev))
+        "b", f"sslkit, DataLoader ({workers} workers)", ([v] for v in views_per_image),
+        lambda micro: train_step(method, optimizer, micro, autocast), batch, steps,
+        warmup + ahead, dev))
 
     # (c) lightly's transform and loss, a standard DataLoader, the same network
     if lightly is None:
         lightly = lightly_available()
     if lightly:
-        results.append(_bench_lightly(arch, dev, images, batch, steps, warmup, workers, autocast,
-                                      compile))
+        try:
+            results.append(_bench_lightly(arch, dev, images, batch, steps, warmup, workers,
+                                          autocast, compile))
+        except Exception as err:  # a lightly that breaks here must not cost the other rows
+            reason = " ".join(f"{type(err).__name__}: {err}".split())[:300]
+            results.append(Result("c", "lightly", None, None, f"lightly failed: {reason}"))
     else:
         results.append(Result("c", "lightly", None, None, LIGHTLY_HINT))
 
     # (d) the model alone on views made in advance
     method, optimizer = _simclr(arch, dev, compile)
-    views = method.views.two_views(images[:batch].to(dev))
-    views = [v.contiguous(memory_format=torch.channels_last) for v in views]
+    views = method.views.two_views(images[:batch].to(dev))  # as (a) feeds them: same layout
     results.append(_measure(
         "d", "model alone (pre-augmented)", iter(lambda: [views], None),
         lambda micro: train_step(method, optimizer, micro, autocast), batch, steps, warmup, dev))
@@ -221,8 +241,9 @@ def _bench_lightly(arch, dev, images, batch, steps, warmup, workers, autocast, c
         loss.backward()
         optimizer.step()
 
-    batches = _loader_batches(_PerImage(images, transform, pil=True), batch, workers, dev)
-    return _measure("c", f"lightly ({workers} workers)", batches, step, batch, steps, warmup, dev)
+    batches, ahead = _loader_batches(_PerImage(images, transform, pil=True), batch, workers, dev)
+    return _measure("c", f"lightly ({workers} workers)", batches, step, batch, steps,
+                    warmup + ahead, dev)
 
 
 def ratios(results: list[Result], pairs=(("a", "c"), ("a", "d"))) -> dict[str, float | None]:

@@ -220,3 +220,97 @@ def test_device_path_batches_are_a_permutation_per_pass_sent_without_waiting():
         on_meta = bench._random_batches(torch.empty(20, 3, 2, 2, dtype=torch.uint8,
                                                     device="meta"), 8)
         assert [next(on_meta).shape for _ in range(3)] == [torch.Size([8, 3, 2, 2])] * 3
+
+
+def _arms_seen(monkeypatch):
+    """Spy on run_bench: each arm's untimed warm-up steps, and the layout and dtype of the
+    views each arm's network is given."""
+    from sslkit.methods import SimCLR
+
+    seen = {"warmup": {}, "views": {}}
+    measure, embed = bench._measure, SimCLR.embed
+
+    def spy_measure(name, label, batches, step, batch, steps, warmup, device):
+        seen["warmup"][name] = warmup
+        seen["arm"] = name
+        return measure(name, label, batches, step, batch, steps, warmup, device)
+
+    def spy_embed(self, v):
+        layout = "channels_last" if v.is_contiguous(memory_format=torch.channels_last) else (
+            "contiguous" if v.is_contiguous() else "strided")
+        seen["views"].setdefault(seen["arm"], set()).add((layout, v.dtype))
+        return embed(self, v)
+
+    monkeypatch.setattr(bench, "_measure", spy_measure)
+    monkeypatch.setattr(SimCLR, "embed", spy_embed)
+    return seen
+
+
+def test_dataloader_arms_do_not_time_the_batches_their_workers_made_in_advance(monkeypatch):
+    """While the warm-up runs (cuDNN's search, torch.compile) a DataLoader's workers fill their
+    stock of workers x prefetch_factor batches; timing from there would credit (b) and (c) with
+    batches made before the timer started. They take that stock untimed; (a) and (d) have none."""
+    _fake_lightly(monkeypatch)
+    seen = _arms_seen(monkeypatch)
+    bench.run_bench("cpu", batch=8, steps=1, size="tiny", warmup=1, workers=2)
+    assert seen["warmup"] == {"a": 1, "b": 1 + 2 * 2, "c": 1 + 2 * 2, "d": 1}
+
+
+def test_the_ceiling_gets_its_views_as_the_device_path_does(monkeypatch):
+    """(d) is (a) without making the views: the network must see the same layout and dtype,
+    or a/d compares two different forward passes."""
+    monkeypatch.setattr(bench, "lightly_available", lambda: False)
+    seen = _arms_seen(monkeypatch)
+    bench.run_bench("cpu", batch=8, steps=1, size="tiny", warmup=1, workers=0)
+    assert seen["views"]["d"] == seen["views"]["a"] == seen["views"]["b"]
+
+
+class _BrokenImport:
+    """A meta path finder: importing lightly fails with `error`, as a lightly that lacks one
+    of its carried dependencies, or was built for another torchvision, fails."""
+
+    def __init__(self, error: Exception):
+        self.error = error
+
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "lightly":
+            raise self.error
+        return None
+
+
+@pytest.mark.parametrize("where, error, shown", [
+    ("import", RuntimeError("operator torchvision::nms does not exist"), "RuntimeError"),
+    ("import", ModuleNotFoundError("No module named 'hydra'", name="hydra"),
+     "ModuleNotFoundError"),
+    ("step", RuntimeError("CUDA error: an illegal memory access was encountered"),
+     "RuntimeError"),
+])
+def test_a_lightly_that_breaks_costs_only_its_own_row(monkeypatch, where, error, shown):
+    """On the device machine lightly comes from carried wheels: if it fails to import or to
+    run there, (c) says why (not that lightly is missing) and (a), (b), (d) are still
+    measured."""
+    if where == "import":
+        for name in [m for m in sys.modules if m.split(".")[0] == "lightly"]:
+            monkeypatch.delitem(sys.modules, name)
+        monkeypatch.setattr(sys, "meta_path", [_BrokenImport(error), *sys.meta_path])
+    else:
+        _fake_lightly(monkeypatch)
+
+        def broken(self, z1, z2):
+            raise error
+        monkeypatch.setattr(sys.modules["lightly.loss"].NTXentLoss, "forward", broken)
+    results = bench.run_bench("cpu", batch=8, steps=1, size="tiny", warmup=0, workers=0)
+    assert [r.name for r in results] == ["a", "b", "c", "d"]
+    c = results[2]
+    assert c.images_per_s is None and c.note.startswith(f"lightly failed: {shown}: ")
+    assert str(error) in c.note
+    assert all(r.images_per_s > 0 for r in results if r.name != "c")
+    assert f"(c) lightly failed: {shown}" in bench.format_table(results)
+
+
+def test_lightly_that_is_not_installed_is_only_skipped(monkeypatch):
+    for name in [m for m in sys.modules if m.split(".")[0] == "lightly"]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setattr(sys, "meta_path", [_BrokenImport(ModuleNotFoundError(
+        "No module named 'lightly'", name="lightly")), *sys.meta_path])
+    assert not bench.lightly_available()

@@ -80,11 +80,16 @@ def test_a_step_past_its_limit_is_stopped_and_the_next_runs(tmp_path):
 
 
 def test_a_step_that_would_end_past_the_deadline_is_cut_or_skipped(tmp_path):
-    r = runner(tmp_path, deadline=checks.RESERVE_S + 12)  # 12 s left for steps
+    """A step is cut at the deadline, less the time kept for the last step, `results`: a
+    training run that reaches the deadline (the usual end of call 1) leaves the table of the
+    runs its time, since the checkpoints that `sslkit results` reads stay on the machine."""
+    r = runner(tmp_path, deadline=checks.RESERVE_S + checks.RESULTS_S + 12)  # 12 s for steps
     first = r.run(checks.Step("long", [sys.executable, "-c", "import time; time.sleep(60)"], 1e9))
     assert first.status.startswith("stopped at its limit") and first.seconds < 30
     second = r.run(checks.Step("next", [sys.executable, "-c", "pass"], 60))
     assert second.status == "skipped: no time left before the deadline"
+    results = r.run(checks.Step("results", [sys.executable, "-c", "print('| simclr |')"], 60))
+    assert results.status == "ok" and results.output == ["| simclr |"]
 
 
 def test_a_run_left_by_an_earlier_call_is_resumed(tmp_path):
@@ -122,3 +127,62 @@ def test_the_whole_run_goes_through_on_the_cpu_at_the_smallest_sizes(tmp_path):
                 tar.extractfile("simclr/metrics.jsonl").read().decode().splitlines()]
         assert "simclr/run.json" in tar.getnames()
     assert [r["epoch"] for r in rows] == [1, 2] and 0 <= rows[-1]["knn"] <= 1
+
+
+def test_a_training_steps_metrics_are_packed_before_the_next_step(tmp_path, monkeypatch):
+    """runs.tar.gz is written after every training step, not only at the end: a call killed
+    later (the device tool's own limit) still brings back the finished run's metrics."""
+    runs, out = tmp_path / "runs", tmp_path / "out"
+
+    def fake_run(self, step):
+        if step.name == "simclr":  # the run as sslkit train leaves it
+            (runs / "simclr").mkdir(parents=True)
+            for name, text in (("last.pt", ""), ("metrics.jsonl", '{"epoch": 1}\n'),
+                               ("run.json", "{}")):
+                (runs / "simclr" / name).write_text(text)
+        if step.name == "results":
+            raise KeyboardInterrupt  # the call is killed here
+        step.status = "ok"
+        return step
+
+    monkeypatch.setattr(checks.Runner, "run", fake_run)
+    with pytest.raises(KeyboardInterrupt):
+        checks.main(["run", "simclr", "--out", str(out), "--runs", str(runs),
+                     "--data", str(tmp_path / "none.tar.xz"), "--wheels", str(tmp_path)])
+    with tarfile.open(out / "runs.tar.gz") as tar:
+        assert sorted(tar.getnames()) == ["simclr/metrics.jsonl", "simclr/run.json"]
+        assert tar.extractfile("simclr/metrics.jsonl").read() == b'{"epoch": 1}\n'
+    assert not list(out.glob("*.partial"))
+
+
+@pytest.mark.parametrize("name", ["bench", "compile", "simclr", *checks.METHOD_STEPS])
+def test_the_commands_only_the_gpu_runs_are_ones_sslkit_accepts(tmp_path, monkeypatch, name):
+    """The full-size commands never run on the CPU: sslkit's own parser reads each, and a
+    training command is checked by train() as far as loading the data (here on the CPU)."""
+    from sslkit import cli
+    from sslkit import train as train_module
+
+    data_root = tmp_path / "cifar10"
+    (step,) = checks.plan([name], False, data_root, tmp_path / "runs", 20)
+    assert step.command[:3] == [sys.executable, "-m", "sslkit"]
+    argv = step.command[3:]
+    args = cli.build_parser().parse_args(argv)
+    assert args.device == "cuda"
+    if args.command == "bench":
+        assert (args.size, args.batch, args.compile) == ("full", 512, name == "compile")
+        assert args.workers >= 1
+        return
+
+    class Loading(Exception):
+        pass
+
+    def load_data(cfg, unlabeled=True):
+        raise Loading(cfg)
+
+    monkeypatch.setattr(train_module, "load_data", load_data)
+    argv[argv.index("--device") + 1] = "cpu"
+    with pytest.raises(Loading) as reached:
+        cli.main(argv)
+    cfg = reached.value.args[0]
+    assert (cfg.method, cfg.dataset, cfg.data_root) == (name, "folder", str(data_root))
+    assert (cfg.epochs, cfg.knn_every) == ((100, 25) if name == "simclr" else (20, 20))

@@ -60,6 +60,8 @@ SHARED_ZIP = ROOT.parent / "shared" / "data" / "cifar10-jpeg.zip"
 DEFAULT_STEPS = ("tests", "bench", "simclr", "compile")
 METHOD_STEPS = ("moco", "dino", "mae", "cpc")
 RESERVE_S = 20  # kept back from the deadline to write the summary and pack the runs
+RESULTS_S = 25  # kept back from every step before `results` (a training run that reaches
+#                  the deadline would otherwise leave no time for the table of the runs)
 
 # The benchmark's wheels: versions measured on the CPU (README), and what they need that the
 # device image (torch, torchvision, pytorch-lightning, numpy, requests, ...) does not have.
@@ -142,9 +144,10 @@ class Runner:
         return self.deadline - RESERVE_S - time.monotonic()
 
     def run(self, step: Step) -> Step:
-        """Run one step's command within its limit; its output goes straight to logs.txt."""
+        """Run one step's command within its limit; its output goes straight to logs.txt.
+        Every step but the last, `results`, leaves RESULTS_S for it."""
         self.steps.append(step)
-        limit = min(step.cap_s, self.left())
+        limit = min(step.cap_s, self.left() - (0 if step.name == "results" else RESULTS_S))
         if limit < 10:
             step.status = "skipped: no time left before the deadline"
             self.write_summary()
@@ -263,6 +266,22 @@ def plan(names: list[str], tiny: bool, data_root: Path | None, runs: Path,
     return steps
 
 
+def pack_runs(runs: Path, out: Path) -> None:
+    """OUT/runs.tar.gz: metrics.jsonl, run.json and eval.json of every run under runs (not the
+    checkpoints), written to a temporary name and renamed, so a killed call leaves the last
+    whole archive."""
+    trained = sorted(p for p in runs.glob("*") if (p / "last.pt").is_file())
+    if not trained:
+        return
+    partial = out / "runs.tar.gz.partial"
+    with tarfile.open(partial, "w:gz") as tar:
+        for run in trained:
+            for name in ("metrics.jsonl", "run.json", "eval.json"):
+                if (run / name).is_file():
+                    tar.add(run / name, arcname=f"{run.name}/{name}")
+    partial.replace(out / "runs.tar.gz")
+
+
 def run_checks(args) -> int:
     out = Path(args.out or os.environ.get("OUT") or KIT / "out")
     out.mkdir(parents=True, exist_ok=True)
@@ -296,15 +315,13 @@ def run_checks(args) -> int:
               "`python3 tests/gpu/device_checks.py kit` and carry .gpu", file=sys.stderr)
     for step in steps:
         runner.run(step)
+        if step.name not in ("tests", "bench", "compile"):
+            pack_runs(runs, out)  # after every training step: a call killed later keeps them
     trained = sorted(p for p in runs.glob("*") if (p / "last.pt").is_file())
     if trained:
         runner.run(Step("results", [sys.executable, "-m", "sslkit", "results",
                                     *map(str, trained)], 60))
-        with tarfile.open(out / "runs.tar.gz", "w:gz") as tar:
-            for run in trained:
-                for name in ("metrics.jsonl", "run.json", "eval.json"):
-                    if (run / name).is_file():
-                        tar.add(run / name, arcname=f"{run.name}/{name}")
+        pack_runs(runs, out)
     runner.write_summary()
     print((out / "summary.md").read_text())
     return 0 if all(s.status == "ok" for s in runner.steps) else 1
