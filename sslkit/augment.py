@@ -486,9 +486,11 @@ def _all_permutations(t: int) -> torch.Tensor:
 def hamming_permutations(count: int, grid: int = 3, seed: int = 0) -> torch.Tensor:
     """count permutations of grid*grid tiles chosen for a large Hamming distance -> (count, T).
 
-    Greedy max-min selection (Noroozi & Favaro, 2016): start from a random permutation; then
-    repeatedly add the permutation whose smallest Hamming distance (number of positions that
-    differ) to those already chosen is largest. Candidates are visited in a seeded random
+    Greedy max-min selection: start from a random permutation; then repeatedly add the
+    permutation whose smallest Hamming distance (number of positions that differ) to those
+    already chosen is largest. (Noroozi & Favaro, 2016, add the one whose summed distance is
+    largest; max-min guards the minimum distance, which is what makes two classes hard to tell
+    apart.) Candidates are visited in a seeded random
     order and ties go to the first, so a seed always gives the same set.
     """
     t = grid * grid

@@ -90,6 +90,18 @@ def test_rotate_batch_wrong_answers():
     fails(check, lambda x: (x, torch.zeros(len(x))), False, "shape")
 
 
+def test_rotate_batch_with_int32_labels_fails():
+    """The text asks for torch.long labels, and F.cross_entropy refuses int32 class indices:
+    int32 labels used to pass both checks and broke only rotation_step."""
+    def int32_labels(x):
+        return (torch.cat([torch.rot90(x, k, dims=(2, 3)) for k in range(4)]),
+                torch.arange(4, dtype=torch.int32).repeat_interleave(len(x)))
+
+    for hidden in (False, True):
+        assert "torch.long" in fails(grading.check_rotate_batch, int32_labels, hidden,
+                                     "integer labels")
+
+
 def test_rotate_batch_delegation_fails_hidden():
     def delegating(x):
         return augment.rotate_batch(x)

@@ -155,6 +155,18 @@ def test_loss_wrong_answers(answer, match):
     assert message.startswith("masked_reconstruction_loss")
 
 
+def test_loss_averaged_image_by_image_fails_hidden():
+    """A mean of per-image means equals the loss only when every image has a hole of the same
+    size (the visible and the first hidden cases); the hidden check has holes of 1, 12 and 20
+    pixels."""
+    def per_image(x, r, m):
+        count = (m.flatten(1).sum(1) * x.shape[1]).clamp(min=1)  # (N,)
+        return (((m * (x - r)) ** 2).flatten(1).sum(1) / count).mean()
+
+    grading.check_masked_reconstruction_loss(per_image, hidden=False)
+    fails(grading.check_masked_reconstruction_loss, per_image, True, "not image by image")
+
+
 def test_loss_nothing_masked_must_be_zero():
     def divides_by_zero(x, r, m):
         return ((m * (x - r)) ** 2).sum() / (m.sum() * x.shape[1])

@@ -195,6 +195,13 @@ def unmasked(dist_ap, dist_an, margin, invalid):
     return torch.where(band.any(1), in_band, dist_an.argmax(1))
 
 
+def fallback_unmasked(dist_ap, dist_an, margin, invalid):
+    """Masks the band, but forgets the invalid candidates in the fallback."""
+    band = _band(dist_ap, dist_an, margin, invalid)
+    in_band = dist_an.masked_fill(~band, float("inf")).argmin(1)
+    return torch.where(band.any(1), in_band, dist_an.argmax(1))
+
+
 def test_semi_hard_wrong_answers(solution):
     check = grading.check_semi_hard
     assert "EASIEST" in fails(check, fallback_hardest, False, "expected")
@@ -204,6 +211,10 @@ def test_semi_hard_wrong_answers(solution):
           "expected")
     fails(check, inclusive_band, True, "edges")  # the visible case has no ties: hidden only
     fails(check, unmasked, True, "not a negative|expected")
+    # in the random cases the invalid candidates are the closest, never the farthest: only the
+    # hand-made row with an invalid candidate farthest away catches a fallback that ignores them
+    assert "masked_fill with +inf before an argmin, -inf before an argmax" in fails(
+        check, fallback_unmasked, True, "not a negative")
 
 
 @pytest.mark.parametrize("reference", [triplet.semi_hard_negatives, reference_semi_hard,

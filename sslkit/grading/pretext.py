@@ -105,9 +105,10 @@ def _compare_rotate(ex: str, fn: Callable, x: torch.Tensor, guard: bool) -> None
     if tuple(labels.shape) != tuple(expected_labels.shape):
         raise AssertionError(f"{ex}: expected labels of shape {tuple(expected_labels.shape)}, got "
                              f"{tuple(labels.shape)}{where}: one label per rotated image")
-    if labels.dtype.is_floating_point or labels.dtype == torch.bool:
+    if labels.dtype != torch.long:  # F.cross_entropy refuses int32 class indices too
         raise AssertionError(f"{ex}: expected integer labels (torch.long), got {labels.dtype}"
-                             f"{where}: F.cross_entropy needs class indices")
+                             f"{where}: F.cross_entropy needs class indices of dtype torch.long "
+                             "(torch.arange gives them)")
     if not torch.equal(labels.cpu().long(), expected_labels):
         raise AssertionError(f"{ex}: expected labels {expected_labels.tolist()}, got "
                              f"{labels.tolist()}{where}{_rotate_hint(x, x_rot, labels)}")

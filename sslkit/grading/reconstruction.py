@@ -273,6 +273,10 @@ def _loss_variants(x, recon, mask) -> dict[str, torch.Tensor]:
             sq.sum() / mask.sum().clamp(min=1),
         "the loss is the squared norm, not the norm": sq.sum().sqrt() / count,
         "average the sum over the masked elements": sq.sum(),
+        "divide the batch's sum by the batch's count of masked elements, not image by image "
+        "(a mean of per-image means weighs an image with a small hole as much as one with a "
+        "large hole)":
+            (sq.flatten(1).sum(1) / m.flatten(1).sum(1).clamp(min=1)).mean(),
     }
 
 
@@ -355,3 +359,13 @@ def check_masked_reconstruction_loss(masked_reconstruction_loss: Callable,
             _compare_loss(ex, fn, x, recon, mask, None,
                           f" (random images, N={n}, C={c}, {size}x{size}, {block}x{block} "
                           f"blocks)", True)
+        # holes of different sizes: the mean over all masked elements of the batch is not the
+        # mean of the per-image means
+        gen = torch.Generator().manual_seed(103)
+        x, recon = torch.rand(3, 2, 6, 6, generator=gen), torch.rand(3, 2, 6, 6, generator=gen)
+        mask = torch.zeros(3, 1, 6, 6)
+        mask[0, :, 1:2, 1:2] = 1  # 1 pixel
+        mask[1, :, 0:3, 2:6] = 1  # 12 pixels
+        mask[2, :, 2:6, 0:5] = 1  # 20 pixels
+        _compare_loss(ex, fn, x, recon, mask, None,
+                      " (random images, N=3, C=2, 6x6, holes of 1, 12 and 20 pixels)", True)

@@ -125,7 +125,8 @@ def _check_random(exercise: str, views: torch.Tensor, where: str) -> None:
 @quiet
 def check_build_augmentation(build_augmentation: Callable, hidden: bool = False) -> None:
     """Views of a photo: float32 (C, size, size) in [0, 1], new random parameters each call;
-    hidden: crop, flip, colour jitter and grayscale each present, statistically."""
+    hidden: crop, flip, colour jitter (its strength and probability) and grayscale each
+    present, statistically."""
     ex = "build_augmentation"
     photo = _photo()
     with torch.random.fork_rng(devices=[]):
@@ -192,6 +193,31 @@ def check_build_augmentation(build_augmentation: Callable, hidden: bool = False)
             raise AssertionError(f"{ex}: expected most views colour-jittered, got "
                                  f"{jitter_frac:.0%} that change a flat colour (and are not gray): "
                                  f"use v2.RandomApply([v2.ColorJitter(...)], p=0.8)")
+
+        # Strength and probability of the jitter: on a flat grey image crops, flips, grayscale,
+        # contrast, saturation and hue change nothing, so a view is the grey times the
+        # brightness factor, uniform in [1 - 0.8s, 1 + 0.8s] = [0.6, 1.4] for s = 0.5 -- or
+        # the grey give or take one level (grayscale rounds 100 down to 99), for the ~20 % of
+        # views that RandomApply(p=0.8) leaves alone.
+        grey = torch.full((3, 48, 48), 100, dtype=torch.uint8)
+        views = _views(ex, transform, grey, 256, size, " (a flat grey image)", True)
+        factor = views.mean(dim=(1, 2, 3)) * 255 / 100  # (256,) brightness factor of each view
+        deviation = (factor - 1).abs()
+        jitter = ("with s = 0.5: v2.ColorJitter(0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s) changes the "
+                  "brightness by a factor in [0.6, 1.4]")
+        if float(deviation.max()) > 0.46:  # 0.4, and a few grey levels of rounding
+            raise AssertionError(f"{ex}: the colour jitter is too strong: a view of a flat grey "
+                                 f"image came out {float(factor[deviation.argmax()]):.2f} times as "
+                                 f"bright; {jitter}")
+        if float(deviation.max()) < 0.3:
+            raise AssertionError(f"{ex}: the colour jitter is too weak: 256 views of a flat grey "
+                                 f"image all stay within {float(deviation.max()):.2f} of its "
+                                 f"brightness; {jitter}")
+        untouched = float((deviation < 0.015).float().mean())
+        if not 0.1 <= untouched <= 0.4:
+            raise AssertionError(f"{ex}: expected about 20% of the views without colour jitter, "
+                                 f"got {untouched:.0%} (a flat grey image): apply it with "
+                                 f"probability 0.8, v2.RandomApply([v2.ColorJitter(...)], p=0.8)")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -273,11 +273,15 @@ def check_semi_hard(semi_hard_negatives: Callable, hidden: bool = False) -> None
                            hidden)
     if hidden:
         # Boundaries: d_an == d_ap and d_an == d_ap + margin are NOT semi-hard (strict <).
-        dist_ap = torch.tensor([1.0, 1.0, 2.0])
+        # Row 3 has no semi-hard negative and its farthest candidate is invalid: the fallback
+        # must skip it too.
+        dist_ap = torch.tensor([1.0, 1.0, 2.0, 1.0])
         dist_an = torch.tensor([[0.0, 1.0, 1.5, 2.0, 5.0],
                                 [0.0, 1.0, 2.0, 3.0, 4.0],
-                                [2.0, 3.0, 0.5, 4.0, 2.5]])
-        invalid = torch.zeros(3, 5, dtype=torch.bool)
-        invalid[0, 0] = invalid[1, 0] = invalid[2, 0] = True
-        what = " (hand-made distances with values exactly on the band's edges)"
+                                [2.0, 3.0, 0.5, 4.0, 2.5],
+                                [9.0, 0.2, 0.5, 3.0, 0.1]])
+        invalid = torch.zeros(4, 5, dtype=torch.bool)
+        invalid[0, 0] = invalid[1, 0] = invalid[2, 0] = invalid[3, 0] = True
+        what = (" (hand-made distances with values exactly on the band's edges, and an invalid "
+                "candidate farthest away)")
         _compare_semi_hard(ex, semi_hard_negatives, dist_ap, dist_an, 1.0, invalid, what, True)
