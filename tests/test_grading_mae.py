@@ -242,6 +242,12 @@ def test_mae_loss_wrong_answers():
                 target.var(-1, keepdim=True, unbiased=False) + 1e-6).sqrt()
         return mae_loss(pred, target, mask)
 
+    def eps_outside_the_root(pred, target, mask, norm_pix=False):
+        if norm_pix:
+            target = (target - target.mean(-1, keepdim=True)) / (
+                target.var(-1, keepdim=True).sqrt() + 1e-6)
+        return mae_loss(pred, target, mask)
+
     def ignores_norm_pix(pred, target, mask, norm_pix=False):
         return mae_loss(pred, target, mask)
 
@@ -264,6 +270,8 @@ def test_mae_loss_wrong_answers():
     assert "mean, not sum" in fails(check, summed_pixels, False, "expected")
     assert "unbiased" in fails(check, biased_var, False, "expected")
     assert "normalise" in fails(check, ignores_norm_pix, False, "expected")
+    check(eps_outside_the_root)  # the same value wherever a patch varies more than 1e-6
+    assert "inside the square root" in fails(check, eps_outside_the_root, True, "nearly flat")
     assert "HIDDEN" in fails(check, visible_patches, False, "expected")
     check(target_trained)
     fails(check, target_trained, True, "target")

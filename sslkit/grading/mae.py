@@ -231,6 +231,9 @@ def _loss_variants(pred, target, mask, norm_pix) -> dict[str, torch.Tensor]:
                                                                                         mask)
         out["norm_pix=True: normalise each target patch by its own mean and variance"] = value(
             target, mask)
+        outside = (target - mean) / (target.var(-1, keepdim=True) ** 0.5 + 1e-6)
+        out["norm_pix: add the 1e-6 to the variance, inside the square root"] = value(outside,
+                                                                                      mask)
     else:
         out["norm_pix=False: compare with the raw target"] = value(normed, mask)
     return out
@@ -273,6 +276,17 @@ def check_mae_loss(mae_loss: Callable, hidden: bool = False) -> None:
         if grads[1] is not None and float(grads[1].abs().max()) > 0:
             raise AssertionError(f"{ex}: a gradient reaches the target{where}: detach it (the "
                                  "pixels are data, not a prediction)")
+    if hidden:
+        # A nearly flat patch (variance ~1e-8, below the 1e-6): sqrt(var + 1e-6) ~ 1e-3 is not
+        # sqrt(var) + 1e-6 ~ 1e-4, so where the 1e-6 goes shows.
+        pred, target, mask = _case(2, 6, 4, 5)
+        target[:, 0] = 0.3 + 1e-4 * randn(2, 4, seed=6)  # patch 0 is hidden (mask = 1)
+        where = " (N=2, L=6, P=4, norm_pix=True, patch 0 nearly flat: variance about 1e-8)"
+        got = scalar(ex, _call(ex, mae_loss, pred.clone(), target.clone(), mask.clone(), True,
+                               where=where, guard=True), where)
+        expected = losses.mae_loss(pred, target, mask, True)
+        if not close(got, expected):
+            match_value(ex, got, expected, _loss_variants(pred, target, mask, True), where)
 
 
 # ----------------------------------------------------------------------------------------------
