@@ -643,4 +643,6 @@ def load_trained(out: str | Path, device: str = "cpu", data_root: str | Path | N
     data = load_data(cfg, unlabeled=False)  # evaluation never reads STL-10's unlabeled split
     method = build(cfg, data)
     method.load_state_dict(ckpt["model"])
-    return method.to(device).eval(), cfg, data
+    # the layout training used: the same weights in another layout give other round-off, and a
+    # kNN vote on the edge could differ from the one the run logged
+    return method.to(device, memory_format=torch.channels_last).eval(), cfg, data
