@@ -22,8 +22,9 @@ K 4096, m 0.99, T 0.1, SplitBatchNorm with 8 groups). DINO's head shape, tempera
 gradient clipping at 3.0 and last layer frozen in the first epoch from the paper; its out_dim
 of 65536 is for ImageNet, 4096 is this kit's choice for 10 classes; SGD as in the DINO
 authors' ResNet recipe. MAE: the paper's optimiser (blr 1.5e-4 scaled by B/256,
-betas (0.9, 0.95), wd 0.05) and a ViT-tiny with patch 4, the usual CIFAR-scale choice; the
-paper warms up for 40 of 800+ epochs, here the profile's 10 of 100.
+betas (0.9, 0.95), wd 0.05 on the weight matrices and none on biases and norm weights) and
+a ViT-tiny with patch 4, the usual CIFAR-scale choice; the paper warms up for 40 of 800+
+epochs, here the profile's 10 of 100.
 
 Every entry can still be overridden: a command-line flag (``--lr``) or ``--option KEY=VALUE``
 wins over the recipe.

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -133,11 +134,17 @@ def fast_cuda_settings(device: torch.device) -> None:
 
 
 def make_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
+    """cfg's optimiser over params. Weight decay: AdamW leaves biases and normalisation
+    weights (the 1-D parameters) undecayed, as MAE's and DINO's code do; SGD and Adam decay
+    every parameter, as the MoCo CIFAR-10 demo the gpu profile follows does."""
     betas = (0.9, cfg.adam_beta2)
     if cfg.optimizer == "adam":
         return torch.optim.Adam(params, lr=cfg.lr, betas=betas, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.lr, betas=betas, weight_decay=cfg.weight_decay)
+        params = list(params)
+        groups = [{"params": [p for p in params if p.ndim >= 2]},  # weights: decayed
+                  {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+        return torch.optim.AdamW(groups, lr=cfg.lr, betas=betas, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
     raise SSLKitError(f"unknown optimizer {cfg.optimizer!r}: use adam, adamw or sgd")
@@ -259,12 +266,14 @@ def _read_metrics(out: Path, up_to_epoch: int) -> list[dict]:
     rows = []
     for number, line in enumerate(lines, 1):
         try:
-            rows.append(json.loads(line))
+            row = json.loads(line)
         except ValueError:
-            if number < len(lines):
-                raise SSLKitError(f"{path} line {number} is not a metrics row: restore the "
-                                  "file from a copy of the run, or delete it to start a new "
-                                  "log") from None
+            row = None
+        if isinstance(row, dict) and isinstance(row.get("epoch"), int):
+            rows.append(row)
+        elif number < len(lines):  # valid JSON without an epoch is no row either
+            raise SSLKitError(f"{path} line {number} is not a metrics row: restore the file "
+                              "from a copy of the run, or delete it to start a new log")
     return [r for r in rows if r["epoch"] <= up_to_epoch]
 
 
@@ -467,8 +476,11 @@ def train(
         rngs = ckpt.get("torch_rngs", [ckpt["torch_rng"]])
         views_states = ckpt.get("views_generators")
         start_epoch = ckpt["epoch"]
+        cuda_rngs = ckpt.get("cuda_rngs")
         if len(rngs) == distributed.world_size():  # the same number of processes as saved
             torch.set_rng_state(rngs[distributed.rank()])
+            if device.type == "cuda" and cuda_rngs and cuda_rngs[distributed.rank()] is not None:
+                torch.cuda.set_rng_state(cuda_rngs[distributed.rank()], device)
             if views_states is not None:
                 views_generator.set_state(views_states[distributed.rank()])
         else:  # no saved streams for this rank: new ones, never epoch 0's again
@@ -488,7 +500,8 @@ def train(
             out.mkdir(parents=True, exist_ok=True)
             _record_call(out, command, device, fresh=ckpt is None,
                          seconds=time.perf_counter() - call_started)
-            (out / METRICS).write_text("".join(json.dumps(r) + "\n" for r in metrics))
+            # atomic: a call killed while rewriting the log would lose the saved epochs' rows
+            write_atomic(out / METRICS, "".join(json.dumps(r) + "\n" for r in metrics).encode())
         except OSError as err:
             raise SSLKitError(f"cannot write to {out} ({err.strerror}): choose a writable "
                               "--out") from None
@@ -522,9 +535,12 @@ def train(
             for group in optimizer.param_groups:
                 group["lr"] = float(lr[step])
             total += train_step(model, optimizer, micro_batches, autocast)
-        total = distributed.all_reduce_mean(total)
+        total = distributed.all_reduce_mean(total)  # the same value on every rank
+        loss = float(total) / steps_per_epoch
+        if not math.isfinite(loss):  # diverged: keep the last finite epoch's checkpoint
+            _diverged(out, epoch, loss)
         row = {"epoch": epoch + 1, "step": (epoch + 1) * steps_per_epoch,
-               "loss": float(total) / steps_per_epoch, "lr": float(lr[step]),
+               "loss": loss, "lr": float(lr[step]),
                "seconds": round(time.perf_counter() - started, 3)}
         if distributed.is_main() and cfg.knn_every and (
                 (epoch + 1) % cfg.knn_every == 0 or epoch + 1 == cfg.epochs):
@@ -534,6 +550,9 @@ def train(
         state = {"config": asdict(cfg), "epoch": epoch + 1, "model": method.state_dict(),
                  "optimizer": optimizer.state_dict(), "generator": generator.get_state(),
                  "torch_rng": torch.get_rng_state()}
+        # the device's own generator: MAE's masks and MoCo's shuffle-BN are drawn there on a GPU
+        cuda_rng = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+        state["cuda_rngs"] = distributed.gather_objects(cuda_rng)  # one per rank
         if distributed.is_distributed():  # each rank's own random streams, to resume exactly
             state["torch_rngs"] = distributed.gather_objects(torch.get_rng_state())
             state["views_generators"] = distributed.gather_objects(views_generator.get_state())
@@ -546,6 +565,16 @@ def train(
     if distributed.is_main():
         _record_wall_time(out, time.perf_counter() - call_started)
     return method, metrics
+
+
+def _diverged(out: Path, epoch: int, loss: float) -> None:
+    """One-line error for a NaN or infinite epoch loss (epoch: 0-based), raised before the
+    epoch is logged or saved, so OUT/last.pt keeps the last finite epoch's weights."""
+    kept = (f"{out / CHECKPOINT} still holds epoch {epoch}" if epoch else
+            "nothing was saved")
+    raise SSLKitError(f"the loss of epoch {epoch + 1} is {loss}: training diverged and was "
+                      f"stopped ({kept}); start a new run with a lower --lr or more "
+                      "--warmup-epochs")
 
 
 def _check_monitor(cfg: TrainConfig, data: ImageData) -> None:

@@ -6,6 +6,8 @@ the others."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -52,6 +54,26 @@ def test_mae_recipe_is_the_papers_optimiser_on_a_vit_tiny():
     o = cfg.method_options
     assert (o["dim"], o["depth"], o["heads"], o["mask_ratio"], o["norm_pix"]) == (
         192, 12, 3, 0.75, True)
+
+
+def test_adamw_leaves_biases_and_norm_weights_undecayed_as_maes_code():
+    """MAE's (and DINO's) optimiser decays the weight matrices only; one AdamW step on zero
+    gradients moves nothing but the decay: w <- w (1 - lr wd) for a matrix, unchanged for a
+    bias or a LayerNorm weight. SGD keeps decaying every parameter (MoCo's CIFAR-10 demo)."""
+    cfg = TrainConfig.from_profile(GPU, method="mae")
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.LayerNorm(4))
+    before = [p.detach().clone() for p in net.parameters()]
+    optimizer = make_optimizer(cfg, net.parameters())
+    for p in net.parameters():
+        p.grad = torch.zeros_like(p)
+    optimizer.step()
+    weight, bias, ln_weight, ln_bias = net.parameters()
+    torch.testing.assert_close(weight, before[0] * (1 - cfg.lr * cfg.weight_decay))
+    for p, p0 in zip((bias, ln_weight, ln_bias), before[1:]):
+        assert torch.equal(p, p0)
+    sgd = make_optimizer(replace(cfg, optimizer="sgd"), net.parameters())
+    assert [g["weight_decay"] for g in sgd.param_groups] == [cfg.weight_decay]
 
 
 def test_flags_and_options_win_over_the_recipe():

@@ -105,6 +105,11 @@ def test_resume_after_a_kill_mid_write_of_the_metrics(tmp_path, data, full_run):
     (out / METRICS).write_text('{"epoch": 1,\n' + (out / METRICS).read_text())  # damaged inside
     with pytest.raises(SSLKitError, match="line 1 is not a metrics row"):
         train(CFG, out, resume=True, progress=False, data=data)
+    # valid JSON that is not a row (a hand-edited log) was a KeyError traceback
+    for damage in ('{"loss": 1.0}', '[1, 2]', '{"epoch": "1"}'):
+        (out / METRICS).write_text(damage + "\n" + (out / METRICS).read_text().split("\n", 1)[1])
+        msg = one_line_error(lambda: train(CFG, out, resume=True, progress=False, data=data))
+        assert "line 1 is not a metrics row" in msg
 
 
 def test_same_seed_same_run_other_seed_other_run(tmp_path, data, full_run):
@@ -423,3 +428,68 @@ def test_a_loaded_run_gives_the_trained_encoders_features_bit_for_bit(full_run, 
         assert trained_p.stride() == loaded_p.stride()
     assert torch.equal(extract_features(method.encoder, data.test_x),
                        extract_features(loaded.encoder, data.test_x))
+
+
+# ------------------------------------------------------------------- divergence and crashes
+def test_a_nan_loss_stops_the_run_and_keeps_the_last_finite_checkpoint(tmp_path, data,
+                                                                      monkeypatch):
+    """A diverged epoch (NaN loss) is a one-line error naming it; it is neither logged nor
+    saved, so last.pt and metrics.jsonl stay those of the last finite epoch. It used to train
+    on, logging NaN losses and checkpointing NaN weights over the good ones."""
+    import sslkit.train as train_module
+
+    out = tmp_path / "nan"
+    train(CFG, out, stop_after_epoch=1, progress=False, data=data)
+    before = (out / CHECKPOINT).read_bytes(), (out / METRICS).read_text()
+    real_step = train_module.train_step
+
+    def nan_step(*args, **kwargs):  # the real step (weights move), its loss reported as NaN
+        return real_step(*args, **kwargs) * float("nan")
+
+    monkeypatch.setattr(train_module, "train_step", nan_step)
+    msg = one_line_error(lambda: train(CFG, out, resume=True, progress=False, data=data))
+    assert "the loss of epoch 2 is nan" in msg and f"{out / CHECKPOINT} still holds epoch 1" in msg
+    assert "--lr" in msg
+    assert ((out / CHECKPOINT).read_bytes(), (out / METRICS).read_text()) == before
+    msg = one_line_error(lambda: train(CFG, tmp_path / "nan0", progress=False, data=data))
+    assert "the loss of epoch 1 is nan" in msg and "nothing was saved" in msg
+    assert not (tmp_path / "nan0" / CHECKPOINT).exists()
+
+
+def test_a_failed_rewrite_of_the_metrics_on_resume_keeps_the_saved_rows(tmp_path, data,
+                                                                        monkeypatch):
+    """--resume rewrites metrics.jsonl up to the checkpoint's epoch. A write that stops half-way
+    (disk full, killed) must leave the old rows whole: it used to truncate the file first, so
+    the saved epochs' rows were lost and `sslkit results` could no longer read the run."""
+    import resource
+
+    out = tmp_path / "full-disk"
+    train(CFG, out, stop_after_epoch=2, progress=False, data=data)
+    before = (out / METRICS).read_bytes()
+    monkeypatch.setattr("sslkit.train._record_call", lambda *args, **kwargs: None)
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (len(before) // 2, hard))  # writes stop half-way
+    try:
+        msg = one_line_error(lambda: train(CFG, out, resume=True, progress=False, data=data))
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    assert f"cannot write to {out}" in msg
+    assert (out / METRICS).read_bytes() == before
+    assert [p.name for p in out.iterdir() if p.name.endswith(".tmp")] == []
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_resume_on_a_gpu_continues_the_devices_random_stream(tmp_path, data):
+    """On a GPU, MAE's masks (and MoCo's shuffle-BN) draw from the device's own generator. The
+    checkpoint saved only the CPU's, so a resumed run re-seeded the GPU's and replayed epoch
+    1's masks. Resumed, the device's stream must end where an uninterrupted run's ends."""
+    cfg = replace(CFG, method="mae", arch="vit", epochs=2, device="cuda",
+                  method_options={"dim": 32, "depth": 1, "heads": 2, "decoder_dim": 16,
+                                  "decoder_depth": 1, "decoder_heads": 2})
+    train(cfg, tmp_path / "full", progress=False, data=data)
+    full = torch.cuda.get_rng_state()
+    train(cfg, tmp_path / "split", stop_after_epoch=1, progress=False, data=data)
+    torch.cuda.manual_seed(12345)  # the device's state in between must not matter
+    train(cfg, tmp_path / "split", resume=True, progress=False, data=data)
+    assert torch.equal(torch.cuda.get_rng_state(), full)
+    assert torch.equal(load_checkpoint(tmp_path / "split")["cuda_rngs"][0], full)

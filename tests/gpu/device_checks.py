@@ -230,7 +230,8 @@ def plan(names: list[str], tiny: bool, data_root: Path | None, runs: Path,
                              str(max(1, (os.cpu_count() or 2) - 1))])  # every core but the main
     tests = [*py, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=", "-rs",
              "tests/test_cuda.py", "tests/test_no_host_sync.py",
-             "tests/test_losses.py::test_cuda_half_under_autocast_matches_cpu"]
+             "tests/test_losses.py::test_cuda_half_under_autocast_matches_cpu",
+             "tests/test_train.py::test_resume_on_a_gpu_continues_the_devices_random_stream"]
 
     def train(method: str, n_epochs: int | None) -> list[str]:
         out = runs / method
