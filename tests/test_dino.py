@@ -270,3 +270,25 @@ def test_the_last_layer_stays_frozen_in_the_first_epoch(tmp_path):
         train_step(dino, opt, [x])
         assert torch.equal(last, before_last) == (step <= 2), step
         assert not torch.equal(dino.head.mlp[0].weight, before_mlp), step
+
+
+def test_the_loss_uses_the_teacher_after_its_momentum_step():
+    # update_momentum(student -> teacher) comes BEFORE the teacher pass: the loss equals
+    # dino_loss with the outputs of the moved teacher, not of the teacher as it was.
+    dino = small_dino(momentum=0.5)
+    with torch.no_grad():  # make the teacher differ from the student
+        for q in [*dino.teacher_encoder.parameters(), *dino.teacher_head.parameters()]:
+            q.add_(0.2 * torch.randn_like(q))
+    crops = dino.views((torch.rand(4, 1, 16, 16) * 255).byte())
+    m = float(dino.momentums[0])
+    stale = dino.teacher_outputs(crops[:2])
+    with torch.no_grad():
+        s_out = dino.student_outputs(crops)
+    loss = dino.loss_on_crops(crops)  # moves the teacher, then its pass
+    moved = dino.teacher_outputs(crops[:2])
+    t = dino.teacher_temp()
+    zero = torch.zeros_like(dino.center)
+    assert m < 1
+    assert torch.allclose(loss, dino_loss(s_out, moved, zero, dino.student_temp, t), atol=1e-5)
+    assert not torch.allclose(loss, dino_loss(s_out, stale, zero, dino.student_temp, t),
+                              atol=1e-4)

@@ -290,3 +290,45 @@ def test_bad_input_is_one_line():
         with pytest.raises(SSLKitError, match=match) as info:
             make()
         assert "\n" not in str(info.value)
+
+
+def test_decoder_positions_are_what_tells_hidden_patches_apart():
+    # The mask tokens are one shared vector and attention is permutation-equivariant, so the
+    # decoder's predictions for two hidden patches of one image differ only through the
+    # decoder's position embeddings: equal without them, different with them.
+    mae = small_mae().eval()
+    g = gen(5)
+    x = torch.rand(2, 1, 16, 16, generator=g)
+    latent, mask, ids_restore = mae.forward_encoder(x, 0.75, torch.rand(2, 16, generator=g))
+    hidden = mask[0].bool()
+    with torch.no_grad():
+        pred = mae.forward_decoder(latent, ids_restore)[0, hidden]  # (12, P)
+        assert (pred - pred[:1]).abs().amax(dim=1)[1:].min() > 1e-4  # all differ from the first
+        mae.decoder_pos_embed.zero_()
+        pred = mae.forward_decoder(latent, ids_restore)[0, hidden]
+    assert torch.allclose(pred, pred[:1].expand_as(pred), atol=1e-5)
+
+
+def test_unmasked_encoder_pass_is_the_vits_own_token_path():
+    # Mask ratio 0 with increasing noise keeps every patch in its order: the encoder's latent
+    # must be the ViT's blocks on ViT.tokens(x) ([CLS] and the patches with their positions),
+    # so the positions are added patch by patch, the same table the whole-image pass uses.
+    mae = small_mae().eval()
+    x = torch.rand(2, 1, 16, 16, generator=gen(6))
+    latent, mask, ids_restore = mae.forward_encoder(x, 0.0, torch.arange(16.0).expand(2, -1))
+    assert float(mask.sum()) == 0 and torch.equal(ids_restore, torch.arange(16).expand(2, -1))
+    t = mae.encoder.tokens(x)
+    for block in mae.encoder.blocks:
+        t = block(t)
+    assert torch.allclose(latent, mae.encoder.norm(t), atol=1e-5)
+
+
+def test_reconstruct_undoes_norm_pix_with_each_patchs_mean_and_std():
+    # A decoder that predicts the norm_pix target exactly gives back the image.
+    mae = small_mae(norm_pix=True)
+    x = torch.rand(2, 1, 16, 16, generator=gen(7))
+    target = patchify(x, 4)
+    mean, var = target.mean(-1, keepdim=True), target.var(-1, keepdim=True)
+    mae.forward_decoder = lambda latent, ids_restore: (target - mean) / (var + 1e-6) ** 0.5
+    recon, mask_img = mae.reconstruct(x)
+    assert torch.allclose(recon, x, atol=1e-5) and mask_img.shape == (2, 1, 16, 16)

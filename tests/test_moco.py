@@ -191,3 +191,53 @@ def test_sizes_and_ranges_are_checked_by_name(option, value, expected):
         with pytest.raises(SSLKitError, match=option) as info:
             check()
         assert expected in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("keys", [False, True])
+def test_split_batchnorm_moves_running_statistics_once_by_the_group_mean(keys):
+    # MoCo's SplitBatchNorm: with bn_splits=s the running statistics take ONE step towards the
+    # mean over the s groups of each group's batch mean and unbiased variance,
+    #     running <- (1 - m) running + m * mean_g stat_g,
+    # so eval mode normalises with an average over steps, not over the last groups of the last
+    # step (per-group updates in turn weight the last group by m, the first by m (1-m)^(s-1)).
+    method = tiny_moco(bn_splits=4).train()
+    encoder = method.key_encoder if keys else method.encoder
+    bn = encoder.blocks[0][1]
+    bn.momentum = 0.5
+    with torch.no_grad():  # a start far from the batch statistics
+        bn.running_mean.fill_(3.0)
+        bn.running_var.fill_(5.0)
+    v = torch.rand(16, 1, 8, 8) * torch.arange(1, 17.0).view(16, 1, 1, 1)  # groups differ
+    with torch.no_grad():
+        conv = encoder.blocks[0][0]
+        torch.manual_seed(0)
+        groups = v[torch.randperm(16)] if keys else v  # the keys' groups: a permutation
+        stats = [conv(part).transpose(0, 1).flatten(1) for part in groups.chunk(4)]  # (C, nHW)
+        mean = torch.stack([s.mean(dim=1) for s in stats]).mean(dim=0)
+        var = torch.stack([s.var(dim=1) for s in stats]).mean(dim=0)
+    tracked = int(bn.num_batches_tracked)
+    torch.manual_seed(0)
+    method.embed_keys(v) if keys else method.embed_query(v)
+    assert torch.allclose(bn.running_mean, 0.5 * 3.0 + 0.5 * mean, atol=1e-5)
+    assert torch.allclose(bn.running_var, 0.5 * 5.0 + 0.5 * var, atol=1e-5)
+    assert int(bn.num_batches_tracked) == tracked + 1  # one step, not one per group
+
+
+def test_keys_come_from_the_key_network_after_its_momentum_step():
+    # θk <- m θk + (1 - m) θq happens BEFORE the key pass: the loss equals moco_loss with keys
+    # of the moved key network, not with keys of the key network as it was.
+    method = tiny_moco(momentum=0.5).eval()  # eval: BatchNorm's running statistics, no batch
+    with torch.no_grad():  # make the key network differ from the query network
+        for p in [*method.key_encoder.parameters(), *method.key_head.parameters()]:
+            p.add_(0.3)
+    v1, v2 = torch.rand(4, 1, 8, 8), torch.rand(4, 1, 8, 8)
+    before = copy.deepcopy(method)
+    loss = method.loss_on_views(v1, v2)
+    with torch.no_grad():
+        q = before.embed_query(v1)
+        stale = before.embed_keys(v2)
+        before.momentum_update()
+        moved = before.embed_keys(v2)
+    assert torch.allclose(loss, moco_loss(q, moved, before.queue, method.temperature), atol=1e-6)
+    assert not torch.allclose(loss, moco_loss(q, stale, before.queue, method.temperature),
+                              atol=1e-4)

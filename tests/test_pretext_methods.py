@@ -241,3 +241,20 @@ def test_rotation_head_beats_chance_after_a_short_training(shifted_parts):
         logits, labels = method.logits_labels(test_x)
     accuracy = float((logits.argmax(1) == labels).float().mean())
     assert accuracy > 0.4, f"rotation accuracy {accuracy:.2f} after 40 steps"
+
+
+def test_rotation_labels_say_which_rotation_the_encoder_saw():
+    # Record what the encoder receives: image j of the batch must be the input image j mod N
+    # turned by labels[j] quarter turns (the contract of rotate_batch, kept by the method).
+    class Recorder(torch.nn.Module):
+        feature_dim = 1
+
+        def forward(self, x):
+            self.seen = x
+            return x.mean(dim=(1, 2, 3))[:, None]
+
+    method = Rotation(Recorder())
+    x = torch.rand(3, 1, 5, 5, generator=gen(2))
+    _, labels = method.logits_labels(x)
+    for j, k in enumerate(labels.tolist()):
+        assert torch.equal(method.encoder.seen[j], torch.rot90(x[j % 3], k, dims=(1, 2)))

@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from sslkit.errors import SSLKitError
 from sslkit.methods.colorization import (
     Colorization,
     colour_patches,
@@ -171,6 +172,9 @@ def test_colorization_loss_and_gradients():
     loss = model(x)
     assert loss.shape == () and torch.isfinite(loss)
     assert torch.allclose(loss, model(x.float() / 255))  # uint8 and float inputs agree
+    # closed form: the mean squared ab error in units of 110
+    ab_hat, ab = torch.full((1, 2, 2, 2), 55.0), torch.zeros(1, 2, 2, 2)
+    assert torch.allclose(model.forward_loss(ab_hat, ab), torch.tensor(0.25))
     loss.backward()
     first = model.encoder.blocks[0][0].weight.grad
     assert first is not None and first.abs().sum() > 0
@@ -212,8 +216,9 @@ def test_random_block_mask():
     assert rect.shape == (4, 1, 8, 12) and (rect.sum(dim=(1, 2, 3)) == 64).all()
     full = random_block_mask(2, 6, 6)
     assert (full == 1).all()
-    with pytest.raises(ValueError):
+    with pytest.raises(SSLKitError, match="block must be 1 to 6 pixels wide") as info:
         random_block_mask(2, 6, 7)
+    assert "\n" not in str(info.value)
 
 
 def test_block_positions_cover_the_image():

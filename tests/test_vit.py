@@ -64,3 +64,42 @@ def test_attention_rows_sum_to_one_and_cls_maps():
 def test_wrong_channels_is_an_error():
     with pytest.raises(SSLKitError):
         ViT(32, 4, in_channels=1)(torch.rand(2, 3, 32, 32))
+
+
+def test_attention_equals_the_plain_formula():
+    # softmax(q kᵀ / sqrt(d_head)) v per head, written out with a loop over heads.
+    torch.manual_seed(0)
+    attn_layer = ViT(8, 4, 1, dim=12, depth=1, heads=3).blocks[0].attn
+    x = torch.randn(2, 5, 12)
+    qkv = attn_layer.qkv(x)  # (N, T, 3·dim): q, k, v, each heads x d_head
+    heads = []
+    for h in range(3):
+        q, k, v = (qkv[..., i * 12 + 4 * h: i * 12 + 4 * h + 4] for i in range(3))
+        heads.append(torch.softmax(q @ k.transpose(1, 2) / 2.0, dim=-1) @ v)  # sqrt(4) = 2
+    expected = attn_layer.proj(torch.cat(heads, dim=-1))
+    assert torch.allclose(attn_layer(x), expected, atol=1e-5)
+
+
+def test_block_is_pre_norm():
+    # y = x + Attn(LN1(x)), out = y + MLP(LN2(y)): each sublayer sees a normalised copy, the
+    # residual stream itself is never normalised inside the block (pre-norm, as ViT and MAE).
+    torch.manual_seed(0)
+    block = ViT(8, 4, 1, dim=8, depth=1, heads=2).blocks[0]
+    x = torch.randn(2, 5, 8)
+    y = x + block.attn(block.norm1(x))
+    assert torch.allclose(block(x), y + block.mlp(block.norm2(y)), atol=1e-6)
+
+
+def test_the_representation_is_the_final_cls_token():
+    # With no blocks, h = LN(cls + pos_0) whatever the image: the [CLS] token, not a pool.
+    torch.manual_seed(0)
+    net = ViT(8, 4, 1, dim=8, depth=0, heads=2)
+    h = net(torch.rand(3, 1, 8, 8))
+    expected = net.norm(net.cls_token[0, 0] + net.pos_embed[0, 0])
+    assert torch.allclose(h, expected.expand(3, -1), atol=1e-6)
+
+
+def test_non_square_images_are_a_one_line_error():
+    with pytest.raises(SSLKitError, match="square") as info:
+        ViT(8, 4, 1, dim=8, depth=1, heads=2)(torch.rand(2, 1, 8, 12))
+    assert "\n" not in str(info.value)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from sslkit.errors import SSLKitError
 from sslkit.methods.colorization import to_float
 from sslkit.models.decoder import decoder_for, feature_map, resolve_encoder
 from sslkit.transfer import to_device
@@ -36,7 +37,8 @@ def random_block_mask(n: int, size: int | tuple[int, int], block: int,
     """
     h, w = (size, size) if isinstance(size, int) else size
     if not 0 < block <= min(h, w):
-        raise ValueError(f"block must be in 1..{min(h, w)} for {h}x{w} images, got {block}")
+        raise SSLKitError(f"the inpainting block must be 1 to {min(h, w)} pixels wide for "
+                          f"{h}x{w} images, got {block}: use e.g. block={min(h, w) // 2}")
     top = torch.randint(h - block + 1, (n, 1), generator=generator)  # (n, 1)
     left = torch.randint(w - block + 1, (n, 1), generator=generator)  # (n, 1)
     rows, cols = torch.arange(h), torch.arange(w)

@@ -57,8 +57,9 @@ from sslkit.models.heads import projection_head
 
 
 def moco_view_config(base: ViewConfig, version: str = "v2") -> ViewConfig:
-    """v1: crops, flip, colour jitter (strength 0.4 of 1), grayscale; v2 adds Gaussian blur
-    (p=0.5) and the full jitter strength of SimCLR's recipe (p=0.8)."""
+    """v1: crops, flip, colour jitter of strength at most 0.5 (brightness, contrast and
+    saturation 0.4, as MoCo v1; its hue is 0.1 here, v1's 0.4), grayscale; v2 adds Gaussian
+    blur (p=0.5) and keeps the base jitter strength (SimCLR's recipe, p=0.8)."""
     if version == "v1":
         return replace(base, jitter_strength=min(base.jitter_strength, 0.5), blur_p=0.0)
     if version == "v2":
@@ -146,32 +147,53 @@ class MoCo(nn.Module, StepPosition):
 
     # -- stages -------------------------------------------------------------------------------
 
-    def _grouped(self, net, v: torch.Tensor) -> torch.Tensor:
-        """net(v) with BatchNorm statistics per group of len(v) / bn_splits samples, in order."""
+    def _grouped(self, encoder: nn.Module, head: nn.Module, v: torch.Tensor) -> torch.Tensor:
+        """head(encoder(v)) with BatchNorm statistics per group of len(v) / bn_splits samples,
+        in order. The running statistics move ONCE, by the mean of the groups' statistics (as
+        MoCo's SplitBatchNorm): every group starts from the same running values and the
+        results are averaged, so evaluation uses an average over steps, not over the last few
+        groups of the last step."""
         s = self.bn_splits
         if s <= 1:
-            return net(v)
+            return head(encoder(v))
         if len(v) % s:
             raise SSLKitError(f"bn_splits={s} needs a batch divisible by it (got {len(v)}): "
                               f"use a batch size that is a multiple of {s}")
-        return torch.cat([net(part) for part in v.chunk(s)])
+        norms = [m for net in (encoder, head) for m in net.modules()
+                 if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training
+                 and m.track_running_stats]
+        names = ("running_mean", "running_var", "num_batches_tracked")
+        kept = [{a: m._buffers[a] for a in names} for m in norms]  # the modules' own tensors
+        results: list[list[dict[str, torch.Tensor]]] = [[] for _ in norms]
+        out = []
+        for part in v.chunk(s):
+            for m, own in zip(norms, kept):  # a fresh copy per group: autograd saves the
+                m._buffers.update({a: t.clone() for a, t in own.items()})  # one it ran with
+            out.append(head(encoder(part)))
+            for m, moved in zip(norms, results):
+                moved.append({a: m._buffers[a] for a in names})
+        with torch.no_grad():
+            for m, own, moved in zip(norms, kept, results):
+                m._buffers.update(own)
+                for a in names[:2]:
+                    own[a].copy_(torch.stack([r[a] for r in moved]).mean(dim=0))
+                own[names[2]].add_(1)
+        return torch.cat(out)
 
     def embed_query(self, v: torch.Tensor) -> torch.Tensor:
         """v (N, C, S, S) -> q (N, D) through the query network (with gradient)."""
-        return self._grouped(lambda x: self.head(self.encoder(x)), v)
+        return self._grouped(self.encoder, self.head, v)
 
     @torch.no_grad()
     def embed_keys(self, v: torch.Tensor) -> torch.Tensor:
         """v (N, C, S, S) -> k (N, D) through the key network (no gradient), with shuffle-BN:
         the BatchNorm groups of the keys are a random permutation of every rank's samples."""
-        def key_net(x: torch.Tensor) -> torch.Tensor:
-            return self.key_head(self.key_encoder(x))
-
         if self.bn_splits <= 1 and not distributed.is_distributed():
-            return key_net(v)  # one group holding the whole batch: nothing to shuffle
+            return self.key_head(self.key_encoder(v))  # one group: nothing to shuffle
         everyone = distributed.gather(v)  # (W·N, C, S, S), rank-major
         perm = distributed.broadcast(torch.randperm(len(everyone), device=v.device))  # (W·N,)
-        keys = distributed.gather(self._grouped(key_net, distributed.shard(everyone[perm])))
+        mine = distributed.shard(everyone[perm])  # this rank's slice of the permuted batch
+        keys = distributed.gather(self._grouped(self.key_encoder, self.key_head, mine))
         return distributed.shard(keys[torch.argsort(perm)])  # un-permuted; this rank's (N, D)
 
     @torch.no_grad()

@@ -139,6 +139,9 @@ class ViT(nn.Module):
         """(N, C, S, S) -> (N, 1 + L, dim): [CLS] and patch embeddings with positions."""
         if x.shape[1] != self.in_channels:
             raise SSLKitError(f"ViT built for {self.in_channels} channels, got {x.shape[1]}")
+        if x.ndim != 4 or x.shape[2] != x.shape[3]:
+            raise SSLKitError(f"ViT takes square images (N, C, S, S), got {tuple(x.shape)}: "
+                              "crop or resize them to a square")
         patches = self.patch_embed(patchify(x, self.patch_size))  # (N, L, dim)
         cls = self.cls_token.expand(x.shape[0], -1, -1)  # (N, 1, dim)
         return torch.cat([cls, patches], dim=1) + self._pos_embed(x.shape[-1] // self.patch_size)
