@@ -4,7 +4,8 @@
 
 The contents go to a temporary file beside ``path``, are flushed to disk, and the temporary file
 is renamed over ``path`` (a rename within one folder is atomic): ``path`` holds its old contents
-or the new ones, never a mix. If writing fails, the temporary file is removed and ``path`` is
+or the new ones, never a mix. The folder is flushed after the rename too, so that after a power
+cut the rename itself is not lost. If writing fails, the temporary file is removed and ``path`` is
 untouched. Checkpoints, the run log and the experiments' results are all written this way.
 """
 
@@ -33,3 +34,15 @@ def write_atomic(path: str | Path, data: bytes | Callable[[BinaryIO], object]) -
         with contextlib.suppress(OSError):  # e.g. a read-only folder: the first error counts
             tmp.unlink(missing_ok=True)
         raise
+    _flush_folder(path.parent)
+
+
+def _flush_folder(folder: Path) -> None:
+    """fsync a folder, so that a rename in it is on disk; where a system or file system cannot
+    (Windows, some network mounts) the file itself is written and that has to do."""
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)

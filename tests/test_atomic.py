@@ -45,3 +45,31 @@ def test_a_failure_in_a_read_only_folder_raises_the_first_error(tmp_path, monkey
     with pytest.raises(OSError) as err:
         write_atomic(tmp_path / "run.json", b"{}")
     assert err.value.errno == 30 and err.value.__context__ is None
+
+
+def test_the_file_then_the_folder_are_flushed_after_the_rename(tmp_path, monkeypatch):
+    """The data reach the disk before the rename, and the folder (which holds the rename)
+    after it: without the second, a power cut could bring back the old file."""
+    events = []
+    real_fsync, real_replace, real_open = atomic.os.fsync, atomic.os.replace, atomic.os.open
+    folders = {}
+
+    def fsync(fd):
+        events.append(("fsync", folders.get(fd, "file")))
+        real_fsync(fd)
+
+    def replace(src, dst):
+        events.append(("rename", None))
+        real_replace(src, dst)
+
+    def open_(path, flags, *args):
+        fd = real_open(path, flags, *args)
+        folders[fd] = str(path)
+        return fd
+
+    monkeypatch.setattr(atomic.os, "fsync", fsync)
+    monkeypatch.setattr(atomic.os, "replace", replace)
+    monkeypatch.setattr(atomic.os, "open", open_)
+    write_atomic(tmp_path / "a", b"abc")
+    assert events == [("fsync", "file"), ("rename", None), ("fsync", str(tmp_path))]
+    assert (tmp_path / "a").read_bytes() == b"abc"
