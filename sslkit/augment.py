@@ -122,13 +122,13 @@ def crop_params(n: int, cfg: ViewConfig, generator=None,
     box = torch.zeros(n, 4, dtype=torch.float64)  # (w, h, left, top) in pixels until the end
     todo = torch.ones(n, dtype=torch.bool)
     log_r = (math.log(cfg.crop_ratio[0]), math.log(cfg.crop_ratio[1]))
+    # offsets uniform over [0, W - w] (continuous) or {0, ..., W - w}: W - w + 1 whole pixels
+    positions = 1 if pixels else 0
     for _ in range(10):
         area = height * width * _uniform(n, *cfg.crop_scale, generator).double()
         ratio = torch.exp(_uniform(n, *log_r, generator).double())
         w, h = snap(torch.sqrt(area * ratio)), snap(torch.sqrt(area / ratio))
         ok = todo & (w > 0) & (w <= width) & (h > 0) & (h <= height)
-        # offsets uniform over [0, W - w] (continuous) or {0, ..., W - w} (pixels)
-        positions = 1 if pixels else 0  # {0, ..., W - w} has W - w + 1 whole-pixel offsets
         left = torch.rand(n, generator=generator).double() * (width - w + positions)
         top = torch.rand(n, generator=generator).double() * (height - h + positions)
         if pixels:

@@ -267,11 +267,16 @@ def plan(names: list[str], tiny: bool, data_root: Path | None, runs: Path,
     return steps
 
 
+def trained_runs(runs: Path) -> list[Path]:
+    """The run folders under runs that hold a checkpoint."""
+    return sorted(p for p in runs.glob("*") if (p / "last.pt").is_file())
+
+
 def pack_runs(runs: Path, out: Path) -> None:
     """OUT/runs.tar.gz: metrics.jsonl, run.json and eval.json of every run under runs (not the
     checkpoints), written to a temporary name and renamed, so a killed call leaves the last
     whole archive."""
-    trained = sorted(p for p in runs.glob("*") if (p / "last.pt").is_file())
+    trained = trained_runs(runs)
     if not trained:
         return
     partial = out / "runs.tar.gz.partial"
@@ -318,7 +323,7 @@ def run_checks(args) -> int:
         runner.run(step)
         if step.name not in ("tests", "bench", "compile"):
             pack_runs(runs, out)  # after every training step: a call killed later keeps them
-    trained = sorted(p for p in runs.glob("*") if (p / "last.pt").is_file())
+    trained = trained_runs(runs)
     if trained:
         runner.run(Step("results", [sys.executable, "-m", "sslkit", "results",
                                     *map(str, trained)], 60))
