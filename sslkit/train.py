@@ -511,6 +511,11 @@ def train(
             if isinstance(getattr(method, part, None), torch.nn.Module):
                 getattr(method, part).compile()
 
+    if cfg.warmup_epochs > cfg.epochs and ckpt is None and distributed.is_main():
+        print(f"note: the warm-up ({cfg.warmup_epochs} epochs) is longer than the run "
+              f"({cfg.epochs}): the learning rate rises to {lr[-1]:.3g} of --lr {cfg.lr:g} "
+              f"and never decays; pass a --warmup-epochs below {cfg.epochs} (e.g. "
+              f"{cfg.epochs // 10}) to leave room for the cosine decay")
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
     last_epoch = cfg.epochs if stop_after_epoch is None else min(stop_after_epoch, cfg.epochs)
     if start_epoch >= last_epoch and distributed.is_main():
@@ -542,11 +547,6 @@ def train(
         row = {"epoch": epoch + 1, "step": (epoch + 1) * steps_per_epoch,
                "loss": loss, "lr": float(lr[step]),
                "seconds": round(time.perf_counter() - started, 3)}
-        if distributed.is_main() and cfg.knn_every and (
-                (epoch + 1) % cfg.knn_every == 0 or epoch + 1 == cfg.epochs):
-            row["knn"] = monitor_knn(method.encoder, data, cfg.knn_k)
-        metrics.append(row)
-        epochs.set_postfix({k: row[k] for k in ("loss", "knn") if k in row})
         state = {"config": asdict(cfg), "epoch": epoch + 1, "model": method.state_dict(),
                  "optimizer": optimizer.state_dict(), "generator": generator.get_state(),
                  "torch_rng": torch.get_rng_state()}
@@ -557,14 +557,29 @@ def train(
             state["torch_rngs"] = distributed.gather_objects(torch.get_rng_state())
             state["views_generators"] = distributed.gather_objects(views_generator.get_state())
         if distributed.is_main():
-            with open(out / METRICS, "a") as f:
-                f.write(json.dumps(row) + "\n")
-            save_atomic(state, out / CHECKPOINT)
-            _record_wall_time(out, time.perf_counter() - call_started)
+            if cfg.knn_every and ((epoch + 1) % cfg.knn_every == 0 or epoch + 1 == cfg.epochs):
+                try:
+                    row["knn"] = monitor_knn(method.encoder, data, cfg.knn_k)
+                except BaseException:  # Ctrl-C or out of memory in the monitor: the
+                    # epoch is trained, so it is saved (without its kNN) before the error goes on
+                    _save_epoch(out, row, state, call_started)
+                    raise
+            _save_epoch(out, row, state, call_started)
+        metrics.append(row)
+        epochs.set_postfix({k: row[k] for k in ("loss", "knn") if k in row})
         distributed.barrier()  # no rank runs ahead of the checkpoint
     if distributed.is_main():
         _record_wall_time(out, time.perf_counter() - call_started)
     return method, metrics
+
+
+def _save_epoch(out: Path, row: dict, state: dict, call_started: float) -> None:
+    """Rank 0: append the epoch's metrics row, then save its checkpoint atomically (a row
+    without its checkpoint is dropped on resume, see _read_metrics) and the call's wall time."""
+    with open(out / METRICS, "a") as f:
+        f.write(json.dumps(row) + "\n")
+    save_atomic(state, out / CHECKPOINT)
+    _record_wall_time(out, time.perf_counter() - call_started)
 
 
 def _diverged(out: Path, epoch: int, loss: float) -> None:

@@ -394,6 +394,49 @@ def test_the_knn_monitor_is_checked_before_the_first_epoch(tmp_path, data):
     train(replace(CFG, knn_every=0, epochs=1), tmp_path / "c", progress=False, data=one_class)
 
 
+def test_ctrl_c_in_the_knn_monitor_keeps_the_trained_epoch(tmp_path, data, full_run,
+                                                         monkeypatch):
+    """The monitor runs after an epoch has trained; Ctrl-C (or running out of memory) in it
+    lost that epoch, which was saved only after the monitor. Now the epoch is saved without
+    its kNN, and resuming from it ends with the uninterrupted run's weights."""
+    import sslkit.train as train_module
+
+    real_monitor = train_module.monitor_knn
+    calls = []
+
+    def interrupted_at_epoch_2(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_monitor(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "monitor_knn", interrupted_at_epoch_2)
+    out = tmp_path / "ctrl-c"
+    monitored = replace(CFG, knn_every=1, knn_k=5)
+    with pytest.raises(KeyboardInterrupt):
+        train(monitored, out, progress=False, data=data)
+    assert load_checkpoint(out)["epoch"] == 2
+    rows = [json.loads(line) for line in (out / METRICS).read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert "knn" in rows[0] and "knn" not in rows[1]
+    method, rows = train(monitored, out, resume=True, progress=False, data=data)
+    assert [r["epoch"] for r in rows] == [1, 2, 3] and "knn" in rows[2]
+    assert_same_state(method.state_dict(), full_run[0].state_dict())
+
+
+def test_a_warm_up_longer_than_the_run_is_pointed_out(tmp_path, data, capsys):
+    """A recipe's 10 warm-up epochs on a 5-epoch run (`--profile gpu --epochs 5`) leave the
+    learning rate rising the whole run, never at --lr and never decaying: said, with the fix."""
+    train(replace(CFG, epochs=2, warmup_epochs=4), tmp_path / "w", progress=False, data=data)
+    out = capsys.readouterr().out
+    assert "the warm-up (4 epochs) is longer than the run (2)" in out
+    # the ramp is cut to the run's 8 steps (cosine_schedule): the last is 7/8 of the peak
+    assert f"rises to {7 / 8 * CFG.lr:.3g} of --lr {CFG.lr:g}" in out
+    assert "pass a --warmup-epochs below 2" in out
+    train(replace(CFG, epochs=2, warmup_epochs=2), tmp_path / "w2", progress=False, data=data)
+    assert "warm-up" not in capsys.readouterr().out
+
+
 def test_an_unreadable_checkpoint_is_not_called_damaged(full_run, monkeypatch):
     def denied(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
