@@ -42,6 +42,7 @@ from pathlib import Path
 COURSE_ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(COURSE_ROOT))
 import lms  # noqa: E402 -- the course's modules, importable through the line above
+import locks  # noqa: E402
 import parallel  # noqa: E402
 import report  # noqa: E402
 import sandbox  # noqa: E402
@@ -63,13 +64,14 @@ def nbgrader(*args: str, check: bool = True) -> int:
     return status
 
 
-def autograde(assignment: str, options: list[str]) -> tuple[int, list[str]]:
-    """``nbgrader autograde``, its log shown as it runs; (its status, "student (assignment)"
-    of each submission it could not grade, from the errors nbgrader lists at its end)."""
+def autograde(assignment: str, options: list[str], slot: int) -> tuple[int, list[str]]:
+    """``nbgrader autograde`` with its kernels in sandbox slot `slot`, its log shown as it runs;
+    (its status, "student (assignment)" of each submission it could not grade, from the errors
+    nbgrader lists at its end)."""
     command = [sys.executable, "-m", "nbgrader", "autograde", assignment, *options]
     print("+ nbgrader autograde", assignment, *options, flush=True)
     failed = []
-    env = parallel.nbgrader_env()
+    env = parallel.nbgrader_env(slot)
     with subprocess.Popen(command, cwd=COURSE_ROOT, env=env, stderr=subprocess.PIPE, text=True,
                           errors="replace") as process:  # fmt: skip
         for line in process.stderr:
@@ -83,7 +85,8 @@ def autograde(assignment: str, options: list[str]) -> tuple[int, list[str]]:
 def grade(assignment: str, options: list[str]) -> None:
     """autograde -> feedback -> grades.csv, each step whatever the one before did: a
     submission that nbgrader cannot grade must not cost the others their feedback and grades."""
-    status, failed = autograde(assignment, options)
+    with locks.sandbox_slots(1) as (slot,):  # a sandbox uid no other grader uses
+        status, failed = autograde(assignment, options, slot)
     feedback = nbgrader("generate_feedback", assignment, "--force", check=False)
     export = nbgrader("export", check=False)
     if failed:
@@ -191,19 +194,16 @@ def main(argv: list[str] | None = None) -> None:
                             help="seconds for one submission, all cells (3600)")
     run_parser.add_argument("--force", action="store_true", help="grade everything again")
     args, autograde_options = parser.parse_known_args(argv)
-    if args.command == "run":
-        if autograde_options:
-            parser.error(f"unrecognized arguments: {' '.join(autograde_options)}")
-        run(args)
-        return
-
-    if args.command == "release":
-        if autograde_options:
-            parser.error(f"unrecognized arguments: {' '.join(autograde_options)}")
-        nbgrader("generate_assignment", "*", "--force")
-    else:
-        require_sandbox()
-        grade(args.assignment, autograde_options)
+    if args.command in ("run", "release") and autograde_options:
+        parser.error(f"unrecognized arguments: {' '.join(autograde_options)}")
+    with locks.course_lock(COURSE_ROOT, args.command):  # one writer of the course at a time
+        if args.command == "run":
+            run(args)
+        elif args.command == "release":
+            nbgrader("generate_assignment", "*", "--force")
+        else:
+            require_sandbox()
+            grade(args.assignment, autograde_options)
 
 
 if __name__ == "__main__":

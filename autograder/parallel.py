@@ -45,6 +45,7 @@ from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from pathlib import Path
 
+import locks
 import report
 import sandbox
 from nbgrader.api import Gradebook, MissingEntry
@@ -390,10 +391,10 @@ class Grader:
         copy_gradebook(self.course / "gradebook.db", template)
 
         finished: list[Entry] = []
-        slots = list(range(self.workers))
         running: dict[Future, tuple[str, str, Path, int]] = {}
         queue = list(todo)
-        with ThreadPoolExecutor(self.workers) as pool:
+        # sandbox uids no other grader on this machine uses (locks.py)
+        with locks.sandbox_slots(self.workers) as slots, ThreadPoolExecutor(self.workers) as pool:
             while queue or running:
                 while queue and slots:
                     student, slot = queue.pop(0), slots.pop(0)
