@@ -75,37 +75,43 @@ def extract_features(
 
     Pass the encoder f (``method.encoder``), whose output h comes before any projection head.
     It runs in eval mode (BatchNorm on its running statistics, no dropout) without gradients,
-    in batches of batch_size on ``device`` (default: the encoder's); its train/eval mode is
-    restored afterwards, even when it raises.
+    in batches of batch_size on ``device`` (default: the encoder's), the images cast to the
+    dtype of its parameters (float32, or e.g. float16 for a ``.half()`` encoder); the train/eval
+    mode of each of its modules is restored afterwards, even when it raises.
     """
     if images.ndim < 2 or len(images) == 0:
         raise SSLKitError(f"extract_features needs a non-empty batch of images (N, C, H, W), "
                           f"got shape {tuple(images.shape)}: pass e.g. data.test_x")
-    if batch_size < 1:
-        raise SSLKitError(f"batch_size must be at least 1 (got {batch_size}): use e.g. 512")
+    _check_whole(batch_size, "batch_size", "512")
+    first = next((p for p in encoder.parameters() if p.is_floating_point()), None)
+    dtype = first.dtype if first is not None else torch.float32
     if device is None:
-        first = next(encoder.parameters(), None)
         device = first.device if first is not None else images.device
-    was_training = encoder.training
+    # each module's own mode: a part kept in eval (e.g. frozen BatchNorm) stays so afterwards
+    modes = [(module, module.training) for module in encoder.modules()]
     encoder.eval()
     feats = []  # (b, D) per batch
     try:
         for start in range(0, len(images), batch_size):
             x = _unit_floats(images[start : start + batch_size], "extract_features")
-            h = encoder(x.to(device))
+            h = encoder(x.to(device, dtype))
             if not isinstance(h, torch.Tensor) or h.shape[:1] != x.shape[:1] or h.ndim != 2:
                 shape = tuple(h.shape) if isinstance(h, torch.Tensor) else type(h).__name__
                 raise SSLKitError(f"extract_features: the encoder returned {shape} for {len(x)} "
                                   "images, not features (N, D): pass method.encoder")
             feats.append(h.float().cpu())
     finally:
-        encoder.train(was_training)
+        for module, training in modes:
+            module.train(training)
     return torch.cat(feats)
 
 
 def pixels(images: torch.Tensor) -> torch.Tensor:
     """images (N, C, H, W), uint8 in [0, 255] or floats in [0, 1] -> raw pixel features
     (N, C*H*W) in [0, 1], on the images' device."""
+    if images.ndim < 2 or len(images) == 0:
+        raise SSLKitError(f"pixels needs a non-empty batch of images (N, C, H, W), got shape "
+                          f"{tuple(images.shape)}: pass e.g. data.test_x")
     return _unit_floats(images, "pixels").reshape(len(images), -1)
 
 
@@ -128,6 +134,8 @@ def knn_predict(
     The weights are computed as exp((sim - sim_max) / temperature), the same votes up to a
     factor per test point, so a small temperature cannot overflow them to inf (float32 does at
     sim / T > 88, e.g. T = 0.01) and turn every class with a close neighbour into a tie.
+    Everything runs in float32, also inside an autocast region (whose bfloat16 or float16
+    similarities, ~3 significant digits, would reorder close neighbours).
     """
     if train_features.ndim != 2 or test_features.ndim != 2:
         raise SSLKitError(
@@ -149,8 +157,7 @@ def knn_predict(
     if not temperature > 0:
         raise SSLKitError(f"kNN needs temperature > 0 (got {temperature}): use e.g. "
                           "temperature=0.1")
-    if chunk_size < 1:
-        raise SSLKitError(f"chunk_size must be at least 1 (got {chunk_size}): use e.g. 1024")
+    _check_whole(chunk_size, "chunk_size", "1024")
     _check_labels(train_labels, len(train_features), num_classes, "knn_predict")
     _check_finite(train_features, "knn_predict: the train features")
     _check_finite(test_features, "knn_predict: the test features")
@@ -160,14 +167,15 @@ def knn_predict(
     train = F.normalize(train_features.float(), dim=1)  # (N, D)
     labels = train_labels.to(device).long()  # (N,)
     preds = []
-    for start in range(0, len(test_features), chunk_size):
-        chunk = test_features[start : start + chunk_size].to(device)
-        test = F.normalize(chunk.float(), dim=1)  # (m, D)
-        sim, idx = (test @ train.T).topk(k, dim=1)  # (m, k), most similar first
-        weights = ((sim - sim[:, :1]) / temperature).exp()  # (m, k), in (0, 1]
-        votes = torch.zeros(len(test), num_classes, device=device)  # (m, classes)
-        votes.scatter_add_(1, labels[idx], weights)
-        preds.append(votes.argmax(dim=1))  # argmax picks the first maximum: the lower class
+    with torch.autocast(device.type, enabled=False):
+        for start in range(0, len(test_features), chunk_size):
+            chunk = test_features[start : start + chunk_size].to(device)
+            test = F.normalize(chunk.float(), dim=1)  # (m, D)
+            sim, idx = (test @ train.T).topk(k, dim=1)  # (m, k), most similar first
+            weights = ((sim - sim[:, :1]) / temperature).exp()  # (m, k), in (0, 1]
+            votes = torch.zeros(len(test), num_classes, device=device)  # (m, classes)
+            votes.scatter_add_(1, labels[idx], weights)
+            preds.append(votes.argmax(dim=1))  # argmax picks the first maximum: the lower class
     return torch.cat(preds)
 
 
@@ -269,6 +277,10 @@ def tsne(features: torch.Tensor, seed: int = 0) -> np.ndarray:
         raise SSLKitError(f"t-SNE maps features to 2-D and needs at least 2 of them (got "
                           f"{features.shape[1]}): plot 1-D features directly instead")
     _check_finite(features, "tsne: the features")
+    # all rows equal: scikit-learn's PCA start divides by 0 and its NaNs crash the process
+    if bool((features == features[:1]).all()):
+        raise SSLKitError(f"t-SNE got {len(features)} identical feature vectors (a collapsed "
+                          "encoder?): there is nothing to map; check the training loss")
     perplexity = min(30.0, max(2.0, (len(features) - 1) / 3))
     model = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed)
     # One BLAS/OpenMP thread: on small sets, extra threads fighting torch's cost 30x the time.
@@ -363,6 +375,7 @@ def train_linear_probe(
             f"train_linear_probe needs features (N, D) and labels (N,) with N >= 2, got "
             f"{tuple(train_f.shape)} and {tuple(train_y.shape)}: extract features first"
         )
+    _check_whole(batch_size, "batch_size", "256")
     _check_labels(train_y, len(train_f), num_classes, "train_linear_probe")
     _check_finite(train_f, "train_linear_probe: the features")
     # detached: features computed with gradient (enc(x) outside no_grad) would keep their graph

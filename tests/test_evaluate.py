@@ -3,6 +3,7 @@ invariances; the linear probe on separable features; feature extraction."""
 
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
@@ -259,6 +260,10 @@ def test_knn_prediction_is_per_test_point():
     (lambda f, y: tsne(f.index_fill(0, torch.tensor([0]), float("nan"))), "NaN"),
     (lambda f, y: pixels(torch.zeros(2, 1, 3, 3) + 255.0), "0, 255"),
     (lambda f, y: pixels(torch.zeros(2, 1, 3, 3, dtype=torch.int64)), "uint8"),
+    (lambda f, y: pixels(torch.zeros(0, 1, 3, 3, dtype=torch.uint8)), "non-empty"),  # reshape
+    (lambda f, y: knn_predict(f, y, f, chunk_size=2.5), "chunk_size must be a whole"),  # range
+    (lambda f, y: extract_features(nn.Flatten(), torch.zeros(4, 1, 2, 2), batch_size=2.5),
+     "batch_size must be a whole"),  # a TypeError in range()
 ])
 def test_bad_evaluation_input_is_a_one_line_error(call, expected):
     f, y = torch.randn(6, 3, generator=gen(3)), torch.tensor([0, 1, 2, 0, 1, 2])
@@ -352,3 +357,57 @@ def test_extract_features_bad_input(images, expected):
     with pytest.raises(SSLKitError, match=expected) as err:
         extract_features(encoder, images)
     assert "\n" not in str(err.value)
+
+
+def test_knn_inside_autocast_votes_in_float32():
+    """Under autocast the similarities became bfloat16 (spacing 2^-8 near 1) and the float32
+    vote tensor refused them (scatter dtype error). Cosines 0.9990 (class 0) and 0.9995 (class
+    1) are one bfloat16 value: a tie, given to class 0; in float32 class 1 has the larger vote."""
+    angles = torch.tensor([math.acos(0.9990), math.acos(0.9995), 2.0])
+    train_f = torch.stack([angles.cos(), angles.sin()], dim=1)  # (3, 2) unit rows
+    train_y = torch.tensor([0, 1, 0])
+    test = torch.tensor([[1.0, 0.0]])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = knn_predict(train_f, train_y, test, k=2)
+    assert got.tolist() == [1]
+    assert torch.equal(got, knn_plain(train_f, train_y, test, 2, 0.1, 2))
+    train_f, train_y = torch.randn(60, 6, generator=gen(40)), torch.arange(60) % 4
+    test_f = torch.randn(25, 6, generator=gen(41))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = knn_predict(train_f, train_y, test_f, k=10, chunk_size=7)
+    assert torch.equal(got, knn_plain(train_f, train_y, test_f, 10, 0.1, 4))
+
+
+def test_tsne_of_identical_points_is_a_one_line_error():
+    """A collapsed encoder gives one feature vector for every image: scikit-learn's PCA start
+    divided by a zero spread and the NaNs crashed the process (a dead notebook kernel)."""
+    with pytest.raises(SSLKitError, match="identical") as err:
+        tsne(torch.full((20, 4), 0.5))
+    assert "\n" not in str(err.value)
+
+
+def test_extract_features_runs_an_encoder_of_another_dtype():
+    """A .double() or .half() encoder got float32 images (a dtype error deep in the layer); it
+    computes the same map W x + b, in its own precision, returned as float32."""
+    torch.manual_seed(0)
+    linear = nn.Linear(16, 3)
+    images = torch.randint(0, 256, (7, 1, 4, 4), dtype=torch.uint8, generator=gen(42))
+    x = images.double().reshape(7, 16) / 255
+    expected = x @ linear.weight.double().T + linear.bias.double()  # (7, 3) in float64
+    for dtype, tol in ((torch.float64, 1e-6), (torch.float32, 1e-6), (torch.bfloat16, 5e-2)):
+        enc = nn.Sequential(nn.Flatten(), copy.deepcopy(linear)).to(dtype)
+        feats = extract_features(enc, images, batch_size=3)
+        assert feats.dtype == torch.float32 and feats.shape == (7, 3)
+        torch.testing.assert_close(feats.double(), expected, atol=tol, rtol=tol)
+
+
+def test_extract_features_restores_the_mode_of_every_module():
+    """A part kept in eval mode on purpose (frozen BatchNorm inside a training encoder) was put
+    back into training mode with the rest, and its running statistics moved from then on."""
+    torch.manual_seed(0)
+    enc = Recorder().train()
+    enc.net[1].eval()  # frozen BatchNorm
+    before = {name: m.training for name, m in enc.named_modules()}
+    images = torch.randint(0, 256, (5, 1, 8, 8), dtype=torch.uint8, generator=gen(43))
+    extract_features(enc, images)
+    assert {name: m.training for name, m in enc.named_modules()} == before

@@ -181,6 +181,8 @@ def test_probe_bad_input():
      "outside 0..2"),
     (lambda: train_linear_probe(torch.full((4, 2), float("nan")), torch.tensor([0, 1, 0, 1])),
      "NaN"),
+    (lambda: train_linear_probe(torch.randn(4, 2), torch.tensor([0, 1, 0, 1]), batch_size=0),
+     "batch_size must be a whole number"),  # was range()'s "arg 3 must not be zero"
 ])
 def test_bad_input_is_a_one_line_error(call, expected):
     with pytest.raises(SSLKitError, match=expected) as err:
