@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import pickle
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +38,31 @@ def cifar_images(n: int, offset: int) -> np.ndarray:
 def write_pickle(path: Path, obj: dict) -> None:
     with open(path, "wb") as f:
         pickle.dump(obj, f, protocol=2)
+
+
+class Python2Pickler(pickle._Pickler):
+    """Pickles as the original CIFAR files were written (Python 2's cPickle, protocol 2): every
+    str as a byte string (BINSTRING, read back as bytes), numpy under its old name numpy.core."""
+
+    dispatch = pickle._Pickler.dispatch.copy()
+
+    def save_byte_string(self, obj):
+        data = obj.encode("latin1") if isinstance(obj, str) else obj
+        self.write(pickle.BINSTRING + struct.pack("<i", len(data)) + data)
+        self.memoize(obj)
+
+    def save_old_global(self, obj, name=None):
+        module = obj.__module__.replace("numpy._core", "numpy.core")
+        self.write(pickle.GLOBAL + f"{module}\n{name or obj.__qualname__}\n".encode())
+        self.memoize(obj)
+
+    dispatch[str] = dispatch[bytes] = save_byte_string
+    dispatch[type] = dispatch[type(len)] = save_old_global
+
+
+def write_python2_pickle(path: Path, obj: dict) -> None:
+    with open(path, "wb") as f:
+        Python2Pickler(f, protocol=2).dump(obj)
 
 
 def write_cifar10(root: Path, per_batch: int = 3, n_test: int = 4) -> dict:
@@ -317,6 +343,36 @@ def test_cifar_download_failure_is_one_line_error(tmp_path, monkeypatch):
     assert "\n" not in str(info.value) and "name resolution" in str(info.value)
 
 
+def test_cifar_python2_pickles_read_as_torchvision_reads_them(tmp_path, monkeypatch):
+    """The original files are Python 2 pickles (byte-string keys, numpy.core globals): the same
+    pixels (ours (C, H, W), torchvision's (H, W, C)), labels and class names as torchvision."""
+    import torchvision.datasets
+    import torchvision.datasets.cifar
+
+    monkeypatch.setattr(torchvision.datasets.cifar, "check_integrity", lambda *a, **k: True)
+    for classes, folder, label_key, names_key, train_files, test_file, meta in (
+        (10, "cifar-10-batches-py", "labels", "label_names",
+         [f"data_batch_{b}" for b in range(1, 6)], "test_batch", "batches.meta"),
+        (100, "cifar-100-python", "fine_labels", "fine_label_names", ["train"], "test", "meta"),
+    ):
+        (tmp_path / folder).mkdir()
+        for k, name in enumerate([*train_files, test_file]):
+            x = cifar_images(3, offset=40 * k)
+            labels = [(7 * k + 3 * i) % classes for i in range(3)]
+            write_python2_pickle(tmp_path / folder / name, {
+                "batch_label": f"batch {k}", label_key: labels, "coarse_labels": [19, 0, 5],
+                "data": x.reshape(3, -1), "filenames": [f"{k}_{i}.png" for i in range(3)]})
+        write_python2_pickle(tmp_path / folder / meta,
+                             {names_key: [f"class{c}" for c in range(classes)], "num_vis": 3072})
+        ours = load_cifar(tmp_path, classes=classes)
+        reference = getattr(torchvision.datasets, f"CIFAR{classes}")
+        for split, train in (("train", True), ("test", False)):
+            theirs = reference(str(tmp_path), train=train)
+            np.testing.assert_array_equal(ours[f"{split}_x"].permute(0, 2, 3, 1), theirs.data)
+            assert ours[f"{split}_y"].tolist() == theirs.targets
+        assert ours["classes"] == theirs.classes
+
+
 # ----------------------------------------------------------------------------- STL-10
 def test_stl10_reads_column_major_binary(tmp_path):
     written = write_stl10(tmp_path)
@@ -335,6 +391,21 @@ def test_stl10_reads_column_major_binary(tmp_path):
     assert result["train_y"].tolist() == [0, 9, 2, 0]
     assert result["test_y"].tolist() == [1, 1, 9]
     assert result["classes"] == written["classes"]
+
+
+def test_stl10_reads_as_torchvision_reads_it(tmp_path, monkeypatch):
+    import torchvision.datasets
+    import torchvision.datasets.stl10
+
+    monkeypatch.setattr(torchvision.datasets.stl10, "check_integrity", lambda *a, **k: True)
+    write_stl10(tmp_path)
+    ours = load_stl10(tmp_path)
+    for split in ("train", "test", "unlabeled"):
+        theirs = torchvision.datasets.STL10(str(tmp_path), split=split)
+        np.testing.assert_array_equal(ours[f"{split}_x"], theirs.data)
+        if split != "unlabeled":
+            assert ours[f"{split}_y"].tolist() == theirs.labels.tolist()
+    assert ours["classes"] == theirs.classes
 
 
 def test_stl10_without_unlabeled_split(tmp_path):
@@ -545,6 +616,35 @@ def test_image_folder_mixed_modes_and_sizes_become_rgb(tmp_path):
     assert all(torch.equal(x[7, c], x[7, 0]) for c in range(3))
     assert (x[7, 0] - expected).abs().max() <= 1
     assert (x[8] == 9).all()
+
+
+def test_image_folder_reads_as_torchvision_image_folder(tmp_path):
+    """Class order (uppercase, digits, punctuation sort as strings), labels, file order and the
+    pixels of every mode and format match torchvision's ImageFolder, which decodes with PIL."""
+    from torchvision.datasets import ImageFolder
+
+    from sslkit.data.folder import IMAGE_EXTENSIONS
+
+    modes, formats = ["RGB", "L", "RGBA", "P", "LA", "1"], ["png", "bmp", "gif", "tif", "webp"]
+    k = 0
+    for split in ("train", "test"):
+        for name in ("dog", "Cat", "10", "2", "b_c", "b-c"):
+            for i in range(3):
+                mode, ext = modes[k % 6], formats[k % 5]
+                mode = "L" if (ext, mode) == ("bmp", "LA") else mode
+                path = tmp_path / split / name / f"{i}_{k}.{ext}"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(folder_pixels(k)).convert(mode).save(path, lossless=True)
+                k += 1
+    ours = load_image_folder(tmp_path, image_size=8)
+    assert ours["classes"] == ["10", "2", "Cat", "b-c", "b_c", "dog"]
+    for split in ("train", "test"):
+        theirs = ImageFolder(str(tmp_path / split),
+                             is_valid_file=lambda p: p.lower().endswith(IMAGE_EXTENSIONS))
+        assert ours["classes"] == theirs.classes and ours[f"{split}_y"].tolist() == theirs.targets
+        for i, (image, _) in enumerate(theirs):
+            expected = torch.from_numpy(np.array(image)).permute(2, 0, 1)
+            assert torch.equal(ours[f"{split}_x"][i], expected), theirs.samples[i][0]
 
 
 def test_image_folder_reads_images_in_subfolders_of_a_class(tmp_path):
