@@ -9,7 +9,8 @@ idle while the host prepares the next step. Staged through pinned memory with
 ``non_blocking=True`` the copy is queued like any kernel, and PyTorch keeps the pinned buffer
 alive until the copy is done.
 
-    to_device(t, device)      t on device (no copy if it is there already)
+    to_device(t, device)      t on device (no copy if it is there already; a copy to the CPU
+                              is finished when it returns)
 """
 
 from __future__ import annotations
@@ -23,4 +24,6 @@ def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
         return t
     if t.device.type == "cpu" and device.type == "cuda":
         return t.pin_memory().to(device, non_blocking=True)
-    return t.to(device, non_blocking=True)
+    # to the CPU the copy must have landed before the host reads it: a non-blocking one
+    # returns at once, and reading the tensor may then give what was there before
+    return t.to(device, non_blocking=device.type != "cpu")

@@ -96,6 +96,34 @@ def test_the_reads_on_purpose_are_still_needed(meta_autocast):
             train_step(module, optimizer, [images])
 
 
+def test_to_device_waits_for_a_copy_to_the_cpu(monkeypatch):
+    """A non-blocking copy from a GPU to the CPU returns before the data has landed, and
+    reading it may give stale memory (PyTorch's documentation warns of it); to_device made
+    such copies. Copies to the CPU block; copies to a device do not."""
+    from sslkit.transfer import to_device
+
+    asked = []
+    real_to = torch.Tensor.to
+
+    def to(self, *args, **kwargs):  # records the copy; meta stands in for a GPU
+        asked.append((args[0].type, kwargs.get("non_blocking", False)))
+        return torch.empty(self.shape) if self.is_meta else real_to(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "to", to)
+    to_device(torch.zeros(2, device="meta"), torch.device("cpu"))
+    to_device(torch.zeros(2), torch.device("meta"))
+    assert asked == [("cpu", False), ("meta", True)]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_gpu_result_copied_to_the_cpu_is_there_when_read():
+    from sslkit.transfer import to_device
+
+    a = torch.randn(4096, 4096, device="cuda")
+    product = a @ a  # queued: the copy below must wait for it
+    assert torch.equal(to_device(product, torch.device("cpu")), product.cpu())
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_to_device_through_pinned_memory_gives_the_same_values_on_a_gpu():
     from sslkit.transfer import to_device
