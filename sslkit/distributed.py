@@ -203,8 +203,9 @@ class GlobalBatchNorm(_BatchNorm):
     the mean; then the sum of squared deviations from that mean, giving the variance (biased,
     used to normalise; the running variance gets the unbiased n / (n - 1) version, as
     BatchNorm does). Not E[x^2] - mean^2 in one pass: in float32 that loses the variance when
-    a channel's mean is large against its spread (off by 0.2 at a mean of 1000). One process
-    or eval mode: BatchNorm.
+    a channel's mean is large against its spread (off by 0.2 at a mean of 1000). Computed in
+    float32, or in float64 for float64 input (as BatchNorm). One process or eval mode:
+    BatchNorm.
     """
 
     def _check_input_dim(self, x: torch.Tensor) -> None:
@@ -217,8 +218,8 @@ class GlobalBatchNorm(_BatchNorm):
         dims = [d for d in range(x.ndim) if d != 1]  # every axis but the channels
         c = x.shape[1]
         shape = [1, c] + [1] * (x.ndim - 2)
-        xf = x.float()
-        count = torch.full((1,), xf.numel() / c, device=x.device)
+        xf = x.to(torch.promote_types(x.dtype, torch.float32))  # half -> float32; float64 kept
+        count = torch.full((1,), xf.numel() / c, device=x.device, dtype=xf.dtype)
         sums = all_reduce_sum_with_grad(torch.cat([xf.sum(dims), count]))  # (C + 1,)
         n = sums[c]
         mean = sums[:c] / n  # (C,)
