@@ -59,6 +59,16 @@ def course_lock(course: Path, command: str):
         os.close(fd)
 
 
+def slot_is_free(slot: int) -> bool:
+    """Whether no grader on this machine holds `slot` now (its lock is taken and released)."""
+    if not SLOT_DIR.is_dir():  # no grader has run on this machine since it started
+        return True
+    fd = _try_lock(SLOT_DIR / f"slot-{slot}")
+    if fd is not None:
+        os.close(fd)
+    return fd is not None
+
+
 @contextlib.contextmanager
 def sandbox_slots(n: int):
     """Claim n sandbox slots that no other grader on this machine holds; yields their numbers

@@ -39,6 +39,13 @@ def test_two_graders_get_disjoint_slots_and_freed_slots_are_reused(slot_dir):
         assert again == [0, 1]
 
 
+def test_a_slot_is_free_exactly_when_no_grader_holds_it(slot_dir):
+    with locks.sandbox_slots(2):
+        assert [locks.slot_is_free(s) for s in range(3)] == [False, False, True]
+        assert not locks.slot_is_free(1)  # asking does not take it
+    assert locks.slot_is_free(0) and locks.slot_is_free(1)
+
+
 def test_too_few_free_slots_is_one_line_naming_the_fix(slot_dir, monkeypatch):
     monkeypatch.setattr(locks, "SLOTS", 3)
     with locks.sandbox_slots(2):
