@@ -321,12 +321,17 @@ def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, k: int = 1) -> flo
 
 
 class Standardize(nn.Module):
-    """x -> (x - mean) / std with the statistics of the training features, kept as buffers."""
+    """x -> (x - mean) / std with the statistics of the training features, kept as buffers.
+
+    A feature constant over the training set (std below eps) is only centred (std 1): its
+    training values are all 0 either way, and dividing by eps would blow a test image's other
+    value up a million-fold (a unit that fired on every training image but not on this one)."""
 
     def __init__(self, features: torch.Tensor, eps: float = 1e-6):
         super().__init__()
+        std = features.std(dim=0)  # (D,)
         self.register_buffer("mean", features.mean(dim=0))  # (D,)
-        self.register_buffer("std", features.std(dim=0) + eps)  # (D,)
+        self.register_buffer("std", torch.where(std < eps, 1.0, std + eps))  # (D,)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean) / self.std

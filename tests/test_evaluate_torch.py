@@ -167,6 +167,21 @@ def test_standardize_uses_training_statistics():
     assert torch.allclose(z.std(0), torch.ones(3), atol=1e-4)
 
 
+def test_a_feature_constant_in_training_cannot_swamp_the_test_logits():
+    """A feature equal to 5 on every training image was divided by std + 1e-6 = 1e-6, so a
+    test image where it is 6 got 1e6 on it: whatever the probe's weight there, its logits could
+    be swamped. Now such a feature is only centred; the informative one decides."""
+    x, y = separable(seed=3, noise_seed=4)
+    constant = torch.full((len(x), 1), 5.0)
+    z = Standardize(torch.cat([x, constant], dim=1))(torch.cat([x, constant + 1], dim=1))
+    assert torch.equal(z[:, -1], torch.ones(len(x)))  # (6 - 5) / 1
+    assert torch.allclose(z[:, :-1], Standardize(x)(x))  # the other features as before
+    probe = train_linear_probe(torch.cat([x, constant], dim=1), y, epochs=5, batch_size=16)
+    plain = train_linear_probe(x, y, epochs=5, batch_size=16)
+    shifted = probe(torch.cat([x, constant + 1], dim=1))
+    assert torch.equal(shifted.argmax(1), plain(x).argmax(1))
+
+
 def test_probe_bad_input():
     with pytest.raises(SSLKitError, match="features"):
         train_linear_probe(torch.zeros(5, 2), torch.zeros(4, dtype=torch.long))
