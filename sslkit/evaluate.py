@@ -87,6 +87,10 @@ def extract_features(
     dtype = first.dtype if first is not None else torch.float32
     if device is None:
         device = first.device if first is not None else images.device
+    elif first is not None and _other_device(first.device, torch.device(device)):
+        raise SSLKitError(f"extract_features: device {str(device)!r} asked for, but the encoder "
+                          f"is on {first.device}: move it first (encoder.to({str(device)!r})) "
+                          "or leave device unset to use the encoder's")
     # each module's own mode: a part kept in eval (e.g. frozen BatchNorm) stays so afterwards
     modes = [(module, module.training) for module in encoder.modules()]
     encoder.eval()
@@ -104,6 +108,11 @@ def extract_features(
         for module, training in modes:
             module.train(training)
     return torch.cat(feats)
+
+
+def _other_device(have: torch.device, asked: torch.device) -> bool:
+    """Whether `asked` is not `have` ("cuda" without an index means the current GPU)."""
+    return have.type != asked.type or asked.index not in (None, have.index)
 
 
 def pixels(images: torch.Tensor) -> torch.Tensor:

@@ -264,6 +264,8 @@ def test_knn_prediction_is_per_test_point():
     (lambda f, y: knn_predict(f, y, f, chunk_size=2.5), "chunk_size must be a whole"),  # range
     (lambda f, y: extract_features(nn.Flatten(), torch.zeros(4, 1, 2, 2), batch_size=2.5),
      "batch_size must be a whole"),  # a TypeError in range()
+    (lambda f, y: extract_features(nn.Linear(4, 2), torch.zeros(4, 1, 2, 2), device="meta"),
+     "the encoder is on cpu: move it first"),  # a device mismatch deep in the encoder
 ])
 def test_bad_evaluation_input_is_a_one_line_error(call, expected):
     f, y = torch.randn(6, 3, generator=gen(3)), torch.tensor([0, 1, 2, 0, 1, 2])
