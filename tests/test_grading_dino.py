@@ -121,6 +121,10 @@ def test_dino_loss_wrong_answers():
                                 for v, s in enumerate(s_out) if v != g)
         return total / (len(t_out) * (len(s_out) - 1))
 
+    def centres_the_student(s_out, t_out, c, ts=0.1, tt=0.04):
+        return dino_loss([s - c for s in s_out], t_out, torch.zeros_like(c), ts, tt)
+
+    assert "TEACHER outputs only" in fails(check, centres_the_student, False, "expected")
     assert "itself" in fails(check, with_self, False, "expected")
     assert "centre" in fails(check, no_centre, False, "expected")
     assert "temp" in fails(check, swapped_temps, False, "expected")

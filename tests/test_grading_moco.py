@@ -163,6 +163,20 @@ def test_enqueue_wrong_answers(solution):
     fails(check, copy_not_in_place, False, "in place")
 
 
+def test_enqueue_that_keeps_the_keys_graph_fails_hidden():
+    """Keys with a gradient (a key pass without torch.no_grad) must enter the queue detached:
+    otherwise the queue keeps every step's graph alive."""
+    def keeps_graph(queue, ptr, keys):
+        k, b = queue.shape[0], keys.shape[0]
+        if k % b != 0:
+            raise ValueError(f"K={k} is not a multiple of B={b}")
+        queue[ptr:ptr + b] = keys  # the mistake: no keys.detach()
+        return (ptr + b) % k
+
+    grading.check_enqueue(keeps_graph)  # the visible keys carry no gradient
+    fails(grading.check_enqueue, keeps_graph, True, r"keys\.detach\(\)")
+
+
 def test_enqueue_delegation_fails_hidden():
     def via_method(queue, ptr, keys):
         holder = types.SimpleNamespace(queue=queue, queue_ptr=torch.tensor(ptr))

@@ -64,13 +64,16 @@ def _outputs(v: int, g: int, n: int, k: int, seed: int):
 
 def _loss_variants(s, t, c, ts: float, tt: float) -> dict[str, torch.Tensor]:
     """The values of the usual mistakes, to name the one an answer made."""
-    def pairs(keep_self: bool, center: torch.Tensor, t_temp: float, s_temp: float, red=torch.sum):
+    def pairs(keep_self: bool, center: torch.Tensor, t_temp: float, s_temp: float, red=torch.sum,
+              student_center: torch.Tensor | None = None):
         vals = []
+        shift = 0 if student_center is None else student_center
         for g, tg in enumerate(t):
             p = F.softmax((tg - center) / t_temp, dim=-1)
             for v, sv in enumerate(s):
                 if v != g or keep_self:
-                    vals.append(red(-p * F.log_softmax(sv / s_temp, dim=-1), dim=-1).mean())
+                    log_p = F.log_softmax((sv - shift) / s_temp, dim=-1)
+                    vals.append(red(-p * log_p, dim=-1).mean())
         return torch.stack(vals).mean()
 
     return {
@@ -80,6 +83,8 @@ def _loss_variants(s, t, c, ts: float, tt: float) -> dict[str, torch.Tensor]:
         "the teacher uses teacher_temp, the student student_temp": pairs(False, c, ts, tt),
         "sum the cross-entropy over the K dimensions (then average over N)":
             pairs(False, c, tt, ts, red=torch.mean),
+        "the centre is subtracted from the TEACHER outputs only, not from the student's":
+            pairs(False, torch.zeros_like(c), tt, ts, student_center=c),
     }
 
 

@@ -138,6 +138,20 @@ def _enqueue_case(ex: str, enqueue: Callable, k: int, b: int, d: int, steps: int
         ptr = got
 
 
+def _enqueue_keeps_no_graph(ex: str, enqueue: Callable) -> None:
+    """Keys that still carry the key network's graph (a key pass without torch.no_grad) must
+    enter the queue as constants: a queue with autograd history keeps every past step's graph
+    alive and lets a later loss reach old keys."""
+    queue = randn(8, 3, seed=8)
+    weight = randn(3, 3, seed=9).requires_grad_()
+    keys = randn(4, 3, seed=10) @ weight  # (4, 3), part of a graph, like a key net's output
+    where = " (K=8, 4 keys that carry a gradient)"
+    _call(ex, enqueue, queue, 0, keys, where=where, guard=True)
+    if queue.requires_grad or queue.grad_fn is not None:
+        raise AssertionError(f"{ex}: the queue now takes part in autograd{where}: keys carry no "
+                             "gradient, so store them without their graph (keys.detach())")
+
+
 @quiet
 def check_enqueue(enqueue: Callable, hidden: bool = False) -> None:
     """Keys overwrite the oldest rows in place, the pointer wraps around, and a queue size that
@@ -146,6 +160,8 @@ def check_enqueue(enqueue: Callable, hidden: bool = False) -> None:
     cases = [(8, 4, 3, 3)] if not hidden else [(12, 4, 5, 5), (6, 2, 2, 7), (4, 4, 3, 3)]
     for k, b, d, steps in cases:
         _enqueue_case(ex, enqueue, k, b, d, steps, hidden)
+    if hidden:
+        _enqueue_keeps_no_graph(ex, enqueue)
     for k, b in ([(10, 4)] if not hidden else [(10, 4), (6, 4)]):
         where = f" (K={k}, batches of {b} keys)"
         try:

@@ -122,6 +122,34 @@ def _check_random(exercise: str, views: torch.Tensor, where: str) -> None:
                              f"{len(views)} calls, got {distinct} different{where}")
 
 
+def _check_jitter_kinds(ex: str, transform, n: int, size: int) -> None:
+    """All four kinds of colour jitter are there. On a flat colour (dark enough that a brighter
+    view does not clip), brightness only scales the colour; contrast and saturation blend it
+    with its grey, so the colour leaves the line through the original; only hue turns it out
+    of the plane spanned by the original and grey."""
+    colour = torch.tensor([150, 70, 30], dtype=torch.uint8)
+    image = colour.view(3, 1, 1).expand(3, 48, 48).contiguous()
+    where = " (a flat brown image)"
+    mean = _views(ex, transform, image, n, size, where, True).mean(dim=(2, 3))  # (n, 3)
+    mean = mean[(mean.max(1).values - mean.min(1).values) >= 1e-3]  # not the grayscale views
+    if len(mean) == 0:
+        return  # the grayscale check reports this
+    line = F.normalize(colour.float(), dim=0)
+    plane, _ = torch.linalg.qr(torch.stack([colour.float(), torch.ones(3)], dim=1))  # (3, 2)
+    off_line = (mean - (mean @ line)[:, None] * line).norm(dim=1)  # 0: only brighter / darker
+    off_plane = (mean - mean @ plane @ plane.T).norm(dim=1)  # 0: no hue shift
+    jitter = "v2.ColorJitter(0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s) sets brightness, contrast, "
+    if float((off_line > 0.01).float().mean()) < 0.3:
+        raise AssertionError(f"{ex}: expected most colour-jittered views to change contrast and "
+                             f"saturation, got {float((off_line > 0.01).float().mean()):.0%}"
+                             f"{where}: the colour only got brighter or darker; {jitter}"
+                             "saturation and hue, in that order")
+    if float((off_plane > 0.01).float().mean()) < 0.3:
+        raise AssertionError(f"{ex}: expected most colour-jittered views to shift the hue, got "
+                             f"{float((off_plane > 0.01).float().mean()):.0%}{where}; {jitter}"
+                             "saturation and hue (the 4th argument, 0.2 * s), in that order")
+
+
 @quiet
 def check_build_augmentation(build_augmentation: Callable, hidden: bool = False) -> None:
     """Views of a photo: float32 (C, size, size) in [0, 1], new random parameters each call;
@@ -194,6 +222,8 @@ def check_build_augmentation(build_augmentation: Callable, hidden: bool = False)
                                  f"{jitter_frac:.0%} that change a flat colour (and are not gray): "
                                  f"use v2.RandomApply([v2.ColorJitter(...)], p=0.8)")
 
+        _check_jitter_kinds(ex, transform, n, size)
+
         # Strength and probability of the jitter: on a flat grey image crops, flips, grayscale,
         # contrast, saturation and hue change nothing, so a view is the grey times the
         # brightness factor, uniform in [1 - 0.8s, 1 + 0.8s] = [0.6, 1.4] for s = 0.5 -- or
@@ -245,18 +275,49 @@ def _similarity_hint(got: torch.Tensor, z1: torch.Tensor, z2: torch.Tensor) -> s
 
 
 def _compare_similarity(ex: str, fn: Callable, z1, z2, where: str, guard: bool) -> None:
-    got = as_tensor(ex, _call(ex, fn, z1.clone(), z2.clone(), where=where, guard=guard), where)
+    a, b = z1.clone().requires_grad_(guard), z2.clone().requires_grad_(guard)
+    got = as_tensor(ex, _call(ex, fn, a, b, where=where, guard=guard), where)
     expected = losses.cosine_similarity_matrix(torch.cat([z1, z2]), torch.cat([z1, z2]))
     if tuple(got.shape) != tuple(expected.shape):
         raise AssertionError(f"{ex}: expected shape {tuple(expected.shape)} (2N x 2N), got "
                              f"{tuple(got.shape)}{where}: stack the views with torch.cat([z1, z2])"
                              f" and compare every view with every view")
-    got = got.detach().to(expected.dtype)
-    if not torch.allclose(got, expected, atol=1e-5, rtol=1e-4):
-        i, j = divmod(int((got - expected).abs().argmax()), got.shape[1])
+    values = got.detach().to(expected.dtype)
+    if not torch.allclose(values, expected, atol=1e-5, rtol=1e-4):
+        i, j = divmod(int((values - expected).abs().argmax()), values.shape[1])
         raise AssertionError(
-            f"{ex}: expected {float(expected[i, j]):.4f}, got {float(got[i, j]):.4f} at "
-            f"[{i}, {j}]{where}{_similarity_hint(got, z1, z2)}")
+            f"{ex}: expected {float(expected[i, j]):.4f}, got {float(values[i, j]):.4f} at "
+            f"[{i}, {j}]{where}{_similarity_hint(values, z1, z2)}")
+    if guard:  # NT-Xent trains through this matrix: its gradient must be the reference's
+        _compare_similarity_grad(ex, got, a, b, z1, z2, where)
+
+
+def _compare_similarity_grad(ex: str, got, a, b, z1, z2, where: str) -> None:
+    if not got.requires_grad:
+        raise AssertionError(f"{ex}: the matrix carries no gradient{where}: NT-Xent trains the "
+                             "encoder through it, so keep the computation in torch (no numpy, "
+                             ".detach() or torch.no_grad())")
+    weight = randn(*got.shape, seed=11)  # a random loss of the matrix: every entry counts
+    try:
+        ga, gb = torch.autograd.grad((got.to(weight.dtype) * weight).sum(), (a, b),
+                                     allow_unused=True)
+    except RuntimeError as e:
+        if "inplace" not in str(e):
+            raise AssertionError(f"{ex}: the backward pass through your matrix failed{where}: "
+                                 f"{' '.join(str(e).split())[:160]}") from None
+        raise AssertionError(f"{ex}: the values are right, but an in-place operation (z /= n, "
+                             f".div_(), .mul_()) breaks the backward pass{where}: autograd needs "
+                             "the tensors it saved, so write z = z / n") from None
+    ra, rb = z1.clone().requires_grad_(), z2.clone().requires_grad_()
+    ea, eb = torch.autograd.grad(
+        (losses.cosine_similarity_matrix(torch.cat([ra, rb]), torch.cat([ra, rb])) * weight)
+        .sum(), (ra, rb))
+    for name, g, e in (("z1", ga, ea), ("z2", gb, eb)):
+        if g is None or not torch.allclose(g, e, atol=1e-5, rtol=1e-4):
+            diff = "none" if g is None else f"up to {float((g - e).abs().max()):.2g} off"
+            raise AssertionError(f"{ex}: the gradient with respect to {name} differs from the "
+                                 f"reference ({diff}){where}: compute the matrix from z1 and z2 "
+                                 "with torch operations only")
 
 
 @quiet
