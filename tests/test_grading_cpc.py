@@ -230,8 +230,21 @@ def test_cpc_step_wrong_answers():
     def tensor_loss(*args):
         return torch.tensor(cpc_step(*args))
 
+    def detached_context(g_enc, g_ar, W, optimizer, patches):  # g_enc learns from z alone
+        n, rows, cols = patches.shape[:3]
+        z = g_enc(patches.flatten(0, 2)).view(n, rows, cols, -1)
+        loss = cpc_loss(z, column_context(g_ar, z.detach()), W)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        return loss.item()
+
     fails(check, no_update, False, "did not change")
     fails(check, no_zero_grad, True, "zero_grad")
+    # the same loss; only the encoder's weights differ, and the message says so (it used to
+    # name zero_grad alone)
+    message = fails(check, detached_context, False, "the loss is right")
+    assert "(g_enc." in message and "g_ar" not in message and ".detach()" in message
     fails(check, context_along_rows, False, "expected loss")
     fails(check, nan_loss, False, "nan")
     fails(check, tensor_loss, False, "float")

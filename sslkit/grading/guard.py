@@ -205,10 +205,16 @@ def match_step(exercise: str, got, expected: float, model: torch.nn.Module,
                              "loss.backward() and then optimizer.step()")
     diff = max_param_diff(model, reference)
     if not diff <= 1e-5:  # NaN weights fail too
+        differ = [name for (name, p), q in zip(model.named_parameters(), reference.parameters())
+                  if not float((p - q).abs().max()) <= 1e-5]
+        which = ", ".join(differ[:3]) + (f" and {len(differ) - 3} more" if len(differ) > 3
+                                          else "")
         raise AssertionError(
             f"{exercise}: {label}the loss is right but the updated weights differ from the "
-            f"reference's by up to {diff:.2g}{where}: call optimizer.zero_grad() before "
-            "loss.backward(), then optimizer.step(), once per step")
+            f"reference's by up to {diff:.2g} ({which}){where}: call optimizer.zero_grad() "
+            "before loss.backward(), then optimizer.step(), once per step; and keep every "
+            "stage in the graph (a .detach() or torch.no_grad() stops the gradient on its way "
+            "to those weights)")
 
 
 def match_moving_average(exercise: str, source: torch.nn.Module, average: torch.nn.Module,
