@@ -281,6 +281,20 @@ def test_method_forward_and_encoder_features():
     assert method.encoder(torch.rand(2, 1, 40, 40)).shape == (2, method.encoder.feature_dim)
 
 
+def test_wrong_channels_or_too_short_signals_are_one_line_errors():
+    """Grey images into an RGB CPC encoder and signals shorter than g_enc's 8-sample stride
+    raised deep in torch's convolutions."""
+    for call, x, match in (
+        (CPC(CPCEncoder(3)), torch.rand(2, 1, 32, 32), r"\(N, 3, H, W\), got shape"),
+        (CPCEncoder(1), torch.rand(2, 3, 32, 32), r"\(N, 1, H, W\), got shape"),
+        (SignalCPC(), torch.randn(2, 1, 7), "L >= 8"),
+        (SignalCPC(channels=2), torch.randn(2, 1, 64), r"\(N, 2, L\)"),
+    ):
+        with pytest.raises(SSLKitError, match=match) as err:
+            call(x)
+        assert "\n" not in str(err.value)
+
+
 def test_unsupported_arch_is_a_one_line_error():
     with pytest.raises(SSLKitError, match="convnet-small") as info:
         build_method("cpc", "resnet18", 3, "cifar10", 32)

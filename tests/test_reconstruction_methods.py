@@ -354,3 +354,23 @@ def test_colorization_under_autocast_matches_float32():
         L, ab = model.lab(x)
         assert torch.isfinite(model(x))
     assert torch.equal(L, L32) and torch.equal(ab, ab32)
+
+
+@pytest.mark.parametrize("side", [8, 20, 31, 35])
+def test_a_side_the_decoder_cannot_give_back_is_a_one_line_error(side):
+    """The decoder doubles the side once per encoder block: only multiples of 16 come back
+    whole. Other sides raised deep in torch (a size mismatch in the loss) or, for colorization,
+    warned and broadcast; now both methods say so in one line, in every entry point."""
+    colour, inpaint = tiny_colorization(), tiny_inpainting(3)
+    x = torch.rand(2, 3, side, side, generator=torch.Generator().manual_seed(side))
+    for call in (colour, colour.colorize, inpaint, inpaint.reconstruct):
+        with pytest.raises(SSLKitError, match="divisible by 16") as err:
+            call(x)
+        assert "\n" not in str(err.value)
+    assert torch.isfinite(inpaint(torch.rand(2, 3, 16, 48)))  # non-square multiples work
+
+
+def test_inpainting_on_images_of_the_wrong_channel_count_is_a_one_line_error():
+    with pytest.raises(SSLKitError, match=r"\(N, 3, H, W\), got shape \(2, 1, 16, 16\)") as err:
+        tiny_inpainting(3)(torch.rand(2, 1, 16, 16))
+    assert "\n" not in str(err.value)

@@ -95,6 +95,16 @@ def to_float(x: torch.Tensor) -> torch.Tensor:
     return x.float() / 255 if x.dtype == torch.uint8 else x.float()
 
 
+def check_image_side(encoder: nn.Module, h: int, w: int, who: str) -> None:
+    """One-line error unless H and W are positive multiples of 2^(number of encoder blocks): the
+    decoder doubles the side once per block, so only then does it give back H x W."""
+    factor = 2 ** len(encoder.blocks)
+    if h < factor or w < factor or h % factor or w % factor:
+        fit = max(factor, round(max(h, w) / factor) * factor)
+        raise SSLKitError(f"{who} needs image sides divisible by {factor} (one halving per "
+                          f"encoder block), got {h}x{w}: resize the images to e.g. {fit}x{fit}")
+
+
 class Colorization(nn.Module):
     """Colorization(in_channels=3, arch="convnet-small").
 
@@ -129,6 +139,7 @@ class Colorization(nn.Module):
 
     def predict_ab(self, L: torch.Tensor) -> torch.Tensor:
         """L (N, 1, H, W) in [0, 100] -> predicted ab (N, 2, H, W) in (-110, 110)."""
+        check_image_side(self.encoder, *L.shape[2:], "Colorization")
         z = feature_map(self.encoder, L / 100)  # (N, w4, H/16, W/16)
         return AB_SCALE * torch.tanh(self.decoder(z))
 

@@ -171,6 +171,10 @@ class CPCEncoder(nn.Module):
 
     def grid(self, x: torch.Tensor) -> torch.Tensor:
         """x (N, C, H, W) -> patches (N, R, Cc, C, p, p) of x resized to size x size."""
+        channels = self.g_enc.net[0].in_channels
+        if x.ndim != 4 or x.shape[1] != channels:
+            raise SSLKitError(f"this CPC encoder takes images (N, {channels}, H, W), got shape "
+                              f"{tuple(x.shape)}: build it with the images' in_channels")
         if x.shape[-2:] != (self.size, self.size):
             x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", antialias=True,
                               align_corners=False)
@@ -288,6 +292,10 @@ class SignalCPC(nn.Module):
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x (N, channels, L) -> z (N, T, D), c (N, T, H)."""
+        channels = self.g_enc[0].in_channels
+        if x.ndim != 3 or x.shape[1] != channels or x.shape[2] < 8:
+            raise SSLKitError(f"SignalCPC takes signals (N, {channels}, L) with L >= 8 (one z per "
+                              f"8 samples), got shape {tuple(x.shape)}")
         z = self.g_enc(x).transpose(1, 2)  # (N, T, D)
         c, _ = self.g_ar(z)  # (N, T, H)
         return z, c

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from sslkit.errors import SSLKitError
-from sslkit.methods.colorization import to_float
+from sslkit.methods.colorization import check_image_side, to_float
 from sslkit.models.decoder import decoder_for, feature_map, resolve_encoder
 from sslkit.transfer import to_device
 
@@ -78,9 +78,19 @@ class Inpainting(nn.Module):
         self.decoder = decoder_for(self.encoder, in_channels)
         self.block = block
         self.generator = generator
+        self.in_channels = next(m for m in self.encoder.modules()
+                                if isinstance(m, nn.Conv2d)).in_channels
+
+    def check_images(self, x: torch.Tensor) -> None:
+        """One-line error unless x is (N, in_channels, H, W) with sides the decoder gives back."""
+        if x.ndim != 4 or x.shape[1] != self.in_channels:
+            raise SSLKitError(f"Inpainting was built for images (N, {self.in_channels}, H, W), got "
+                              f"shape {tuple(x.shape)}: build it with the images' in_channels")
+        check_image_side(self.encoder, *x.shape[2:], "Inpainting")
 
     def mask_batch(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x (N, C, H, W) -> (masked input (1 - M) * x, M (N, 1, H, W))."""
+        self.check_images(x)
         n, _, h, w = x.shape
         block = self.block if self.block is not None else min(h, w) // 2
         mask = to_device(random_block_mask(n, (h, w), block, self.generator), x.device)

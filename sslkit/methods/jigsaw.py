@@ -5,6 +5,7 @@ was used.
     x (N, C, H, W)
       random crop to 3*cell, 3x3 tiles, shuffled by perms[label]    (jigsaw_tiles)
       a random crop of each tile, resized to tile_size              (gaps between tiles)
+      each tile normalised to mean 0, std 1 per channel             (normalise_tiles)
                                    tiles (N, 9, C, S, S), labels (N,) in 0..P-1
     h = f(tile), one tile at a time, shared weights   (9N, feature_dim)
     concatenated in the shuffled order                (N, 9*feature_dim)
@@ -15,7 +16,9 @@ The permutation set is chosen for a large minimum Hamming distance (``hamming_pe
 two permutations that differ in only two tiles would make classes the network can hardly tell
 apart. The tiles are encoded separately, so the encoder cannot compare edges across tiles; the
 random crop inside each tile leaves gaps, so the head cannot either: what is left is to
-recognise what each tile shows and where in an object it belongs.
+recognise what each tile shows and where in an object it belongs. As in the paper, every tile
+is normalised on its own, so that low-level statistics shared by the tiles of one image
+(brightness, contrast, a colour cast that varies across the image) give no clue to the order.
 """
 
 from __future__ import annotations
@@ -36,6 +39,23 @@ def check_tile_side(side: int, gap: int, grid: int = 3) -> None:
     if side < smallest:
         raise SSLKitError(f"images of side {side} are too small for {grid}x{grid} tiles that each "
                           f"lose {gap} pixels to the gap: use --image-size {smallest} or more")
+
+
+def check_head_batch(head: nn.Module, n: int, what: str) -> None:
+    """One-line error for a training batch of one: the head's BatchNorm1d needs 2 samples.
+    (A BatchNorm synchronised across processes, which torchrun swaps in, may see 1 per rank.)"""
+    if head.training and n < 2 and any(type(m) is nn.BatchNorm1d for m in head.modules()):
+        raise SSLKitError(f"the {what} head's BatchNorm needs at least 2 images per training "
+                          f"batch, got {n}: use a batch of 2 or more, or call .eval() first")
+
+
+def normalise_tiles(tiles: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
+    """tiles (N, T, C, S, S) -> each tile's channel shifted to mean 0 and scaled to std 1 over
+    its S x S pixels (population std; a flat tile, std < eps, is divided by eps: it stays flat
+    instead of blowing rounding noise up to unit variance)."""
+    mean = tiles.mean(dim=(3, 4), keepdim=True)  # (N, T, C, 1, 1)
+    std = tiles.std(dim=(3, 4), keepdim=True, correction=0)  # (N, T, C, 1, 1)
+    return (tiles - mean) / std.clamp(min=eps)
 
 
 def tile_head(in_dim: int, hidden_dim: int, classes: int) -> nn.Sequential:
@@ -77,10 +97,11 @@ class Jigsaw(nn.Module):
         s = self.tile_size
         tiles = F.interpolate(tiles.flatten(0, 1), size=(s, s), mode="bilinear",
                               align_corners=False)
-        return tiles.unflatten(0, (n, -1)), labels  # (N, T, C, S, S)
+        return normalise_tiles(tiles.unflatten(0, (n, -1))), labels  # (N, T, C, S, S)
 
     def classify(self, tiles: torch.Tensor) -> torch.Tensor:
         """tiles (N, T, C, S, S) in the shuffled order -> logits (N, P)."""
+        check_head_batch(self.head, len(tiles), "jigsaw")
         h = self.encoder(tiles.flatten(0, 1))  # (N*T, feature_dim): every tile on its own
         return self.head(h.reshape(len(tiles), -1))  # (N, T*feature_dim) -> (N, P)
 

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sslkit.augment import jitter_tiles, patch_pairs
-from sslkit.methods.jigsaw import check_tile_side, tile_head
+from sslkit.methods.jigsaw import check_head_batch, check_tile_side, tile_head
 from sslkit.transfer import to_device
 
 
@@ -57,6 +57,7 @@ class RelativePatch(nn.Module):
 
     def classify(self, centre: torch.Tensor, neighbour: torch.Tensor) -> torch.Tensor:
         """centre, neighbour (N, C, S, S) -> logits (N, 8); both patches in one encoder pass."""
+        check_head_batch(self.head, len(centre), "relative patch")
         h = self.encoder(torch.cat([centre, neighbour]))  # (2N, feature_dim)
         h_c, h_n = h.chunk(2)
         return self.head(torch.cat([h_c, h_n], dim=1))  # (N, 2*feature_dim) -> (N, 8)
