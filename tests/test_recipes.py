@@ -170,6 +170,17 @@ def test_wrong_options_are_one_line_errors():
     for bad in ("queue_size", "=3"):
         with pytest.raises(SSLKitError, match="is not KEY=VALUE"):
             parse_option(bad)
+    with pytest.raises(SSLKitError, match="unknown option 'generator' for jigsaw") as e:
+        build_method("jigsaw", "convnet-small", 1, "digits", 32, method_options={"generator": 1})
+    assert "normalise" in str(e.value)  # what build_method supplies is no option
+
+
+def test_jigsaw_takes_the_papers_tile_normalisation_as_an_option():
+    key, value = parse_option("normalise=true")
+    method = build_method("jigsaw", "convnet-small", 1, "digits", 32,
+                          method_options={key: value})
+    assert method.normalise is True
+    assert build_method("jigsaw", "convnet-small", 1, "digits", 32).normalise is False
 
 
 @pytest.mark.parametrize("method,key,value,kind", [

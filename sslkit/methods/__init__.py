@@ -31,8 +31,9 @@ METHODS = ("simclr", "triplet", "rotation", "jigsaw", "relative_patch", "moco", 
 
 # Methods whose constructors take options (--option KEY=VALUE), and the constructor that
 # receives them; the others have fixed settings.
-_OPTION_TAKERS = {"simclr": SimCLR, "moco": MoCo, "dino": DINO, "mae": MAE}
-_NOT_OPTIONS = {"encoder", "views", "self"}  # constructor arguments that build_method supplies
+_OPTION_TAKERS = {"simclr": SimCLR, "moco": MoCo, "dino": DINO, "mae": MAE, "jigsaw": Jigsaw}
+# constructor arguments that build_method supplies
+_NOT_OPTIONS = {"encoder", "views", "self", "generator"}
 
 
 def check_method_options(name: str, method_options: dict) -> None:
@@ -158,7 +159,8 @@ def build_method(
     if name == "rotation":
         return Rotation(encoder)
     if name in ("jigsaw", "relative_patch"):  # tiles of a third of the side, less a gap
-        method = (Jigsaw if name == "jigsaw" else RelativePatch)(encoder, generator=generator)
+        method = (Jigsaw(encoder, generator=generator, **method_options) if name == "jigsaw"
+                  else RelativePatch(encoder, generator=generator))
         check_tile_side(image_size, method.gap, getattr(method, "grid", 3))
         return method
     if name == "moco":  # v2: MLP head and blur
