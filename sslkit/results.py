@@ -23,6 +23,7 @@ killed between the two writes, or mid-write) is left out, as ``--resume`` leaves
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from sslkit.errors import SSLKitError
@@ -40,6 +41,12 @@ def duration(seconds: float) -> str:
     if s < 3600:
         return f"{s // 60} min {s % 60} s"
     return f"{s // 3600} h {s % 3600 // 60} min"
+
+
+def _is_number(value) -> bool:
+    """A finite int or float; not a bool (JSON's true would count as 1)."""
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value))
 
 
 def _read_json(path: Path, fix: str):
@@ -60,14 +67,18 @@ def saved_rows(run: Path, saved_epoch: int) -> list[dict]:
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
+        damaged = SSLKitError(f"{path} line {number} is not a metrics row: the file is "
+                              "damaged; restore it from a copy of the run")
         try:
             row = json.loads(line)
-            epoch, _ = row["epoch"], row["seconds"]
+            epoch, seconds = row["epoch"], row["seconds"]
         except (ValueError, KeyError, TypeError):
             if number == len(lines):  # cut off mid-write: its epoch's checkpoint was never saved
                 break
-            raise SSLKitError(f"{path} line {number} is not a metrics row: the file is damaged; "
-                              "restore it from a copy of the run") from None
+            raise damaged from None
+        if not (isinstance(epoch, int) and not isinstance(epoch, bool) and _is_number(seconds)
+                and ("knn" not in row or _is_number(row["knn"]) and 0 <= row["knn"] <= 1)):
+            raise damaged  # e.g. "seconds": "abc", which failed the sum; a kNN of true showed 100 %
         if epoch <= saved_epoch:
             rows.append(row)
     epochs = [r["epoch"] for r in rows]
@@ -103,7 +114,16 @@ def _calls(run: Path) -> list[dict]:
     if not isinstance(calls, dict) or not isinstance(calls.get("calls"), list):
         raise SSLKitError(f"{info} has no list of calls: fix or delete it (the device and "
                           "command then show as unknown)")
-    return [c for c in calls["calls"] if isinstance(c, dict)]
+    calls = [c for c in calls["calls"] if isinstance(c, dict)]
+    kinds = {"command": (str, "a string"), "device": (str, "a string"),
+             "processes": (int, "an integer")}
+    for number, call in enumerate(calls, 1):
+        for key, (kind, name) in kinds.items():
+            if key in call and (not isinstance(call[key], kind) or isinstance(call[key], bool)):
+                raise SSLKitError(f"{info} call {number} has {key} {call[key]!r}, not {name}: "
+                                  "fix or delete it (the device and command then show as "
+                                  "unknown)")
+    return calls
 
 
 def run_folder(path: str | Path) -> Path:
@@ -143,7 +163,7 @@ def _row(run: Path) -> str:
     commands = [f"`{c['command']}`" for c in calls if c.get("command")] or ["unknown"]
     seconds = sum(r["seconds"] for r in rows)
     walls = [c.get("wall_seconds") for c in calls]
-    wall = (duration(sum(walls)) if walls and all(isinstance(w, (int, float)) for w in walls)
+    wall = (duration(sum(walls)) if walls and all(_is_number(w) for w in walls)
             else "unknown")
     return (f"| {cfg.method} | {cfg.arch} | {epochs} | {cfg.batch_size} | "
             f"{final_knn(run, rows, cfg)} | {duration(seconds)} | {wall} | {', '.join(devices)} | "

@@ -179,3 +179,47 @@ def test_checkpoint_file_names_its_run_and_unreadable_files_are_one_line(run, tm
         results_table([run])
     assert f"cannot read {run / 'metrics.jsonl'} (Permission denied)" in str(info.value)
     assert "\n" not in str(info.value)
+
+
+def set_field(path, index, key, value):
+    """Set `key` of the `index`-th metrics row (a .jsonl path) or run.json call to `value`."""
+    if path.name == "run.json":
+        info = json.loads(path.read_text())
+        info["calls"][index][key] = value
+        path.write_text(json.dumps(info))
+    else:
+        rows = metrics(path.parent)
+        rows[index][key] = value
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+@pytest.mark.parametrize("file, key, value, message", [
+    ("metrics.jsonl", "seconds", "abc", "metrics.jsonl line 1 is not a metrics row"),
+    ("metrics.jsonl", "seconds", None, "metrics.jsonl line 1 is not a metrics row"),
+    ("metrics.jsonl", "epoch", "1", "metrics.jsonl line 1 is not a metrics row"),
+    ("metrics.jsonl", "knn", True, "metrics.jsonl line 2 is not a metrics row"),
+    ("metrics.jsonl", "knn", "abc", "metrics.jsonl line 2 is not a metrics row"),
+    ("run.json", "processes", "2", "run.json call 1 has processes '2', not an integer"),
+    ("run.json", "device", ["cpu"], "run.json call 1 has device ['cpu'], not a string"),
+], ids=["seconds-text", "seconds-null", "epoch-text", "knn-bool", "knn-text", "processes-text",
+        "device-list"])
+def test_damaged_values_are_one_line_errors(run, tmp_path, capsys, file, key, value, message):
+    """A metrics row or run.json call with a value of the wrong kind ended in a TypeError
+    traceback (seconds "abc", processes "2") or, for a kNN of true, showed "100.0 %"."""
+    broken = copy(run, tmp_path)
+    set_field(broken / file, 0 if file == "run.json" or key != "knn" else 1, key, value)
+    capsys.readouterr()
+    assert main(["results", str(broken)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    fix = ("the file is damaged; restore it from a copy of the run" if file == "metrics.jsonl"
+           else "fix or delete it (the device and command then show as unknown)")
+    assert captured.err == f"sslkit: error: {broken / file}{message[len(file):]}: {fix}\n"
+
+
+def test_a_wall_time_that_is_not_a_number_is_unknown(run, tmp_path):
+    """wall_seconds NaN raised ValueError in round(); true was counted as 1 s."""
+    done = copy(run, tmp_path)
+    for value in (float("nan"), True):
+        set_field(done / "run.json", 0, "wall_seconds", value)
+        assert cells(results_table([done]))[6] == "unknown"

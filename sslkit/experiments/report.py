@@ -77,11 +77,19 @@ class Result:
 
 
 def check_out(out: str | Path) -> None:
-    """Refuse, before an experiment does any work, an output folder that is a file or already
-    holds an earlier run's table.md, figure.png or results.json (they would be overwritten)."""
+    """Refuse, before an experiment does any work, an output folder that is a file, that
+    cannot be made or written (under a file, in a read-only folder), or that already holds an
+    earlier run's table.md, figure.png or results.json (they would be overwritten)."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise SSLKitError(f"--out {out} is a file, not a folder: choose another --out")
+    existing = next(p for p in (out, *out.parents) if p.exists())  # out, or where it would be made
+    if not existing.is_dir():
+        raise SSLKitError(f"cannot write --out {out}: {existing} is a file, not a folder: choose "
+                          "another --out")
+    if not os.access(existing, os.W_OK):
+        raise SSLKitError(f"cannot write --out {out}: {existing} is read-only or not yours: "
+                          "choose a writable --out")
     held = [name for name in FILES if (out / name).exists()]
     if held:
         raise SSLKitError(f"{out} already holds an experiment's results ({', '.join(held)}): "
