@@ -30,6 +30,13 @@ from sslkit.atomic import write_atomic
 from sslkit.errors import SSLKitError
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its usage errors in the one-line form of every other error (exit 2)."""
+
+    def error(self, message: str):
+        self.exit(2, f"sslkit: error: {message}: see `{self.prog} --help`\n")
+
+
 def _train_parser(sub) -> None:
     from sslkit.data import DATASETS
     from sslkit.methods import METHODS
@@ -140,13 +147,15 @@ def cmd_train(args) -> int:
     return 0
 
 
-def evaluate_run(out: str | Path, k: int | None = None, labels_per_class: int = 10,
+def evaluate_run(out: str | Path, k: int | None = None, labels_per_class: int | None = None,
                  tsne_path: str | Path | None = None, data_root: str | Path | None = None,
                  show=None) -> dict:
     """kNN and linear-probe accuracy of the run in `out` (+ a t-SNE figure); saves eval.json.
 
     out: the run folder, or its checkpoint file OUT/last.pt. data_root: where the run's dataset
     is, when not at the path saved with the run (relative to the folder training started in).
+    labels_per_class: labelled images per class of the few-label probe (default 10, or the
+    smallest class's count when that is less; a given number above it is an error).
     show: called with the scores as soon as they are known, then with {"tsne": path} once the
     figure is saved, so a folder that cannot be written loses nothing already shown."""
     from sslkit import evaluate, plots
@@ -170,6 +179,16 @@ def evaluate_run(out: str | Path, k: int | None = None, labels_per_class: int = 
     if k > len(data.train_x):
         raise SSLKitError(f"--k {k} is more than the {len(data.train_x)} training images "
                           f"that kNN votes among: use --k {len(data.train_x)} or less")
+    fewest = int(data.train_y.unique(return_counts=True)[1].min())
+    if labels_per_class is None:  # not given: 10, or all a smaller class has (and named so)
+        labels_per_class = min(10, fewest)
+    elif labels_per_class < 1:
+        raise SSLKitError(f"--labels-per-class must be at least 1 (got {labels_per_class}): leave "
+                          "it out for 10, or give e.g. --labels-per-class 5")
+    elif labels_per_class > fewest:  # the probe would see every label: not a few-label score
+        raise SSLKitError(f"--labels-per-class {labels_per_class} is more than the {fewest} "
+                          "training images of the smallest class, so the probe would see every "
+                          f"label of it: use --labels-per-class {fewest} or less")
     train_f = evaluate.extract_features(method.encoder, data.train_x)
     test_f = evaluate.extract_features(method.encoder, data.test_x)
     result = {
@@ -275,15 +294,15 @@ def cmd_results(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sslkit", description=__doc__.split("\n")[0])
+    parser = _Parser(prog="sslkit", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     _train_parser(sub)
     p = sub.add_parser("eval", help="evaluate a trained run: kNN, linear probe, t-SNE")
     p.add_argument("out", help="the run folder given to `sslkit train --out`")
     p.add_argument("--k", type=int, help="kNN neighbours (default: the run's knn_k)")
-    p.add_argument("--labels-per-class", type=int, default=10,
+    p.add_argument("--labels-per-class", type=int,
                    help="labelled images per class for the linear probe's few-label score "
-                        "(default 10)")
+                        "(default 10, or all of the smallest class's when it has fewer)")
     p.add_argument("--tsne", help="where to write the t-SNE figure (default: OUT/tsne.png)")
     p.add_argument("--data-root", help="the run's dataset folder, if not at the path saved "
                                        "with the run (a relative saved path only works from "

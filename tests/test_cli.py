@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from sslkit.cli import build_parser, main
+from sslkit.errors import SSLKitError
 from sslkit.profiles import PROFILES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,7 +43,9 @@ def test_train_writes_a_run_with_the_flags_and_profile_values(trained_run, capsy
 def test_eval_writes_scores_and_figure(trained_run, capsys):
     assert main(["eval", str(trained_run)]) == 0
     result = json.loads((trained_run / "eval.json").read_text())
-    for key in ("knn", "linear", "linear_10_per_class"):
+    # 64 training digits: 6 or 7 of each, so the few-label probe sees 6 per class, and says so
+    assert sorted(result) == ["knn", "knn_k", "linear", "linear_6_per_class", "tsne"]
+    for key in ("knn", "linear", "linear_6_per_class"):
         assert 0.0 <= result[key] <= 1.0, key
     # 60 test digits in 10 classes: accuracies are multiples of 1/60
     assert abs(result["knn"] * 60 - round(result["knn"] * 60)) < 1e-6
@@ -58,6 +61,20 @@ def test_eval_with_k_0_exits_2(trained_run, capsys):
     """--k 0 was read as "not given" and silently used the run's k."""
     err = run_error(["eval", str(trained_run), "--k", "0"], capsys)
     assert "--k must be at least 1 (got 0)" in err and "knn_k" in err
+
+
+@pytest.mark.parametrize("value,expected", [
+    ("7", "--labels-per-class 7 is more than the 6 training images of the smallest class, so "
+          "the probe would see every label of it: use --labels-per-class 6 or less"),
+    ("0", "--labels-per-class must be at least 1 (got 0): leave it out for 10, or give e.g. "
+          "--labels-per-class 5")])
+def test_eval_with_labels_per_class_out_of_range_exits_2(trained_run, capsys, value, expected):
+    """--labels-per-class 1000 on 64 training images reported linear_1000_per_class, the probe
+    on every label (so did the default 10: linear_10_per_class on 6 per class); --labels-per-class
+    0 named the Python argument and told to pass None."""
+    err = run_error(["eval", str(trained_run), "--labels-per-class", value], capsys)
+    assert err == f"sslkit: error: {expected}"
+    assert capsys.readouterr().out == ""  # refused before any feature is extracted
 
 
 def test_train_flags_map_to_config_fields():
@@ -96,7 +113,12 @@ def test_unknown_names_exit_2_with_one_line(tmp_path, capsys, flag, value):
     ("--weight-decay", "-0.1", "--weight-decay 1e-6"), ("--adam-beta2", "1", "[0, 1)"),
     ("--warmup-epochs", "-2", "--warmup-epochs 0"), ("--n-train", "0", "--n-train 1"),
     ("--device", "gpu", "unknown device 'gpu'"), ("--device", "meta", "unknown device"),
-    ("--device", "cuda:7", "cuda:7")])
+    ("--device", "cuda:7", "cuda:7"),
+    # a traceback from torch's optimiser, a meaningless loss trained silently, and a numpy
+    # warning on stderr before the "diverged" error:
+    ("--weight-decay", "nan", "--weight-decay must be >= 0 and finite (got nan)"),
+    ("--temperature", "inf", "--temperature must be positive and finite (got inf)"),
+    ("--lr", "inf", "--lr must be positive and finite (got inf)")])
 def test_settings_out_of_range_exit_2_before_anything_runs(tmp_path, capsys, flag, value,
                                                           expected):
     """Before, --batch-size 0 and --epochs -1 ended in tracebacks, --lr -1 in torch's own error
@@ -327,3 +349,50 @@ def test_every_flag_has_a_help_text():
         for action in sub._actions:
             if action.option_strings and action.dest != "help":
                 assert action.help, f"sslkit {name} {action.option_strings[0]} has no help"
+
+
+def test_experiment_out_under_a_file_exits_2_before_any_work(tmp_path, capsys):
+    """--out under a file (or in a read-only folder) passed the check, the experiment ran to
+    the end, and writing its files ended in a NotADirectoryError traceback: all was lost."""
+    from sslkit.experiments.report import check_out
+
+    (tmp_path / "notes.txt").write_text("")
+    out = tmp_path / "notes.txt" / "run"
+    with pytest.raises(SSLKitError) as info:
+        check_out(out)
+    assert str(info.value) == (f"cannot write --out {out}: {tmp_path / 'notes.txt'} is a file, "
+                               "not a folder: choose another --out")
+    err = run_error(["experiment", "loss_functions", "--profile", "ci", "--device", "cpu",
+                     "--out", str(out)], capsys)
+    assert err == f"sslkit: error: {info.value}"
+
+
+@pytest.mark.parametrize("argv,expected", [
+    (["train", "simclr", "--out", "r", "--temperature", "abc"],
+     "argument --temperature: invalid float value: 'abc': see `sslkit train --help`"),
+    (["train", "simclr"], "the following arguments are required: --out: see `sslkit train "
+                          "--help`"),
+    (["eval"], "the following arguments are required: out: see `sslkit eval --help`"),
+    (["trian", "simclr"], "argument command: invalid choice: 'trian' (choose from 'train', "
+                          "'eval', 'demo', 'experiment', 'results', 'bench'): see `sslkit --help`"),
+    (["bench", "--size", "huge"], "argument --size: invalid choice: 'huge' (choose from 'tiny', "
+                                  "'full'): see `sslkit bench --help`")])
+def test_usage_errors_are_one_line(capsys, argv, expected):
+    """A mistyped flag or value printed argparse's usage block (up to 15 lines) and
+    `sslkit train: error: ...`, unlike every other error; the exit status stays 2."""
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    assert stop.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.err == f"sslkit: error: {expected}\n" and captured.out == ""
+
+
+@pytest.mark.parametrize("flags", [["--temperature", "0.3"], []], ids=["with-flag", "alone"])
+def test_an_option_that_sets_a_shared_setting_exits_2(tmp_path, capsys, flags):
+    """--option temperature=0.7 trained at 0.7 but saved the flag's (or the profile's)
+    temperature in the run's config, which `sslkit results` and --resume read."""
+    err = run_error(["train", "simclr", "--out", str(tmp_path / "r"), *SMALL, *flags,
+                     "--option", "temperature=0.7"], capsys)
+    assert err == ("sslkit: error: --option temperature=0.7 sets simclr's temperature, which "
+                   "has its own flag: use --temperature 0.7 (the run saves and reports it)")
+    assert not (tmp_path / "r").exists()

@@ -44,6 +44,11 @@ def check_method_options(name: str, method_options: dict) -> None:
     if name not in _OPTION_TAKERS:
         raise SSLKitError(f"{name} takes no --option (got {', '.join(method_options)}): only "
                           f"{', '.join(_OPTION_TAKERS)} have options")
+    for key, value in method_options.items():  # else the run would save the profile's value
+        if key in SHARED_SETTINGS.get(name, ()):
+            flag = "--" + key.replace("_", "-")
+            raise SSLKitError(f"--option {key}={value} sets {name}'s {key}, which has its own "
+                              f"flag: use {flag} {value} (the run saves and reports it)")
     parameters = inspect.signature(_OPTION_TAKERS[name]).parameters
     known = [k for k in parameters if k not in _NOT_OPTIONS]
     unknown = [k for k in method_options if k not in known]
