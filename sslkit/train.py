@@ -211,13 +211,14 @@ def _check_numbers(cfg: TrainConfig) -> None:
             flag = "--" + name.replace("_", "-")
             raise SSLKitError(f"{flag} must be at least {low} (got {value}): use {flag} {low} "
                               "or more")
-    for name in ("lr", "temperature"):
-        if not getattr(cfg, name) > 0:
-            raise SSLKitError(f"--{name} must be positive (got {getattr(cfg, name)}): use e.g. "
-                              f"--{name} {getattr(TrainConfig, name)}")
-    if cfg.weight_decay < 0:
-        raise SSLKitError(f"--weight-decay must be >= 0 (got {cfg.weight_decay}): use e.g. "
-                          "--weight-decay 1e-6")
+    for name in ("lr", "temperature"):  # NaN fails every comparison, so it fails here too
+        if not 0 < getattr(cfg, name) < math.inf:
+            raise SSLKitError(f"--{name} must be positive and finite (got "
+                              f"{getattr(cfg, name)}): use e.g. --{name} "
+                              f"{getattr(TrainConfig, name)}")
+    if not 0 <= cfg.weight_decay < math.inf:
+        raise SSLKitError(f"--weight-decay must be >= 0 and finite (got {cfg.weight_decay}): use "
+                          "e.g. --weight-decay 1e-6")
     if not 0 <= cfg.adam_beta2 < 1:
         raise SSLKitError(f"--adam-beta2 must be in [0, 1) (got {cfg.adam_beta2}): use e.g. "
                           "--adam-beta2 0.999")
@@ -494,8 +495,11 @@ def train(
                       "with the same weights and data permutation stream, but new augmentation "
                       "streams, so it is not bit-identical to an uninterrupted run")
     metrics = _read_metrics(out, start_epoch) if ckpt is not None else []
+    last_epoch = cfg.epochs if stop_after_epoch is None else min(stop_after_epoch, cfg.epochs)
+    trains = start_epoch < last_epoch  # else run.json and the log stay as they are: a call
+    #                                    that trains nothing is no call that trained the run
     distributed.barrier()  # every rank has checked its settings before rank 0 writes to `out`
-    if distributed.is_main():
+    if distributed.is_main() and trains:
         try:
             out.mkdir(parents=True, exist_ok=True)
             _record_call(out, command, device, fresh=ckpt is None,
@@ -517,8 +521,7 @@ def train(
               f"and never decays; pass a --warmup-epochs below {cfg.epochs} (e.g. "
               f"{cfg.epochs // 10}) to leave room for the cosine decay")
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
-    last_epoch = cfg.epochs if stop_after_epoch is None else min(stop_after_epoch, cfg.epochs)
-    if start_epoch >= last_epoch and distributed.is_main():
+    if not trains and distributed.is_main():
         print(f"note: {out} is already at epoch {start_epoch} of {cfg.epochs}: nothing to train"
               + (f" (sslkit eval {out} evaluates it)" if start_epoch == cfg.epochs else ""))
     epochs = tqdm(range(start_epoch, last_epoch), desc=cfg.method, unit="epoch",
@@ -568,7 +571,7 @@ def train(
         metrics.append(row)
         epochs.set_postfix({k: row[k] for k in ("loss", "knn") if k in row})
         distributed.barrier()  # no rank runs ahead of the checkpoint
-    if distributed.is_main():
+    if distributed.is_main() and trains:
         _record_wall_time(out, time.perf_counter() - call_started)
     return method, metrics
 

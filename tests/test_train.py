@@ -263,9 +263,15 @@ def test_resume_takes_where_and_how_from_the_call(tmp_path, data, full_run):
 
 
 def test_resuming_a_finished_run_says_there_is_nothing_to_train(full_run, data, capsys):
-    _, rows = train(CFG, full_run[2], resume=True, progress=False, data=data)
+    """... and leaves the run's files alone: it used to append itself to run.json as a call
+    that trained the run (`sslkit results` listed its command) and to overwrite the last
+    training call's wall time with its own second."""
+    out = full_run[2]
+    files = {name: (out / name).read_bytes() for name in (RUN_INFO, METRICS, CHECKPOINT)}
+    _, rows = train(CFG, out, resume=True, progress=False, data=data, command="again")
     assert len(rows) == 3
     assert "already at epoch 3 of 3: nothing to train" in capsys.readouterr().out
+    assert {name: (out / name).read_bytes() for name in files} == files
 
 
 def test_cli_resume_with_changed_flags_is_refused(tmp_path, capsys):
