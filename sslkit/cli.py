@@ -161,12 +161,13 @@ def evaluate_run(out: str | Path, k: int | None = None, labels_per_class: int | 
     from sslkit import evaluate, plots
     from sslkit.data import DataNotFound
     from sslkit.results import run_folder
-    from sslkit.train import load_trained
+    from sslkit.train import load_checkpoint, load_trained
 
     out = run_folder(out)
     show = show or (lambda scores: None)
+    ckpt = load_checkpoint(out)
     try:
-        method, cfg, data = load_trained(out, data_root=data_root)
+        method, cfg, data = load_trained(out, data_root=data_root, checkpoint=ckpt)
     except DataNotFound as err:
         where = "" if err.root.is_absolute() else f" (relative to this folder, {Path.cwd()})"
         raise SSLKitError(f"{err.what} not found at {err.root}{where}: give the folder that "
@@ -192,6 +193,9 @@ def evaluate_run(out: str | Path, k: int | None = None, labels_per_class: int | 
     train_f = evaluate.extract_features(method.encoder, data.train_x)
     test_f = evaluate.extract_features(method.encoder, data.test_x)
     result = {
+        # which epoch was evaluated: `sslkit results` uses these scores only while it is the
+        # run's last saved epoch
+        "epoch": ckpt["epoch"], "epochs": cfg.epochs,
         "knn": evaluate.knn_accuracy(train_f, data.train_y, test_f, data.test_y, k=k),
         "knn_k": k,
         "linear": evaluate.linear_probe(train_f, data.train_y, test_f, data.test_y),
@@ -231,6 +235,11 @@ def _write(path: Path, write, fix: str) -> None:
 
 def print_scores(scores: dict) -> None:
     for key, value in scores.items():
+        if key == "epochs":  # printed with the epoch
+            continue
+        if key == "epoch":
+            unfinished = " (unfinished: `sslkit train ... --resume` continues it)"
+            value = f"{value} of {scores['epochs']}" + unfinished * (value < scores["epochs"])
         print(f"{key:>22}: {value:.4f}" if isinstance(value, float) else f"{key:>22}: {value}")
 
 

@@ -97,10 +97,16 @@ def final_knn(run: Path, rows: list[dict], cfg: TrainConfig) -> str:
     hint = f"not measured: `sslkit eval {run}`"
     if not evaluated.is_file():
         return hint
-    if evaluated.stat().st_mtime < (run / CHECKPOINT).stat().st_mtime:
-        return f"eval.json predates the last epoch: `sslkit eval {run}`"
+    stale = f"eval.json predates the last epoch: `sslkit eval {run}`"
     try:
         result = json.loads(evaluated.read_text())
+        # the epoch it evaluated; eval.json files without one are dated by their file times,
+        # which a copy of the run folder can reorder
+        if "epoch" in result:
+            if result["epoch"] != rows[-1]["epoch"]:
+                return stale
+        elif evaluated.stat().st_mtime < (run / CHECKPOINT).stat().st_mtime:
+            return stale
         return f"{100 * result['knn']:.1f} % (k={result['knn_k']})"
     except (ValueError, KeyError, TypeError, OSError):
         return f"eval.json unreadable: `sslkit eval {run}`"

@@ -677,12 +677,14 @@ def monitor_knn(encoder: torch.nn.Module, data: ImageData, k: int) -> float:
     return round(knn_accuracy(train_f, data.train_y, test_f, data.test_y, k=k), 4)
 
 
-def load_trained(out: str | Path, device: str = "cpu", data_root: str | Path | None = None):
+def load_trained(out: str | Path, device: str = "cpu", data_root: str | Path | None = None,
+                 checkpoint: dict | None = None):
     """(method, config, data) of the run saved in `out`, weights loaded, in eval mode.
 
     data_root: where the run's dataset files are, when not at the path saved with the run
-    (which is relative to the folder the run was started from)."""
-    ckpt = load_checkpoint(out)
+    (which is relative to the folder the run was started from). checkpoint: the run's
+    checkpoint, if the caller has loaded it already (``load_checkpoint(out)``)."""
+    ckpt = checkpoint if checkpoint is not None else load_checkpoint(out)
     # never download again on evaluation: a missing dataset is an error naming --data-root
     cfg = replace(TrainConfig(**ckpt["config"]), download=False)
     if data_root is not None:

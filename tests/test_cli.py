@@ -44,7 +44,9 @@ def test_eval_writes_scores_and_figure(trained_run, capsys):
     assert main(["eval", str(trained_run)]) == 0
     result = json.loads((trained_run / "eval.json").read_text())
     # 64 training digits: 6 or 7 of each, so the few-label probe sees 6 per class, and says so
-    assert sorted(result) == ["knn", "knn_k", "linear", "linear_6_per_class", "tsne"]
+    assert sorted(result) == ["epoch", "epochs", "knn", "knn_k", "linear", "linear_6_per_class",
+                              "tsne"]
+    assert (result["epoch"], result["epochs"]) == (1, 1)  # the epoch evaluated, of the run's
     for key in ("knn", "linear", "linear_6_per_class"):
         assert 0.0 <= result[key] <= 1.0, key
     # 60 test digits in 10 classes: accuracies are multiples of 1/60
@@ -55,6 +57,20 @@ def test_eval_writes_scores_and_figure(trained_run, capsys):
     assert tsne.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     out = capsys.readouterr().out
     assert "knn" in out and "linear" in out
+    assert "epoch: 1 of 1\n" in out and "unfinished" not in out
+
+
+def test_eval_of_an_unfinished_run_says_so(tmp_path, capsys):
+    """It printed the scores of epoch 1 of 2 as if they were the run's."""
+    out = tmp_path / "half"
+    assert main(["train", "simclr", "--out", str(out), *SMALL, "--epochs", "2",
+                 "--stop-after-epoch", "1"]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(out)]) == 0
+    assert ("epoch: 1 of 2 (unfinished: `sslkit train ... --resume` continues it)"
+            in capsys.readouterr().out)
+    result = json.loads((out / "eval.json").read_text())
+    assert (result["epoch"], result["epochs"]) == (1, 2)
 
 
 def test_eval_with_k_0_exits_2(trained_run, capsys):

@@ -122,6 +122,26 @@ def test_eval_json_older_than_the_checkpoint_is_not_reported(run, tmp_path):
                                               f"eval {done}`"
 
 
+def test_eval_json_is_dated_by_the_epoch_it_records_not_by_file_times(run, tmp_path):
+    """A copied run folder gets new file times in any order: an eval.json of the last epoch
+    could look older than last.pt (reported stale), a stale one newer (reported current).
+    `sslkit eval` records the epoch it evaluated, and that decides."""
+    done = copy(run, tmp_path)
+    rows = metrics(done)
+    for row in rows:
+        row.pop("knn", None)
+    (done / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    saved = os.stat(done / "last.pt").st_mtime
+    last = rows[-1]["epoch"]
+    (done / "eval.json").write_text(json.dumps({"knn": 0.5123, "knn_k": 20, "epoch": last}))
+    os.utime(done / "eval.json", (saved - 60, saved - 60))  # older, yet of the last epoch
+    assert cells(results_table([done]))[4] == "51.2 % (k=20)"
+    (done / "eval.json").write_text(json.dumps({"knn": 0.5123, "knn_k": 20, "epoch": last - 1}))
+    os.utime(done / "eval.json", (saved + 60, saved + 60))  # newer, yet of an earlier epoch
+    assert cells(results_table([done]))[4] == f"eval.json predates the last epoch: `sslkit " \
+                                              f"eval {done}`"
+
+
 def test_missing_run_json_shows_unknown(run, tmp_path):
     done = copy(run, tmp_path)
     (done / "run.json").unlink()
