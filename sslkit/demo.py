@@ -29,6 +29,7 @@ from sslkit.train import (
     CHECKPOINT,
     TrainConfig,
     build,
+    check_settings,
     load_checkpoint,
     load_data,
     load_trained,
@@ -50,8 +51,9 @@ def run_demo(out: str | Path = "demo-output", epochs: int | None = None) -> dict
     """Train (or reuse a finished run in out/simclr), evaluate, draw; returns the scores."""
     out = Path(out)
     cfg = TrainConfig.from_profile(get_profile("laptop"), device="cpu")
-    if epochs is not None:  # 0 too: an error from train(), not the default of 200
+    if epochs is not None:  # 0 too: an error, not the default of 200
         cfg = replace(cfg, epochs=epochs)
+    check_settings(cfg)  # before the header that says what will be trained
     run = out / "simclr"
     started = time.perf_counter()
     saved = load_checkpoint(run) if (run / CHECKPOINT).exists() else None

@@ -182,8 +182,9 @@ def build(cfg: TrainConfig, data: ImageData, generator: torch.Generator | None =
                         generator, method_options=cfg.method_options, **options)
 
 
-def _check_names(cfg: TrainConfig) -> None:
-    """Fail on an unknown method, architecture or dataset before any data is loaded."""
+def check_settings(cfg: TrainConfig) -> None:
+    """Fail on an unknown method, architecture or dataset, or a number out of range, before
+    any data is loaded."""
     from sslkit.data import DATASETS
     from sslkit.methods import METHODS
     from sslkit.models import ARCHS
@@ -407,7 +408,7 @@ def train(
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise SSLKitError(f"--out {out} is a file: give a folder for the run")
-    _check_names(cfg)
+    check_settings(cfg)
     if stop_after_epoch is not None and stop_after_epoch < 1:
         raise SSLKitError(f"--stop-after-epoch must be at least 1 (got {stop_after_epoch}): "
                           "give the epoch after which this call ends")

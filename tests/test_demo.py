@@ -28,11 +28,13 @@ def test_demo_refuses_a_run_with_other_settings(demo):
         run_demo(out, epochs=2)
 
 
-def test_zero_epochs_is_an_error_not_the_default(tmp_path):
-    """`sslkit demo --epochs 0` once ran the default 200 epochs (0 read as "not given")."""
+def test_zero_epochs_is_an_error_not_the_default(tmp_path, capsys):
+    """`sslkit demo --epochs 0` once ran the default 200 epochs (0 read as "not given"); then
+    it printed the header of a 0-epoch run before the error."""
     with pytest.raises(SSLKitError, match="--epochs must be at least 1"):
         run_demo(tmp_path, epochs=0)
     assert not (tmp_path / "simclr").exists()
+    assert capsys.readouterr().out == ""
 
 
 def test_a_second_demo_reuses_the_finished_run(demo, capsys):
