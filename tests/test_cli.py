@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -412,3 +413,47 @@ def test_an_option_that_sets_a_shared_setting_exits_2(tmp_path, capsys, flags):
     assert err == ("sslkit: error: --option temperature=0.7 sets simclr's temperature, which "
                    "has its own flag: use --temperature 0.7 (the run saves and reports it)")
     assert not (tmp_path / "r").exists()
+
+
+def documented_commands() -> list[tuple[str, str]]:
+    """(file, command) for every complete `sslkit ...` command in README.md and docs/*.md:
+    indented command lines (with their backslash continuations) and commands in backticks,
+    without placeholders (NAME, ...), comments cut off, `torchrun ... -m sslkit` included."""
+    repo = Path(__file__).resolve().parent.parent
+    found = []
+    for doc in [repo / "README.md", *sorted((repo / "docs").glob("*.md"))]:
+        text = doc.read_text()
+        blocks = re.sub(r"\\\n\s*", " ", text)  # join continued lines
+        lines = [m.group(1) for m in re.finditer(r"^ {4}((?:sslkit|torchrun) .*)$", blocks, re.M)]
+        lines += re.findall(r"`((?:sslkit|torchrun) [^`]*)`", text)
+        for line in lines:
+            command = line.split(" #")[0].strip()
+            if "..." in command or re.search(r"\b[A-Z]{2,}\b", command):  # a placeholder
+                continue
+            if command in ("sslkit train", "sslkit eval", "sslkit results"):  # a mention
+                continue
+            found.append((doc.name, command))
+    return found
+
+
+def test_the_documented_commands_parse():
+    """Every command the README and docs show is one sslkit accepts: its flags, their values
+    and its --option KEY=VALUE pairs (a renamed flag left the docs behind before)."""
+    import shlex
+
+    from sslkit.cli import parse_option
+
+    commands = documented_commands()
+    assert len(commands) >= 10, commands  # the finder still finds them
+    for doc, command in commands:
+        words = shlex.split(command)
+        if words[0] == "torchrun":
+            words = words[words.index("sslkit") + 1:]
+        else:
+            words = words[1:]
+        try:
+            args = build_parser().parse_args(words)
+        except SystemExit:
+            pytest.fail(f"{doc}: `{command}` does not parse")
+        for text in getattr(args, "option", None) or []:
+            parse_option(text)
