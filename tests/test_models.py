@@ -136,3 +136,57 @@ def test_image_side_the_vit_patches_do_not_tile_is_a_one_line_error():
         assert "\n" not in str(info.value)
     net = build_encoder("vit", 3, image_size=20).eval()  # positions interpolated to a 5x5 grid
     assert net(torch.rand(2, 3, 20, 20)).shape == (2, net.feature_dim)
+
+
+@pytest.mark.parametrize("arch", ["convnet-small", "resnet18"])
+def test_images_with_the_wrong_channel_count_are_a_one_line_error(arch):
+    """A 1-channel encoder fed RGB images failed deep inside conv1 with torch's message."""
+    net = build_encoder(arch, 1).eval()
+    with pytest.raises(SSLKitError, match=r"1 channel.*got \(2, 3, 32, 32\)") as info:
+        net(torch.rand(2, 3, 32, 32))
+    assert "\n" not in str(info.value)
+    with pytest.raises(SSLKitError, match=r"\(N, C, H, W\)"):
+        net(torch.rand(1, 32, 32))  # one image without its batch axis
+
+
+def test_convnet_images_smaller_than_its_pools_are_a_one_line_error():
+    """8x8 images through four max-pools failed in the fourth ("Output size is too small")."""
+    net = ConvNet(1, (4, 8, 12, 16)).eval()
+    with pytest.raises(SSLKitError, match="at least 16") as info:
+        net(torch.rand(2, 1, 8, 8))
+    assert "\n" not in str(info.value)
+    with pytest.raises(SSLKitError, match="at least 16"):
+        net.forward_blocks(torch.rand(2, 1, 16, 8))
+    assert net(torch.rand(2, 1, 16, 16)).shape == (2, 16)
+
+
+def test_resnet_depth_other_than_18_or_50_is_a_one_line_error():
+    with pytest.raises(SSLKitError, match="18 or 50") as info:
+        resnet(34)
+    assert "\n" not in str(info.value)
+
+
+def test_decoder_mirrors_the_convnet_and_restores_the_image_side():
+    """Stages (w3, w2, w1, w1) each doubling the side: a 2^4-fold upsampling of the last map."""
+    from sslkit.models.decoder import decoder_for, feature_map
+
+    encoder = ConvNet(3, (4, 8, 12, 16)).eval()
+    decoder = decoder_for(encoder, 2).eval()
+    widths = [stage[1].out_channels for stage in decoder.stages]
+    assert widths == [12, 8, 4, 4] and decoder.head.out_channels == 2
+    for side in (16, 32, 48):
+        z = feature_map(encoder, torch.rand(1, 3, side, side))
+        assert z.shape == (1, 16, side // 16, side // 16)
+        assert decoder(z).shape == (1, 2, side, side)
+
+
+def test_decoder_for_an_encoder_without_conv_blocks_is_a_one_line_error():
+    """A ViT has .blocks (transformer blocks, no convolution): decoder_for failed with
+    'IndexError: list index out of range' instead of saying what encoder it needs."""
+    from sslkit.models.decoder import decoder_for, resolve_encoder
+
+    vit = build_encoder("vit", 3)
+    for call in (lambda: decoder_for(vit, 3), lambda: resolve_encoder(vit, 3)):
+        with pytest.raises(SSLKitError, match="conv blocks") as info:
+            call()
+        assert "\n" not in str(info.value)

@@ -103,3 +103,20 @@ def test_non_square_images_are_a_one_line_error():
     with pytest.raises(SSLKitError, match="square") as info:
         ViT(8, 4, 1, dim=8, depth=1, heads=2)(torch.rand(2, 1, 8, 12))
     assert "\n" not in str(info.value)
+
+
+def test_an_image_without_its_batch_axis_is_named_as_such():
+    """(C, S, S) was reported as 'built for 3 channels, got 32': the side read as channels."""
+    with pytest.raises(SSLKitError, match=r"\(N, C, S, S\), got \(3, 32, 32\)"):
+        ViT(32, 4, 3, dim=8, depth=1, heads=2)(torch.rand(3, 32, 32))
+
+
+@pytest.mark.parametrize("patch_size", [0, -4])
+def test_a_patch_size_below_one_is_a_one_line_error(patch_size):
+    with pytest.raises(SSLKitError, match="patch size") as info:
+        ViT(32, patch_size, 3, dim=8, depth=1, heads=2)
+    assert "\n" not in str(info.value)
+    with pytest.raises(SSLKitError, match="patch size"):
+        patchify(torch.rand(1, 3, 8, 8), patch_size)
+    with pytest.raises(SSLKitError, match="patch size"):
+        unpatchify(torch.rand(1, 4, 48), patch_size)

@@ -17,6 +17,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from sslkit.errors import SSLKitError
+
 
 def conv_block(c_in: int, c_out: int) -> nn.Sequential:
     return nn.Sequential(
@@ -35,10 +37,23 @@ class ConvNet(nn.Module):
         chans = (in_channels, *widths)
         self.blocks = nn.ModuleList(conv_block(a, b) for a, b in zip(chans[:-1], chans[1:]))
         self.feature_dim = widths[-1]
+        self.in_channels = in_channels
         self.min_image_size = 2 ** len(widths)  # each block's max-pool halves the side
+
+    def check_images(self, x: torch.Tensor) -> None:
+        """One-line error unless x is (N, in_channels, H, W) with sides the max-pools can take."""
+        if x.ndim != 4 or x.shape[1] != self.in_channels:
+            raise SSLKitError(f"ConvNet built for images (N, C, H, W) with {self.in_channels} "
+                              f"channel(s), got {tuple(x.shape)}: build it with the images' "
+                              f"channel count")
+        if min(x.shape[2:]) < self.min_image_size:
+            raise SSLKitError(f"ConvNet's {len(self.blocks)} max-pools need image sides of at "
+                              f"least {self.min_image_size}, got {tuple(x.shape[2:])}: resize "
+                              f"the images")
 
     def forward_blocks(self, x: torch.Tensor) -> list[torch.Tensor]:
         """x (N, C, H, W) -> the globally pooled output of each block, [(N, w_i)]."""
+        self.check_images(x)
         pooled = []
         for block in self.blocks:
             x = block(x)
@@ -47,6 +62,7 @@ class ConvNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (N, C, H, W) -> h (N, feature_dim)."""
+        self.check_images(x)
         for block in self.blocks:
             x = block(x)
         return x.mean(dim=(2, 3))

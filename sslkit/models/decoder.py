@@ -32,6 +32,10 @@ def encoder_widths(encoder: nn.Module) -> tuple[int, ...]:
     widths = []
     for block in blocks:
         convs = [m for m in block.modules() if isinstance(m, nn.Conv2d)]
+        if not convs:  # e.g. a ViT's transformer blocks
+            raise SSLKitError(f"the reconstruction methods need an encoder with conv blocks "
+                              f"(sslkit's ConvNet); {type(encoder).__name__}'s blocks have no "
+                              f"convolution: use --arch convnet-small or convnet")
         widths.append(convs[-1].out_channels)
     return tuple(widths)
 

@@ -23,6 +23,8 @@ def patchify(imgs: torch.Tensor, patch_size: int) -> torch.Tensor:
     """(N, C, H, W) -> (N, L, p*p*C), L = (H/p)(W/p); each patch flattened as (p, q, c)."""
     n, c, h, w = imgs.shape
     p = patch_size
+    if p < 1:
+        raise SSLKitError(f"patch size must be at least 1 pixel, got {p}: use e.g. 4")
     if h % p or w % p:
         raise SSLKitError(f"image side {h}x{w} is not a multiple of the patch size {p}: crop or "
                           f"resize the images, or choose a patch size that divides {h} and {w}")
@@ -36,6 +38,8 @@ def unpatchify(patches: torch.Tensor, patch_size: int, channels: int | None = No
     """(N, L, p*p*C) -> (N, C, H, W), the inverse of :func:`patchify` (square images)."""
     n, length, dim = patches.shape
     p = patch_size
+    if p < 1:
+        raise SSLKitError(f"patch size must be at least 1 pixel, got {p}: use e.g. 4")
     c = channels if channels is not None else dim // (p * p)
     side = int(round(length ** 0.5))
     if side * side != length or p * p * c != dim:
@@ -113,6 +117,8 @@ class ViT(nn.Module):
     def __init__(self, image_size: int = 32, patch_size: int = 4, in_channels: int = 3,
                  dim: int = 64, depth: int = 4, heads: int = 4, mlp_ratio: float = 2.0):
         super().__init__()
+        if patch_size < 1:
+            raise SSLKitError(f"patch size must be at least 1 pixel, got {patch_size}: use e.g. 4")
         if image_size % patch_size:
             raise SSLKitError(f"image size {image_size} is not a multiple of the patch size "
                               f"{patch_size}: use a side that {patch_size}x{patch_size} patches "
@@ -137,11 +143,14 @@ class ViT(nn.Module):
 
     def tokens(self, x: torch.Tensor) -> torch.Tensor:
         """(N, C, S, S) -> (N, 1 + L, dim): [CLS] and patch embeddings with positions."""
-        if x.shape[1] != self.in_channels:
-            raise SSLKitError(f"ViT built for {self.in_channels} channels, got {x.shape[1]}")
-        if x.ndim != 4 or x.shape[2] != x.shape[3]:
+        if x.ndim != 4:
+            raise SSLKitError(f"ViT takes a batch of images (N, C, S, S), got {tuple(x.shape)}: "
+                              "for one image add the batch axis, x[None]")
+        if x.shape[2] != x.shape[3]:
             raise SSLKitError(f"ViT takes square images (N, C, S, S), got {tuple(x.shape)}: "
                               "crop or resize them to a square")
+        if x.shape[1] != self.in_channels:
+            raise SSLKitError(f"ViT built for {self.in_channels} channels, got {x.shape[1]}")
         patches = self.patch_embed(patchify(x, self.patch_size))  # (N, L, dim)
         cls = self.cls_token.expand(x.shape[0], -1, -1)  # (N, 1, dim)
         return torch.cat([cls, patches], dim=1) + self._pos_embed(x.shape[-1] // self.patch_size)
