@@ -179,10 +179,11 @@ def test_the_training_loop_runs_moco_and_checkpoints_the_queue(tmp_path):
 @pytest.mark.parametrize("option, value, expected", [
     ("queue_size", -64, "--option queue_size=4096"), ("queue_size", 0, "queue_size"),
     ("bn_splits", 0, "--option bn_splits=1"), ("momentum", 1.5, "--option momentum=0.99"),
-    ("temperature", 0.0, "--option temperature=0.2")])
+    ("temperature", 0.0, "--temperature 0.")])
 def test_sizes_and_ranges_are_checked_by_name(option, value, expected):
     """queue_size=-64 failed in torch.randn ("negative dimension") and queue_size=0 in
-    moco_loss with a message about an empty queue the user never built."""
+    moco_loss with a message about an empty queue the user never built. The temperature has
+    its own flag (--option temperature is refused), and the hints say so."""
     from sslkit.methods import check_method_options
 
     settings = {"queue_size": 12, option: value}

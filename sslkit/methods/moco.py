@@ -79,20 +79,21 @@ def check_moco_options(options: dict) -> None:
     """One-line error naming the option and a valid value, for a size below 1, a momentum
     outside [0, 1] or a temperature <= 0 among `options` (keywords of MoCo's constructor),
     which would otherwise fail deep inside torch or train nothing useful."""
-    examples = {"queue_size": "4096 (a multiple of the batch size)",
-                "bn_splits": "1 (no shuffle-BN)", "proj_dim": "128", "hidden_dim": "2048"}
+    examples = {"queue_size": "--option queue_size=4096 (a multiple of the batch size)",
+                "bn_splits": "--option bn_splits=1 (no shuffle-BN)", "proj_dim": "--proj-dim 128",
+                "hidden_dim": "--option hidden_dim=2048"}
     for name, example in examples.items():
         value = options.get(name)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)
                                   or value < 1):
             raise SSLKitError(f"MoCo's {name} must be a whole number of at least 1 (got "
-                              f"{value!r}): use e.g. --option {name}={example}")
+                              f"{value!r}): use e.g. {example}")
     if not 0 <= options.get("momentum", 0.99) <= 1:
         raise SSLKitError(f"MoCo's momentum must be in [0, 1] (got {options['momentum']}): use "
                           "e.g. --option momentum=0.99")
     if not options.get("temperature", 0.2) > 0:
         raise SSLKitError(f"MoCo's temperature must be positive (got {options['temperature']}): "
-                          "use e.g. --option temperature=0.2")
+                          "use e.g. --temperature 0.2")
 
 
 class MoCo(nn.Module, StepPosition):
