@@ -8,7 +8,6 @@ them shared the sandbox uids whose process limit one submission's fork bomb fill
 
 from __future__ import annotations
 
-import shutil
 import signal
 import subprocess
 import sys
@@ -85,11 +84,7 @@ def test_a_killed_grader_leaves_no_stale_lock(tmp_path, slot_dir):
 def test_course_py_refuses_a_second_writer_of_the_course(tmp_path):
     """`course.py release` while a `run` holds the course: one line naming the holder and the
     fix, exit 1, and nothing of nbgrader started."""
-    course = tmp_path / "autograder"
-    shutil.copytree(tiny.REPO / "autograder", course,
-                    ignore=shutil.ignore_patterns("gradebook.db", "submitted", "autograded",
-                                                  "feedback", "reports", ".work", "*.csv",
-                                                  "__pycache__", locks.COURSE_LOCK))  # fmt: skip
+    course = tiny.copy_autograder(tmp_path)
     with locks.course_lock(course, "run"):
         started = time.monotonic()
         result = subprocess.run([sys.executable, str(course / "course.py"), "release"],

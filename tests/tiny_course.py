@@ -92,12 +92,18 @@ def course_py(course: Path, *args: str, timeout: float = 600, check: bool = True
     return result
 
 
-def make_course(root: Path) -> Path:
-    """The course root and the tiny assignment under ``root``, released; returns ``root``."""
+def copy_autograder(root: Path) -> Path:
+    """A copy of autograder/ under ``root`` without what grading made in it; returns the copy."""
     shutil.copytree(REPO / "autograder", root / "autograder",
                     ignore=shutil.ignore_patterns("gradebook.db", "submitted", "autograded",
                                                   "feedback", "reports", ".work", "*.csv",
-                                                  "__pycache__"))  # fmt: skip
+                                                  "__pycache__", ".grading.lock"))  # fmt: skip
+    return root / "autograder"
+
+
+def make_course(root: Path) -> Path:
+    """The course root and the tiny assignment under ``root``, released; returns ``root``."""
+    copy_autograder(root)
     with open(root / "autograder" / "nbgrader_config.py", "a") as config:
         config.write(TEST_CONFIG)
     source = root / "solutions" / ASSIGNMENT / f"{ASSIGNMENT}.ipynb"
