@@ -443,9 +443,8 @@ def train(
                           "drop it (it sets the side of --dataset folder images)")
     if cfg.knn_every:  # the monitor's first epoch would fail after training it, unsaved
         _check_monitor(cfg, data)
-    images = data.pretrain_images()  # (N, C, H, W) uint8
-    if cfg.loader == "device":
-        images = images.to(device)  # the whole dataset kept on the device, 1 byte per value
+    # (N, C, H, W) uint8; the device path keeps the whole dataset there, 1 byte per value
+    images = data.pretrain_images(device if cfg.loader == "device" else None)
     steps_per_epoch = len(images) // cfg.batch_size
     if steps_per_epoch == 0:
         raise SSLKitError(

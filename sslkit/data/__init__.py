@@ -67,11 +67,20 @@ class ImageData:
                           f"({names or 'none'}), so there are no labels to evaluate kNN or a "
                           f"linear probe against: {fix}")
 
-    def pretrain_images(self) -> torch.Tensor:
-        """Every image self-supervised training may use: train (+ unlabeled)."""
+    def pretrain_images(self, device: torch.device | str | None = None) -> torch.Tensor:
+        """Every image self-supervised training may use: train (+ unlabeled), on `device`
+        (default: where the images are). With an unlabeled split the result is filled part by
+        part where it lives, so moving STL-10's 2.6 GiB to a GPU makes no joined copy on the
+        host first."""
+        device = self.train_x.device if device is None else torch.device(device)
         if self.unlabeled_x is None:
-            return self.train_x
-        return torch.cat([self.train_x, self.unlabeled_x])
+            return self.train_x.to(device)
+        parts = (self.train_x, self.unlabeled_x)
+        images = torch.empty((sum(len(p) for p in parts), *self.train_x.shape[1:]),
+                             dtype=self.train_x.dtype, device=device)  # (N + U, C, H, W)
+        images[: len(self.train_x)] = self.train_x
+        images[len(self.train_x) :] = self.unlabeled_x
+        return images
 
     def subset(self, n_train: int | None = None, n_test: int | None = None, seed: int = 0):
         """n_train training and n_test test images, a seeded draw stratified by class (each
