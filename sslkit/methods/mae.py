@@ -187,7 +187,7 @@ class MAE(nn.Module):
         """x (N, C, S, S) -> (reconstruction (N, C, S, S), mask image (N, 1, S, S), 1 = hidden).
 
         With norm_pix the decoder predicts normalised patches; they are mapped back to pixels
-        with the mean and variance of the true patches (as MAE's visualisation does), so the
+        with the mean and variance of the true patches (as many MAE re-implementations do), so the
         reconstruction borrows each hidden patch's brightness and contrast from the original.
         """
         x = self._as_float(x)
