@@ -372,3 +372,24 @@ def test_mae_mask_ratio_table(ran):
         assert math.isfinite(r["final loss"]) and r["final loss"] > 0
     paper = {r["mask ratio"]: (r["paper linear (%)"], r["paper fine-tune (%)"]) for r in rows}
     assert paper[0.75] == (73.5, 84.9) and paper[0.5] == (None, None)
+
+
+def test_rotation_block_features_of_the_gpu_profile_resnet():
+    """The block table (which depth transfers best) exists for the gpu profile's ResNet-18 too:
+    the globally pooled output of each of its 4 stages, the first as computed by hand, the last
+    the encoder's h."""
+    from sslkit.evaluate import extract_features
+    from sslkit.models import build_encoder
+
+    module = get_experiment("rotation_pretext")
+    torch.manual_seed(0)
+    net = build_encoder(module.SETTINGS["gpu"].arch, 3).eval()
+    images = torch.randint(0, 256, (6, 3, 16, 16), dtype=torch.uint8)
+    assert module.has_blocks(net)
+    blocks = module.block_features(net, images, batch_size=4)  # two batches: 4 + 2 images
+    assert [tuple(b.shape) for b in blocks] == [(6, 64), (6, 128), (6, 256), (6, 512)]
+    with torch.no_grad():
+        x = images.float() / 255
+        first = net.layer1(net.maxpool(net.relu(net.bn1(net.conv1(x))))).mean(dim=(2, 3))
+    torch.testing.assert_close(blocks[0], first)
+    torch.testing.assert_close(blocks[-1], extract_features(net, images))

@@ -71,12 +71,32 @@ def pretext_accuracy(method: Rotation, images: torch.Tensor, batch_size: int = 2
     return 100 * hits / (4 * len(images))
 
 
+def has_blocks(encoder) -> bool:
+    """Whether block_features can split the encoder: a ConvNet, or a ResNet (its 4 stages)."""
+    return hasattr(encoder, "forward_blocks") or hasattr(encoder, "layer4")
+
+
+def resnet_blocks(net, x: torch.Tensor) -> list[torch.Tensor]:
+    """The globally pooled output of each of a torchvision ResNet's 4 stages (layer1-4),
+    [(N, width_b)], the last being h, like ConvNet.forward_blocks."""
+    pooled = []
+    hooks = [getattr(net, f"layer{b}").register_forward_hook(
+        lambda _module, _inputs, out: pooled.append(out.mean(dim=(2, 3)))) for b in range(1, 5)]
+    try:
+        net(x)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return pooled
+
+
 @torch.no_grad()
 def block_features(encoder, images: torch.Tensor, batch_size: int = 512) -> list[torch.Tensor]:
     """The globally pooled output of each block, [(N, width_b)], of images (N, C, H, W) uint8."""
     encoder.eval()
     device = next(encoder.parameters()).device
-    chunks = [encoder.forward_blocks(images[i:i + batch_size].to(device).float() / 255)
+    blocks = getattr(encoder, "forward_blocks", None) or (lambda x: resnet_blocks(encoder, x))
+    chunks = [blocks(images[i:i + batch_size].to(device).float() / 255)
               for i in range(0, len(images), batch_size)]
     return [torch.cat([c[b] for c in chunks]).float().cpu() for b in range(len(chunks[0]))]
 
@@ -99,7 +119,7 @@ def run(profile: str, out: str | Path, device: torch.device) -> Result:
     evaluate(0)
     pretrain(method, data.train_x, s, device, after_epoch=evaluate)
     blocks = []
-    if hasattr(method.encoder, "forward_blocks"):
+    if has_blocks(method.encoder):
         train_b = block_features(method.encoder, data.train_x)
         test_b = block_features(method.encoder, data.test_x)
         for b, (tr, te) in enumerate(zip(train_b, test_b), start=1):
@@ -147,5 +167,5 @@ def _figure(rows: list[dict], blocks: list[dict]):
     return fig
 
 
-__all__ = ["PAPER", "SETTINGS", "Settings", "TITLE", "block_features", "pretext_accuracy",
-           "run"]
+__all__ = ["PAPER", "SETTINGS", "Settings", "TITLE", "block_features", "has_blocks",
+           "pretext_accuracy", "resnet_blocks", "run"]
