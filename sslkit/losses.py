@@ -118,6 +118,10 @@ def _check_inputs(
         if not negatives.is_floating_point():
             raise SSLKitError(f"{fn}: negatives must be a floating tensor (got "
                               f"{negatives.dtype}): call negatives.float()")
+        if negatives.dtype != first.dtype:
+            raise SSLKitError(f"{fn}: negatives must have the dtype of {first_name}, got "
+                              f"{negatives.dtype} and {first.dtype}: call "
+                              f"negatives.to({first_name}.dtype)")
         if negatives.shape[-1] != d:
             raise SSLKitError(f"{fn}: negatives must have D={d} like {first_name}, got shape "
                               f"{_shape(negatives)}: embed negatives with the same network")
@@ -213,6 +217,7 @@ def info_nce(query: Tensor, positive: Tensor, negatives: Tensor,
     if neg.ndim == 2:
         neg_sim = q @ neg.T  # (N, K), shared negatives
     else:
+        # legend: n = query, k = negative, d = feature
         neg_sim = torch.einsum("nd,nkd->nk", q, neg)  # (N, K), per-query negatives
     logits = torch.cat([pos_sim, neg_sim], dim=1) / temperature  # (N, 1 + K)
     labels = torch.zeros(q.shape[0], dtype=torch.long, device=q.device)  # (N,), class 0
@@ -351,6 +356,9 @@ def _check_queue(fn: str, q: Tensor, queue: Tensor) -> None:
     if not queue.is_floating_point() or queue.shape[0] == 0:
         raise SSLKitError(f"{fn}: queue must be a non-empty floating tensor (got {queue.dtype}, "
                           f"shape {_shape(queue)}): fill it with normalised random keys")
+    if queue.dtype != q.dtype:
+        raise SSLKitError(f"{fn}: queue must have the dtype of q, got {queue.dtype} and "
+                          f"{q.dtype}: call queue.to(q.dtype)")
 
 
 @in_float32
@@ -397,18 +405,34 @@ def moco_loss_loop(q: Tensor, k: Tensor, queue: Tensor, temperature: float = 0.2
 # ----------------------------------------------------------------------------------------------
 
 
-def _check_dino(fn: str, student_out, teacher_out, center) -> None:
+def _check_dino(fn: str, student_out, teacher_out, center, student_temp: float,
+                teacher_temp: float) -> None:
+    for name, outs in (("student_out", student_out), ("teacher_out", teacher_out)):
+        if isinstance(outs, Tensor) or not all(isinstance(t, Tensor) for t in outs):
+            raise SSLKitError(f"{fn}: {name} must be a list of (N, K) tensors, one per crop: "
+                              f"pass [head(crop) for crop in crops]")
     if len(teacher_out) == 0 or len(student_out) < len(teacher_out):
-        raise SSLKitError(f"{fn}: need >= 1 teacher output and at least as many student outputs "
-                          f"(global crops first), got {len(student_out)} and {len(teacher_out)}")
+        raise SSLKitError(f"{fn}: need >= 1 teacher output and at least as many student outputs, "
+                          f"got {len(student_out)} student and {len(teacher_out)} teacher: pass "
+                          f"every crop to the student and the global crops (first) to the teacher")
     if len(student_out) < 2:  # the only pair would be a crop with itself, which is skipped
         raise SSLKitError(f"{fn}: one student output leaves no pair of different crops: pass "
                           "the outputs of at least 2 crops (the 2 global crops first)")
     shape = student_out[0].shape
-    if any(t.shape != shape for t in (*student_out, *teacher_out)) or len(shape) != 2:
-        raise SSLKitError(f"{fn}: every output must be (N, K) with the same shape")
-    if center.shape[-1] != shape[1]:
-        raise SSLKitError(f"{fn}: center must have K={shape[1]} entries, got {_shape(center)}")
+    for name, outs in (("student_out", student_out), ("teacher_out", teacher_out)):
+        for i, t in enumerate(outs):
+            if len(shape) != 2 or t.shape != shape:
+                raise SSLKitError(f"{fn}: every output must be (N, K) like student_out[0] "
+                                  f"{_shape(student_out[0])}, got {name}[{i}] {_shape(t)}: give "
+                                  f"every crop's head output for the same N images")
+    if not isinstance(center, Tensor) or center.shape not in ((shape[1],), (1, shape[1])):
+        got = _shape(center) if isinstance(center, Tensor) else type(center).__name__
+        raise SSLKitError(f"{fn}: center must be a tensor of shape (K,) or (1, K) with "
+                          f"K={shape[1]}, got {got}: keep it as torch.zeros(1, K)")
+    for name, temp in (("student_temp", student_temp), ("teacher_temp", teacher_temp)):
+        if not temp > 0:
+            raise SSLKitError(f"{fn}: {name} must be > 0 (got {temp}): use DINO's 0.1 for the "
+                              f"student and 0.04-0.07 for the teacher")
 
 
 def dino_loss(student_out, teacher_out, center: Tensor, student_temp: float = 0.1,
@@ -419,7 +443,7 @@ def dino_loss(student_out, teacher_out, center: Tensor, student_temp: float = 0.
         p_t = softmax((t - center) / teacher_temp)   no gradient (centring + sharpening)
         loss = mean over pairs (g, v), v != g, of mean_n sum_k -p_t[g] log softmax(s[v] / T_s)
     """
-    _check_dino("dino_loss", student_out, teacher_out, center)
+    _check_dino("dino_loss", student_out, teacher_out, center, student_temp, teacher_temp)
     with torch.autocast(device_type=center.device.type, enabled=False):
         s = torch.stack([_up(x) for x in student_out]) / student_temp  # (V, N, K)
         t = torch.stack([_up(x).detach() for x in teacher_out])  # (G, N, K)
@@ -440,7 +464,8 @@ def _up(x: Tensor) -> Tensor:
 def dino_loss_loop(student_out, teacher_out, center: Tensor, student_temp: float = 0.1,
                    teacher_temp: float = 0.04) -> Tensor:
     """The same value as :func:`dino_loss`, one (teacher crop, student crop) pair at a time."""
-    _check_dino("dino_loss_loop", student_out, teacher_out, center)
+    _check_dino("dino_loss_loop", student_out, teacher_out, center, student_temp,
+                teacher_temp)
     total, pairs = 0.0, 0
     for g, t in enumerate(teacher_out):
         t, c = t.detach(), center.detach()
@@ -579,6 +604,12 @@ def cpc_logits(z: Tensor, c: Tensor, W: Tensor, candidates: Tensor | None = None
     n, rows, cols, d = z.shape
     if candidates is None:
         candidates = z.reshape(n * rows * cols, d)  # (M, D)
+    elif (candidates.ndim != 2 or candidates.shape[1] != d or candidates.dtype != z.dtype
+          or not 0 <= offset <= candidates.shape[0] - n * rows * cols):
+        raise SSLKitError(f"cpc_logits: candidates must be ({z.dtype}) rows (M', {d}) holding "
+                          f"z's {n * rows * cols} patches from row offset={offset}, got "
+                          f"{_shape(candidates)} {candidates.dtype}: pass the gathered patch "
+                          f"encodings, flattened rank-major")
     flat = torch.arange(n * rows * cols, device=z.device).view(n, rows, cols) + offset  # (N,R,C)
     out = []
     for k in range(1, W.shape[0] + 1):

@@ -10,8 +10,14 @@ import torch.nn.functional as F
 from sslkit.errors import SSLKitError
 from sslkit.losses import (
     cosine_similarity_matrix,
+    cpc_logits,
+    cpc_loss,
+    dino_loss,
+    dino_loss_loop,
     info_nce,
+    mae_loss,
     margin_triplet,
+    moco_loss,
     nt_logistic,
     nt_xent,
     nt_xent_loop,
@@ -477,3 +483,150 @@ def test_bad_input_raises_one_line_error(name):
     problem, _, fix = message.rpartition(": ")
     assert problem and fix  # "problem: fix"
     assert isinstance(info.value, ValueError)  # SSLKitError is a ValueError
+
+
+S_OUT, T_OUT = [torch.randn(3, 5) for _ in range(4)], [torch.randn(3, 5)] * 2
+CENTER = torch.zeros(5)
+
+DINO_BAD_CALLS = {
+    "student_temp 0": (lambda f: f(S_OUT, T_OUT, CENTER, 0.0, 0.04), "student_temp must be > 0"),
+    "teacher_temp 0": (lambda f: f(S_OUT, T_OUT, CENTER, 0.1, 0.0), "teacher_temp must be > 0"),
+    "teacher_temp < 0": (lambda f: f(S_OUT, T_OUT, CENTER, 0.1, -0.04), "teacher_temp"),
+    "center a list": (lambda f: f(S_OUT, T_OUT, [0.0] * 5), "center must be a tensor"),
+    "center (N, K)": (lambda f: f(S_OUT, T_OUT, torch.zeros(3, 5)), "(K,) or (1, K)"),
+    "center wrong K": (lambda f: f(S_OUT, T_OUT, torch.zeros(4)), "K=5"),
+    "stacked tensor": (lambda f: f(torch.stack(S_OUT), torch.stack(T_OUT), CENTER),
+                       "list of (N, K) tensors"),
+    "K mismatch": (lambda f: f([*S_OUT[:3], torch.randn(3, 6)], T_OUT, CENTER),
+                   "student_out[3] (3, 6)"),
+    "more teacher crops": (lambda f: f(S_OUT[:1], T_OUT, CENTER), "global crops (first)"),
+}
+
+
+@pytest.mark.parametrize("fn", [dino_loss, dino_loss_loop])
+@pytest.mark.parametrize("name", list(DINO_BAD_CALLS))
+def test_dino_bad_input_raises_one_line_error(fn, name):
+    # A temperature of 0 used to give a silent NaN, a non-tensor centre an AttributeError and a
+    # centre of shape (N, K) a silently wrong loss (broadcast row by row).
+    call, expected = DINO_BAD_CALLS[name]
+    with pytest.raises(SSLKitError) as info:
+        call(fn)
+    message = str(info.value)
+    assert "\n" not in message and expected in message
+    problem, _, fix = message.rpartition(": ")
+    assert problem.startswith(fn.__name__) and fix
+
+
+MIXED_DTYPE_CALLS = {
+    "info_nce shared": (lambda: info_nce(Z, Z, Z.double()), "negatives.to(query.dtype)"),
+    "info_nce per query": (lambda: info_nce(Z.double(), Z.double(), torch.randn(4, 3, 8)),
+                           "negatives.to(query.dtype)"),
+    "moco queue": (lambda: moco_loss(Z, Z, Z.double()), "queue.to(q.dtype)"),
+    "cpc candidates D": (lambda: cpc_logits(*CPC_ZCW, candidates=torch.randn(40, 7)),
+                         "(M', 6)"),
+    "cpc candidates too few": (lambda: cpc_logits(*CPC_ZCW, candidates=torch.randn(40, 6),
+                                                  offset=20), "offset=20"),
+}
+CPC_ZCW = (torch.randn(2, 4, 3, 6), torch.randn(2, 4, 3, 5), torch.randn(2, 6, 5))
+
+
+@pytest.mark.parametrize("name", list(MIXED_DTYPE_CALLS))
+def test_mismatched_negatives_are_one_line_errors_not_deep_tracebacks(name):
+    # float64 negatives with float32 queries (torch.from_numpy gives float64) used to fail deep
+    # inside a matmul with "expected m1 and m2 to have the same dtype"
+    call, expected = MIXED_DTYPE_CALLS[name]
+    with pytest.raises(SSLKitError) as info:
+        call()
+    assert "\n" not in str(info.value) and expected in str(info.value)
+
+
+def test_dino_counts_two_times_v_minus_two_pairs_by_hand():
+    # 2 teacher crops x V student crops minus the 2 pairs of a crop with itself
+    v, n, k, ts, tt = 5, 3, 4, 0.2, 0.05
+    s = [randn(n, k, seed=200 + i, dtype=torch.float64) for i in range(v)]
+    t = [randn(n, k, seed=300 + g, dtype=torch.float64) for g in range(2)]
+    c = randn(k, seed=400, dtype=torch.float64)
+    total = 0.0
+    for g in range(2):
+        for u in range(v):
+            if u == g:
+                continue
+            for i in range(n):
+                p = [math.exp((float(t[g][i, j]) - float(c[j])) / tt) for j in range(k)]
+                z = sum(math.exp(float(s[u][i, j]) / ts) for j in range(k))
+                total += -sum(p[j] / sum(p) * math.log(math.exp(float(s[u][i, j]) / ts) / z)
+                              for j in range(k)) / n
+    assert close(dino_loss(s, t, c, ts, tt), total / (2 * v - 2), tol=1e-9)
+    assert close(dino_loss_loop(s, t, c, ts, tt), total / (2 * v - 2), tol=1e-9)
+
+
+def test_gradcheck_dino_margin_triplet_and_mae():
+    s = [leaf(3, 4, seed=210 + i) for i in range(4)]
+    t = [randn(3, 4, seed=220 + g, dtype=torch.float64) for g in range(2)]
+    c = randn(1, 4, seed=230, dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda *x: dino_loss(list(x), t, c, 0.3, 0.1), tuple(s))
+    # piecewise linear: at random points no hinge sits at its kink
+    z1, z2 = leaf(4, 3, seed=240), leaf(4, 3, seed=241)
+    assert torch.autograd.gradcheck(lambda a, b: margin_triplet(a, b, 0.5), (z1, z2))
+    pred, target = leaf(2, 5, 4, seed=242), randn(2, 5, 4, seed=243, dtype=torch.float64)
+    mask = torch.tensor([[1.0, 0, 1, 0, 0], [0, 1, 1, 1, 0]], dtype=torch.float64)
+    for norm_pix in (False, True):
+        assert torch.autograd.gradcheck(
+            lambda p, norm_pix=norm_pix: mae_loss(p, target, mask, norm_pix), (pred,))
+
+
+def test_other_losses_under_bf16_autocast_match_float32():
+    s = [randn(6, 10, seed=250 + i) for i in range(4)]
+    t, c = s[:2], randn(1, 10, seed=260)
+    q, k, queue = randn(6, 16, seed=261), randn(6, 16, seed=262), randn(20, 16, seed=263)
+    pred, target = randn(2, 8, 12, seed=264), randn(2, 8, 12, seed=265)
+    mask = (randn(2, 8, seed=266) > 0).float()
+    z, cc, w = randn(2, 4, 3, 6, seed=267), randn(2, 4, 3, 5, seed=268), randn(2, 6, 5, seed=269)
+
+    def run(cast):
+        return {
+            "dino_loss": dino_loss([cast(x) for x in s], [cast(x) for x in t], cast(c)),
+            "dino_loss_loop": dino_loss_loop([cast(x) for x in s], [cast(x) for x in t], cast(c)),
+            "moco_loss": moco_loss(cast(q), cast(k), cast(queue)),
+            "mae_loss": mae_loss(cast(pred), cast(target), mask, norm_pix=True),
+            "cpc_loss": cpc_loss(cast(z), cast(cc), cast(w)),
+        }
+
+    reference = run(lambda x: x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        same_inputs = run(lambda x: x)
+        bf16_inputs = run(lambda x: x.to(torch.bfloat16))
+    for name, value in reference.items():
+        assert same_inputs[name].dtype == bf16_inputs[name].dtype == torch.float32, name
+        torch.testing.assert_close(same_inputs[name], value, rtol=1e-6, atol=1e-6, msg=name)
+        # only the rounding of the inputs to bfloat16 (8 bits of mantissa) remains
+        torch.testing.assert_close(bf16_inputs[name], value, rtol=2e-2, atol=2e-2, msg=name)
+
+
+@pytest.mark.parametrize("scale", [1.0, 100.0])
+def test_small_temperature_and_large_inputs_stay_finite_and_exact(scale):
+    # tau = 0.01: logits up to 100, exp(100) ~ 2.7e43 overflows float32 if exponentiated directly
+    tau = 0.01
+    z1, z2 = scale * randn(6, 4, seed=270), scale * randn(6, 4, seed=271)
+    neg = scale * randn(5, 4, seed=272)
+    for got, want in [(nt_xent(z1, z2, tau), nt_xent(z1.double(), z2.double(), tau)),
+                      (nt_logistic(z1, z2, tau), nt_logistic(z1.double(), z2.double(), tau)),
+                      (info_nce(z1, z2, neg, tau),
+                       info_nce_by_hand(z1.double(), z2.double(), neg.double(), tau)),
+                      (moco_loss(z1, z2, neg, tau), info_nce_by_hand(z1, z2, neg, tau))]:
+        assert torch.isfinite(got)
+        assert close(got, want, tol=1e-4)
+
+
+def test_zero_embedding_has_cosine_zero_not_nan():
+    # documented: an all-zero row has cosine 0 with everything (F.normalize's eps), so the
+    # loss stays finite and equals the closed form with that row's similarities set to 0
+    z1, z2 = orthogonal_pairs(n=3)
+    z1[0] = 0.0
+    tau = 0.5
+    value = nt_xent(z1, z2, tau)
+    # anchors z1[0] and z2[0] see their positive at cosine 0; the other 4 anchors as before
+    lost = math.log(5)  # all 5 candidates of z1[0] at cosine 0
+    partner_of_zero = -math.log(1 / (1 + 4 * math.exp(0.0)))  # z2[0]: positive 0, negatives 0
+    kept = -math.log(math.exp(1 / tau) / (math.exp(1 / tau) + 4))
+    assert close(value, (lost + partner_of_zero + 4 * kept) / 6)
