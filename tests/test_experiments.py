@@ -226,8 +226,6 @@ def test_batch_size_table(ran):
     runs = ran("batch_size")[3]["pretrain"]
     assert [run["steps"] for run in runs] == [
         max(r["steps"] for r in rows if r["batch"] == b) for b in s.batch_sizes]
-    # and the settings say the epochs trained (the scale's epochs were written, not trained)
-    assert result["settings"]["epochs"] == max(s.eval_epochs) != s.epochs
 
 
 def test_moco_vs_simclr_tables(ran):
@@ -240,8 +238,6 @@ def test_moco_vs_simclr_tables(ran):
         2 * s.small_batch - 2, 2 * s.large_batch - 2, s.queue_size]
     assert all(percent(r["kNN (%)"]) and percent(r["linear (%)"]) for r in rows)
     assert [r["paper top-1 (%)"] for r in rows] == [61.9, 66.6, 67.5]
-    # the batches are small_batch and large_batch: the scale's batch_size is no setting here
-    assert "batch_size" not in result["settings"] and result["settings"]["small_batch"] == 16
     memory = result["more"][0]["rows"]
     unit = "saved for backward (MiB)"
     assert all(m[unit] > 0 and m["seconds per step"] > 0 for m in memory)

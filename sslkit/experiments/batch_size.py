@@ -10,7 +10,7 @@ better; with longer training the gap shrinks or disappears.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -76,9 +76,7 @@ def run(profile: str, out: str | Path, device: torch.device) -> Result:
                  constant_lr=True, after_epoch=evaluate)
     result = Result(
         name="batch_size", title=TITLE, profile=profile, columns=list(rows[0]), rows=rows,
-        # the epochs trained are the last evaluation's, not the scale's
-        paper=PAPER, settings=asdict(replace(s, epochs=max(s.eval_epochs))),
-        seconds=timer.seconds, device=str(device),
+        paper=PAPER, settings=asdict(s), seconds=timer.seconds, device=str(device),
         out=str(out),
         notes=["Adam at one constant learning rate for every batch size (the paper: LARS with "
                "lr = 0.3 x B/256 and a cosine decay)"])

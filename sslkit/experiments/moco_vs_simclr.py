@@ -147,9 +147,7 @@ def run(profile: str, out: str | Path, device: torch.device) -> Result:
         paper={"source": PAPER["source"], "claim": PAPER["claim"],
                "top1": {f"{k[0]} batch {v[0]}": v[1] for k, v in PAPER["top1"].items()},
                "memory": {f"{k[0]} batch {k[1]}": v for k, v in PAPER["memory"].items()}},
-        # the scale's batch_size is not used: small_batch and large_batch are
-        settings={k: v for k, v in asdict(s).items() if k != "batch_size"},
-        seconds=timer.seconds, device=str(device), out=str(out),
+        settings=asdict(s), seconds=timer.seconds, device=str(device), out=str(out),
         more=[{"caption": "One training step at (about) equal numbers of negatives (paper, 8 "
                           "V100: MoCo batch 256 5.0 GB; end-to-end batch 256 7.4 GB, batch "
                           "4096 93.0 GB, estimated):", "columns": list(memory[0]), "rows": memory}],
