@@ -139,14 +139,16 @@ def _check_jitter_kinds(ex: str, transform, n: int, size: int) -> None:
     off_line = (mean - (mean @ line)[:, None] * line).norm(dim=1)  # 0: only brighter / darker
     off_plane = (mean - mean @ plane @ plane.T).norm(dim=1)  # 0: no hue shift
     jitter = "v2.ColorJitter(0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s) sets brightness, contrast, "
-    if float((off_line > 0.01).float().mean()) < 0.3:
+    left_line = float((off_line > 0.01).float().mean())  # share of views off the line
+    left_plane = float((off_plane > 0.01).float().mean())  # share of views off the plane
+    if left_line < 0.3:
         raise AssertionError(f"{ex}: expected most colour-jittered views to change contrast and "
-                             f"saturation, got {float((off_line > 0.01).float().mean()):.0%}"
+                             f"saturation, got {left_line:.0%}"
                              f"{where}: the colour only got brighter or darker; {jitter}"
                              "saturation and hue, in that order")
-    if float((off_plane > 0.01).float().mean()) < 0.3:
+    if left_plane < 0.3:
         raise AssertionError(f"{ex}: expected most colour-jittered views to shift the hue, got "
-                             f"{float((off_plane > 0.01).float().mean()):.0%}{where}; {jitter}"
+                             f"{left_plane:.0%}{where}; {jitter}"
                              "saturation and hue (the 4th argument, 0.2 * s), in that order")
 
 

@@ -78,8 +78,7 @@ class Inpainting(nn.Module):
         self.decoder = decoder_for(self.encoder, in_channels)
         self.block = block
         self.generator = generator
-        self.in_channels = next(m for m in self.encoder.modules()
-                                if isinstance(m, nn.Conv2d)).in_channels
+        self.in_channels = in_channels  # what the decoder gives back, so what x must have
 
     def check_images(self, x: torch.Tensor) -> None:
         """One-line error unless x is (N, in_channels, H, W) with sides the decoder gives back."""
