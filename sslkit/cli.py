@@ -158,6 +158,8 @@ def evaluate_run(out: str | Path, k: int | None = None, labels_per_class: int | 
     smallest class's count when that is less; a given number above it is an error).
     show: called with the scores as soon as they are known, then with {"tsne": path} once the
     figure is saved, so a folder that cannot be written loses nothing already shown."""
+    import matplotlib.pyplot as plt
+
     from sslkit import evaluate, plots
     from sslkit.data import DataNotFound
     from sslkit.results import run_folder
@@ -212,10 +214,14 @@ def evaluate_run(out: str | Path, k: int | None = None, labels_per_class: int | 
 
     _write(out / "eval.json", save_json, f"the scores are shown above; to save them, copy "
                                          f"{out} to a writable folder and evaluate the copy")
-    _write(tsne_path, lambda path: plots.tsne_panels(
-        {f"{cfg.method} features h": embedding}, data.test_y[: len(shown)], data.classes,
-        path=path), f"the scores are saved in {out / 'eval.json'}; give the figure a path in a "
-                    "writable folder with --tsne PATH")
+    figure = plots.tsne_panels({f"{cfg.method} features h": embedding},
+                               data.test_y[: len(shown)], data.classes)
+    try:  # saved, never shown: closed so that eval called in a loop (or a notebook) holds none
+        _write(tsne_path, lambda path: plots.save(figure, path),
+               f"the scores are saved in {out / 'eval.json'}; give the figure a path in a "
+               "writable folder with --tsne PATH")
+    finally:
+        plt.close(figure)
     result["tsne"] = str(tsne_path)
     _write(out / "eval.json", save_json, "the figure is saved; the scores are shown above")
     show({"tsne": result["tsne"]})

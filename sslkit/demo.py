@@ -20,6 +20,7 @@ import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import numpy as np
 
 from sslkit import evaluate, plots
@@ -87,7 +88,7 @@ def run_demo(out: str | Path = "demo-output", epochs: int | None = None) -> dict
         print(f"{name:<16} {knn:>10.1%} {probe:>31.1%}")
 
     tsne_path = out / "tsne.png"
-    plots.tsne_panels({name: evaluate.tsne(te) for name, (_, te) in feats.items()},
-                      data.test_y, data.classes, path=tsne_path)
+    plt.close(plots.tsne_panels({name: evaluate.tsne(te) for name, (_, te) in feats.items()},
+                                data.test_y, data.classes, path=tsne_path))  # saved, not shown
     print(f"\nt-SNE of the test digits under each representation: {tsne_path}")
     return {name: {"knn": knn, "linear_10": probe} for name, (knn, probe) in scores.items()}

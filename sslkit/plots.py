@@ -12,7 +12,8 @@ import torch
 from sslkit.errors import SSLKitError
 
 
-def _save(fig, path: str | Path | None):
+def save(fig, path: str | Path | None):
+    """Save fig as an image at path (its folders made) when path is given; return fig."""
     if path is not None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=120, bbox_inches="tight")
@@ -38,7 +39,7 @@ def image_grid(images: torch.Tensor, nrow: int = 8, title: str | None = None, pa
         ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=1)
     if title:
         fig.suptitle(title)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def similarity_matrix(sim: torch.Tensor, title: str = "cosine similarity", path=None):
@@ -52,7 +53,7 @@ def similarity_matrix(sim: torch.Tensor, title: str = "cosine similarity", path=
     ax.set_title(title)
     ax.set_xlabel("view")
     ax.set_ylabel("view")
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def tsne_panels(embeddings: dict[str, np.ndarray], labels, classes=None, path=None):
@@ -89,7 +90,7 @@ def tsne_panels(embeddings: dict[str, np.ndarray], labels, classes=None, path=No
         names = [str(classes[c]) if classes is not None else str(c) for c in present]
         fig.legend(handles, names, loc="center right", title="class", fontsize=8)
         fig.subplots_adjust(right=0.92)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def training_curves(rows: list[dict], keys=("loss", "knn"), path=None):
@@ -105,4 +106,4 @@ def training_curves(rows: list[dict], keys=("loss", "knn"), path=None):
         ax.set_xlabel("epoch")
         ax.set_ylabel(key)
         ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return save(fig, path)

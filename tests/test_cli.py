@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import pytest
 import torch
 
@@ -42,6 +43,7 @@ def test_train_writes_a_run_with_the_flags_and_profile_values(trained_run, capsy
 
 
 def test_eval_writes_scores_and_figure(trained_run, capsys):
+    plt.close("all")  # figures other tests left open
     assert main(["eval", str(trained_run)]) == 0
     result = json.loads((trained_run / "eval.json").read_text())
     # 64 training digits: 6 or 7 of each, so the few-label probe sees 6 per class, and says so
@@ -56,6 +58,7 @@ def test_eval_writes_scores_and_figure(trained_run, capsys):
     tsne = Path(result["tsne"])
     assert tsne == trained_run / "tsne.png"
     assert tsne.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert plt.get_fignums() == [], "eval leaves its saved figure open: a loop of evals leaks"
     out = capsys.readouterr().out
     assert "knn" in out and "linear" in out
     assert "epoch: 1 of 1\n" in out and "unfinished" not in out
@@ -300,10 +303,10 @@ def test_eval_into_a_read_only_folder_shows_the_scores_then_one_line(trained_run
     monkeypatch.undo()
     capsys.readouterr()
 
-    def no_figure(*args, path=None, **kwargs):
+    def no_figure(fig, path):
         raise PermissionError(13, "Permission denied", str(path))
 
-    monkeypatch.setattr(plots, "tsne_panels", no_figure)
+    monkeypatch.setattr(plots, "save", no_figure)
     code = main(["eval", str(trained_run), "--tsne", "/ro/t.png"])
     captured = capsys.readouterr()
     assert code == 2 and "knn" in captured.out and "linear" in captured.out  # shown first

@@ -1,6 +1,7 @@
 """The demo behind `make demo`, at one epoch: it trains, scores three representations and
 draws the t-SNE figure; pointed at a run made with other settings, it stops with one line."""
 
+import matplotlib.pyplot as plt
 import pytest
 
 from sslkit.demo import run_demo
@@ -10,6 +11,7 @@ from sslkit.errors import SSLKitError
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
+    plt.close("all")  # figures other tests left open
     return out, run_demo(out, epochs=1)
 
 
@@ -20,6 +22,7 @@ def test_demo_scores_three_representations(demo, capsys):
         assert 0.0 <= s["knn"] <= 1.0 and 0.0 <= s["linear_10"] <= 1.0, name
         assert s["knn"] > 0.15, f"{name}: kNN {s['knn']} is not above chance (0.1) on digits"
     assert (out / "tsne.png").stat().st_size > 10_000
+    assert plt.get_fignums() == [], "the saved figure is left open: a loop of demos leaks them"
 
 
 def test_demo_refuses_a_run_with_other_settings(demo):
