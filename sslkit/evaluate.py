@@ -138,6 +138,8 @@ def knn_predict(
     Cosine similarity to the train features (N, D); each of the k nearest neighbours votes for
     its label with weight exp(sim / temperature); the class with the largest total wins, ties
     going to the lower class index. k is capped at N. Test points go in chunks to bound memory.
+    Train points tied with the k-th neighbour's similarity (duplicate images) are kept or left
+    out as torch.topk chooses, which torch does not specify.
     Runs on the train features' device; the predictions are there too.
 
     The weights are computed as exp((sim - sim_max) / temperature), the same votes up to a
