@@ -394,3 +394,79 @@ def test_moco_step_that_calls_the_kits_whole_step_fails_hidden(whole):
     grading.check_moco_step(via_kit_step)  # the right numbers ...
     message = fails(grading.check_moco_step, via_kit_step, True, "calls the reference")
     assert f"sslkit.methods.MoCo.{whole}" in message  # ... only by calling the whole step
+
+
+# Wrong answers found in a student's pass through the released notebook
+
+def test_enqueue_that_asserts_instead_of_raising_value_error_fails():
+    """The exercise asks for a ValueError; an assert (gone under python -O) or an accidental
+    error must not pass the bad-size check."""
+    def asserts(queue, ptr, keys):
+        k, b = len(queue), len(keys)
+        assert k % b == 0
+        queue[ptr:ptr + b] = keys.detach()
+        return (ptr + b) % k
+
+    for hidden in (False, True):
+        message = fails(grading.check_enqueue, asserts, hidden, "expected a ValueError")
+        assert "assert" in message
+
+
+def moco_loss_variant(label="zero", softmax_dim=1, normalise_k=True, multiply_t=False):
+    def loss(q, k, queue, t):
+        k, queue = k.detach(), queue.detach()
+        q, queue = F.normalize(q, dim=1), F.normalize(queue, dim=1)
+        k = F.normalize(k, dim=1) if normalise_k else k
+        logits = torch.cat([(q * k).sum(1, keepdim=True), q @ queue.T], 1)
+        logits = logits * t if multiply_t else logits / t
+        if softmax_dim == 0:
+            return -torch.log_softmax(logits, dim=0)[:, 0].mean()
+        labels = torch.zeros(len(q), dtype=torch.long) if label == "zero" else torch.arange(len(q))
+        return F.cross_entropy(logits, labels)
+    return loss
+
+
+@pytest.mark.parametrize("kwargs, hint", [
+    (dict(label="arange"), r"label is 0 for every query.*not torch\.arange"),
+    (dict(softmax_dim=0), r"softmax over the 1 \+ K candidates"),
+    (dict(normalise_k=False), "L2-normalise the keys k too"),
+    (dict(multiply_t=True), "divide the logits by the temperature"),
+])
+def test_moco_loss_mistakes_are_named(kwargs, hint):
+    fails(grading.check_moco_loss, moco_loss_variant(**kwargs), False, hint)
+
+
+@pytest.mark.parametrize("mistake, hint", [
+    ("swapped_views", "queries from v1"),
+    ("keys_from_v1", "keys from v2"),
+    ("keys_from_query_net", "keys come from key_net"),
+])
+def test_moco_step_view_and_network_mistakes_are_named(solution, mistake, hint):
+    ns = solution.namespace
+
+    def step(query_net, key_net, queue, ptr, optimizer, v1, v2, m, t):
+        q = query_net(v2 if mistake == "swapped_views" else v1)
+        ns["update_momentum"](query_net, key_net, m)
+        with torch.no_grad():
+            net = query_net if mistake == "keys_from_query_net" else key_net
+            k = net(v2 if mistake == "keys_from_query_net" else
+                    v1 if mistake in ("swapped_views", "keys_from_v1") else v2)
+        loss = ns["moco_loss"](q, k, queue, t)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        return loss.item(), ns["enqueue"](queue, ptr, k)
+
+    for hidden in (False, True):
+        message = fails(grading.check_moco_step, step, hidden, "expected loss")
+        assert hint in message and "does not pass its tests yet" not in message
+
+
+def test_update_momentum_without_no_grad_is_told_to_use_it():
+    """An in-place update of a trainable target outside torch.no_grad() is torch's 'leaf
+    Variable' error; the failure says what to do about it."""
+    def no_no_grad(online, target, m):
+        for a, b in zip(online.parameters(), target.parameters()):
+            b.mul_(m).add_(a, alpha=1 - m)
+
+    fails(grading.check_update_momentum, no_no_grad, False, r"leaf Variable.*torch\.no_grad\(\)")

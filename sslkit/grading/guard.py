@@ -97,6 +97,9 @@ def call(exercise: str, fn: Callable, *args, where: str = "",
                 "compute it from the inputs with torch operations (no torch.tensor(...), "
                 ".item(), .detach() or numpy)"
             ) from None
+        if "leaf Variable that requires grad is being used in an in-place" in message:
+            message += (" Update parameters in place under torch.no_grad() (with torch.no_grad():"
+                        " p.mul_(m)...), so that autograd does not record the update")
         raise AssertionError(
             f"{exercise} raised {type(e).__name__}{where}" + (f": {message}" if message else "")
         ) from None

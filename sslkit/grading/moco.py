@@ -162,18 +162,30 @@ def check_enqueue(enqueue: Callable, hidden: bool = False) -> None:
         _enqueue_case(ex, enqueue, k, b, d, steps, hidden)
     if hidden:
         _enqueue_keeps_no_graph(ex, enqueue)
+    def raises_value_error(*args):
+        try:
+            enqueue(*args)
+        except ValueError:  # what the exercise asks for (sslkit's own errors are ValueErrors)
+            return True
+        return False
+
     for k, b in ([(10, 4)] if not hidden else [(10, 4), (6, 4)]):
         where = f" (K={k}, batches of {b} keys)"
         try:
-            with_ref = REFERENCES[ex] if hidden else None
-            call(ex, enqueue, torch.zeros(k, 3), 0, torch.ones(b, 3), where=where,
-                 blocked=with_ref)
+            raised = call(ex, raises_value_error, torch.zeros(k, 3), 0, torch.ones(b, 3),
+                          where=where, blocked=REFERENCES[ex] if hidden else None)
         except AssertionError as e:
             if "calls the reference" in str(e):
                 raise
-            continue  # it raised: good
-        raise AssertionError(f"{ex}: expected an error{where}: K must be a multiple of B; "
-                             "raise ValueError with a one-line message")
+            what = ("an assert failed" if "an assert in your code" in str(e)
+                    else str(e).split(where)[0].removeprefix(f"{ex} "))
+            raise AssertionError(f"{ex}: expected a ValueError{where}: K must be a multiple of "
+                                 f"B, but {what}; check K % B and raise ValueError with a "
+                                 "one-line message (not assert, which python -O removes)"
+                                 ) from None
+        if not raised:
+            raise AssertionError(f"{ex}: expected an error{where}: K must be a multiple of B; "
+                                 "raise ValueError with a one-line message")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -193,6 +205,16 @@ def _loss_variants(q, k, queue, t) -> dict[str, torch.Tensor]:
         "did you L2-normalise the queue too?":
             ce(torch.cat([pos, qn @ queue.T], 1) / t, zero),
         "did you divide the logits by the temperature?": ce(torch.cat([pos, neg], 1), zero),
+        "divide the logits by the temperature, do not multiply them by it":
+            ce(torch.cat([pos, neg], 1) * t, zero),
+        "did you L2-normalise the keys k too?":
+            ce(torch.cat([(qn * k).sum(1, keepdim=True), neg], 1) / t, zero),
+        "the positive is logit 0, so the label is 0 for every query (torch.zeros(N, "
+        "dtype=torch.long)), not torch.arange(N)":
+            ce(torch.cat([pos, neg], 1) / t, torch.arange(len(q))),
+        "the softmax over the 1 + K candidates runs along dim=1, one row per query "
+        "(F.cross_entropy(logits, labels) does it)":
+            -torch.log_softmax(torch.cat([pos, neg], 1) / t, dim=0)[:, 0].mean(),
         "did you put the positive logit first (label 0)?":
             ce(torch.cat([neg, pos], 1) / t, zero),
         "did you average over the N queries (not sum)?":
@@ -293,7 +315,17 @@ def _step_hint(state: MoCo, v1, v2, got: float) -> str:
         swapped.momentum = 1 - m
         swapped.momentum_update()
         swap = losses.moco_loss(q, swapped.embed_keys(v2), state.queue, t)
+        views_swapped = losses.moco_loss(state.embed_query(v2), k_v1 := updated.embed_keys(v1),
+                                         state.queue, t)
+        keys_from_v1 = losses.moco_loss(q, k_v1, state.queue, t)
+        keys_from_query_net = losses.moco_loss(q, state.embed_query(v2), state.queue, t)
     for value, text in ((late, "update the key network (update_momentum) BEFORE the key pass"),
+                        (views_swapped, "the views are swapped: queries from v1 through "
+                                        "query_net, keys from v2 through key_net"),
+                        (keys_from_v1, "the keys from v2 (key_net(v2)), not v1: the positive "
+                                       "pair is two different views of one image"),
+                        (keys_from_query_net, "the keys come from key_net (the momentum "
+                                              "encoder), not query_net"),
                         (enqueued_first, "enqueue the keys AFTER computing the loss"),
                         (swap, "the key network was averaged with 1 - m in place of m: "
                                "pass m itself, update_momentum(query_net, key_net, m), for "
