@@ -277,3 +277,90 @@ def test_a_centre_computed_in_float64_is_right_not_a_crash():
 
     grading.check_update_center(in_float64, hidden=False)
     grading.check_update_center(in_float64, hidden=True)
+
+
+# -- wrong answers found in a student's pass through the released notebook ---------------------
+
+def dino_loss_variant(kind):
+    def loss(student_out, teacher_out, center, student_temp=0.1, teacher_temp=0.04):
+        total, pairs = 0.0, 0
+        students = student_out[:2] if kind == "globals_only" else student_out
+        for g, t in enumerate(teacher_out):
+            t = t.detach()
+            p_t = (F.softmax(t / teacher_temp - center, dim=-1) if kind == "centre_after_temp"
+                   else F.softmax((t - center) / teacher_temp, dim=0 if kind == "teacher_dim0"
+                                  else -1))
+            for v, s in enumerate(students):
+                if v == g:
+                    continue
+                log_p = F.log_softmax(s / student_temp, dim=0 if kind == "student_dim0" else -1)
+                per_image = (-p_t * log_p).sum(-1)
+                total = total + (per_image.sum() if kind == "sum_over_n" else per_image.mean())
+                pairs += 1
+        if kind == "over_all_pairs":
+            return total / (len(teacher_out) * len(student_out))
+        return total if kind == "no_mean_over_pairs" else total / pairs
+    return loss
+
+
+@pytest.mark.parametrize("kind, hint", [
+    ("teacher_dim0", r"softmax over the K outputs \(dim=-1\)"),
+    ("student_dim0", r"softmax over the K outputs \(dim=-1\)"),
+    ("centre_after_temp", r"softmax\(\(t - center\) / teacher_temp\)"),
+    ("over_all_pairs", r"number of \(teacher, student\) pairs"),
+    ("no_mean_over_pairs", r"number of \(teacher, student\) pairs"),
+    ("globals_only", "local crops too"),
+    ("sum_over_n", "average over the N images"),
+])
+def test_dino_loss_mistakes_are_named(kind, hint):
+    fails(grading.check_dino_loss, dino_loss_variant(kind), False, hint)
+
+
+def test_dino_step_that_centres_with_the_student_outputs_fails_the_visible_check():
+    """In the first step the teacher was a copy of the student, so the student's global
+    outputs equalled the teacher's and a centre made from them passed the visible check."""
+    def student_centre(student, teacher, center, opt, crops, m, ts, tt, cm):
+        s_out = [student(v) for v in crops]
+        with torch.no_grad():
+            t_out = [teacher(v) for v in crops[:2]]
+        loss = dino_loss(s_out, t_out, center, ts, tt)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        update_teacher(student, teacher, m)
+        return loss.item(), update_center(center, [s.detach() for s in s_out[:2]], cm)
+
+    for hidden in (False, True):
+        fails(grading.check_dino_step, student_centre, hidden, "this step's teacher outputs")
+
+
+def dino_step_variant(kind):
+    def step(student, teacher, center, opt, crops, m, ts, tt, cm):
+        s_out = [student(v) for v in crops]
+        with torch.no_grad():
+            t_crops = {"teacher_on_all": crops, "teacher_on_local": crops[2:4]}.get(kind,
+                                                                                 crops[:2])
+            t_out = [teacher(v) for v in t_crops]
+        new_center = update_center(center, t_out, cm)
+        loss = dino_loss(s_out, t_out, new_center if kind == "centre_first" else center, ts, tt)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if kind == "ema_wrong_direction":
+            update_teacher(teacher, student, m)
+        else:
+            update_teacher(student, teacher, m)
+        return loss.item(), new_center
+    return step
+
+
+@pytest.mark.parametrize("kind, hint", [
+    ("teacher_on_all", "2 global crops only"),
+    ("teacher_on_local", "2 global crops only"),
+    ("centre_first", "the centre as given"),
+    ("ema_wrong_direction", r"update_teacher\(student, teacher, m\)"),
+])
+def test_dino_step_mistakes_are_named(kind, hint):
+    for hidden in (False, True):
+        message = fails(grading.check_dino_step, dino_step_variant(kind), hidden, hint)
+        assert "zero_grad" not in message

@@ -470,3 +470,24 @@ def test_update_momentum_without_no_grad_is_told_to_use_it():
             b.mul_(m).add_(a, alpha=1 - m)
 
     fails(grading.check_update_momentum, no_no_grad, False, r"leaf Variable.*torch\.no_grad\(\)")
+
+
+def test_moco_step_that_averages_the_query_net_into_the_key_net_backwards_is_told_so(solution):
+    """update_momentum(key_net, query_net, m) moves the query network in place after its
+    forward pass: torch's 'modified by an inplace operation' error, which the failure
+    explains."""
+    ns = solution.namespace
+
+    def backwards(query_net, key_net, queue, ptr, optimizer, v1, v2, m, t):
+        q = query_net(v1)
+        ns["update_momentum"](key_net, query_net, m)  # the mistake: arguments swapped
+        with torch.no_grad():
+            k = key_net(v2)
+        loss = ns["moco_loss"](q, k, queue, t)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        return loss.item(), ns["enqueue"](queue, ptr, k)
+
+    message = fails(grading.check_moco_step, backwards, False, "changed in place")
+    assert "anomaly detection" not in message and "went the wrong way" in message

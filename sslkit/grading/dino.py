@@ -65,17 +65,27 @@ def _outputs(v: int, g: int, n: int, k: int, seed: int):
 def _loss_variants(s, t, c, ts: float, tt: float) -> dict[str, torch.Tensor]:
     """The values of the usual mistakes, to name the one an answer made."""
     def pairs(keep_self: bool, center: torch.Tensor, t_temp: float, s_temp: float, red=torch.sum,
-              student_center: torch.Tensor | None = None):
+              student_center: torch.Tensor | None = None, t_dim: int = -1, s_dim: int = -1,
+              center_after_temp: bool = False, students=s, divide_by: int | None = None,
+              over_n=torch.mean):
         vals = []
         shift = 0 if student_center is None else student_center
         for g, tg in enumerate(t):
-            p = F.softmax((tg - center) / t_temp, dim=-1)
-            for v, sv in enumerate(s):
+            logits = tg / t_temp - center if center_after_temp else (tg - center) / t_temp
+            p = F.softmax(logits, dim=t_dim)
+            for v, sv in enumerate(students):
                 if v != g or keep_self:
-                    log_p = F.log_softmax((sv - shift) / s_temp, dim=-1)
-                    vals.append(red(-p * log_p, dim=-1).mean())
-        return torch.stack(vals).mean()
+                    log_p = F.log_softmax((sv - shift) / s_temp, dim=s_dim)
+                    vals.append(over_n(red(-p * log_p, dim=-1)))
+        total = torch.stack(vals).sum()
+        return total / (len(vals) if divide_by is None else divide_by)
 
+    n_pairs = len(t) * len(s) - len(t)
+    pairs_hint = (f"divide the sum by the number of (teacher, student) pairs with v != g "
+                  f"({n_pairs} here: 2 teacher crops x {len(s)} student crops, less the 2 "
+                  "pairs of a crop with itself)")
+    softmax_hint = ("take each softmax over the K outputs (dim=-1), one distribution per image, "
+                    "not over the batch")
     return {
         "a crop must not be compared with itself (skip v == g)": pairs(True, c, tt, ts),
         "subtract the centre from the teacher outputs before the softmax":
@@ -85,6 +95,18 @@ def _loss_variants(s, t, c, ts: float, tt: float) -> dict[str, torch.Tensor]:
             pairs(False, c, tt, ts, red=torch.mean),
         "the centre is subtracted from the TEACHER outputs only, not from the student's":
             pairs(False, torch.zeros_like(c), tt, ts, student_center=c),
+        "average over the N images of the batch (.mean() over dim 0), after summing over K":
+            pairs(False, c, tt, ts, over_n=torch.sum),
+        softmax_hint + " (teacher)": pairs(False, c, tt, ts, t_dim=0),
+        softmax_hint + " (student)": pairs(False, c, tt, ts, s_dim=0),
+        "subtract the centre, then divide by the temperature: softmax((t - center) / "
+        "teacher_temp)": pairs(False, c, tt, ts, center_after_temp=True),
+        pairs_hint + " (you divided by all 2 x V pairs)":
+            pairs(False, c, tt, ts, divide_by=len(t) * len(s)),
+        pairs_hint + " (you divided by V)": pairs(False, c, tt, ts, divide_by=len(s)),
+        pairs_hint + " (you returned the sum)": pairs(False, c, tt, ts, divide_by=1),
+        "every student crop predicts the teacher, the local crops too (only the teacher sees "
+        "the global crops alone)": pairs(False, c, tt, ts, students=s[:2]),
     }
 
 
@@ -223,8 +245,10 @@ def _net(seed: int) -> nn.Module:
 def _step_case(seed: int, n: int = 4):
     student = _net(seed)
     teacher = copy.deepcopy(student)
-    for p in teacher.parameters():
-        p.requires_grad_(False)
+    with torch.no_grad():  # not a copy of the student any more, as after a few steps: a centre
+        for p in teacher.parameters():  # made from the student's outputs would match otherwise
+            p.add_(0.05 * torch.randn(p.shape))
+            p.requires_grad_(False)
     g = torch.Generator().manual_seed(seed + 1)
     crops = [torch.rand(n, 1, 8, 8, generator=g) for _ in range(2)]
     crops += [torch.rand(n, 1, 4, 4, generator=g) for _ in range(2)]
@@ -250,6 +274,32 @@ def _reference_step(student, teacher, center, optimizer, crops, m, student_temp,
     return loss.item(), dino_method.update_center(center, t_out, center_momentum)
 
 
+def _step_hint(student, teacher, center, crops, got: float) -> str:
+    """Names the mistake whose loss ``got`` equals (student, teacher, centre: before the step)."""
+    h = STEP_HPARAMS
+    ts, tt = h["student_temp"], h["teacher_temp"]
+    with torch.no_grad():
+        s_out = [student(v) for v in crops]
+        t_out = [teacher(v) for v in crops]
+        new_center = dino_method.update_center(center, t_out[:2], h["center_momentum"])
+        variants = (
+            (losses.dino_loss(s_out, t_out[:2], new_center, ts, tt),
+             "the loss uses the centre as given; compute the new centre after it, from this "
+             "step's teacher outputs"),
+            (losses.dino_loss(s_out, t_out, center, ts, tt), "the teacher sees the 2 global "
+             "crops only (crops[:2]); every crop goes through the student"),
+            (losses.dino_loss(s_out, t_out[2:4], center, ts, tt), "the teacher sees the 2 global "
+             "crops only (crops[:2]), the first two of the list"),
+            (losses.dino_loss(s_out, t_out[:2], center, tt, ts),
+             "the student uses student_temp, the teacher teacher_temp"),
+        )
+    for value, text in variants:
+        if abs(got - float(value)) < 1e-5:
+            return " — " + text
+    return (" — did you use the centre and both temperatures as given? If your dino_loss does "
+            "not pass its tests yet, call sslkit.losses.dino_loss here")
+
+
 def _check_one_step(ex: str, dino_step: Callable, seed: int, steps: int, guard: bool) -> None:
     student, teacher, center, crops = _step_case(seed)
     ref_s, ref_t, ref_c = copy.deepcopy(student), copy.deepcopy(teacher), center.clone()
@@ -260,7 +310,7 @@ def _check_one_step(ex: str, dino_step: Callable, seed: int, steps: int, guard: 
              f"{h['center_momentum']}, SGD lr=0.5 momentum=0.9)")
     for step in range(steps):
         label = f"step {step + 1}: " if steps > 1 else ""
-        before = copy.deepcopy(student)
+        before, teacher_before = copy.deepcopy(student), copy.deepcopy(teacher)
         result = _call(ex, dino_step, student, teacher, center.clone(), optimizer,
                        [v.clone() for v in crops], *h.values(), where=where, guard=guard)
         if not isinstance(result, tuple) or len(result) != 2:
@@ -268,10 +318,19 @@ def _check_one_step(ex: str, dino_step: Callable, seed: int, steps: int, guard: 
                                  f"{type(result).__name__}{where}")
         got, new_center = result
         expected, ref_c = _reference_step(ref_s, ref_t, ref_c, ref_opt, crops, *h.values())
+        m = h["m"]
+        if (isinstance(got, float) and abs(got - expected) <= 1e-5
+                and max_param_diff(teacher, teacher_before) == 0
+                and all(torch.allclose(p.detach(), m * r + (1 - m) * t, atol=1e-5)
+                        for p, r, t in zip(student.parameters(), ref_s.parameters(),
+                                           teacher_before.parameters()))):
+            raise AssertionError(f"{ex}: {label}the loss is right, but the teacher did not move "
+                                 f"and the student differs from the reference's{where}: after "
+                                 "optimizer.step(), call update_teacher(student, teacher, m) — "
+                                 "the teacher moves towards the student, never the other way")
         match_step(ex, got, expected, student, before, ref_s, label, where,
-                   hint=lambda: " — did you use the centre and both temperatures as given? If "
-                                "your dino_loss does not pass its tests yet, call "
-                                "sslkit.losses.dino_loss here")
+                   hint=lambda b=before, tb=teacher_before, c=center, v=got:
+                   _step_hint(b, tb, c, crops, v))
         diff = max_param_diff(teacher, ref_t)
         if diff > 1e-5:
             raise AssertionError(f"{ex}: {label}the teacher differs from the reference's by up "

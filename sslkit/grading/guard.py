@@ -97,6 +97,11 @@ def call(exercise: str, fn: Callable, *args, where: str = "",
                 "compute it from the inputs with torch operations (no torch.tensor(...), "
                 ".item(), .detach() or numpy)"
             ) from None
+        if "needed for gradient computation has been modified by an inplace" in message:
+            message = (message.split(" Hint: enable anomaly")[0] + " A tensor the backward pass "
+                       "needs was changed in place between the forward pass and "
+                       "loss.backward(): an in-place update (a momentum update, optimizer.step()"
+                       ") of the network being trained came too early, or went the wrong way")
         if "leaf Variable that requires grad is being used in an in-place" in message:
             message += (" Update parameters in place under torch.no_grad() (with torch.no_grad():"
                         " p.mul_(m)...), so that autograd does not record the update")
