@@ -3,8 +3,9 @@ images) through the command line; the tests check its files (the table printed a
 the one in results.json), its table's structure (rows and columns named as expected), the
 ranges of its values, and, by watching ``pretrain`` and ``downstream``, that the compared arms
 start from the same weights, train for the same number of steps and are evaluated on the
-trained encoder's features h. Bad input (an --out holding results, an unknown profile or
-device) fails with one line before any work."""
+trained encoder's features h; by watching the settings, that results.json records exactly
+the settings the run reads. Bad input (an --out holding results, an unknown profile or device)
+fails with one line before any work."""
 
 import contextlib
 import dataclasses
@@ -56,11 +57,37 @@ def watch(module, calls: dict, mp: pytest.MonkeyPatch) -> None:
         mp.setattr(module, "downstream", downstream)
 
 
+def watch_settings(module, calls: dict, mp: pytest.MonkeyPatch) -> None:
+    """Give the module's run a copy of its ci settings that notes the name of every field read
+    from it, and keep in calls["read"] the fields read before the run records its settings
+    (recorded_settings reads them all)."""
+    settings = module.SETTINGS["ci"]
+    names = {f.name for f in dataclasses.fields(settings)}
+    read = set()
+
+    class Watched(type(settings)):
+        def __getattribute__(self, name):
+            if name in names:
+                read.add(name)
+            return super().__getattribute__(name)
+
+    watched = Watched(**dataclasses.asdict(settings))
+    read.clear()  # what building the copy read (its own checks) is not the run's
+    mp.setitem(module.SETTINGS, "ci", watched)
+    real_recorded_settings = module.recorded_settings
+
+    def recorded_settings(s):
+        calls["read"] = set(read)
+        return real_recorded_settings(s)
+
+    mp.setattr(module, "recorded_settings", recorded_settings)
+
+
 @pytest.fixture(scope="module")
 def ran(tmp_path_factory):
     """ran(name) -> (results.json as a dict, printed output, output folder, calls of pretrain
-    and downstream, see watch); each experiment runs once per module, through
-    `sslkit experiment NAME --profile ci`."""
+    and downstream and the settings read, see watch and watch_settings); each experiment runs
+    once per module, through `sslkit experiment NAME --profile ci`."""
 
     def get(name):
         if name not in _RUNS:
@@ -69,6 +96,7 @@ def ran(tmp_path_factory):
             calls = {"pretrain": [], "downstream": []}
             with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(printed):
                 watch(get_experiment(name), calls, mp)
+                watch_settings(get_experiment(name), calls, mp)
                 rc = main(["experiment", name, "--profile", "ci", "--out", str(out),
                            "--device", "cpu"])
             assert rc == 0
@@ -93,7 +121,11 @@ def test_every_experiment_writes_its_three_files(ran, name):
     assert module.PAPER["source"] in table and "command: `sslkit experiment" in table
     assert (out / "figure.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert result["name"] == name and result["profile"] == "ci" and result["seconds"] >= 0
-    assert result["settings"] == json.loads(json.dumps(dataclasses.asdict(module.SETTINGS["ci"])))
+    # the settings, less the shared ones the experiment declares it does not use
+    s = module.SETTINGS["ci"]
+    assert set(type(s).unused) <= {f.name for f in dataclasses.fields(s)}
+    recorded = {k: v for k, v in dataclasses.asdict(s).items() if k not in type(s).unused}
+    assert result["settings"] == json.loads(json.dumps(recorded))
     for row in result["rows"]:
         assert set(row) == set(result["columns"])
     # the tables written and printed are those of results.json, measured beside the paper
@@ -104,6 +136,19 @@ def test_every_experiment_writes_its_three_files(ran, name):
     assert "paper (" in printed
     # written atomically: nothing else (no temporary file) is left in the folder
     assert sorted(p.name for p in out.iterdir()) == ["figure.png", "results.json", "table.md"]
+
+
+@pytest.mark.parametrize("name", list(EXPERIMENTS))
+def test_results_record_exactly_the_settings_the_run_reads(ran, name):
+    """A reader reproduces a run from its recorded settings: each is one the run read (a field
+    recorded but never read, like a batch size where the runs train at others, is no setting of
+    the run: the experiment declares it unused), and every field read is recorded. Reading is
+    not proof of use (a value read and then overridden would pass), but a field never read
+    cannot have changed the run."""
+    result, _, _, calls = ran(name)
+    assert set(result["settings"]) == calls["read"], (
+        f"recorded, never read: {sorted(set(result['settings']) - calls['read'])}; "
+        f"read, not recorded: {sorted(calls['read'] - set(result['settings']))}")
 
 
 # the experiments that compare several pre-trained arms (rotation_pretext trains one network)
@@ -119,9 +164,8 @@ def test_compared_arms_share_weights_data_and_budget(ran, name):
     for run in runs:  # the same initial encoder, every epoch of every arm run in full
         assert torch.equal(run["init"], runs[0]["init"])
         assert run["images"] == s.n_train
-        epochs = max(s.eval_epochs) if name == "batch_size" else s.epochs
-        assert run["steps"] == epochs * (s.n_train // run["batch"])
-        assert len(run["losses"]) == epochs
+        assert run["steps"] == s.epochs * (s.n_train // run["batch"])
+        assert len(run["losses"]) == s.epochs
     if name not in ("batch_size", "moco_vs_simclr"):  # arms that differ only in what they test
         assert {run["batch"] for run in runs} == {s.batch_size}
     if name == "augmentations":  # one run per entry of the matrix

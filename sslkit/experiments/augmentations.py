@@ -31,6 +31,7 @@ from sslkit.experiments.fit import (
     downstream,
     load_data,
     pretrain,
+    recorded_settings,
 )
 from sslkit.experiments.report import Result, check_out
 
@@ -82,7 +83,7 @@ def run(profile: str, out: str | Path, device: torch.device) -> Result:
     best = max(linear, key=linear.get)
     result = Result(
         name="augmentations", title=TITLE, profile=profile, columns=[first, *s.ops], rows=rows,
-        paper=PAPER, settings=asdict(s), seconds=timer.seconds, device=str(device),
+        paper=PAPER, settings=recorded_settings(s), seconds=timer.seconds, device=str(device),
         out=str(out),
         more=[{"caption": "kNN accuracy (%) of the same runs:", "columns": [first, *s.ops],
                "rows": [{first: a} | {b: knn.get((a,) if a == b else (a, b)) for b in s.ops}

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -26,6 +27,7 @@ from sslkit.experiments.fit import (
     downstream,
     load_data,
     pretrain,
+    recorded_settings,
 )
 from sslkit.experiments.report import Result, check_out
 
@@ -41,16 +43,18 @@ PAPER = {
 
 @dataclass(frozen=True)
 class Settings(Scale):
-    batch_sizes: tuple[int, ...] = (32, 64, 128, 256)
-    eval_epochs: tuple[int, ...] = (2, 4, 8, 16)  # evaluated after these epochs
+    unused: ClassVar[tuple[str, ...]] = ("batch_size",)  # the runs are at batch_sizes
+    batch_sizes: tuple[int, ...] = (32, 64, 128, 256)  # one run each
+    eval_epochs: tuple[int, ...] = (2, 4, 8, 16)  # evaluated after these epochs (1-based)
+    epochs: int = 16  # each run's length: its last evaluation
     warmup_epochs: int = 1
 
 
 SETTINGS = {
-    "ci": Settings(**asdict(SCALES["ci"]) | {"warmup_epochs": 0}, batch_sizes=(16, 32),
-                   eval_epochs=(1, 2)),
-    "laptop": Settings(**asdict(SCALES["laptop"]) | {"warmup_epochs": 1}),
-    "gpu": Settings(**asdict(SCALES["gpu"]) | {"warmup_epochs": 5},
+    "ci": Settings(**asdict(SCALES["ci"]) | {"epochs": 2, "warmup_epochs": 0},
+                   batch_sizes=(16, 32), eval_epochs=(1, 2)),
+    "laptop": Settings(**asdict(SCALES["laptop"]) | {"epochs": 16, "warmup_epochs": 1}),
+    "gpu": Settings(**asdict(SCALES["gpu"]) | {"epochs": 200, "warmup_epochs": 5},
                     batch_sizes=(128, 256, 512, 1024), eval_epochs=(25, 50, 100, 200)),
 }
 
@@ -72,11 +76,11 @@ def run(profile: str, out: str | Path, device: torch.device) -> Result:
                              "epochs": epoch, "steps": epoch * steps, "kNN (%)": acc["knn"],
                              "linear (%)": acc["linear"]})
 
-        pretrain(method, data.train_x, s, device, batch_size=batch, epochs=max(s.eval_epochs),
-                 constant_lr=True, after_epoch=evaluate)
+        pretrain(method, data.train_x, s, device, batch_size=batch, constant_lr=True,
+                 after_epoch=evaluate)
     result = Result(
         name="batch_size", title=TITLE, profile=profile, columns=list(rows[0]), rows=rows,
-        paper=PAPER, settings=asdict(s), seconds=timer.seconds, device=str(device),
+        paper=PAPER, settings=recorded_settings(s), seconds=timer.seconds, device=str(device),
         out=str(out),
         notes=["Adam at one constant learning rate for every batch size (the paper: LARS with "
                "lr = 0.3 x B/256 and a cosine decay)"])

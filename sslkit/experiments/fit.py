@@ -6,14 +6,17 @@ encoder downstream.
     downstream(encoder, data, scale)              {"knn": %, "linear": %} on held-out images
 
 ``Scale`` holds the sizes all experiments share, one preset per profile (``SCALES``); each
-experiment extends it with its own settings. Accuracies are percentages (0-100), as the papers
-report them.
+experiment extends it with its own settings, and names in ``unused`` the shared ones it has no
+use for (MAE has no NT-Xent temperature). ``recorded_settings(s)`` is what its results.json
+records: every setting the run used, and only those, so that the run can be reproduced from
+them. Accuracies are percentages (0-100), as the papers report them.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import ClassVar
 
 import torch
 from threadpoolctl import threadpool_limits
@@ -27,6 +30,9 @@ from sslkit.schedules import cosine_schedule
 
 @dataclass(frozen=True)
 class Scale:
+    # the fields below that an experiment does not use (set by its Settings, with the reason):
+    # left out of its results.json, where a value would claim to be part of the run
+    unused: ClassVar[tuple[str, ...]] = ()
     dataset: str = "shifted_digits"  # see sslkit.data.DATASETS
     data_root: str = "data"  # where a torchvision dataset's files are (gpu profile)
     arch: str = "convnet-small"  # see sslkit.models.ARCHS
@@ -58,6 +64,13 @@ def check_profile(profile: str, settings: dict) -> None:
     if profile not in settings:
         raise SSLKitError(f"unknown profile {profile!r}: use --profile (or SSLKIT_PROFILE) "
                           f"{' or '.join(settings)}")
+
+
+def recorded_settings(settings: Scale) -> dict:
+    """The settings an experiment's results.json records: asdict(settings) without the fields
+    its class declares ``unused``."""
+    return {name: value for name, value in asdict(settings).items()
+            if name not in type(settings).unused}
 
 
 def load_data(scale: Scale) -> ImageData:
@@ -156,5 +169,7 @@ def build_simclr(scale: Scale, data: ImageData, views: nn.Module | None = None, 
     generator = torch.Generator().manual_seed(scale.seed)
     if views is None:
         views = SimCLRViews(view_config_for(scale.dataset, data.image_size), generator)
-    options = {"proj_dim": scale.proj_dim, "temperature": scale.temperature} | options
+    for name in ("proj_dim", "temperature"):  # read from the scale only where not given, so
+        if name not in options:  # that a setting the experiment reads is one the run uses
+            options[name] = getattr(scale, name)
     return SimCLRAblation(build_encoder(scale.arch, data.channels), views, **options)

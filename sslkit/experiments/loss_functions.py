@@ -26,6 +26,7 @@ from sslkit.experiments.fit import (
     downstream,
     load_data,
     pretrain,
+    recorded_settings,
 )
 from sslkit.experiments.report import Result, check_out
 
@@ -77,7 +78,7 @@ def run(profile: str, out: str | Path, device: torch.device) -> Result:
     result = Result(
         name="loss_functions", title=TITLE, profile=profile,
         columns=["loss", "semi-hard", "final loss", "kNN (%)", "linear (%)", "paper top-1 (%)"],
-        rows=rows, paper=_paper_json(), settings=asdict(s), seconds=timer.seconds,
+        rows=rows, paper=_paper_json(), settings=recorded_settings(s), seconds=timer.seconds,
         device=str(device), out=str(out),
         notes=[f"{s.dataset}, {s.arch}, {s.epochs} epochs at batch {s.batch_size}; one seed per "
                "row, so differences of a point or two are within run-to-run noise"])

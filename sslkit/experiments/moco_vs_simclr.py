@@ -19,6 +19,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import matplotlib.pyplot as plt
 import torch
@@ -33,6 +34,7 @@ from sslkit.experiments.fit import (
     downstream,
     load_data,
     pretrain,
+    recorded_settings,
 )
 from sslkit.experiments.report import Result, check_out
 from sslkit.methods.moco import MoCo
@@ -57,6 +59,7 @@ PAPER = {
 
 @dataclass(frozen=True)
 class Settings(Scale):
+    unused: ClassVar[tuple[str, ...]] = ("batch_size",)  # the runs are at the two below
     small_batch: int = 32  # the batch both methods train at
     large_batch: int = 256  # SimCLR's large batch
     # MoCo's K (a multiple of small_batch): a tenth of the 1,300 training digits, as the gpu
@@ -147,7 +150,7 @@ def run(profile: str, out: str | Path, device: torch.device) -> Result:
         paper={"source": PAPER["source"], "claim": PAPER["claim"],
                "top1": {f"{k[0]} batch {v[0]}": v[1] for k, v in PAPER["top1"].items()},
                "memory": {f"{k[0]} batch {k[1]}": v for k, v in PAPER["memory"].items()}},
-        settings=asdict(s), seconds=timer.seconds, device=str(device), out=str(out),
+        settings=recorded_settings(s), seconds=timer.seconds, device=str(device), out=str(out),
         more=[{"caption": "One training step at (about) equal numbers of negatives (paper, 8 "
                           "V100: MoCo batch 256 5.0 GB; end-to-end batch 256 7.4 GB, batch "
                           "4096 93.0 GB, estimated):", "columns": list(memory[0]), "rows": memory}],

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -29,6 +30,7 @@ from sslkit.experiments.fit import (
     load_data,
     pretrain,
     probe,
+    recorded_settings,
 )
 from sslkit.experiments.report import Result, check_out
 
@@ -48,6 +50,7 @@ PAPER = {
 
 @dataclass(frozen=True)
 class Settings(Scale):
+    unused: ClassVar[tuple[str, ...]] = ("knn_k",)  # no kNN: linear probes only
     heads: tuple[tuple[str, int], ...] = (("none", 0), ("linear", 16), ("linear", 128),
                                           ("mlp", 16), ("mlp", 128))  # (kind, size; 0 = none)
     noise_std: float = 0.1  # the corruption of "original vs corrupted"
@@ -140,7 +143,7 @@ def run(profile: str, out: str | Path, device: torch.device) -> Result:
         columns=["head", "output size", "linear on h (%)", "linear on g(h) (%)"], rows=rows,
         paper=PAPER | {"transformations": {k: list(v) for k, v in
                                            PAPER["transformations"].items()}},
-        settings=asdict(s), seconds=timer.seconds, device=str(device), out=str(out),
+        settings=recorded_settings(s), seconds=timer.seconds, device=str(device), out=str(out),
         more=[{"caption": f"Predicting the applied transformation from h and from g(h) (MLP "
                           f"head, output size {mlp_size}), linear probe on held-out images:",
                "columns": list(transformations[0]), "rows": transformations}],

@@ -37,7 +37,7 @@ class Result:
     columns: list[str]  # the table's columns, in order (keys of every row)
     rows: list[dict]  # one dict per table row; None where a value does not apply
     paper: dict  # "source", "claim" and any numbers, from the experiment's PAPER
-    settings: dict  # the experiment's settings (asdict of its dataclass)
+    settings: dict  # the settings the run used (fit.recorded_settings of its dataclass)
     seconds: float = 0.0  # wall time of the whole experiment
     device: str = "cpu"
     notes: list[str] = field(default_factory=list)  # caveats of the small-scale version

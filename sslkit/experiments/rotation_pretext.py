@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -29,6 +30,7 @@ from sslkit.experiments.fit import (
     load_data,
     pretrain,
     probe,
+    recorded_settings,
 )
 from sslkit.experiments.report import Result, check_out
 from sslkit.methods.rotation import Rotation
@@ -47,6 +49,8 @@ PAPER = {
 
 @dataclass(frozen=True)
 class Settings(Scale):
+    # no NT-Xent and no projection: the rotation head is a 4-way MLP
+    unused: ClassVar[tuple[str, ...]] = ("temperature", "proj_dim")
     epochs: int = 10
     eval_epochs: tuple[int, ...] = (0, 1, 2, 3, 4, 6, 8, 10)  # 0 = before training
 
@@ -131,7 +135,7 @@ def run(profile: str, out: str | Path, device: torch.device) -> Result:
     corr = float(np.corrcoef(pretext, linear)[0, 1]) if len(rows) > 2 else float("nan")
     result = Result(
         name="rotation_pretext", title=TITLE, profile=profile, columns=list(rows[0]), rows=rows,
-        paper=PAPER, settings=asdict(s), seconds=timer.seconds, device=str(device),
+        paper=PAPER, settings=recorded_settings(s), seconds=timer.seconds, device=str(device),
         out=str(out),
         more=[{"caption": "Linear probe on the globally pooled output of each block (after "
                           "training):", "columns": list(blocks[0]), "rows": blocks}] if blocks

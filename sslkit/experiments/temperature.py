@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import matplotlib.pyplot as plt
 import torch
@@ -28,6 +29,7 @@ from sslkit.experiments.fit import (
     downstream,
     load_data,
     pretrain,
+    recorded_settings,
 )
 from sslkit.experiments.report import Result, check_out
 from sslkit.losses import nt_xent_logits
@@ -49,6 +51,7 @@ PAPER = {
 
 @dataclass(frozen=True)
 class Settings(Scale):
+    unused: ClassVar[tuple[str, ...]] = ("temperature",)  # each run's is from the two below
     normalized: tuple[float, ...] = (0.05, 0.1, 0.5, 1.0)  # temperatures with L2 norm
     unnormalized: tuple[float, ...] = (10.0, 100.0)  # temperatures on raw dot products
 
@@ -113,7 +116,7 @@ def run(profile: str, out: str | Path, device: torch.device) -> Result:
         name="temperature", title=TITLE, profile=profile, columns=columns, rows=rows,
         paper={"source": PAPER["source"], "claim": PAPER["claim"],
                "rows": {f"L2={k[0]} T={k[1]}": v for k, v in PAPER["rows"].items()}},
-        settings=asdict(s), seconds=timer.seconds, device=str(device), out=str(out),
+        settings=recorded_settings(s), seconds=timer.seconds, device=str(device), out=str(out),
         notes=[f"entropy and contrastive accuracy over batches of {s.batch_size} held-out "
                f"images (2x{s.batch_size} candidates; the paper's batch is 4096, so its "
                "entropies are larger)"])
