@@ -364,3 +364,17 @@ def test_dino_step_mistakes_are_named(kind, hint):
     for hidden in (False, True):
         message = fails(grading.check_dino_step, dino_step_variant(kind), hidden, hint)
         assert "zero_grad" not in message
+
+
+def test_dino_step_without_zero_grad_fails_the_visible_check():
+    def no_zero_grad(student, teacher, center, opt, crops, m, ts, tt, cm):
+        s_out = [student(v) for v in crops]
+        with torch.no_grad():
+            t_out = [teacher(v) for v in crops[:2]]
+        loss = dino_loss(s_out, t_out, center, ts, tt)
+        loss.backward()
+        opt.step()
+        update_teacher(student, teacher, m)
+        return loss.item(), update_center(center, t_out, cm)
+
+    fails(grading.check_dino_step, no_zero_grad, False, "zero_grad")

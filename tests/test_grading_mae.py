@@ -422,3 +422,95 @@ def test_patchify_built_from_the_kits_tile_split_fails_hidden():
     fails(grading.check_patchify, via_tiles, True, "calls the reference")
     grading.check_unpatchify(unpatchify_via_tiles)
     fails(grading.check_unpatchify, unpatchify_via_tiles, True, "calls the reference")
+
+
+# -- wrong answers found in a student's pass through the released notebook ---------------------
+
+def masking_with_len_keep(rule):
+    def answer(x, ratio, noise=None):
+        n, length, d = x.shape
+        keep = rule(length * (1 - ratio))
+        noise = torch.rand(n, length) if noise is None else noise
+        ids_shuffle = noise.argsort(1)
+        ids_restore = ids_shuffle.argsort(1)
+        mask = torch.ones(n, length)
+        mask[:, :keep] = 0
+        return (x.gather(1, ids_shuffle[:, :keep, None].expand(-1, -1, d)),
+                mask.gather(1, ids_restore), ids_restore)
+    return answer
+
+
+@pytest.mark.parametrize("rule", [round, math.ceil], ids=["round", "ceil"])
+def test_random_masking_that_rounds_len_keep_fails_the_visible_check(rule):
+    """The visible case (L = 8, ratio 0.75) keeps exactly 2 patches, so round() or ceil() in
+    place of int() passed it and failed only the hidden check."""
+    fails(grading.check_random_masking, masking_with_len_keep(rule), False, "round down")
+
+
+def test_random_masking_with_kept_patches_in_their_original_order_is_told_so():
+    def original_order(x, ratio, noise=None):
+        kept, mask, ids_restore = random_masking(x, ratio, noise)
+        n, length, d = x.shape
+        return x[mask == 0].reshape(n, -1, d), mask, ids_restore  # boolean indexing: sorted
+
+    message = fails(grading.check_random_masking, original_order, False, "x_kept differs")
+    assert "order of ids_shuffle" in message
+
+
+def mae_loss_variant(kind):
+    def loss(pred, target, mask, norm_pix=False):
+        target = target.detach()
+        if norm_pix:
+            dim = 1 if kind == "normalised_over_patches" else -1
+            mean = target.mean(dim, keepdim=True)
+            spread = target.std(dim, keepdim=True) if kind == "std" else target.var(
+                dim, keepdim=True)
+            target = (target - mean) / (spread + 1e-6) ** 0.5
+            if kind == "normalises_pred":
+                pred = (pred - pred.mean(-1, keepdim=True)) / (
+                    pred.var(-1, keepdim=True) + 1e-6) ** 0.5
+        per_patch = ((pred - target) ** 2).mean(-1)
+        if kind == "mean_over_all":
+            return (per_patch * mask).mean()
+        if kind == "per_image":
+            return ((per_patch * mask).sum(1) / mask.sum(1)).mean()
+        return (per_patch * mask).sum() / mask.sum()
+    return loss
+
+
+@pytest.mark.parametrize("kind, hint", [
+    ("mean_over_all", r"divide by the number of hidden patches \(mask.sum\(\)\)"),
+    ("per_image", "over every hidden patch of the batch at once"),
+    ("normalised_over_patches", r"over its own P values \(dim=-1\)"),
+    ("std", r"variance \(\.var\), not the standard deviation"),
+    ("normalises_pred", "normalise the target only"),
+])
+def test_mae_loss_mistakes_are_named(kind, hint):
+    fails(grading.check_mae_loss, mae_loss_variant(kind), False, hint)
+
+
+def test_mae_step_without_zero_grad_fails_the_visible_check():
+    """The visible check ran one step from fresh gradients, where a missing zero_grad does not
+    show; stale gradients left in the model (as after any earlier step) show it."""
+    def no_zero_grad(model, optimizer, imgs, mask_ratio, noise):
+        latent, mask, ids = model.forward_encoder(imgs, mask_ratio, noise)
+        pred = model.forward_decoder(latent, ids)
+        loss = mae_loss(pred, patchify(imgs, model.patch_size), mask, model.norm_pix)
+        loss.backward()
+        optimizer.step()
+        return loss.item()
+
+    fails(grading.check_mae_step, no_zero_grad, False, "zero_grad")
+
+
+def test_mae_step_with_the_mask_inverted_is_told_so():
+    def inverted(model, optimizer, imgs, mask_ratio, noise):
+        latent, mask, ids = model.forward_encoder(imgs, mask_ratio, noise)
+        pred = model.forward_decoder(latent, ids)
+        loss = mae_loss(pred, patchify(imgs, model.patch_size), 1 - mask, model.norm_pix)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        return loss.item()
+
+    fails(grading.check_mae_step, inverted, False, "mask = 1 marks the hidden patches")

@@ -25,6 +25,7 @@ from sslkit.grading.guard import (
     require_grad,
     require_unchanged,
     scalar,
+    stale_gradients,
 )
 from sslkit.methods import dino as dino_method
 from sslkit.methods.momentum import update_momentum
@@ -310,6 +311,7 @@ def _check_one_step(ex: str, dino_step: Callable, seed: int, steps: int, guard: 
              f"{h['center_momentum']}, SGD lr=0.5 momentum=0.9)")
     for step in range(steps):
         label = f"step {step + 1}: " if steps > 1 else ""
+        stale_gradients(student, ref_s, seed + step)  # zero_grad must clear them
         before, teacher_before = copy.deepcopy(student), copy.deepcopy(teacher)
         result = _call(ex, dino_step, student, teacher, center.clone(), optimizer,
                        [v.clone() for v in crops], *h.values(), where=where, guard=guard)

@@ -225,6 +225,17 @@ def match_step(exercise: str, got, expected: float, model: torch.nn.Module,
             "to those weights)")
 
 
+def stale_gradients(model: torch.nn.Module, reference: torch.nn.Module, seed: int) -> None:
+    """Give the trainable parameters of ``model`` and ``reference`` (the same architecture) the
+    same random .grad, as an earlier step leaves them: a step that forgets
+    optimizer.zero_grad() then fails its first step, not only its second."""
+    g = torch.Generator().manual_seed(seed)
+    for p, r in zip(model.parameters(), reference.parameters()):
+        if p.requires_grad:
+            p.grad = torch.randn(p.shape, generator=g).to(p.dtype)
+            r.grad = p.grad.clone()
+
+
 def match_moving_average(exercise: str, source: torch.nn.Module, average: torch.nn.Module,
                          old_source: list[torch.Tensor], old_average: list[torch.Tensor],
                          m: float, where: str, names: tuple[str, str]) -> None:

@@ -21,6 +21,7 @@ from sslkit.grading.guard import (
     require_grad,
     require_unchanged,
     scalar,
+    stale_gradients,
 )
 from sslkit.methods import cpc
 from sslkit.methods.mae import MAE
@@ -127,7 +128,8 @@ def check_unpatchify(unpatchify: Callable, hidden: bool = False) -> None:
 # 3. random_masking(x, mask_ratio, noise) -> (x_kept, mask, ids_restore)
 # ----------------------------------------------------------------------------------------------
 
-MASK_CASES = {False: [(2, 8, 3, 0.75, 0)],
+# the second visible case keeps int(12 * 0.3) = 3 patches, where round() and ceil() keep 4
+MASK_CASES = {False: [(2, 8, 3, 0.75, 0), (2, 12, 3, 0.7, 6)],
               True: [(1, 4, 2, 0.5, 1), (3, 10, 4, 0.7, 2), (2, 16, 5, 0.9, 3), (2, 6, 3, 0.0, 4),
                      (4, 9, 2, 0.4, 5)]}
 
@@ -149,6 +151,10 @@ def _masking_variants(x, ratio, noise) -> dict[str, tuple]:
             (None, mask_unrestored, None),
         "ids_restore is the argsort of ids_shuffle (the inverse permutation)":
             (None, None, noise.argsort(dim=1)),
+        "x_kept lists the kept patches in the order of ids_shuffle (smallest noise first), not "
+        "in their original order: gather them with ids_shuffle[:, :len_keep]":
+            (x.gather(1, noise.argsort(1)[:, :keep].sort(1).values[..., None].expand(
+                -1, -1, x.shape[2])), None, None),
     }
 
 
@@ -225,6 +231,11 @@ def _loss_variants(pred, target, mask, norm_pix) -> dict[str, torch.Tensor]:
         "average over the visible patches? mask = 1 marks the HIDDEN ones": value(t, 1 - mask),
         "average the squared error over the P pixels of a patch (mean, not sum)":
             value(t, mask, torch.sum),
+        "divide by the number of hidden patches (mask.sum()), not by N·L: .mean() counts the "
+        "visible patches' zeros too": (((pred - t) ** 2).mean(-1) * mask).mean(),
+        "average over every hidden patch of the batch at once, sum / mask.sum() (images hide "
+        "different numbers of patches here)":
+            ((((pred - t) ** 2).mean(-1) * mask).sum(1) / mask.sum(1)).mean(),
     }
     if norm_pix:
         out["norm_pix: use the unbiased variance (torch.var's default) + 1e-6"] = value(biased,
@@ -234,6 +245,17 @@ def _loss_variants(pred, target, mask, norm_pix) -> dict[str, torch.Tensor]:
         outside = (target - mean) / (target.var(-1, keepdim=True) ** 0.5 + 1e-6)
         out["norm_pix: add the 1e-6 to the variance, inside the square root"] = value(outside,
                                                                                       mask)
+        over_l = (target - target.mean(1, keepdim=True)) / (
+            target.var(1, keepdim=True) + 1e-6) ** 0.5
+        out["norm_pix: normalise each patch over its own P values (dim=-1), not over the "
+            "patches"] = value(over_l, mask)
+        with_std = (target - mean) / (target.std(-1, keepdim=True) + 1e-6) ** 0.5
+        out["norm_pix: divide by sqrt(variance + 1e-6), the variance (.var), not the standard "
+            "deviation"] = value(with_std, mask)
+        pred_normed = (pred - pred.mean(-1, keepdim=True)) / (
+            pred.var(-1, keepdim=True) + 1e-6) ** 0.5
+        out["norm_pix: normalise the target only; the prediction is compared as it is"] = (
+            ((pred_normed - normed) ** 2).mean(-1) * mask).sum() / mask.sum()
     else:
         out["norm_pix=False: compare with the raw target"] = value(normed, mask)
     return out
@@ -323,7 +345,9 @@ def _step_hint(model: MAE, imgs, mask_ratio, noise, got: float) -> str:
         hints = {"use the model's norm_pix setting (model.norm_pix)":
                      losses.mae_loss(pred, target, mask, not model.norm_pix),
                  "the loss is on the masked patches only: pass the mask from forward_encoder":
-                     losses.mae_loss(pred, target, torch.ones_like(mask), model.norm_pix)}
+                     losses.mae_loss(pred, target, torch.ones_like(mask), model.norm_pix),
+                 "mask = 1 marks the hidden patches: pass the mask from forward_encoder as it "
+                 "is": losses.mae_loss(pred, target, 1 - mask, model.norm_pix)}
     return next((" — " + h for h, v in hints.items() if abs(float(v) - got) < 1e-5),
                 " — did you pass mask_ratio and noise to model.forward_encoder? If your mae_loss "
                 "or patchify does not pass its tests yet, call sslkit.losses.mae_loss or "
@@ -342,6 +366,7 @@ def _check_steps(ex: str, mae_step: Callable, seed: int, steps: int, norm_pix: b
     for step in range(steps):
         noise = torch.rand(4, 16, generator=g)
         label = f"step {step + 1}: " if steps > 1 else ""
+        stale_gradients(model, reference, seed + step)  # zero_grad must clear them
         before = copy.deepcopy(model)
         got = _call(ex, mae_step, model, optimizer, imgs.clone(), 0.75, noise.clone(),
                     where=where, guard=guard)
