@@ -12,6 +12,7 @@ import dataclasses
 import io
 import json
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -272,6 +273,24 @@ def test_batch_size_table(ran):
         max(r["steps"] for r in rows if r["batch"] == b) for b in s.batch_sizes]
 
 
+@pytest.mark.parametrize("name", ["batch_size", "rotation_pretext"])
+def test_evaluated_epochs_are_epochs_of_the_run(name):
+    """eval_epochs lie within the run's epochs (an epoch beyond them would be recorded and never
+    evaluated); batch_size's runs train to the last of them, the epochs recorded (the scale's 8
+    were recorded while the runs trained 16)."""
+    module = get_experiment(name)
+    first = 1 if name == "batch_size" else 0  # rotation_pretext evaluates before training too
+    for s in module.SETTINGS.values():
+        assert first <= min(s.eval_epochs) and max(s.eval_epochs) <= s.epochs
+        assert name != "batch_size" or max(s.eval_epochs) == s.epochs
+    for epochs, eval_epochs in ((4, (2, 8)), (4, (first - 1, 4))):
+        with pytest.raises(SSLKitError, match=r"eval_epochs \("):
+            module.Settings(epochs=epochs, eval_epochs=eval_epochs)
+    if name == "batch_size":
+        with pytest.raises(SSLKitError, match="end at epochs=8"):
+            module.Settings(epochs=8, eval_epochs=(2, 4))
+
+
 def test_moco_vs_simclr_tables(ran):
     result, *_ = ran("moco_vs_simclr")
     s = get_experiment("moco_vs_simclr").SETTINGS["ci"]
@@ -416,6 +435,29 @@ def test_mae_mask_ratio_table(ran):
         assert math.isfinite(r["final loss"]) and r["final loss"] > 0
     paper = {r["mask ratio"]: (r["paper linear (%)"], r["paper fine-tune (%)"]) for r in rows}
     assert paper[0.75] == (73.5, 84.9) and paper[0.5] == (None, None)
+
+
+def test_mae_fine_tunes_with_the_recorded_steps_and_warm_up(monkeypatch):
+    """fine_tune gets finetune_steps and finetune_warmup as recorded, in every profile (the ci
+    profile recorded a warm-up of 30 steps and ran none: it was cut to a fifth of the steps)."""
+    module = get_experiment("mae_mask_ratio")
+
+    class Asked(Exception):
+        pass
+
+    def fine_tune(encoder, images, labels, **options):
+        raise Asked(options)
+
+    monkeypatch.setattr(module, "fine_tune", fine_tune)
+    data = SimpleNamespace(train_x=None, train_y=None)
+    for s in module.SETTINGS.values():
+        with pytest.raises(Asked) as asked:
+            module.fine_tune_accuracy(None, data, s)
+        options = asked.value.args[0]
+        assert (options["steps"], options["warmup_steps"]) == (s.finetune_steps,
+                                                                s.finetune_warmup)
+    with pytest.raises(SSLKitError, match="finetune_warmup=20 must lie in 0..finetune_steps=10"):
+        module.Settings(finetune_steps=10, finetune_warmup=20)
 
 
 def test_rotation_block_features_of_the_gpu_profile_resnet():

@@ -18,6 +18,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
+from sslkit.errors import SSLKitError
 from sslkit.experiments.fit import (
     SCALES,
     Scale,
@@ -48,6 +49,12 @@ class Settings(Scale):
     eval_epochs: tuple[int, ...] = (2, 4, 8, 16)  # evaluated after these epochs (1-based)
     epochs: int = 16  # each run's length: its last evaluation
     warmup_epochs: int = 1
+
+    def __post_init__(self):
+        if min(self.eval_epochs) < 1 or max(self.eval_epochs) != self.epochs:
+            raise SSLKitError(f"batch_size: eval_epochs {self.eval_epochs} must lie in 1.."
+                              f"{self.epochs} and end at epochs={self.epochs}, the length of "
+                              "each run")
 
 
 SETTINGS = {

@@ -21,6 +21,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
+from sslkit.errors import SSLKitError
 from sslkit.experiments.fit import (
     SCALES,
     Scale,
@@ -53,6 +54,12 @@ class Settings(Scale):
     unused: ClassVar[tuple[str, ...]] = ("temperature", "proj_dim")
     epochs: int = 10
     eval_epochs: tuple[int, ...] = (0, 1, 2, 3, 4, 6, 8, 10)  # 0 = before training
+
+    def __post_init__(self):
+        if min(self.eval_epochs) < 0 or max(self.eval_epochs) > self.epochs:
+            raise SSLKitError(f"rotation_pretext: eval_epochs {self.eval_epochs} must lie in 0.."
+                              f"{self.epochs} (0: before training; epochs={self.epochs} is the "
+                              "run's length)")
 
 
 SETTINGS = {
