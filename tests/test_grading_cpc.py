@@ -320,3 +320,87 @@ def test_a_patch_grid_built_in_float64_is_right_not_a_crash():
 
     grading.check_patch_grid(into_float64, hidden=False)
     grading.check_patch_grid(into_float64, hidden=True)
+
+
+# -- wrong answers found in a student's pass through the released notebook ---------------------
+
+def context_variant(kind):
+    def answer(g_ar, z):
+        n, rows, cols, d = z.shape
+        if kind == "reshape_without_permute":  # mixes rows and columns into the sequences
+            return g_ar(z.reshape(n * cols, rows, d))[0].reshape(n, cols, rows, -1).permute(
+                0, 2, 1, 3)
+        out, h_n = g_ar(z.permute(0, 2, 1, 3).reshape(n * cols, rows, d))
+        if kind == "output_not_permuted_back":
+            return out.reshape(n, rows, cols, -1)
+        return h_n[-1].reshape(n, 1, cols, -1).expand(n, rows, cols, -1)  # "last_state"
+    return answer
+
+
+@pytest.mark.parametrize("kind, hint", [
+    ("reshape_without_permute", r"permute z to \(N, C, R, D\) before"),
+    ("output_not_permuted_back", r"reshape\(N, C, R, H\), then permute"),
+    ("last_state", "at every row"),
+])
+def test_column_context_mistakes_are_named(kind, hint):
+    fails(grading.check_column_context, context_variant(kind), False, hint)
+
+
+def cpc_loss_variant(kind):
+    def answer(z, c, W):
+        n, rows, cols, d = z.shape
+        flat = torch.arange(n * rows * cols).view(n, rows, cols)
+        candidates = z.reshape(-1, d)
+        per_step = []
+        for k in range(1, W.shape[0] + 1):
+            pred = c[:, k:] if kind == "predicts_upwards" else c[:, :rows - k]
+            pred = (pred @ W[k - 1].T).reshape(-1, d)
+            labels = {"predicts_upwards": flat[:, :rows - k],
+                      "positive_one_row_early": flat[:, k - 1:rows - 1]}.get(kind, flat[:, k:])
+            labels = labels.reshape(-1)
+            cands = candidates
+            if kind == "candidates_column_major":
+                cands = z.transpose(1, 2).reshape(-1, d)
+            elif kind == "candidates_below_only":
+                cands, labels = z[:, k:].reshape(-1, d), torch.arange(n * (rows - k) * cols)
+            elif kind == "cosine":
+                pred, cands = F.normalize(pred, dim=-1), F.normalize(cands, dim=-1)
+            per_step.append(F.cross_entropy(pred @ cands.T, labels))
+        return torch.stack(per_step).mean()
+    return answer
+
+
+@pytest.mark.parametrize("kind, hint", [
+    ("predicts_upwards", r"predicts the patch k rows BELOW"),
+    ("positive_one_row_early", r"z\[n, t \+ k, j\], not z\[n, t \+ k - 1, j\]"),
+    ("candidates_column_major", r"\(n, row, col\) order"),
+    ("candidates_below_only", "every patch of the batch is a candidate"),
+    ("cosine", "no normalisation"),
+])
+def test_cpc_loss_mistakes_are_named(kind, hint):
+    fails(grading.check_cpc_loss, cpc_loss_variant(kind), False, hint)
+
+
+def test_cpc_step_without_zero_grad_fails_the_visible_check():
+    def no_zero_grad(g_enc, g_ar, W, optimizer, patches):
+        n, rows, cols = patches.shape[:3]
+        z = g_enc(patches.flatten(0, 2)).view(n, rows, cols, -1)
+        loss = cpc_loss(z, column_context(g_ar, z), W)
+        loss.backward()
+        optimizer.step()
+        return loss.item()
+
+    fails(grading.check_cpc_step, no_zero_grad, False, "zero_grad")
+
+
+def test_cpc_step_that_puts_the_grid_back_in_the_wrong_order_is_told_so():
+    def wrong_view(g_enc, g_ar, W, optimizer, patches):
+        n, rows, cols = patches.shape[:3]
+        z = g_enc(patches.flatten(0, 2)).view(n, cols, rows, -1).transpose(1, 2)
+        loss = cpc_loss(z, column_context(g_ar, z), W)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        return loss.item()
+
+    fails(grading.check_cpc_step, wrong_view, False, r"view\(N, R, C, D\)")

@@ -9,6 +9,7 @@ import math
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from sslkit import losses
@@ -23,6 +24,7 @@ from sslkit.grading.guard import (
     require_grad,
     require_unchanged,
     scalar,
+    stale_gradients,
 )
 from sslkit.methods import cpc as cpc_method
 
@@ -119,7 +121,15 @@ def _context_variants(gru: nn.GRU, z: torch.Tensor) -> dict[str, torch.Tensor]:
     along_rows = along(z.reshape(n * rows, cols, d)).reshape(n, rows, cols, -1)
     upward = cpc_method.column_context(gru, z.flip(1)).flip(1)
     whole = along(z.reshape(n, rows * cols, d)).reshape(n, rows, cols, -1)
+    mixed = along(z.reshape(n * cols, rows, d)).reshape(n, cols, rows, -1).permute(0, 2, 1, 3)
+    out, h_n = gru(z.permute(0, 2, 1, 3).reshape(n * cols, rows, d))
     return {
+        "permute z to (N, C, R, D) before reshaping it to (N·C, R, D): a reshape alone cuts the "
+        "grid into sequences that mix rows and columns": mixed,
+        "put the GRU output (N·C, R, H) back with reshape(N, C, R, H), then permute(0, 2, 1, 3)":
+            out.reshape(n, rows, cols, -1),
+        "c is the GRU output at every row (output, the first value g_ar returns), not its last "
+        "hidden state h_n": h_n[-1].reshape(n, 1, cols, -1).expand(n, rows, cols, -1),
         "run the GRU down each column (over the rows), not along each row": along_rows,
         "read each column from the top (row 0) down, not from the bottom up": upward,
         "one sequence per (image, column): do not run the GRU over the whole grid at once": whole,
@@ -166,8 +176,10 @@ def check_column_context(column_context: Callable, hidden: bool = False) -> None
 
 
 def _variant_loss(z, c, W, candidates: str = "all", reduce: str = "per_step", first: int = 1,
-                  transpose: bool = False) -> torch.Tensor:
-    """cpc_loss with one of the usual mistakes (a plain loop: the cases are tiny)."""
+                  transpose: bool = False, upwards: bool = False, offset: int = 0,
+                  normalise: bool = False) -> torch.Tensor:
+    """cpc_loss with one of the usual mistakes (a plain loop: the cases are tiny). upwards: the
+    context of row t + k predicts row t; offset: the positive is row t + k + offset."""
     n, rows, cols, _ = z.shape
     per_step, pooled = [], []
     for k in range(first, first + W.shape[0]):
@@ -176,13 +188,22 @@ def _variant_loss(z, c, W, candidates: str = "all", reduce: str = "per_step", fi
             for t in range(rows - k):
                 for j in range(cols):
                     w = W[k - first]
-                    pred = (w.T if transpose else w) @ c[b, t, j]
+                    pred = (w.T if transpose else w) @ c[b, t + k if upwards else t, j]
+                    row = t if upwards else t + k + offset  # of the positive
                     if candidates == "all":
-                        cand, pos = z.reshape(-1, z.shape[-1]), (b * rows + t + k) * cols + j
+                        cand, pos = z.reshape(-1, z.shape[-1]), (b * rows + row) * cols + j
+                    elif candidates == "column_major":  # the labels of the (n, row, col) order
+                        cand = z.transpose(1, 2).reshape(-1, z.shape[-1])
+                        pos = (b * rows + row) * cols + j
+                    elif candidates == "below":  # only rows k.. of every image
+                        cand = z[:, k:].reshape(-1, z.shape[-1])
+                        pos = (b * (rows - k) + t) * cols + j
                     elif candidates == "image":
                         cand, pos = z[b].reshape(-1, z.shape[-1]), (t + k) * cols + j
                     else:  # "row": row t + k of every image and column
                         cand, pos = z[:, t + k].reshape(-1, z.shape[-1]), b * cols + j
+                    if normalise:
+                        pred, cand = F.normalize(pred, dim=0), F.normalize(cand, dim=1)
                     scores = cand @ pred
                     terms.append(torch.logsumexp(scores, 0) - scores[pos])
         per_step.append(torch.stack(terms).mean())
@@ -204,6 +225,17 @@ def _loss_variants(z, c, W) -> dict[str, torch.Tensor]:
         "take the mean over the K steps, not the sum": _variant_loss(z, c, W, reduce="sum"),
         "W[0] predicts 1 row ahead (k = 1), W[K - 1] K rows ahead":
             _variant_loss(z, c, W, first=0),
+        "the context c[n, t, j] predicts the patch k rows BELOW: contexts c[:, :R - k], "
+        "positives z[:, k:]": _variant_loss(z, c, W, upwards=True),
+        "the positive of c[n, t, j] at step k is z[n, t + k, j], not z[n, t + k - 1, j]":
+            _variant_loss(z, c, W, offset=-1),
+        "flatten z to (M, D) in (n, row, col) order, z.reshape(-1, D), so that the positive "
+        "z[n, t + k, j] is row (n·R + t + k)·C + j": _variant_loss(z, c, W,
+                                                                   candidates="column_major"),
+        "every patch of the batch is a candidate (M = N·R·C), not only rows k and below":
+            _variant_loss(z, c, W, candidates="below"),
+        "the score is the plain bilinear zᵀ W_k c: no normalisation (and no temperature)":
+            _variant_loss(z, c, W, normalise=True),
     }
     if z.shape[-1] == c.shape[-1]:
         out["the score is zᵀ (W_k c): multiply c by W[k - 1], not by its transpose"] = \
@@ -271,6 +303,21 @@ def _reference_step(parts: _Parts, optimizer, patches: torch.Tensor) -> float:
     return loss.item()
 
 
+def _step_hint(parts: _Parts, patches: torch.Tensor, got: float) -> str:
+    """Names the mistake whose loss ``got`` equals (parts: the weights before the step)."""
+    n, rows, cols = patches.shape[:3]
+    with torch.no_grad():
+        encoded = parts.g_enc(patches.flatten(0, 2))  # (N·R·C, D)
+        z = encoded.view(n, cols, rows, -1).transpose(1, 2)  # the grid put back column-major
+        wrong_view = losses.cpc_loss(z, cpc_method.column_context(parts.g_ar, z), parts.W)
+    if abs(float(wrong_view) - got) < 1e-5:
+        return (" — put the grid axes back in the order they were flattened: "
+                "g_enc(patches.flatten(0, 2)).view(N, R, C, D)")
+    return (" — encode every patch with g_enc, run column_context, then cpc_loss(z, c, W); if "
+            "your column_context or cpc_loss does not pass its tests yet, call "
+            "sslkit.methods.cpc.column_context or sslkit.losses.cpc_loss here")
+
+
 def _check_steps(ex: str, cpc_step: Callable, seed: int, steps: int, guard: bool) -> None:
     parts = _Parts(seed)
     ref = copy.deepcopy(parts)
@@ -280,6 +327,7 @@ def _check_steps(ex: str, cpc_step: Callable, seed: int, steps: int, guard: bool
     where = (f" (patches {tuple(patches.shape)}, K={parts.W.shape[0]}, SGD lr=0.5 momentum=0.9)")
     for step in range(steps):
         label = f"step {step + 1}: " if steps > 1 else ""
+        stale_gradients(parts, ref, seed + step)  # zero_grad must clear them
         before = copy.deepcopy(parts)
         got = _call(ex, cpc_step, parts.g_enc, parts.g_ar, parts.W, optimizer, patches.clone(),
                     where=where, guard=guard)
@@ -288,10 +336,7 @@ def _check_steps(ex: str, cpc_step: Callable, seed: int, steps: int, guard: bool
             raise AssertionError(f"{ex}: {label}the loss is {got}{where}: check that every step "
                                  "k has contexts (rows - k > 0) and the scores stay finite")
         match_step(ex, got, expected, parts, before, ref, label, where,
-                   hint=lambda: " — encode every patch with g_enc, run column_context, then "
-                                "cpc_loss(z, c, W); if your column_context or cpc_loss does not "
-                                "pass its tests yet, call sslkit.methods.cpc.column_context or "
-                                "sslkit.losses.cpc_loss here")
+                   hint=functools.partial(_step_hint, before, patches, got))
 
 
 @quiet
