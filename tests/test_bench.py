@@ -314,3 +314,39 @@ def test_lightly_that_is_not_installed_is_only_skipped(monkeypatch):
     monkeypatch.setattr(sys, "meta_path", [_BrokenImport(ModuleNotFoundError(
         "No module named 'lightly'", name="lightly")), *sys.meta_path])
     assert not bench.lightly_available()
+
+
+def test_each_arm_is_measured_without_the_last_arms_network_or_loader(monkeypatch):
+    """An arm's peak memory on a GPU is what is allocated while it runs: a network, gradients,
+    momentum or batch of an arm before it that is still alive then counts in its peak, and the
+    workers of a DataLoader still alive compete for the CPU. Each arm's are freed before the
+    next arm is measured."""
+    import weakref
+
+    _fake_lightly(monkeypatch)
+    made, loaders, alive = [], [], {}
+    simclr, loader_batches, measure = bench._simclr, bench._loader_batches, bench._measure
+
+    def spy_simclr(*args, **kwargs):
+        method, optimizer = simclr(*args, **kwargs)
+        made.append(weakref.ref(method))
+        return method, optimizer
+
+    def spy_loader_batches(*args, **kwargs):
+        batches, ahead = loader_batches(*args, **kwargs)
+        loaders.append(weakref.ref(batches))
+        return batches, ahead
+
+    def spy_measure(name, *args):
+        # no gc.collect(): memory must go back when the last reference does, not at a later
+        # garbage collection, or it is still allocated while this arm runs
+        alive[name] = ([i for i, ref in enumerate(made[:-1]) if ref() is not None],
+                       [i for i, ref in enumerate(loaders) if ref() is not None])
+        return measure(name, *args)
+
+    monkeypatch.setattr(bench, "_simclr", spy_simclr)
+    monkeypatch.setattr(bench, "_loader_batches", spy_loader_batches)
+    monkeypatch.setattr(bench, "_measure", spy_measure)
+    bench.run_bench("cpu", batch=8, steps=1, size="tiny", warmup=0, workers=0)
+    # (networks of the arms before, DataLoaders) alive while an arm is measured: only its own
+    assert alive == {"a": ([], []), "b": ([], [0]), "c": ([], [1]), "d": ([], [])}
