@@ -202,8 +202,67 @@ def test_linear_probe_step_wrong_answers():
 
     assert "softmax" in fails(check, softmax_first, False, "expected loss")
     assert "sum" in fails(check, summed, False, "expected loss")
-    check(no_zero_grad)  # one step from fresh gradients is right ...
-    fails(check, no_zero_grad, True, "zero_grad")  # ... the second accumulates
+    for hidden in (False, True):  # the visible step starts from stale gradients too
+        fails(check, no_zero_grad, hidden, "zero_grad")
     fails(check, no_step, False, "did not change")
     fails(check, tensor_loss, False, "float")
     fails(check, lambda *a: evaluate.linear_probe_step(*a), True, "reference")
+
+
+# -- wrong answers found in a student's pass through the released notebook ---------------------
+
+def knn_variant(kind):
+    def answer(train_f, train_y, test_f, k=200, t=0.1):
+        n = len(train_f)
+        if kind == "euclidean":
+            sim, idx = (-torch.cdist(test_f, train_f)).topk(min(k, n), dim=1)
+        else:
+            sim = F.normalize(test_f, dim=1) @ F.normalize(train_f, dim=1).T
+            sim, idx = sim.topk(k if kind == "k_not_clamped" else min(k, n), dim=1)
+        w = (sim / t).exp()
+        votes = torch.zeros(len(test_f), int(train_y.max()) + 1)
+        if kind == "votes_not_accumulated":  # advanced-index += drops repeated classes
+            votes[torch.arange(len(test_f))[:, None], train_y[idx]] += w
+        else:
+            votes.scatter_add_(1, train_y[idx], w)
+        if kind == "topk_of_votes":  # torch.topk orders equal votes arbitrarily
+            return votes.topk(1, dim=1).indices[:, 0]
+        return votes.argmax(dim=1)
+    return answer
+
+
+@pytest.mark.parametrize("kind, hint", [
+    ("euclidean", "not the Euclidean distance"),
+    ("k_not_clamped", r"min\(k, N\)"),
+    ("votes_not_accumulated", "add up the votes of neighbours of the same class"),
+    ("topk_of_votes", "equal votes go to the lower class"),
+])
+def test_knn_mistakes_fail_the_visible_check_and_are_named(kind, hint):
+    """k > N (which the exercise asks to handle) and tied votes picked by torch.topk passed the
+    visible check; a Euclidean kNN and votes that overwrite each other failed without a hint."""
+    fails(grading.check_knn_predict, knn_variant(kind), False, hint)
+
+
+def test_topk_accuracy_with_k_above_the_number_of_classes():
+    """With k >= C every row counts (the exercise says so); torch.topk(k) raises for k > C, and
+    no check asked for k > C."""
+    def topk_not_clamped(logits, labels, k=1):
+        order = torch.sort(logits, dim=1, descending=True, stable=True).indices
+        if k > logits.shape[1]:
+            raise RuntimeError("selected index k out of range")
+        return (order[:, :k] == labels[:, None]).any(dim=1).float().mean().item()
+
+    for hidden in (False, True):
+        fails(grading.check_topk_accuracy, topk_not_clamped, hidden, r"min\(k, C\)")
+
+
+def test_linear_probe_step_that_zeroes_the_gradients_before_the_step_is_told_the_order():
+    def zero_grad_too_late(head, opt, x, y):
+        loss = F.cross_entropy(head(x), y)
+        loss.backward()
+        opt.zero_grad()  # the mistake: the gradients are gone before the step
+        opt.step()
+        return loss.item()
+
+    message = fails(grading.check_linear_probe_step, zero_grad_too_late, False, "did not change")
+    assert "in this order" in message

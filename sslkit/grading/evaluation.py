@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sslkit import evaluate
-from sslkit.grading.guard import as_tensor, call, match_step, quiet, randn
+from sslkit.grading.guard import as_tensor, call, match_step, quiet, randn, stale_gradients
 
 REFERENCES = {
     "knn_predict": {"sslkit.evaluate.knn_predict": evaluate.knn_predict,
@@ -39,15 +39,26 @@ def _labels(n: int, classes: int, seed: int) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------
 
 
-def _knn_variant(train_f, train_y, test_f, k, t, cosine=True, weight="exp", low_ties=True):
+def _knn_variant(train_f, train_y, test_f, k, t, cosine=True, weight="exp", low_ties=True,
+                 accumulate=True, votes_only=False):
     """Weighted kNN with one of the usual mistakes switched on, to name the one an answer made.
-    (No tie in similarity at the k-th neighbour occurs in the checks' cases.)"""
+    (No tie in similarity at the k-th neighbour occurs in the checks' cases.) cosine: True,
+    False (a plain dot product) or "euclidean" (similarity = minus the distance)."""
     classes = int(train_y.max()) + 1
-    a, b = (F.normalize(test_f, dim=1), F.normalize(train_f, dim=1)) if cosine else (test_f,
-                                                                                     train_f)
-    sim, idx = (a @ b.T).topk(min(k, len(train_f)), dim=1)  # (M, k)
+    if cosine == "euclidean":
+        sim, idx = (-torch.cdist(test_f, train_f)).topk(min(k, len(train_f)), dim=1)
+    else:
+        a, b = ((F.normalize(test_f, dim=1), F.normalize(train_f, dim=1)) if cosine
+                else (test_f, train_f))
+        sim, idx = (a @ b.T).topk(min(k, len(train_f)), dim=1)  # (M, k)
     w = {"exp": (sim / t).exp(), "plain": sim.exp(), "count": torch.ones_like(sim)}[weight]
-    votes = torch.zeros(len(test_f), classes).scatter_add_(1, train_y[idx], w)  # (M, classes)
+    votes = torch.zeros(len(test_f), classes)  # (M, classes)
+    if accumulate:
+        votes.scatter_add_(1, train_y[idx], w)
+    else:  # advanced indexing with +=: of several neighbours of one class, one vote is kept
+        votes[torch.arange(len(test_f))[:, None], train_y[idx]] += w
+    if votes_only:
+        return votes
     if low_ties:
         return votes.argmax(dim=1)
     return classes - 1 - votes.flip(1).argmax(dim=1)  # the last maximum: the higher class
@@ -72,6 +83,10 @@ def _tie_case(sites, d, classes, seed):
 KNN_HINTS = {
     "use cosine similarity: normalise both feature sets (F.normalize) before the dot product":
         dict(cosine=False),
+    "use cosine similarity (normalise both feature sets, then one matrix product), not the "
+    "Euclidean distance": dict(cosine="euclidean"),
+    "add up the votes of neighbours of the same class (scores.scatter_add_(1, labels, weights)"
+    "): scores[rows, labels] += weights keeps only one vote per class": dict(accumulate=False),
     "weight each vote by exp(similarity / temperature), not 1": dict(weight="count"),
     "divide the similarity by the temperature inside the exp": dict(weight="plain"),
     "equal votes go to the lower class (argmax returns the first maximum)": dict(low_ties=False),
@@ -84,7 +99,10 @@ def check_knn_predict(knn_predict: Callable, hidden: bool = False) -> None:
     k above the number of training points, and no delegation)."""
     ex = "knn_predict"
     # (kind, sizes, k, temperature, seed)
-    cases = [("random", (40, 5, 12, 4), 5, 0.1, 0), ("ties", (10, 4, 3), 2, 0.1, 1)]
+    # the tie case has 4 classes: there torch.topk on the votes does not keep the lower class;
+    # the last case has k above the number of training points
+    cases = [("random", (40, 5, 12, 4), 5, 0.1, 0), ("ties", (10, 4, 4), 2, 0.1, 1),
+             ("random", (5, 3, 4, 3), 8, 0.1, 8)]
     if hidden:
         cases = [("random", (60, 8, 20, 5), 10, 0.07, 2), ("random", (30, 3, 15, 3), 1, 0.5, 3),
                  ("random", (6, 4, 5, 3), 10, 0.1, 4), ("ties", (12, 6, 5), 2, 0.2, 5),
@@ -94,8 +112,15 @@ def check_knn_predict(knn_predict: Callable, hidden: bool = False) -> None:
                                     else _tie_case(*sizes, seed))
         where = (f" ({len(train_f)} training points{' in equally similar pairs' * (kind == 'ties')}"
                  f", {len(test_f)} test points, D={train_f.shape[1]}, k={k}, T={t})")
-        got = as_tensor(ex, _call(ex, knn_predict, train_f.clone(), train_y.clone(),
-                                  test_f.clone(), k, t, where=where, guard=hidden), where)
+        try:
+            got = _call(ex, knn_predict, train_f.clone(), train_y.clone(), test_f.clone(), k, t,
+                        where=where, guard=hidden)
+        except AssertionError as e:
+            if k > len(train_f) and "out of range" in str(e):
+                raise AssertionError(f"{e} — k may be larger than the number of training "
+                                     "points N: take the min(k, N) most similar") from None
+            raise
+        got = as_tensor(ex, got, where)
         expected = evaluate.knn_predict(train_f, train_y, test_f, k=k, temperature=t)
         if got.shape != expected.shape:
             raise AssertionError(f"{ex}: expected one label per test point, shape "
@@ -106,6 +131,14 @@ def check_knn_predict(knn_predict: Callable, hidden: bool = False) -> None:
         hint = next((" — " + text for text, wrong in KNN_HINTS.items()
                      if torch.equal(got, _knn_variant(train_f, train_y, test_f, k, t, **wrong))),
                     "")
+        votes = _knn_variant(train_f, train_y, test_f, k, t, votes_only=True)
+        differ = got != expected
+        if not hint and bool((got[differ] < votes.shape[1]).all() and (got[differ] >= 0).all()):
+            best = votes.max(dim=1).values
+            if torch.allclose(votes[differ].gather(1, got[differ, None])[:, 0], best[differ]):
+                hint = (" — equal votes go to the lower class: take scores.argmax(dim=1), which "
+                        "returns the first maximum (torch.topk, or max() over a dict of votes, "
+                        "picks among equal votes in another order)")
         wrong = int((got != expected).sum())
         i = int((got != expected).nonzero()[0])
         raise AssertionError(f"{ex}: {wrong} of {len(expected)} labels differ from the "
@@ -130,16 +163,24 @@ def check_topk_accuracy(topk_accuracy: Callable, hidden: bool = False) -> None:
     """The top-k accuracy equals the reference's, with equal logits ranked by class index
     (hidden: k=1, k=C and more tied cases, and no delegation)."""
     ex = "topk_accuracy"
-    cases = [("random", 40, 10, 5, 0), ("ties", 30, 5, 2, 1)]
+    # the last case of each has k above the number of classes: every row counts
+    cases = [("random", 40, 10, 5, 0), ("ties", 30, 5, 2, 1), ("random", 12, 4, 6, 8)]
     if hidden:
         cases = [("random", 50, 10, 1, 2), ("random", 25, 6, 6, 3), ("random", 64, 100, 5, 4),
-                 ("ties", 40, 4, 1, 5), ("ties", 50, 8, 3, 6), ("ties", 30, 10, 5, 7)]
+                 ("ties", 40, 4, 1, 5), ("ties", 50, 8, 3, 6), ("ties", 30, 10, 5, 7),
+                 ("ties", 20, 3, 5, 9)]
     for kind, n, c, k, seed in cases:
         logits, labels = _topk_case(kind, n, c, seed)
         where = (f" (N={n}, C={c}, k={k}" + (", logits with ties" if kind == "ties" else "")
                  + ")")
-        got = _call(ex, topk_accuracy, logits.clone(), labels.clone(), k, where=where,
-                    guard=hidden)
+        try:
+            got = _call(ex, topk_accuracy, logits.clone(), labels.clone(), k, where=where,
+                        guard=hidden)
+        except AssertionError as e:
+            if k > c and "out of range" in str(e):
+                raise AssertionError(f"{e} — k may be larger than the number of classes C, "
+                                     "where every row counts: use min(k, C)") from None
+            raise
         if isinstance(got, torch.Tensor) and got.numel() == 1:
             got = got.item()
         if not isinstance(got, (float, int)):
@@ -207,6 +248,7 @@ def check_linear_probe_step(linear_probe_step: Callable, hidden: bool = False) -
         where = f" (Linear({d}, {c}), N={n}, {name})"
         for step in range(steps):
             label = f"step {step + 1}: " if steps > 1 else ""
+            stale_gradients(head, ref, seed + step)  # zero_grad must clear them
             before = copy.deepcopy(head)
             got = _call(ex, linear_probe_step, head, optimizer, x.clone(), y.clone(),
                         where=where, guard=hidden)

@@ -210,7 +210,9 @@ def match_step(exercise: str, got, expected: float, model: torch.nn.Module,
                              f"{where}{hint()}")
     if max_param_diff(model, before) == 0:
         raise AssertionError(f"{exercise}: {label}the weights did not change{where}: call "
-                             "loss.backward() and then optimizer.step()")
+                             "optimizer.zero_grad(), loss.backward(), then optimizer.step(), in "
+                             "this order (a zero_grad() between backward() and step() throws "
+                             "the gradients away)")
     diff = max_param_diff(model, reference)
     if not diff <= 1e-5:  # NaN weights fail too
         differ = [name for (name, p), q in zip(model.named_parameters(), reference.parameters())
