@@ -514,3 +514,15 @@ def test_mae_step_with_the_mask_inverted_is_told_so():
         return loss.item()
 
     fails(grading.check_mae_step, inverted, False, "mask = 1 marks the hidden patches")
+
+
+def test_patchify_for_square_images_only_fails_hidden():
+    """The exercise's L = (H/p)(W/p) holds for any H and W; a patchify that takes W from H
+    passed every (square) case."""
+    def square_only(imgs, p):
+        n, c, h, _ = imgs.shape
+        x = imgs.reshape(n, c, h // p, p, h // p, p)  # the mistake: W taken as H
+        return x.permute(0, 2, 4, 3, 5, 1).reshape(n, (h // p) ** 2, p * p * c)
+
+    grading.check_patchify(square_only)
+    fails(grading.check_patchify, square_only, True, r"images \(2, 3, 8, 12\)")

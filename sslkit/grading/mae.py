@@ -91,9 +91,11 @@ def _patchify_variants(x: torch.Tensor, p: int) -> dict[str, torch.Tensor]:
 def check_patchify(patchify: Callable, hidden: bool = False) -> None:
     """patchify gives the reference's (N, L, p*p*C) patches in MAE's (h, w, p, q, c) order."""
     ex = "patchify"
-    for n, c, side, p, seed in PATCH_CASES[hidden]:
-        x = _images(n, c, side, seed)
-        where = f" (images {(n, c, side, side)}, patch size {p})"
+    # hidden: a non-square image too, L = (H/p)(W/p) (unpatchify's images are square)
+    cases = [(n, c, side, side, p, seed) for n, c, side, p, seed in PATCH_CASES[hidden]]
+    for n, c, h, w, p, seed in cases + ([(2, 3, 8, 12, 4, 5)] if hidden else []):
+        x = torch.rand(n, c, h, w, generator=torch.Generator().manual_seed(seed))
+        where = f" (images {(n, c, h, w)}, patch size {p})"
         got = as_tensor(ex, _call(ex, patchify, x.clone(), p, where=where, guard=hidden), where)
         expected = vit.patchify(x, p)
         if _same(got, expected):
