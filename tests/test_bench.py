@@ -266,14 +266,14 @@ def test_the_ceiling_gets_its_views_as_the_device_path_does(monkeypatch):
 
 
 class _BrokenImport:
-    """A meta path finder: importing lightly fails with `error`, as a lightly that lacks one
-    of its carried dependencies, or was built for another torchvision, fails."""
+    """A meta path finder: importing `package` fails with `error`, as a lightly or kornia that
+    lacks one of its carried dependencies, or was built for another torch, fails."""
 
-    def __init__(self, error: Exception):
-        self.error = error
+    def __init__(self, error: Exception, package: str = "lightly"):
+        self.error, self.package = error, package
 
     def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] == "lightly":
+        if name.split(".")[0] == self.package:
             raise self.error
         return None
 
@@ -350,3 +350,49 @@ def test_each_arm_is_measured_without_the_last_arms_network_or_loader(monkeypatc
     bench.run_bench("cpu", batch=8, steps=1, size="tiny", warmup=0, workers=0)
     # (networks of the arms before, DataLoaders) alive while an arm is measured: only its own
     assert alive == {"a": ([], []), "b": ([], [0]), "c": ([], [1]), "d": ([], [])}
+
+
+@pytest.mark.parametrize("where, error, shown", [
+    ("import", RuntimeError("operator torchvision::nms does not exist"), "RuntimeError"),
+    ("import", ModuleNotFoundError("No module named 'kornia_rs'", name="kornia_rs"),
+     "ModuleNotFoundError"),
+    ("run", RuntimeError("CUDA error: an illegal memory access was encountered"),
+     "RuntimeError"),
+])
+def test_a_kornia_that_breaks_costs_only_its_own_row(monkeypatch, where, error, shown):
+    """kornia, like lightly, comes from carried wheels on the device machine: if it fails to
+    import or to run there, (v2) says why, and (v1) and (v3) are still measured (the whole
+    views table was lost, and `sslkit bench` failed after its first table)."""
+    from sslkit import bench_views
+
+    if where == "import":
+        for name in [m for m in sys.modules if m.split(".")[0] == "kornia"]:
+            monkeypatch.delitem(sys.modules, name)
+        monkeypatch.setattr(sys, "meta_path", [_BrokenImport(error, "kornia"), *sys.meta_path])
+    else:
+        _fake_kornia(monkeypatch)
+
+        class Broken(torch.nn.Module):
+            def forward(self, x):
+                raise error
+        monkeypatch.setattr(sys.modules["kornia.augmentation"], "AugmentationSequential",
+                            lambda *stages: Broken())
+    results = bench_views.run_views_bench(torch.device("cpu"), batch=4, steps=1, warmup=0)
+    assert [r.name for r in results] == ["v1", "v2", "v3"]
+    v2 = results[1]
+    assert v2.images_per_s is None and v2.note.startswith(f"kornia failed: {shown}: ")
+    assert str(error) in v2.note
+    assert all(r.images_per_s > 0 for r in results if r.name != "v2")
+    assert f"(v2) kornia failed: {shown}" in bench_views.format_views_table(results)
+
+
+def test_kornia_that_is_not_installed_is_only_skipped(monkeypatch):
+    from sslkit import bench_views
+
+    for name in [m for m in sys.modules if m.split(".")[0] == "kornia"]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setattr(sys, "meta_path", [_BrokenImport(ModuleNotFoundError(
+        "No module named 'kornia'", name="kornia"), "kornia"), *sys.meta_path])
+    assert not bench_views.kornia_available()
+    results = bench_views.run_views_bench(torch.device("cpu"), batch=4, steps=1, warmup=0)
+    assert results[1].images_per_s is None and results[1].note == bench_views.KORNIA_HINT
