@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sslkit import augment
-from sslkit.grading.guard import as_tensor, call, match_step, quiet, randn
+from sslkit.grading.guard import as_tensor, call, match_step, quiet, randn, stale_gradients
 from sslkit.methods.jigsaw import Jigsaw
 from sslkit.methods.relative_patch import RelativePatch
 from sslkit.methods.rotation import Rotation
@@ -148,13 +148,6 @@ def _step_case(seed: int, n: int = 5):
     return method.train(), x
 
 
-def _stale_grads(module: nn.Module, seed: int) -> None:
-    """Leftover gradients from an earlier step, which zero_grad must clear."""
-    g = torch.Generator().manual_seed(seed)
-    for p in module.parameters():
-        p.grad = torch.randn(p.shape, generator=g)
-
-
 def _step_hint(method: Rotation, x: torch.Tensor, got: float) -> str:
     """Why a step's loss differs from the reference's, where a usual mistake explains it."""
     m = copy.deepcopy(method)
@@ -182,8 +175,7 @@ def _check_one_step(ex: str, step_fn: Callable, seed: int, steps: int, guard: bo
     ref_optimizer = torch.optim.SGD(reference.parameters(), lr=0.1, momentum=0.9)
     where = f" (N={len(x)} images 1x8x8, SGD lr=0.1 momentum=0.9)"
     for step in range(steps):
-        _stale_grads(model, seed + step)
-        _stale_grads(reference, seed + step)
+        stale_gradients(model, reference, seed + step)  # zero_grad must clear them
         before = copy.deepcopy(model)
         hint_state = copy.deepcopy(reference)
         got = _call(ex, step_fn, model, optimizer, x.clone(), where=where, guard=guard)

@@ -25,6 +25,7 @@ from sslkit.grading.guard import (
     require_grad,
     require_unchanged,
     scalar,
+    stale_gradients,
 )
 from sslkit.methods.simclr import SimCLR
 from sslkit.models.convnet import ConvNet
@@ -451,13 +452,6 @@ def _optimizer(module: nn.Module) -> torch.optim.Optimizer:
     return torch.optim.SGD(module.parameters(), lr=0.1, momentum=0.9)
 
 
-def _stale_grads(module: nn.Module, seed: int) -> None:
-    """Leftover gradients from an earlier step, which zero_grad must clear."""
-    g = torch.Generator().manual_seed(seed)
-    for p in module.parameters():
-        p.grad = torch.randn(p.shape, generator=g)
-
-
 def _step_hint(method: SimCLR, v1, v2, got: float) -> str:
     """Why a step's loss differs from the reference's, where a usual mistake explains it."""
     separate = copy.deepcopy(method)
@@ -485,8 +479,7 @@ def _check_one_step(ex: str, simclr_step: Callable, seed: int, steps: int,
     ref_optimizer = _optimizer(reference)
     where = f" (N={len(v1)} pairs of 1x8x8 views, T={t}, SGD lr=0.1 momentum=0.9)"
     for step in range(steps):
-        _stale_grads(model, seed + step)
-        _stale_grads(reference, seed + step)
+        stale_gradients(model, reference, seed + step)  # zero_grad must clear them
         before = copy.deepcopy(model)
         got = _call(ex, simclr_step, model, optimizer, v1.clone(), v2.clone(), t, where=where,
                     guard=guard)
