@@ -160,11 +160,20 @@ def lightly_available() -> bool:
     return True
 
 
+def _usable_cpus() -> int:
+    """The cores this process may run on (a container's share, not the host's count)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def run_bench(device: str = "auto", batch: int = 512, steps: int = 20, size: str = "full",
               warmup: int = 3, workers: int | None = None, compile: bool = False,
-              lightly: bool | None = None) -> list[Result]:
+              lightly: bool | None = None,
+              measured: Callable[[Result], None] | None = None) -> list[Result]:
     """Measure (a)-(d); returns one Result each, in that order ((c) skipped if lightly is not
-    importable or lightly=False)."""
+    importable or lightly=False). measured(result) is called as each row is done, so a row
+    that crashes or is stopped later loses none of the rows before it."""
     if size not in SIZES:
         raise SSLKitError(f"unknown size {size!r}: use one of {', '.join(SIZES)}")
     check_counts(batch, steps, warmup)
@@ -176,17 +185,22 @@ def run_bench(device: str = "auto", batch: int = 512, steps: int = 20, size: str
     dev = resolve_device(device)
     fast_cuda_settings(dev)  # as in training, for every pipeline (lightly's too)
     arch, n_images = SIZES[size]
-    workers = min(8, os.cpu_count() or 1) if workers is None else workers
+    workers = min(8, _usable_cpus()) if workers is None else workers
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (max(n_images, batch), 3, 32, 32), dtype=torch.uint8,
                            generator=g)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda")
     results = []
 
+    def add(result: Result) -> None:
+        results.append(result)
+        if measured is not None:
+            measured(result)
+
     # (a) the device path: uint8 dataset on the device, batched views there
     method, optimizer = _simclr(arch, dev, compile)
     on_device = images.to(dev)
-    results.append(_measure(
+    add(_measure(
         "a", "sslkit, device path", ([x] for x in _random_batches(on_device, batch)),
         lambda micro: train_step(method, optimizer, micro, autocast), batch, steps, warmup, dev))
     del on_device, method, optimizer  # an arm's leftovers would count in the next one's peak
@@ -194,26 +208,25 @@ def run_bench(device: str = "auto", batch: int = 512, steps: int = 20, size: str
     # (b) the DataLoader path: torchvision per image in worker processes. In a function of its
     # own, like (c): its network, optimiser state, last batch and workers are gone when it
     # returns, so they count neither in the next arm's peak memory nor against its CPU time.
-    results.append(_bench_dataloader(arch, dev, images, batch, steps, warmup, workers,
-                                     autocast, compile))
+    add(_bench_dataloader(arch, dev, images, batch, steps, warmup, workers, autocast, compile))
 
     # (c) lightly's transform and loss, a standard DataLoader, the same network
     if lightly is None:
         lightly = lightly_available()
     if lightly:
         try:
-            results.append(_bench_lightly(arch, dev, images, batch, steps, warmup, workers,
-                                          autocast, compile))
+            add(_bench_lightly(arch, dev, images, batch, steps, warmup, workers, autocast,
+                               compile))
         except Exception as err:  # a lightly that breaks here must not cost the other rows
             reason = " ".join(f"{type(err).__name__}: {err}".split())[:300]
-            results.append(Result("c", "lightly", None, None, f"lightly failed: {reason}"))
+            add(Result("c", "lightly", None, None, f"lightly failed: {reason}"))
     else:
-        results.append(Result("c", "lightly", None, None, LIGHTLY_HINT))
+        add(Result("c", "lightly", None, None, LIGHTLY_HINT))
 
     # (d) the model alone on views made in advance
     method, optimizer = _simclr(arch, dev, compile)
     views = method.views.two_views(images[:batch].to(dev))  # as (a) feeds them: same layout
-    results.append(_measure(
+    add(_measure(
         "d", "model alone (pre-augmented)", iter(lambda: [views], None),
         lambda micro: train_step(method, optimizer, micro, autocast), batch, steps, warmup, dev))
     return results

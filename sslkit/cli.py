@@ -285,8 +285,12 @@ def cmd_bench(args) -> int:
 
     device = resolve_device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"  # in the title
+    def measured(result) -> None:  # each row as it is done: a later row's crash loses none
+        speed = "skipped" if result.images_per_s is None else f"{result.images_per_s:.1f} images/s"
+        print(f"measured ({result.name}) {result.label}: {speed}", flush=True)
+
     results = run_bench(args.device, args.batch, args.steps, args.size, args.warmup, args.workers,
-                        args.compile)
+                        args.compile, measured=measured)
     print(format_table(results, f"SimCLR, batch {args.batch}, {args.steps} steps, size "
                                 f"{args.size}, {name}"))
     views = run_views_bench(device, args.batch, args.steps, args.warmup)

@@ -396,3 +396,26 @@ def test_kornia_that_is_not_installed_is_only_skipped(monkeypatch):
     assert not bench_views.kornia_available()
     results = bench_views.run_views_bench(torch.device("cpu"), batch=4, steps=1, warmup=0)
     assert results[1].images_per_s is None and results[1].note == bench_views.KORNIA_HINT
+
+
+def test_a_row_that_crashes_leaves_the_rows_before_it_printed(capsys, monkeypatch):
+    """On the device machine the bench is one step of one short call: a crash in (d) (or the
+    step's time limit reached there) lost the figures of (a)-(c), printed only as one table at
+    the end. Each row is now printed as it is measured."""
+    real_measure = bench._measure
+
+    def measure(name, *args, **kwargs):
+        if name == "d":
+            raise RuntimeError("CUDA out of memory")
+        return real_measure(name, *args, **kwargs)
+
+    monkeypatch.setattr(bench, "_measure", measure)
+    monkeypatch.setattr(bench, "lightly_available", lambda: False)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        main(["bench", "--device", "cpu", "--size", "tiny", "--batch", "8", "--steps", "1",
+              "--warmup", "0", "--workers", "0"])
+    printed = capsys.readouterr().out.splitlines()
+    assert [line.split(")")[0] for line in printed] == ["measured (a", "measured (b",
+                                                        "measured (c"]
+    assert re.fullmatch(r"measured \(a\) sslkit, device path: \d+\.\d images/s", printed[0])
+    assert printed[2].endswith(": skipped")

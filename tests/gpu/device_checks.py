@@ -227,7 +227,7 @@ def plan(names: list[str], tiny: bool, data_root: Path | None, runs: Path,
     bench = [*sslkit, "bench", "--device", device]
     bench += (["--size", "tiny", "--batch", "32", "--steps", "2", "--warmup", "1", "--workers",
                "0"] if tiny else ["--size", "full", "--batch", "512", "--steps", "30", "--workers",
-                             str(max(1, (os.cpu_count() or 2) - 1))])  # every core but the main
+                             str(max(1, len(os.sched_getaffinity(0)) - 1))])  # all but main
     tests = [*py, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=", "-rs",
              "tests/test_cuda.py", "tests/test_no_host_sync.py",
              "tests/test_losses.py::test_cuda_half_under_autocast_matches_cpu",
