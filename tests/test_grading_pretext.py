@@ -264,3 +264,30 @@ def test_rotate_batch_that_converts_the_dtype_gets_a_one_line_message():
             assert "keep the images' dtype" in str(err) and "\n" not in str(err)
         else:
             assert not hidden, "the hidden check feeds uint8 images"
+
+
+def test_jigsaw_tiles_that_assumes_square_images_fails_visible():
+    """The exercise allows H != W (both divisible by 3); an answer that takes the tile width
+    from H passed the visible check, whose images were all square, and failed only the hidden
+    one, with torch's reshape error."""
+    def square_tiles(x, perms):
+        n, c, h, w = x.shape
+        t = h // 3  # the mistake: W // 3 is the tile width
+        tiles = x.reshape(n, c, 3, t, 3, t).permute(0, 2, 4, 1, 3, 5).reshape(n, 9, c, t, t)
+        return tiles[torch.arange(n)[:, None], perms]
+
+    for hidden in (False, True):
+        fails(grading.check_jigsaw_tiles, square_tiles, hidden, r"raised RuntimeError for x of "
+              r"shape \(\d, \d, \d+, \d+\)")
+
+
+def test_jigsaw_tiles_with_one_permutation_for_all_images_is_told_so():
+    """tiles[:, perms[0]] shuffles every image like the first one."""
+    def first_permutation(x, perms):
+        n, c, h, w = x.shape
+        t = x.reshape(n, c, 3, h // 3, 3, w // 3).permute(0, 2, 4, 1, 3, 5)
+        return t.reshape(n, 9, c, h // 3, w // 3)[:, perms[0]]
+
+    for hidden in (False, True):
+        assert "perms[n]" in fails(grading.check_jigsaw_tiles, first_permutation, hidden,
+                                   "tiles differ")

@@ -218,6 +218,8 @@ def _tiles_hint(x: torch.Tensor, perms: torch.Tensor, got: torch.Tensor) -> str:
         "number the tiles row by row (tile t at row t // 3, column t % 3), not column by column":
             by_columns[rows, perms],
         "did you apply the permutation? out[n, i] = tile perms[n, i]": tiles,
+        "each image has its own permutation: image n's tiles go in the order perms[n] (you "
+        "shuffled every image with perms[0])": tiles[:, perms[0]],
     }
     for hint, value in variants.items():
         if value.shape == got.shape and torch.equal(got.to(value.dtype), value):
@@ -248,7 +250,12 @@ def check_jigsaw_tiles(jigsaw_tiles: Callable, hidden: bool = False) -> None:
     ex = "jigsaw_tiles"
     if not hidden:
         x = torch.arange(2 * 36, dtype=torch.float32).reshape(2, 1, 6, 6)
-        perms = torch.stack([torch.arange(9), torch.tensor([8, 3, 0, 4, 6, 1, 2, 7, 5])])
+        perms = torch.stack([torch.tensor([8, 3, 0, 4, 6, 1, 2, 7, 5]), torch.arange(9)])
+        _compare_tiles(ex, jigsaw_tiles, x, perms, guard=False)
+        # H != W, as the exercise allows: the tile width is W / 3, not H / 3
+        x = torch.arange(2 * 2 * 54, dtype=torch.float32).reshape(2, 2, 6, 9)
+        perms = torch.stack([torch.tensor([4, 0, 8, 2, 6, 1, 7, 3, 5]),
+                             torch.tensor([8, 3, 0, 4, 6, 1, 2, 7, 5])])
         _compare_tiles(ex, jigsaw_tiles, x, perms, guard=False)
         return
     g = torch.Generator().manual_seed(5)
