@@ -245,3 +245,15 @@ def test_gaussian_mi_delegation_fails_hidden(reference):
     grading.check_gaussian_mi(delegating)
     assert "reference sslkit.mutual_info" in fails(grading.check_gaussian_mi, delegating, True,
                                                    "reference")
+
+
+def test_negative_weights_that_changes_its_input_in_place_fails():
+    """s /= T gives the right weights once, but the notebook's plot calls it in a loop over
+    temperatures on one tensor s, which each call divides again. It passed both checks."""
+    def in_place(s, t):
+        s /= t
+        return torch.softmax(s, -1)[..., 1:] / t
+
+    for hidden in (False, True):
+        fails(grading.check_negative_weights, in_place, hidden,
+              "changed its input similarities in place")

@@ -210,3 +210,23 @@ def test_loss_returning_a_constant_zero_when_nothing_is_masked_passes_hidden():
         return student_loss(x, r, m)
 
     grading.check_masked_reconstruction_loss(early_zero, hidden=True)
+
+
+def test_lab_conversions_that_change_their_input_in_place_fail():
+    """Right values, but the input is overwritten: split_lab(x) that undoes the gamma in x
+    itself leaves the notebook's merge_lab(*split_lab(x)) test comparing with a darker x, and
+    the colorization figure showing it; both passed the visible and hidden checks."""
+    def split_in_place(x):
+        small = x <= 0.04045
+        x[small] = x[small] / 12.92
+        x[~small] = ((x[~small] + 0.055) / 1.055) ** 2.4
+        return student_split_lab(x, gamma=False)
+
+    def merge_in_place(L, ab):
+        L += 0  # harmless on its own ...
+        ab[:, 1:] *= -1  # ... but this flips b in the caller's tensor
+        return student_merge_lab(L, ab * torch.tensor([1.0, -1.0]).view(1, 2, 1, 1))
+
+    for hidden in (False, True):
+        fails(grading.check_split_lab, split_in_place, hidden, "changed its input x in place")
+        fails(grading.check_merge_lab, merge_in_place, hidden, "changed its input ab in place")

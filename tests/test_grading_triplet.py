@@ -226,3 +226,23 @@ def test_semi_hard_delegation_fails_hidden(reference):
 
     grading.check_semi_hard(delegating)
     fails(grading.check_semi_hard, delegating, True, "calls the reference sslkit.methods")
+
+
+def test_mining_that_changes_its_inputs_in_place_fails():
+    """masked_fill_ (the hint says masked_fill) picks the right candidates but writes inf into
+    the caller's matrix: the notebook then passes dist.diagonal(), all inf, to
+    semi_hard_negatives and shows the fallback as 'semi-hard'. Both checks passed it."""
+    def batch_hard_in_place(dist, invalid):
+        return dist.masked_fill_(invalid, float("inf")).argmin(1)
+
+    def semi_hard_in_place(dist_ap, dist_an, margin, invalid):
+        band = (dist_an > dist_ap[:, None]) & (dist_an < dist_ap[:, None] + margin) & ~invalid
+        easiest = dist_an.masked_fill(invalid, float("-inf")).argmax(1)
+        return torch.where(band.any(1), dist_an.masked_fill_(~band, float("inf")).argmin(1),
+                           easiest)
+
+    for hidden in (False, True):
+        fails(grading.check_batch_hard, batch_hard_in_place, hidden,
+              "changed its input dist in place")
+        fails(grading.check_semi_hard, semi_hard_in_place, hidden,
+              "changed its input dist_an in place")

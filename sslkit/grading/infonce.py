@@ -182,7 +182,9 @@ def _weights_variants(s: torch.Tensor, t: float) -> dict[str, torch.Tensor]:
 
 def _compare_weights(fn: Callable, s: torch.Tensor, t: float, where: str, guard: bool) -> None:
     ex = "negative_weights"
-    got = as_tensor(ex, _call(ex, fn, s.clone(), t, where=where, guard=guard), where)
+    s_in = s.clone()
+    got = as_tensor(ex, _call(ex, fn, s_in, t, where=where, guard=guard), where)
+    require_unchanged(ex, ("similarities",), (s_in,), (s,), where)
     expected = torch.softmax(s / t, dim=-1)[..., 1:] / t  # (..., K)
     if tuple(got.shape) != tuple(expected.shape):
         hint = (": return one weight per negative — drop index 0 (the positive)"

@@ -132,7 +132,9 @@ def _split_hint(lab: torch.Tensor, x: torch.Tensor) -> str:
 
 
 def _compare_split(ex: str, fn: Callable, x: torch.Tensor, where: str, guard: bool) -> None:
-    out = _call(ex, fn, x.clone(), where=where, guard=guard)
+    x_in = x.clone()
+    out = _call(ex, fn, x_in, where=where, guard=guard)
+    require_unchanged(ex, ("x",), (x_in,), (x,), where)
     if not isinstance(out, (tuple, list)) or len(out) != 2:
         raise AssertionError(f"{ex}: expected a pair (L, ab), got {type(out).__name__}{where}: "
                              f"return L, ab")
@@ -208,7 +210,9 @@ def _merge_hint(got: torch.Tensor, lab: torch.Tensor) -> str:
 def _compare_merge(ex: str, fn: Callable, lab: torch.Tensor, where: str, guard: bool) -> None:
     lab = lab.float()
     L, ab = lab[:, :1].contiguous(), lab[:, 1:].contiguous()
-    got = as_tensor(ex, _call(ex, fn, L.clone(), ab.clone(), where=where, guard=guard), where)
+    L_in, ab_in = L.clone(), ab.clone()
+    got = as_tensor(ex, _call(ex, fn, L_in, ab_in, where=where, guard=guard), where)
+    require_unchanged(ex, ("L", "ab"), (L_in, ab_in), (L, ab), where)
     n, _, h, w = lab.shape
     if tuple(got.shape) != (n, 3, h, w):
         raise AssertionError(f"{ex}: expected shape {(n, 3, h, w)}, got {tuple(got.shape)}"

@@ -178,7 +178,9 @@ def _first_wrong(got: torch.Tensor, expected: torch.Tensor) -> int:
 
 def _compare_batch_hard(ex: str, fn: Callable, dist, invalid, what: str, guard: bool) -> None:
     n, m = dist.shape
-    got = _call(ex, fn, dist.clone(), invalid.clone(), where=what, guard=guard)
+    args = (dist.clone(), invalid.clone())
+    got = _call(ex, fn, *args, where=what, guard=guard)
+    require_unchanged(ex, ("dist", "invalid"), args, (dist, invalid), what)
     got = _indices(ex, got, n, m, what)
     _invalid_choice(ex, got, invalid, what)
     expected = triplet.batch_hard_negatives(dist, invalid)
@@ -234,8 +236,10 @@ def _compare_semi_hard(ex: str, fn: Callable, dist_ap, dist_an, margin, invalid,
                        guard: bool) -> None:
     n, m = dist_an.shape
     where = what + f", margin={margin}"
-    got = _call(ex, fn, dist_ap.clone(), dist_an.clone(), margin, invalid.clone(), where=where,
-                guard=guard)
+    args = (dist_ap.clone(), dist_an.clone(), invalid.clone())
+    got = _call(ex, fn, args[0], args[1], margin, args[2], where=where, guard=guard)
+    require_unchanged(ex, ("dist_ap", "dist_an", "invalid"), args, (dist_ap, dist_an, invalid),
+                      where)
     got = _indices(ex, got, n, m, where)
     _invalid_choice(ex, got, invalid, where)
     expected = triplet.semi_hard_negatives(dist_ap, dist_an, margin, invalid)
