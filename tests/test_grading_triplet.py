@@ -209,12 +209,12 @@ def test_semi_hard_wrong_answers(solution):
     assert "closest one" in fails(check, farthest_in_band, False, "expected")
     fails(check, lambda ap, an, m, inv: solution.batch_hard_negatives(an, inv), False,
           "expected")
-    fails(check, inclusive_band, True, "edges")  # the visible case has no ties: hidden only
-    fails(check, unmasked, True, "not a negative|expected")
+    fails(check, inclusive_band, False, "edges")  # only the hand-made case has ties
+    fails(check, unmasked, False, "not a negative|expected")
     # in the random cases the invalid candidates are the closest, never the farthest: only the
     # hand-made row with an invalid candidate farthest away catches a fallback that ignores them
     assert "masked_fill with +inf before an argmin, -inf before an argmax" in fails(
-        check, fallback_unmasked, True, "not a negative")
+        check, fallback_unmasked, False, "not a negative")
 
 
 @pytest.mark.parametrize("reference", [triplet.semi_hard_negatives, reference_semi_hard,
@@ -246,3 +246,42 @@ def test_mining_that_changes_its_inputs_in_place_fails():
               "changed its input dist in place")
         fails(grading.check_semi_hard, semi_hard_in_place, hidden,
               "changed its input dist_an in place")
+
+
+def test_batch_hard_that_masks_the_diagonal_instead_of_invalid_fails_visible():
+    """invalid marks more than the diagonal when there are labels (and the matrix need not be
+    square); answers that masked the diagonal themselves passed the visible check, whose only
+    case was the diagonal."""
+    def eye(dist, invalid):
+        return (dist + 1e9 * torch.eye(*dist.shape)).argmin(1)
+
+    def second_smallest(dist, invalid):  # assumes each anchor's own positive is the closest
+        return dist.topk(2, dim=1, largest=False).indices[:, 1]
+
+    for answer in (eye, second_smallest):
+        for hidden in (False, True):
+            fails(grading.check_batch_hard, answer, hidden, "not a negative|expected")
+
+
+def band_then_mask(dist_ap, dist_an, margin, invalid):
+    """Decides which anchors have a semi-hard negative before leaving out the invalid ones: an
+    anchor whose only candidate in the band is invalid takes argmin over all-inf (index 0)
+    instead of the fallback."""
+    band = _band(dist_ap, dist_an, margin, torch.zeros_like(invalid))
+    has_band = band.any(1)
+    band = band & ~invalid
+    in_band = dist_an.masked_fill(~band, float("inf")).argmin(1)
+    easiest = dist_an.masked_fill(invalid, float("-inf")).argmax(1)
+    return torch.where(has_band, in_band, easiest)
+
+
+def test_semi_hard_mistakes_at_the_edges_fail_visible():
+    """The visible check has the hand-made case too: ties on the band's edges, an invalid
+    candidate farthest away, and one whose only candidate in the band is invalid. Before, the
+    first three answers passed the visible check, the last one both checks."""
+    check = grading.check_semi_hard
+    for hidden in (False, True):
+        assert "edges" in fails(check, inclusive_band, hidden, "expected")
+        fails(check, fallback_unmasked, hidden, "not a negative")
+        fails(check, unmasked, hidden, "not a negative|expected")
+        assert "mask the invalid" in fails(check, band_then_mask, hidden, "not a negative")

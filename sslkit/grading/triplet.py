@@ -201,7 +201,9 @@ def check_batch_hard(batch_hard_negatives: Callable, hidden: bool = False) -> No
     """batch_hard_negatives(dist, invalid) -> (N,) index of the closest valid candidate (hidden:
     more sizes, labels, rectangular matrices, delegation guard)."""
     ex = "batch_hard_negatives"
-    cases = [(6, 6, 0, False)] if not hidden else [
+    # visible: the diagonal, and labels with more candidates than anchors (invalid is not
+    # always the diagonal, and the matrix need not be square)
+    cases = [(6, 6, 0, False), (5, 8, 6, True)] if not hidden else [
         (2, 2, 1, False), (8, 8, 2, False), (9, 9, 3, True), (5, 12, 4, True)]
     for n, m, seed, labels in cases:
         dist, invalid, what = _mining_case(n, m, seed, labels)
@@ -275,17 +277,17 @@ def check_semi_hard(semi_hard_negatives: Callable, hidden: bool = False) -> None
         dist_ap, dist_an, invalid, what = _semi_hard_case(n, m, seed, labels)
         _compare_semi_hard(ex, semi_hard_negatives, dist_ap, dist_an, margin, invalid, what,
                            hidden)
-    if hidden:
-        # Boundaries: d_an == d_ap and d_an == d_ap + margin are NOT semi-hard (strict <).
-        # Row 3 has no semi-hard negative and its farthest candidate is invalid: the fallback
-        # must skip it too.
-        dist_ap = torch.tensor([1.0, 1.0, 2.0, 1.0])
-        dist_an = torch.tensor([[0.0, 1.0, 1.5, 2.0, 5.0],
-                                [0.0, 1.0, 2.0, 3.0, 4.0],
-                                [2.0, 3.0, 0.5, 4.0, 2.5],
-                                [9.0, 0.2, 0.5, 3.0, 0.1]])
-        invalid = torch.zeros(4, 5, dtype=torch.bool)
-        invalid[0, 0] = invalid[1, 0] = invalid[2, 0] = invalid[3, 0] = True
-        what = (" (hand-made distances with values exactly on the band's edges, and an invalid "
-                "candidate farthest away)")
-        _compare_semi_hard(ex, semi_hard_negatives, dist_ap, dist_an, 1.0, invalid, what, True)
+    # Boundaries: d_an == d_ap and d_an == d_ap + margin are NOT semi-hard (strict <).
+    # Row 3 has no semi-hard negative and its farthest candidate is invalid: the fallback must
+    # skip it too. Row 4's only candidate in the band is invalid: it has no semi-hard negative.
+    dist_ap = torch.tensor([1.0, 1.0, 2.0, 1.0, 1.0])
+    dist_an = torch.tensor([[0.0, 1.0, 1.5, 2.0, 5.0],
+                            [0.0, 1.0, 2.0, 3.0, 4.0],
+                            [2.0, 3.0, 0.5, 4.0, 2.5],
+                            [9.0, 0.2, 0.5, 3.0, 0.1],
+                            [1.5, 0.5, 3.0, 0.2, 2.5]])
+    invalid = torch.zeros(5, 5, dtype=torch.bool)
+    invalid[:, 0] = True
+    what = (" (hand-made distances with values exactly on the band's edges, an invalid "
+            "candidate farthest away, and one alone in the band)")
+    _compare_semi_hard(ex, semi_hard_negatives, dist_ap, dist_an, 1.0, invalid, what, hidden)
