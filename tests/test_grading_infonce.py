@@ -192,11 +192,11 @@ def test_negative_weights_wrong_answers():
     fails(check, lambda s, t: (torch.softmax(s / t, -1)[..., 1:] / t).tolist(), False,
           "expected a torch.Tensor")
 
-    def one_dimensional_only(s, t):  # passes the 1-D visible case, not batched similarities
+    def one_dimensional_only(s, t):  # the right weights for one query, not for a batch
         return torch.softmax(s / t, 0)[1:] / t
 
-    check(one_dimensional_only)
-    fails(check, one_dimensional_only, True, "expected shape")
+    for hidden in (False, True):  # the visible check has batched similarities too
+        assert "LAST dim" in fails(check, one_dimensional_only, hidden, "expected shape")
 
 
 @pytest.mark.parametrize("reference", [mutual_info.negative_weights, reference_negative_weights],
@@ -257,3 +257,24 @@ def test_negative_weights_that_changes_its_input_in_place_fails():
     for hidden in (False, True):
         fails(grading.check_negative_weights, in_place, hidden,
               "changed its input similarities in place")
+
+
+def test_info_nce_half_normalised_answers_are_named():
+    """Cosine similarity needs every vector normalised along its last dim; the usual slips
+    (negatives left raw, the query left raw, (N, K, D) negatives normalised over K, a softmax
+    over the queries) failed without a hint."""
+    def answer(norm_q=True, neg_dim=-1, softmax_dim=1):
+        def info_nce(q, p, neg, t):
+            qn = F.normalize(q, dim=-1) if norm_q else q
+            negn = F.normalize(neg, dim=neg_dim) if neg_dim is not None else neg
+            logits = torch.cat([(qn * F.normalize(p, dim=-1)).sum(-1, keepdim=True),
+                                qn @ negn.T if neg.ndim == 2 else
+                                torch.einsum("nd,nkd->nk", qn, negn)], 1) / t
+            return -torch.log_softmax(logits, dim=softmax_dim)[:, 0].mean()
+        return info_nce
+
+    check = grading.check_info_nce
+    assert "negatives too" in fails(check, answer(neg_dim=None), False, "expected")
+    assert "query too" in fails(check, answer(norm_q=False), False, "expected")
+    assert "dim=-1" in fails(check, answer(neg_dim=1), False, "expected")
+    assert "over the 1 + K candidates" in fails(check, answer(softmax_dim=0), False, "expected")

@@ -87,7 +87,17 @@ def _info_nce_variants(q, p, neg, t: float) -> dict[str, torch.Tensor]:
         "the denominator holds the positive AND the negatives: did you leave the positive out?":
             (-pos[:, 0] / t + torch.logsumexp(negs / t, dim=1)).mean(),
         "average over the N queries (mean), do not sum": n * ref,
+        "normalise the negatives too: every vector, query, positive and negatives, gets unit "
+        "length": ce(torch.cat([pos, neg_sims(qn, neg)], 1) / t, zeros),
+        "normalise the query too: every vector, query, positive and negatives, gets unit length":
+            ce(torch.cat([(q * pn).sum(1, keepdim=True), neg_sims(q, negn)], 1) / t, zeros),
+        "the softmax runs over the 1 + K candidates of each query (dim=1), not over the "
+        "queries": -torch.log_softmax(torch.cat([pos, negs], 1) / t, dim=0)[:, 0].mean(),
     }
+    if not shared:
+        out["normalise each vector along its last dim (dim=-1): for (N, K, D) negatives, dim=1 "
+            "normalises over the K negatives"] = ce(
+            torch.cat([pos, neg_sims(qn, F.normalize(neg, dim=1))], 1) / t, zeros)
     if shared and neg.shape[0] == n:
         hint = ("shared negatives (K, D): compare every query with all K negatives "
                 "(q @ negatives.T, an (N, K) matrix)")
@@ -187,8 +197,12 @@ def _compare_weights(fn: Callable, s: torch.Tensor, t: float, where: str, guard:
     require_unchanged(ex, ("similarities",), (s_in,), (s,), where)
     expected = torch.softmax(s / t, dim=-1)[..., 1:] / t  # (..., K)
     if tuple(got.shape) != tuple(expected.shape):
-        hint = (": return one weight per negative — drop index 0 (the positive)"
-                if got.shape[-1:] == s.shape[-1:] else "")
+        hint = ""
+        if s.ndim > 1 and tuple(got.shape) == (s.shape[0] - 1, *s.shape[1:]):
+            hint = (": the candidates run along the LAST dim, whatever the batch dims before it:"
+                    " softmax over dim=-1 and drop the positive with [..., 1:], not [1:]")
+        elif got.shape[-1:] == s.shape[-1:]:
+            hint = ": return one weight per negative — drop index 0 (the positive)"
         raise AssertionError(f"{ex}: expected shape {tuple(expected.shape)}, got "
                              f"{tuple(got.shape)}{where}{hint}")
     if not close(got, expected, atol=1e-5):
@@ -211,6 +225,9 @@ def check_negative_weights(negative_weights: Callable, hidden: bool = False) -> 
     if not hidden:
         for t in (1.0, 0.1):
             _compare_weights(negative_weights, s, t, f" for s={s.tolist()}, T={t}", False)
+        batch = torch.stack([s, s.flip(0)])  # (2, 1 + 4): two queries, as the text allows
+        _compare_weights(negative_weights, batch, 0.5,
+                         " for similarities of shape (2, 5) (two queries), T=0.5", False)
         return
     g = torch.Generator().manual_seed(3)
     for t in (0.05, 0.5, 5.0):
