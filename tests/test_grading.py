@@ -188,8 +188,8 @@ def test_nt_xent_wrong_answers(check):
     assert "2N anchors, not N" in fails(check, mean_over_n, False, "expected")
     fails(check, lambda z1, z2, t: float(F.cross_entropy(*_logits_labels(z1, z2, t))), False,
           "expected a torch.Tensor")
-    check(no_gradient, hidden=False)  # the right value ...
-    fails(check, no_gradient, True, "no gradient")  # ... but nothing to train with
+    for hidden in (False, True):  # the right value, but nothing to train with
+        fails(check, no_gradient, hidden, "no gradient")
 
 
 @pytest.mark.parametrize("check", [grading.check_nt_xent, grading.check_nt_xent_loop],
@@ -314,3 +314,32 @@ def test_a_failed_assert_in_the_answer_is_named():
         return F.cross_entropy(*_logits_labels(z1, z2, t))
 
     fails(grading.check_nt_xent, asserts, False, r"^nt_xent: an assert in your code failed for N")
+
+
+def loop_of_floats(z1, z2, t):
+    """The loop of Exercise 3 summing each anchor's loss with .item(), then wrapping the mean
+    in a tensor: the right value, no gradient (the text asks for one: 'so that gradients can
+    flow')."""
+    n = len(z1)
+    z = F.normalize(torch.cat([z1, z2]), dim=1)
+    s = z @ z.T
+    total = 0.0
+    for i in range(2 * n):
+        j = (i + n) % (2 * n)
+        denominator = sum(torch.exp(s[i, k] / t) for k in range(2 * n) if k != i)
+        total += (-torch.log(torch.exp(s[i, j] / t) / denominator)).item()
+    return torch.tensor(total / (2 * n))
+
+
+def test_nt_xent_loop_without_a_gradient_fails_visible():
+    """It passed the visible check, which compared values only, and failed the hidden one."""
+    for hidden in (False, True):
+        fails(grading.check_nt_xent_loop, loop_of_floats, hidden, "no gradient")
+
+
+def test_in_place_edits_of_inputs_that_require_grad_are_told_to_make_new_tensors():
+    """The hidden check's inputs require grad, so z1 /= norm is torch's 'leaf Variable' error;
+    its hint spoke only of parameter updates under torch.no_grad(), which is no advice for a
+    loss."""
+    message = fails(grading.check_nt_xent, normalises_in_place, True, "leaf Variable")
+    assert "z = z / n" in message

@@ -130,8 +130,8 @@ def test_info_nce_wrong_answers():
     fails(check, per_row, False, "expected a scalar")
     fails(check, lambda q, p, neg, t: float(no_temperature(q, p, neg, t)), False,
           "expected a torch.Tensor")
-    check(detached)  # the right value ...
-    fails(check, detached, True, "no gradient")  # ... but nothing to train with
+    for hidden in (False, True):  # the right value, but nothing to train with
+        fails(check, detached, hidden, "no gradient")
 
 
 def test_info_nce_per_query_only_fails_on_shared_negatives():

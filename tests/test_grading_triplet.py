@@ -285,3 +285,26 @@ def test_semi_hard_mistakes_at_the_edges_fail_visible():
         fails(check, fallback_unmasked, hidden, "not a negative")
         fails(check, unmasked, hidden, "not a negative|expected")
         assert "mask the invalid" in fails(check, band_then_mask, hidden, "not a negative")
+
+
+def test_triplet_loss_without_a_gradient_fails_visible():
+    """The text asks for a tensor 'so that gradients can flow'; a loop over the triplets that
+    adds up .item() values, or a torch.no_grad() block, passed the visible check (values only)."""
+    def floats(a, p, n, margin):
+        total = 0.0
+        for i in range(len(a)):
+            total += max(0.0, float(((a[i] - p[i]) ** 2).sum() - ((a[i] - n[i]) ** 2).sum())
+                         + margin)
+        return torch.tensor(total / len(a))
+
+    for answer in (floats, no_gradient):
+        for hidden in (False, True):
+            fails(grading.check_triplet_loss, answer, hidden, "no gradient")
+
+
+def test_triplet_loss_averaged_over_the_features_is_named():
+    def feature_mean(a, p, n, margin):
+        return F.relu((a - p).pow(2).mean(1) - (a - n).pow(2).mean(1) + margin).mean()
+
+    assert "SUM of the squared differences" in fails(grading.check_triplet_loss, feature_mean,
+                                                     False, "expected")

@@ -103,8 +103,10 @@ def call(exercise: str, fn: Callable, *args, where: str = "",
                        "loss.backward(): an in-place update (a momentum update, optimizer.step()"
                        ") of the network being trained came too early, or went the wrong way")
         if "leaf Variable that requires grad is being used in an in-place" in message:
-            message += (" Update parameters in place under torch.no_grad() (with torch.no_grad():"
-                        " p.mul_(m)...), so that autograd does not record the update")
+            message += (" In a loss, make new tensors instead of changing an input (z = z / n, "
+                        "not z /= n or .div_()); to update parameters in place, do it under "
+                        "torch.no_grad() (with torch.no_grad(): p.mul_(m)...), so that autograd "
+                        "does not record the update")
         raise AssertionError(
             f"{exercise} raised {type(e).__name__}{where}" + (f": {message}" if message else "")
         ) from None
@@ -187,6 +189,20 @@ def require_grad(exercise: str, got: torch.Tensor, where: str) -> None:
     if not got.requires_grad:
         raise AssertionError(f"{exercise}: the loss carries no gradient{where}: keep the "
                              "computation in torch (no .item(), numpy or torch.no_grad())")
+
+
+def require_graph(exercise: str, run: Callable, inputs: tuple[torch.Tensor, ...],
+                  where: str) -> None:
+    """The visible checks' look at gradients: ``run(*inputs)`` once more, with copies of the
+    inputs that require grad, must give a result that carries a gradient. An answer with the
+    right value computed through .item(), numpy, .detach() or torch.no_grad() fails here; the
+    hidden checks compare the gradients themselves."""
+    got = run(*(t.detach().clone().requires_grad_() for t in inputs))
+    if not (isinstance(got, torch.Tensor) and got.requires_grad):
+        raise AssertionError(f"{exercise}: the value is right, but the loss carries no gradient"
+                             f"{where}: training backpropagates through it, so keep the "
+                             "computation in torch (no .item(), float(), numpy, .detach() or "
+                             "torch.no_grad())")
 
 
 def max_param_diff(a: torch.nn.Module, b: torch.nn.Module) -> float:

@@ -21,6 +21,7 @@ from sslkit.grading.guard import (
     quiet,
     randn,
     require_grad,
+    require_graph,
     require_unchanged,
 )
 
@@ -126,6 +127,7 @@ def _compare_info_nce(fn: Callable, q, p, neg, t: float, grad: bool) -> None:
     if not close(got, expected):  # the variants are only computed for a wrong answer
         match_value(ex, got, expected, _info_nce_variants(q, p, neg, t), where)
     if not grad:
+        require_graph(ex, lambda *v: _call(ex, fn, *v, t, where=where), (q, p, neg), where)
         return
     require_grad(ex, got, where)
     grads = _call(ex, torch.autograd.grad, got, (a, b, c), where=where + " in backward")

@@ -23,6 +23,7 @@ from sslkit.grading.guard import (
     quiet,
     randn,
     require_grad,
+    require_graph,
     require_unchanged,
     scalar,
     stale_gradients,
@@ -387,6 +388,7 @@ def _compare_loss(ex: str, fn: Callable, z1, z2, t: float, grad: bool) -> None:
     if not close(got, expected):  # the variants are only computed for a wrong answer
         match_value(ex, got, expected, _nt_xent_variants(z1, z2, t), where)
     if not grad:
+        require_graph(ex, lambda *v: _call(ex, fn, *v, t, where=where), (z1, z2), where)
         return
     require_grad(ex, got, where)
     ga, gb = _call(ex, torch.autograd.grad, got, (a, b), where=where + " in backward")

@@ -19,6 +19,7 @@ from sslkit.grading.guard import (
     quiet,
     randn,
     require_grad,
+    require_graph,
     require_unchanged,
     scalar,
 )
@@ -72,6 +73,8 @@ def _loss_variants(a, p, n, margin: float) -> dict[str, torch.Tensor]:
         "did you use the margin argument (not a fixed 1.0)?": F.relu(d_ap - d_an + 1.0).mean(),
         "did you sum the squared differences over the feature axis (dim=1) only?":
             F.relu((a - p).pow(2) - (a - n).pow(2) + margin).mean(),
+        "||a - p||² is the SUM of the squared differences over the D features (.sum(dim=1)), "
+        "not their mean": F.relu((a - p).pow(2).mean(1) - (a - n).pow(2).mean(1) + margin).mean(),
     }
 
 
@@ -84,6 +87,7 @@ def _compare_triplet_loss(ex: str, fn: Callable, a, p, n, margin: float, grad: b
     if not close(got, expected):  # the variants are only computed for a wrong answer
         match_value(ex, got, expected, _loss_variants(a, p, n, margin), where)
     if not grad:
+        require_graph(ex, lambda *v: _call(ex, fn, *v, margin, where=where), (a, p, n), where)
         return
     require_grad(ex, got, where)
     grads = _call(ex, torch.autograd.grad, got, args, where=where + " in backward")
