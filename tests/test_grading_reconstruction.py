@@ -174,12 +174,14 @@ def test_loss_nothing_masked_must_be_zero():
     fails(grading.check_masked_reconstruction_loss, divides_by_zero, False, "nothing is masked")
 
 
-def test_loss_without_gradient_fails_hidden():
+def test_loss_without_gradient_fails():
+    """A loss trains the network through its gradient: the visible check (values only) passed
+    a detached loss, which failed only hidden."""
     def detached(x, r, m):
         return student_loss(x, r.detach(), m)
 
-    grading.check_masked_reconstruction_loss(detached, hidden=False)
-    fails(grading.check_masked_reconstruction_loss, detached, True, "no gradient")
+    for hidden in (False, True):
+        fails(grading.check_masked_reconstruction_loss, detached, hidden, "no gradient")
 
 
 @pytest.mark.parametrize("answer", [

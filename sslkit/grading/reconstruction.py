@@ -12,7 +12,14 @@ from collections.abc import Callable
 import torch
 
 from sslkit import losses
-from sslkit.grading.guard import as_tensor, call, quiet, require_unchanged, scalar
+from sslkit.grading.guard import (
+    as_tensor,
+    call,
+    quiet,
+    require_graph,
+    require_unchanged,
+    scalar,
+)
 from sslkit.methods import colorization, inpainting
 from sslkit.methods.colorization import DELTA, RGB_TO_XYZ, WHITE_D65
 
@@ -320,6 +327,9 @@ def _compare_loss(ex: str, fn: Callable, x, recon, mask, expected: float | None,
                 break
         raise AssertionError(f"{ex}: expected {expected:.4f}, got {float(got):.4f}{where}{hint}")
     if not guard:
+        if mask.any():  # with nothing masked a constant 0 is allowed
+            require_graph(ex, lambda r: _call(ex, fn, x.clone(), r, mask.clone(), where=where),
+                          (recon,), where)  # the gradient that trains: through recon
         return
     nothing_masked = not bool(mask.any())
     if nothing_masked and not got.requires_grad:
