@@ -343,3 +343,19 @@ def test_in_place_edits_of_inputs_that_require_grad_are_told_to_make_new_tensors
     loss."""
     message = fails(grading.check_nt_xent, normalises_in_place, True, "leaf Variable")
     assert "z = z / n" in message
+
+
+def test_step_that_splits_the_output_every_other_row_is_told_to_chunk():
+    """model(torch.cat([v1, v2])) then z[0::2], z[1::2] pairs the wrong rows; the hint blamed
+    nt_xent."""
+    def every_other_row(model, optimizer, v1, v2, temperature):
+        z = model(torch.cat([v1, v2]))
+        loss = losses.nt_xent(z[0::2], z[1::2], temperature)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        return loss.item()
+
+    for hidden in (False, True):
+        assert ".chunk(2)" in fails(grading.check_simclr_step, every_other_row, hidden,
+                                    "expected loss")

@@ -462,6 +462,10 @@ def _step_hint(method: SimCLR, v1, v2, got: float) -> str:
         apart = float(losses.nt_xent(z1, z2, method.temperature))
         z = separate.embed(torch.cat([v1, v2]))
         default_t = float(losses.nt_xent(*z.chunk(2), 0.5))
+        every_other = float(losses.nt_xent(z[0::2], z[1::2], method.temperature))
+    if abs(got - every_other) < 1e-5:
+        return (" — split the (2N, D) output with .chunk(2): its first N rows are v1's views, "
+                "the last N v2's (not every other row)")
     if abs(got - apart) < 1e-5:
         return (" — put both views through the model in ONE forward pass "
                 "(model(torch.cat([v1, v2]))) so that BatchNorm sees all 2N views")
