@@ -205,6 +205,27 @@ def test_registered_in_build_method():
     assert torch.isfinite(loss)
 
 
+def test_min_global_scale_splits_the_crops_and_keeps_the_rest():
+    """min_global_scale=s: global crops (s, 1), local (0.05, s), everything else as the views
+    were (DINO's ViT split 0.4 is the default; its ResNet recipe splits at 0.14)."""
+    from sslkit.cli import parse_option
+
+    default = small_dino()
+    split = small_dino(min_global_scale=parse_option("min_global_scale=0.14")[1])
+    g, loc = split.views.global_views.cfg, split.views.local_views.cfg
+    assert (g.crop_scale, loc.crop_scale) == ((0.14, 1.0), (0.05, 0.14))
+    assert default.views.global_views.cfg.crop_scale == (0.4, 1.0)
+    d_g, d_loc = default.views.global_views.cfg, default.views.local_views.cfg
+    assert (g.size, loc.size, split.views.n_local) == (d_g.size, d_loc.size, 2)
+    assert (g.jitter_strength, g.flip_p, loc.rotate_degrees) == (
+        d_g.jitter_strength, d_g.flip_p, d_loc.rotate_degrees)
+    assert split.views.local_views.generator is split.views.global_views.generator
+    for bad in (0.05, 1.5, "abc", True):
+        with pytest.raises(SSLKitError, match="min_global_scale must be a number") as err:
+            small_dino(min_global_scale=bad)
+        assert "\n" not in str(err.value)
+
+
 def test_local_crops_that_do_not_fit_the_encoder_are_a_one_line_error():
     """DINO's local crops are half the side: at 16 they are 8 pixels, too few for the ConvNet's
     four max-pools, and at 20 they are 10, which 4x4 ViT patches do not tile (both passed the

@@ -19,6 +19,13 @@ Centring alone pushes towards uniform, sharpening alone towards one dimension; u
 they balance. ``centering`` and ``sharpening`` switch each off for the collapse experiment, and
 ``last_stats`` holds the two diagnostics: the teacher's output entropy and KL(teacher || student).
 
+Crops: global crops cover a fraction (0.4, 1) of the image and local ones (0.05, 0.4), DINO's
+ViT defaults; ``min_global_scale`` moves the split (0.14 in the authors' ResNet recipe, which
+the gpu profile uses). The schedules are per optimiser step: teacher momentum by a cosine from
+``momentum`` to 1, teacher temperature by a linear warm-up then constant. DINO's weight decay
+0.04 -> 0.4 belongs to its AdamW ViT recipe; the shared training loop keeps the weight decay
+constant, as DINO's ResNet recipe does with SGD.
+
 Several processes: the centre moves towards the mean teacher output over the batches of all
 ranks (all-reduced), so it stays the same on every rank. Gradient accumulation: the teacher
 moves at the first micro-batch of an optimiser step, and the centre and the schedule step move
@@ -118,6 +125,18 @@ class MultiCropViews(nn.Module):
         """The same crops for one image with torchvision (the DataLoader path)."""
         return PerImageViews([self.global_views.cfg] * 2 + [self.local_views.cfg] * self.n_local)
 
+    def split_at(self, scale: float) -> MultiCropViews:
+        """The same crops (sizes, number, augmentation, random stream) with global crops of
+        scale (scale, 1) and local crops of (0.05, scale), as both of DINO's recipes split
+        them: at 0.4 for ViTs (the defaults here), at 0.14 for ResNets."""
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0.05 < scale <= 1:
+            raise SSLKitError(f"DINO's min_global_scale must be a number in (0.05, 1] (got "
+                              f"{scale!r}): use e.g. --option min_global_scale=0.14 (DINO's "
+                              "ResNet crops) or 0.4 (its ViT crops)")
+        return MultiCropViews(self.global_views.cfg, self.n_local, self.local_views.cfg.size,
+                              (float(scale), 1.0), (0.05, float(scale)),
+                              self.global_views.generator)
+
 
 class DINO(nn.Module, StepPosition):
     def __init__(
@@ -140,8 +159,14 @@ class DINO(nn.Module, StepPosition):
         freeze_last_layer_epochs: int = 0,  # the last layer is not updated in these first
         #                                     epochs (DINO: 1), which stabilises the start
         steps_per_epoch: int = 0,  # optimiser steps per epoch (the training loop sets it)
+        min_global_scale: float | None = None,  # global crops of scale (s, 1), local crops
+        #                                         (0.05, s); None: the views' own (DINO's ViT
+        #                                         split, 0.4); its ResNet recipe: 0.14
     ):
         super().__init__()
+        if min_global_scale is not None:
+            views = views.split_at(min_global_scale)
+        self.min_global_scale = min_global_scale
         self.encoder = encoder  # student backbone, the representation kept after training
         self.head = DINOHead(encoder.feature_dim, out_dim, hidden_dim, bottleneck_dim)
         self.teacher_encoder = copy.deepcopy(encoder)  # a separate copy, never the same object
