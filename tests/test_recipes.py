@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from sslkit.cli import build_parser, main, parse_option
 from sslkit.errors import SSLKitError
@@ -277,3 +279,153 @@ def test_a_flag_the_method_ignores_is_a_one_line_error(tmp_path, capsys, method,
 def test_the_methods_that_use_a_flag_accept_it():
     for name, keys in SHARED_SETTINGS.items():
         check_shared_settings(name, {key: SETTING_VALUES[key][0] for key in keys})
+
+
+# ------------------------------------------ the gpu recipes, detail by detail (what the first
+# full-size GPU run compares with published numbers: a wrong detail would waste that run)
+STEPS = 50_000 // 512  # optimiser steps per CIFAR-10 epoch at batch 512 (97)
+
+
+def _lr(cfg: TrainConfig):
+    from sslkit.schedules import cosine_schedule
+
+    return cosine_schedule(cfg.lr, 0.0, cfg.epochs, STEPS, cfg.warmup_epochs)
+
+
+def test_simclr_gpu_is_sgd_with_warmup_and_cosine_on_the_cifar_views():
+    """SGD with momentum 0.9 and weight decay 5e-4 on every parameter (the SGD CIFAR-10 runs:
+    dkobak/simclr-cifar10, lightly, the MoCo demo), lr 0.06 x B/256 = 0.12 reached after 10
+    linear warm-up epochs from 0, then a per-step cosine to 0; T 0.5; a 2-layer MLP head
+    512 -> 512 -> 128 with BatchNorm; the CIFAR views: crops of scale 0.08-1, colour jitter of
+    strength 0.5 (0.4, 0.4, 0.4, 0.1) with p 0.8, grayscale 0.2, no blur; the CIFAR stem."""
+    cfg, simclr = _cifar_shaped("simclr")
+    lr = _lr(cfg)
+    assert (cfg.optimizer, cfg.weight_decay, cfg.temperature, cfg.warmup_epochs) == (
+        "sgd", 5e-4, 0.5, 10)
+    assert lr[0] == 0.0 and lr[10 * STEPS] == pytest.approx(0.12) and lr.max() == 0.12
+    assert lr[-1] == pytest.approx(0.0, abs=1e-12)
+    optimizer = make_optimizer(cfg, simclr.parameters())
+    assert [(g["momentum"], g["weight_decay"], len(g["params"])) for g in optimizer.param_groups
+            ] == [(0.9, 5e-4, len(list(simclr.parameters())))]
+    linears = [m for m in simclr.head if isinstance(m, torch.nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(512, 512), (512, 128)]
+    assert any(isinstance(m, torch.nn.BatchNorm1d) for m in simclr.head)
+    v = simclr.views.cfg
+    assert (v.size, v.crop_scale, v.flip_p, v.jitter_p, v.gray_p, v.blur_p) == (
+        32, (0.08, 1.0), 0.5, 0.8, 0.2, 0.0)
+    assert (0.8 * v.jitter_strength, 0.2 * v.jitter_strength) == (0.4, 0.1)
+    conv1 = simclr.encoder.conv1
+    assert (conv1.kernel_size, conv1.stride) == ((3, 3), (1, 1))
+    assert isinstance(simclr.encoder.maxpool, torch.nn.Identity)
+
+
+def test_moco_gpu_follows_the_demos_schedule_without_warmup():
+    """The MoCo CIFAR-10 demo starts at lr 0.06 and decays it by a cosine from the first epoch;
+    it has no warm-up (the profile's 10 warm-up epochs are SimCLR's)."""
+    cfg = TrainConfig.from_profile(GPU, method="moco")
+    lr = _lr(cfg)
+    assert cfg.warmup_epochs == 0
+    assert lr[0] == pytest.approx(0.06) and lr[len(lr) // 2] == pytest.approx(0.03, rel=1e-3)
+    assert cfg.optimizer == "sgd" and cfg.weight_decay == 5e-4
+
+
+def test_moco_gpu_module_matches_the_demo():
+    """K 4096 (divisible by the batch of 512), m 0.99, T 0.1, 8 shuffle-BN groups, asymmetric
+    loss (the demo's default: 82.6 % at 200 epochs), an MLP head to 128 as v2, keys without
+    gradient."""
+    cfg, moco = _cifar_shaped("moco")
+    moco.check_batch(512, 512)  # K divisible by the keys per step, 64 images per BN group
+    assert (moco.queue.shape, moco.momentum, moco.temperature, moco.bn_splits,
+            moco.symmetric) == ((4096, 128), 0.99, 0.1, 8, False)
+    assert not any(p.requires_grad for p in moco.key_encoder.parameters())
+    linears = [m for m in moco.head if isinstance(m, torch.nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(512, 512), (512, 128)]
+
+
+def test_dino_gpu_uses_the_authors_resnet_crop_scales():
+    """DINO's authors train a ResNet with global crops of scale 0.14-1 and local crops of
+    0.05-0.14 (their README's ResNet-50 command); 0.4-1 and 0.05-0.4 are their ViT defaults.
+    The laptop profile keeps the defaults its numbers were measured with."""
+    _, dino = _cifar_shaped("dino")
+    g, loc = dino.views.global_views.cfg, dino.views.local_views.cfg
+    assert (g.size, g.crop_scale, loc.size, loc.crop_scale, dino.views.n_local) == (
+        32, (0.14, 1.0), 16, (0.05, 0.14), 4)
+    crops = dino.views(torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8))
+    assert [tuple(c.shape[-2:]) for c in crops] == [(32, 32)] * 2 + [(16, 16)] * 4
+    laptop = build_method("dino", "convnet-small", 1, "shifted_digits", 32)
+    assert laptop.views.global_views.cfg.crop_scale == (0.4, 1.0)
+    assert laptop.views.local_views.cfg.crop_scale == (0.05, 0.4)
+
+
+def test_dino_gpu_schedules_and_teacher():
+    """Teacher momentum 0.996 -> 1 by a cosine over every optimiser step of the run; teacher
+    temperature 0.04 throughout (DINO's default, and its ResNet recipe's: the warm-up to 0.07 is
+    for ViTs), student 0.1, centre momentum 0.9; only the 2 global crops reach the teacher."""
+    from types import SimpleNamespace
+
+    cfg = TrainConfig.from_profile(GPU, method="dino")
+    dino = build(cfg, SimpleNamespace(channels=3, image_size=32), total_steps=cfg.epochs * STEPS)
+    m = dino.momentums
+    assert len(m) == cfg.epochs * STEPS and m[0] == pytest.approx(0.996)
+    assert m[-1] == pytest.approx(1.0) and bool(np.all(np.diff(m) >= 0))
+    mid = len(m) // 2  # the cosine's midpoint on the step axis
+    assert m[mid] == pytest.approx((0.996 + 1) / 2, abs=1e-6)
+    assert np.allclose(dino.teacher_temps, 0.04) and dino.student_temp == 0.1
+    assert dino.center_momentum == 0.9
+    seen = []
+    dino.teacher_encoder.register_forward_pre_hook(lambda mod, args: seen.append(args[0].shape))
+    dino(torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8))
+    assert seen == [(4, 3, 32, 32)]  # one pass: the 2 global crops of 2 images
+
+
+def test_dino_last_layer_is_weight_normalised_with_its_norm_fixed_to_1():
+    """DINO's norm_last_layer: weight_norm with the gain g fixed to 1, no bias. Every output
+    unit's weight vector has norm 1 whatever its stored length, and there is no gain to learn;
+    its input is the L2-normalised 256-d bottleneck."""
+    _, dino = _cifar_shaped("dino")
+    last = dino.head.last_layer
+    assert [name for name, _ in last.named_parameters()] == ["weight"]  # no gain, no bias
+    x = F.normalize(torch.randn(3, 256), dim=1)
+    with torch.no_grad():
+        last.weight.mul_(torch.rand(4096, 1) * 5 + 0.1)  # every row's length changes
+        y = last(x)
+        w = F.normalize(last.weight, dim=1)
+    torch.testing.assert_close(w.norm(dim=1), torch.ones(4096))
+    torch.testing.assert_close(y, x @ w.T)
+    h = torch.randn(3, 512)
+    with torch.no_grad():  # the bottleneck is L2-normalised before the last layer
+        z = dino.head.mlp(h)
+        torch.testing.assert_close(dino.head(h), last(F.normalize(z, dim=1)))
+
+
+def test_mae_gpu_optimiser_decays_what_maes_pretraining_decays():
+    """MAE's main_pretrain.py: AdamW(betas (0.9, 0.95)) over timm's add_weight_decay without a
+    skip list: no decay on 1-D parameters (biases, LayerNorm weights), decay 0.05 on every other
+    trainable parameter, the [CLS] and mask tokens included (only fine-tuning exempts them); the
+    sine-cosine position embeddings are fixed (no parameter to decay). lr = 1.5e-4 x 512 / 256
+    after 10 warm-up epochs, cosine to 0."""
+    cfg, mae = _cifar_shaped("mae")
+    optimizer = make_optimizer(cfg, mae.parameters())
+    decayed, undecayed = optimizer.param_groups
+    assert (decayed["weight_decay"], undecayed["weight_decay"]) == (0.05, 0.0)
+    assert decayed["betas"] == undecayed["betas"] == (0.9, 0.95)
+    ids = lambda ps: {id(p) for p in ps}  # noqa: E731
+    assert {id(mae.encoder.cls_token), id(mae.mask_token)} <= ids(decayed["params"])
+    names = {id(p): n for n, p in mae.named_parameters()}
+    assert all(p.ndim == 1 for p in undecayed["params"])
+    assert {names[i].rsplit(".", 1)[-1] for i in ids(undecayed["params"])} == {"bias", "weight"}
+    assert not mae.encoder.pos_embed.requires_grad  # fixed, so AdamW never moves it
+    assert "decoder_pos_embed" in dict(mae.named_buffers())
+    lr = _lr(cfg)
+    assert lr[0] == 0.0 and lr[10 * STEPS] == pytest.approx(3e-4) and lr[-1] == pytest.approx(0)
+    v = mae.views.cfg
+    assert (v.crop_scale, v.flip_p, v.jitter_p, v.gray_p, v.blur_p) == ((0.2, 1.0), 0.5, 0.0,
+                                                                      0.0, 0.0)
+
+
+def test_mae_gpu_masks_three_quarters_and_encodes_only_the_visible_patches():
+    _, mae = _cifar_shaped("mae")
+    assert (mae.patch_size, mae.mask_ratio, mae.norm_pix) == (4, 0.75, True)
+    x = torch.rand(2, 3, 32, 32)
+    latent, mask, _ = mae.forward_encoder(x, mae.mask_ratio)
+    assert latent.shape == (2, 1 + 16, 192) and mask.sum(1).tolist() == [48.0, 48.0]
