@@ -242,3 +242,19 @@ def test_keys_come_from_the_key_network_after_its_momentum_step():
     assert torch.allclose(loss, moco_loss(q, moved, before.queue, method.temperature), atol=1e-6)
     assert not torch.allclose(loss, moco_loss(q, stale, before.queue, method.temperature),
                               atol=1e-4)
+
+
+def test_v2_blur_at_32_pixels_is_next_to_none():
+    """MoCo v2's blur sigma (0.1-2.0 at 224 px) scaled to a 32-pixel view is at most 0.29 px:
+    a point keeps over 99 % of its value and each neighbour gets under 0.3 %, so on CIFAR the
+    v2 views are in effect the CIFAR-10 demo's, which have no blur."""
+    from sslkit.augment import blur_settings, gaussian_blur, view_config_for
+    from sslkit.methods.moco import moco_view_config
+
+    cfg = moco_view_config(view_config_for("cifar10", 32))
+    (_, sigma_high), kernel = blur_settings(cfg)
+    assert cfg.blur_p == 0.5 and sigma_high == pytest.approx(2.0 * 32 / 224) and kernel == 3
+    point = torch.zeros(1, 1, 5, 5)
+    point[0, 0, 2, 2] = 1.0
+    blurred = gaussian_blur(point, torch.tensor([sigma_high]), kernel)[0, 0]
+    assert blurred[2, 2] > 0.99 and blurred[2, 1] < 0.003 and blurred[1, 1] < 1e-5

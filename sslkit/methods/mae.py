@@ -28,9 +28,11 @@ sine-cosine values (frozen): ``self.encoder(x)`` is the representation of a whol
 image (its final [CLS] token), which ``sslkit.evaluate`` extracts, probes and fine-tunes.
 
 Augmentation: random resized crop (scale 0.2-1) and flip only (no colour jitter: the target is
-the pixels). The paper's optimiser is AdamW with betas (0.9, 0.95) and weight decay 0.05; the
-shared training loop has no per-method optimiser, so from the command line the nearest is
-``sslkit train mae --optimizer adamw --weight-decay 0.05`` (betas stay PyTorch's (0.9, 0.999)).
+the pixels). The paper's optimiser is AdamW with betas (0.9, 0.95), lr 1.5e-4 x B/256 and
+weight decay 0.05, none on biases and norm weights (its code decays the [CLS] and mask tokens;
+the position embeddings here are fixed, so nothing decays them): ``sslkit train mae --profile
+gpu`` sets all of it (sslkit.recipes), and ``--optimizer adamw --adam-beta2 0.95
+--weight-decay 0.05`` does in another profile.
 """
 
 from __future__ import annotations

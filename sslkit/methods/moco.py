@@ -13,9 +13,13 @@ batch 256), and since the key encoder moves slowly, keys of the last K/N batches
 comparable with today's queries -- unlike a memory bank (InstDisc, PIRL), whose entries were
 computed by encoders of up to an epoch ago.
 
-v1 vs v2: v2 adds an MLP projection head, blur and a lower temperature (0.2 instead of 0.07,
-here per-run). ``symmetric=True`` also swaps the roles of the views and sums both losses (as in
-the MoCo CIFAR-10 demo); the keys of both views are enqueued.
+v1 vs v2: v2 adds an MLP projection head, blur and a higher temperature (0.2 instead of 0.07,
+here per-run). The head is the kit's ``projection_head`` (Linear-BN-ReLU-Linear, as SimCLR's
+here; v2's own has no BatchNorm, and the CIFAR-10 demo has one linear layer), and evaluation
+reads h, the encoder's output before it. The blur's sigma is given for 224-pixel images and
+scaled to the view: at 32 px it is at most 0.29 pixel, next to no blur, as the demo's views.
+``symmetric=True`` also swaps the roles of the views and sums both losses (as in the MoCo
+CIFAR-10 demo); the keys of both views are enqueued.
 
 BatchNorm leakage: with plain BN, the keys of a batch are normalised with statistics of the
 same batch the positive comes from, and the network can "cheat" through them. Shuffle-BN
