@@ -15,6 +15,7 @@ from sslkit.methods import build_method
 from sslkit.methods.dino import (
     DINO,
     MultiCropViews,
+    WeightNormLinear,
     momentum_schedule,
     teacher_temp_schedule,
     update_center,
@@ -203,6 +204,19 @@ def test_registered_in_build_method():
     assert isinstance(dino, DINO) and dino.encoder.in_channels == 1
     loss = dino((torch.rand(2, 1, 32, 32) * 255).byte())
     assert torch.isfinite(loss)
+
+
+def test_the_last_layer_computes_in_float32_under_autocast():
+    """The logits the teacher sharpens at T 0.04 are not rounded to bfloat16 (autocast on CUDA
+    would, by up to 2^-9 of each: 0.05 after the division); CPU autocast stands in here."""
+    torch.manual_seed(0)
+    layer = WeightNormLinear(16, 64)
+    x = F.normalize(torch.randn(8, 16), dim=1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = layer(x)
+        z = torch.nn.functional.linear(x, layer.weight)  # what autocast does to a plain layer
+    assert z.dtype == torch.bfloat16 and y.dtype == torch.float32
+    torch.testing.assert_close(y, layer(x), rtol=0, atol=0)
 
 
 def test_min_global_scale_splits_the_crops_and_keeps_the_rest():
