@@ -48,6 +48,9 @@ PROFILES = {
         epochs=200, batch_size=128, lr=2e-3, optimizer="adam", weight_decay=1e-6, warmup_epochs=5,
         temperature=0.2, proj_dim=64, knn_k=20, tsne_points=497,
     ),
+    # SimCLR on CIFAR-10 with SGD (momentum 0.9, wd 5e-4 on every parameter): lr 0.06 x B/256
+    # after 10 warm-up epochs, per-step cosine to 0. The sources, and what each other method
+    # changes at this size, are in sslkit.recipes.
     "gpu": Profile(
         name="gpu", dataset="cifar10", arch="resnet18", n_train=None, n_test=None,
         epochs=100, batch_size=512, lr=0.06 * 512 / 256, optimizer="sgd", weight_decay=5e-4,
