@@ -40,8 +40,16 @@ def test_the_texts_augmentation_passes():
     (augmentation(contrast=0, saturation=0, hue=0), "contrast and saturation"),  # brightness only
 ], ids=["s=1", "no 0.8", "s=0.25", "p=1", "p=0.5", "no hue", "brightness only"])
 def test_augmentation_with_the_wrong_jitter_fails_hidden(answer, match):
-    grading.check_build_augmentation(answer)  # the visible check does not measure the jitter
-    fails(grading.check_build_augmentation, answer, True, match)
+    """Measured on the views, for an answer whose steps cannot be read (here a function that
+    calls the Compose): the visible check does not measure the jitter."""
+    def opaque(size):
+        transform = answer(size)
+        return lambda img: transform(img)
+
+    grading.check_build_augmentation(opaque)
+    fails(grading.check_build_augmentation, opaque, True, match)
+    # the Compose itself: its ColorJitter's ranges and probability are read, visibly
+    fails(grading.check_build_augmentation, answer, False, "ColorJitter|p=0.8|hue")
 
 
 def _similarity_in_place(z1, z2):
@@ -77,3 +85,70 @@ def test_similarity_matrix_that_breaks_the_gradient_fails_hidden(answer, match):
     """NT-Xent trains through the matrix: right values with a broken backward pass must fail."""
     grading.check_similarity_matrix(answer)  # the values are right
     fails(grading.check_similarity_matrix, answer, True, match)
+
+
+def pipeline(*steps):
+    """build_augmentation(size) from steps, each a function of size giving one transform."""
+    return lambda size: v2.Compose([step(size) for step in steps])
+
+
+CROP = lambda size: v2.RandomResizedCrop(size, scale=(0.08, 1.0), antialias=True)  # noqa: E731
+FLIP = lambda size: v2.RandomHorizontalFlip(p=0.5)  # noqa: E731
+JITTER = lambda size: v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8)  # noqa: E731
+GRAY = lambda size: v2.RandomGrayscale(p=0.2)  # noqa: E731
+FLOAT = lambda size: v2.ToDtype(torch.float32, scale=True)  # noqa: E731
+
+
+@pytest.mark.parametrize("answer, match", [
+    (pipeline(lambda size: v2.RandomCrop(size), FLIP, JITTER, GRAY, FLOAT), "RandomResizedCrop"),
+    (pipeline(lambda size: v2.Resize(size, antialias=True), lambda size: v2.RandomCrop(size),
+              FLIP, JITTER, GRAY, FLOAT), "RandomResizedCrop"),
+    (pipeline(lambda size: v2.RandomResizedCrop(size, scale=(0.2, 1.0), antialias=True), FLIP,
+              JITTER, GRAY, FLOAT), r"scale=\(0.08, 1.0\)"),
+    (pipeline(CROP, lambda size: v2.RandomHorizontalFlip(p=0.8), JITTER, GRAY, FLOAT),
+     r"RandomHorizontalFlip\(p=0.5\)"),
+    (pipeline(CROP, lambda size: v2.RandomVerticalFlip(p=0.5), JITTER, GRAY, FLOAT),
+     "RandomVerticalFlip"),
+    (pipeline(CROP, FLIP, JITTER, lambda size: v2.RandomGrayscale(), FLOAT),
+     r"RandomGrayscale\(p=0.2\)"),
+    (pipeline(CROP, FLIP, lambda size: v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.4, 0.1)],
+                                                      p=0.7), GRAY, FLOAT), "p=0.8"),
+    (pipeline(CROP, FLIP, lambda size: v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.4, 0.1)],
+                                                      p=0.9), GRAY, FLOAT), "p=0.8"),
+    (pipeline(CROP, FLIP, lambda size: v2.ColorJitter(0.4, 0.4, 0.4, 0.1), GRAY, FLOAT),
+     "p=0.8"),
+    (pipeline(CROP, FLIP, lambda size: v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.4, 0.2)],
+                                                      p=0.8), GRAY, FLOAT), "hue"),
+    (pipeline(CROP, FLIP, lambda size: v2.RandomApply([v2.ColorJitter(0.4, 0.8, 0.8, 0.1)],
+                                                      p=0.8), GRAY, FLOAT), "contrast"),
+    (pipeline(CROP, FLIP, lambda size: v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0, 0.1)],
+                                                      p=0.8), GRAY, FLOAT), "saturation"),
+    (pipeline(CROP, FLIP, JITTER, GRAY, lambda size: v2.GaussianBlur(3), FLOAT),
+     "GaussianBlur"),
+], ids=["RandomCrop", "Resize+RandomCrop", "scale 0.2", "flip p=0.8", "vertical flip",
+        "grayscale default p", "jitter p=0.7", "jitter p=0.9", "jitter always", "hue 0.2",
+        "contrast and saturation 0.8", "no saturation", "extra blur"])
+def test_augmentation_with_the_wrong_steps_fails(answer, match):
+    """Each passed the visible check (which looked at shapes, dtypes and randomness only) and
+    the hidden one (which measures some of the steps statistically, with wide bounds): the
+    parameters the text fixes are now read from the Compose."""
+    for hidden in (False, True):
+        message = fails(grading.check_build_augmentation, answer, hidden, match)
+        assert message.startswith("build_augmentation: ")
+
+
+@pytest.mark.parametrize("answer", [
+    pipeline(lambda size: v2.ToImage(), CROP, FLIP, JITTER, GRAY, FLOAT),  # a harmless extra
+    pipeline(lambda size: v2.Compose([CROP(size), FLIP(size)]), JITTER, GRAY, FLOAT),  # nested
+    pipeline(CROP, lambda size: v2.RandomApply([v2.RandomHorizontalFlip(p=1.0)], p=0.5),
+             JITTER, GRAY, FLOAT),  # the same flip probability, written otherwise
+    pipeline(CROP, FLIP, lambda size: v2.RandomApply([v2.ColorJitter(
+        brightness=(0.6, 1.4), contrast=(0.6, 1.4), saturation=(0.6, 1.4), hue=(-0.1, 0.1))],
+        p=0.8), GRAY, FLOAT),  # ranges instead of strengths
+    pipeline(CROP, FLIP, JITTER, GRAY, lambda size: v2.ToDtype(torch.float32, scale=True),
+             lambda size: v2.ToPureTensor()),
+], ids=["ToImage first", "nested Compose", "flip in RandomApply", "jitter ranges",
+        "ToPureTensor last"])
+def test_augmentation_written_otherwise_passes(answer):
+    for hidden in (False, True):
+        grading.check_build_augmentation(answer, hidden=hidden)

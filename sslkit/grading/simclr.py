@@ -154,6 +154,109 @@ def _check_jitter_kinds(ex: str, transform, n: int, size: int) -> None:
                              "saturation and hue (the 4th argument, 0.2 * s), in that order")
 
 
+# The steps the text fixes, read from the returned Compose: exact, and a hint that names the
+# parameter. Statistics of the views (below) cannot tell p = 0.1 from 0.2 or a hue of 0.1 from
+# 0.2 without thousands of views; an answer that is not made of torchvision transforms
+# (a function of its own) is judged by those statistics alone.
+_NEUTRAL = {"ToDtype", "ConvertImageDtype", "ToImage", "ToPureTensor", "Identity"}
+_JITTER = {"brightness": (0.6, 1.4), "contrast": (0.6, 1.4), "saturation": (0.6, 1.4),
+           "hue": (-0.1, 0.1)}  # v2.ColorJitter(0.8 s, 0.8 s, 0.8 s, 0.2 s) with s = 0.5
+_TEXT = ("the text's pipeline is RandomResizedCrop, RandomHorizontalFlip, "
+         "RandomApply([ColorJitter], p=0.8), RandomGrayscale, ToDtype")
+
+
+def _steps(transform, p: float = 1.0) -> list[tuple[str, object, float]] | None:
+    """[(class name, transform, probability that it runs)] of the leaves of a tree of
+    torchvision Compose / RandomApply, or None where the tree holds anything else."""
+    if not type(transform).__module__.startswith("torchvision.transforms"):
+        return None
+    name = type(transform).__name__
+    if name in ("Compose", "RandomApply"):
+        inner = p * (float(transform.p) if name == "RandomApply" else 1.0)
+        out = []
+        for t in transform.transforms:
+            leaves = _steps(t, inner)
+            if leaves is None:
+                return None
+            out += leaves
+        return out
+    if name in ("RandomChoice", "RandomOrder"):
+        return None
+    return [(name, transform, p)]
+
+
+def _pair(value, neutral: float) -> tuple[float, float]:
+    """A ColorJitter range as floats; None (the parameter set to 0) is no change."""
+    return (neutral, neutral) if value is None else tuple(float(v) for v in value)
+
+
+def _check_steps(ex: str, transform) -> None:
+    """The parameters the text fixes, where the transform is made of torchvision transforms."""
+    steps = _steps(transform)
+    if steps is None:
+        return
+    kinds: dict[str, list[tuple[object, float]]] = {}
+    for name, t, p in steps:
+        degrees = getattr(t, "degrees", None) if name == "RandomRotation" else None
+        if p == 0 or (degrees is not None and not any(float(d) for d in degrees)):
+            continue  # never runs, or turns by 0 degrees: no step at all
+        kinds.setdefault(name, []).append((t, p))
+    crop = "v2.RandomResizedCrop(size, scale=(0.08, 1.0))"
+    if "RandomResizedCrop" not in kinds:
+        found = [n for n in kinds if "Crop" in n or "Resize" in n]
+        raise AssertionError(
+            f"{ex}: expected {crop}, found {' + '.join(found) or 'no crop'}: each view is a "
+            "random crop of 8 % to 100 % of the image's area, resized to size x size (a crop of "
+            "a fixed size always shows the same scale; a resize shows the whole image)")
+    for name in kinds:
+        if name not in _NEUTRAL | {"RandomResizedCrop", "RandomHorizontalFlip", "ColorJitter",
+                                   "RandomGrayscale", "Grayscale"}:
+            raise AssertionError(f"{ex}: unexpected step {name}: {_TEXT}")
+    for name in ("RandomResizedCrop", "RandomHorizontalFlip", "ColorJitter"):
+        if len(kinds.get(name, ())) > 1:
+            raise AssertionError(f"{ex}: {name} appears {len(kinds[name])} times: {_TEXT}")
+    (rrc, p), = kinds["RandomResizedCrop"]
+    if p != 1:
+        raise AssertionError(f"{ex}: every view is cropped: {crop} as a step of its own, not "
+                             "inside RandomApply")
+    scale = tuple(float(v) for v in rrc.scale)
+    if not all(abs(a - b) < 1e-9 for a, b in zip(scale, (0.08, 1.0))):
+        raise AssertionError(f"{ex}: RandomResizedCrop has scale={scale}, expected "
+                             f"scale=(0.08, 1.0): crops covering 8 % to 100 % of the image")
+    ratio = tuple(float(v) for v in rrc.ratio)
+    if not all(abs(a - b) < 1e-9 for a, b in zip(ratio, (3 / 4, 4 / 3))):
+        raise AssertionError(f"{ex}: RandomResizedCrop has ratio={ratio}, expected the default "
+                             "(3/4, 4/3): leave ratio out")
+    flips = kinds.get("RandomHorizontalFlip", [])
+    flip_p = sum(float(t.p) * p for t, p in flips)
+    if abs(flip_p - 0.5) > 1e-9:
+        raise AssertionError(f"{ex}: a view is mirrored with probability {flip_p:.2g}, expected "
+                             "0.5: v2.RandomHorizontalFlip(p=0.5)")
+    jitters = kinds.get("ColorJitter", [])
+    if not jitters:
+        raise AssertionError(f"{ex}: no ColorJitter: v2.RandomApply([v2.ColorJitter(0.8 * s, "
+                             "0.8 * s, 0.8 * s, 0.2 * s)], p=0.8) with s = 0.5")
+    (jitter, p), = jitters
+    if abs(p - 0.8) > 1e-9:
+        raise AssertionError(f"{ex}: the colour jitter is applied with probability {p:.2g}, "
+                             "expected p=0.8: v2.RandomApply([v2.ColorJitter(...)], p=0.8)")
+    wrong = []
+    for name, expected in _JITTER.items():
+        got = _pair(getattr(jitter, name), 0.0 if name == "hue" else 1.0)
+        if not all(abs(a - b) < 1e-6 for a, b in zip(got, expected)):
+            wrong.append(f"{name} {got[0]:.3g}..{got[1]:.3g} (expected {expected[0]:.3g}.."
+                         f"{expected[1]:.3g})")
+    if wrong:
+        raise AssertionError(f"{ex}: the ColorJitter's ranges differ: {', '.join(wrong)}; with "
+                             "s = 0.5, v2.ColorJitter(0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s) = "
+                             "v2.ColorJitter(0.4, 0.4, 0.4, 0.1)")
+    gray_p = sum(float(getattr(t, "p", 1.0)) * p
+                 for t, p in kinds.get("RandomGrayscale", []) + kinds.get("Grayscale", []))
+    if abs(gray_p - 0.2) > 1e-9:
+        raise AssertionError(f"{ex}: a view is turned grey with probability {gray_p:.2g}, "
+                             "expected 0.2: v2.RandomGrayscale(p=0.2) (its default is 0.1)")
+
+
 @quiet
 def check_build_augmentation(build_augmentation: Callable, hidden: bool = False) -> None:
     """Views of a photo: float32 (C, size, size) in [0, 1], new random parameters each call;
@@ -174,6 +277,7 @@ def check_build_augmentation(build_augmentation: Callable, hidden: bool = False)
             if not torch.equal(photo, before):
                 raise AssertionError(f"{ex}: the transform changed its input image in place")
             _check_random(ex, views, where)
+            _check_steps(ex, transform)
         if not hidden:
             return
 
