@@ -186,3 +186,6 @@ def test_the_commands_only_the_gpu_runs_are_ones_sslkit_accepts(tmp_path, monkey
     cfg = reached.value.args[0]
     assert (cfg.method, cfg.dataset, cfg.data_root) == (name, "folder", str(data_root))
     assert (cfg.epochs, cfg.knn_every) == ((100, 25) if name == "simclr" else (20, 20))
+    # a shortened run warms up for the same share as the recipe: 10 of 100 epochs -> 2 of 20
+    # (it kept 10, half the run); MoCo's recipe has no warm-up
+    assert cfg.warmup_epochs == {"simclr": 10, "moco": 0}.get(name, 2)

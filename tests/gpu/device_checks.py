@@ -218,6 +218,19 @@ def unpack(archive: Path, into: Path) -> Path:
     return tops[0]
 
 
+def scaled_warmup(method: str, epochs: int) -> int:
+    """The gpu recipe's warm-up of `method` scaled from the profile's epochs to `epochs`: a
+    20-epoch run of a 100-epoch recipe with 10 warm-up epochs warms up for 2, not for half the
+    run (MoCo's recipe has none, and keeps none)."""
+    sys.path.insert(0, str(ROOT))
+    from sslkit.profiles import get_profile
+    from sslkit.recipes import recipe_for
+
+    profile = get_profile("gpu")
+    warmup = recipe_for("gpu", method).train.get("warmup_epochs", profile.warmup_epochs)
+    return round(warmup * epochs / profile.epochs)
+
+
 def plan(names: list[str], tiny: bool, data_root: Path | None, runs: Path,
          epochs: int) -> list[Step]:
     """The steps' commands: full size on CUDA, or the smallest sizes on the CPU (--tiny)."""
@@ -246,6 +259,8 @@ def plan(names: list[str], tiny: bool, data_root: Path | None, runs: Path,
             cmd += ["--batch-size", "16", "--n-train", "64", "--n-test", "32"]
         if n_epochs is not None:
             cmd += ["--epochs", str(n_epochs)]
+            if not tiny:  # the recipe's warm-up, scaled to the shorter run
+                cmd += ["--warmup-epochs", str(scaled_warmup(method, n_epochs))]
         every = n_epochs or (2 if tiny else 25)
         return [*cmd, "--knn-every", str(every)]
 
