@@ -232,3 +232,14 @@ def test_lab_conversions_that_change_their_input_in_place_fail():
     for hidden in (False, True):
         fails(grading.check_split_lab, split_in_place, hidden, "changed its input x in place")
         fails(grading.check_merge_lab, merge_in_place, hidden, "changed its input ab in place")
+
+
+def test_loss_with_a_nan_gradient_when_nothing_is_masked_is_told_to_clamp():
+    """0 / 0 replaced by 0 afterwards has the right value and a NaN gradient; the failure
+    said only that the gradient differed 'by up to nan'."""
+    def patched(x, r, m):
+        return torch.nan_to_num(((m * (x - r)) ** 2).sum() / (m.sum() * x.shape[1]))
+
+    grading.check_masked_reconstruction_loss(patched)  # the values are right
+    assert "clamp(min=1)" in fails(grading.check_masked_reconstruction_loss, patched, True,
+                                   "gradient is NaN")

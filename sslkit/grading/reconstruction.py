@@ -340,6 +340,10 @@ def _compare_loss(ex: str, fn: Callable, x, recon, mask, expected: float | None,
     (g,) = _call(ex, torch.autograd.grad, got, (r,), where=where + " in backward")
     e = recon.clone().requires_grad_()
     (eg,) = torch.autograd.grad(inpainting.masked_reconstruction_loss(x, e, mask), (e,))
+    if not torch.isfinite(g).all():
+        raise AssertionError(f"{ex}: the value is right, but its gradient is NaN{where}: guard "
+                             "the division itself with .clamp(min=1); a 0 / 0 replaced "
+                             "afterwards (nan_to_num, torch.where) still back-propagates NaN")
     if not torch.allclose(g, eg, atol=1e-6, rtol=1e-4):
         raise AssertionError(f"{ex}: the gradient with respect to recon differs from the "
                              f"reference by up to {float((g - eg).abs().max()):.2g}{where}")
