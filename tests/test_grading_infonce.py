@@ -278,3 +278,10 @@ def test_info_nce_half_normalised_answers_are_named():
     assert "query too" in fails(check, answer(norm_q=False), False, "expected")
     assert "dim=-1" in fails(check, answer(neg_dim=1), False, "expected")
     assert "over the 1 + K candidates" in fails(check, answer(softmax_dim=0), False, "expected")
+
+
+def test_gaussian_mi_with_the_absolute_correlation_is_named():
+    """log(1 - |rho|) equals log(1 - rho) for rho >= 0 only; the hidden case rho = -0.8 failed
+    without a hint."""
+    assert "1 - rho^2" in fails(grading.check_gaussian_mi,
+                                lambda rho, d: -d / 2 * math.log(1 - abs(rho)), True, "expected")

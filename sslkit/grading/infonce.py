@@ -252,8 +252,9 @@ def _mi_variants(rho: float, d: int) -> dict[str, float]:
         "did you forget the factor 1/2?": 2 * mi,
         "mutual information is >= 0: check the sign": -mi,
     }
-    if rho < 1:
+    if abs(rho) < 1:
         out["it is log(1 - rho^2), not log(1 - rho)"] = -0.5 * d * math.log(1 - rho)
+        out["it is log(1 - rho^2), not log(1 - |rho|)"] = -0.5 * d * math.log(1 - abs(rho))
     return out
 
 
