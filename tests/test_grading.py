@@ -359,3 +359,15 @@ def test_step_that_splits_the_output_every_other_row_is_told_to_chunk():
     for hidden in (False, True):
         assert ".chunk(2)" in fails(grading.check_simclr_step, every_other_row, hidden,
                                     "expected loss")
+
+
+@pytest.mark.parametrize("shift", [1, -1], ids=["i + N + 1", "i + N - 1"])
+def test_nt_xent_with_partners_off_by_one_is_named(shift):
+    """Labels (i + N ± 1) mod 2N pair each view with its partner's neighbour; the failure gave
+    no hint."""
+    def off_by_one(z1, z2, t):
+        logits, labels = _logits_labels(z1, z2, t)
+        return F.cross_entropy(logits, (labels + shift) % len(labels))
+
+    for check in (grading.check_nt_xent, grading.check_nt_xent_loop):
+        assert "i + N (mod 2N)" in fails(check, off_by_one, False, "expected")

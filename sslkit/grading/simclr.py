@@ -459,7 +459,7 @@ def _nt_xent_variants(z1: torch.Tensor, z2: torch.Tensor, t: float) -> dict[str,
     ce = F.cross_entropy
     negatives_only = sim.masked_fill(eye, float("-inf"))
     negatives_only[torch.arange(2 * n), labels] = float("-inf")
-    return {
+    variants = {
         "did you exclude each view from its own denominator (mask the diagonal)?":
             ce(sim / t, labels),
         "did you divide by the temperature twice?": ce((sim / t / t).masked_fill(eye, -math.inf),
@@ -479,6 +479,12 @@ def _nt_xent_variants(z1: torch.Tensor, z2: torch.Tensor, t: float) -> dict[str,
         "did you pair view i with view i + N (mod 2N)?":
             ce((sim / t).masked_fill(eye, -math.inf), torch.arange(2 * n).flip(0)),
     }
+    for shift in (1, -1):  # the partner's neighbour: an off-by-one in the labels
+        shifted = (labels + shift) % (2 * n)
+        if not bool((shifted == torch.arange(2 * n)).any()):  # never the masked diagonal
+            variants[f"view i's partner is view i + N (mod 2N), not i + N {'+-'[shift < 0]} 1"
+                     ] = ce((sim / t).masked_fill(eye, -math.inf), shifted)
+    return variants
 
 
 def _compare_loss(ex: str, fn: Callable, z1, z2, t: float, grad: bool) -> None:
