@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 import io
 import json
+import signal
 import subprocess
 import sys
 import tarfile
@@ -90,6 +91,22 @@ def test_a_step_that_would_end_past_the_deadline_is_cut_or_skipped(tmp_path):
     assert second.status == "skipped: no time left before the deadline"
     results = r.run(checks.Step("results", [sys.executable, "-c", "print('| simclr |')"], 60))
     assert results.status == "ok" and results.output == ["| simclr |"]
+
+
+def test_a_step_stops_at_sigint_even_when_the_script_ignores_it(tmp_path):
+    """Started in the background, the script and its steps inherited SIGINT ignored: the
+    step's SIGINT did nothing (no KeyboardInterrupt, so training saved no epoch) and it was
+    killed 15 s later."""
+    r = runner(tmp_path, deadline=checks.RESERVE_S + checks.RESULTS_S + 12)
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # as `nohup ... &` leaves it
+    try:
+        step = r.run(checks.Step("long", [sys.executable, "-c", "import time\ntry:\n "
+                                          "time.sleep(60)\nexcept KeyboardInterrupt:\n "
+                                          "print('saved')"], 1e9))
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert step.status.startswith("stopped at its limit") and step.seconds < 14
+    assert step.output == ["saved"]
 
 
 def test_a_run_left_by_an_earlier_call_is_resumed(tmp_path):

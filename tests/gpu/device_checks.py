@@ -131,6 +131,14 @@ class Step:
     output: list[str] = field(default_factory=list)
 
 
+def _interruptible() -> None:
+    """In a step's process before it starts: SIGINT back to its default. A script started in
+    the background (nohup ... &, or a tool that runs it so) inherits SIGINT ignored, and a
+    Python that starts with SIGINT ignored never raises KeyboardInterrupt: sslkit train would
+    not save its epoch at the step's limit, and would be killed 15 s later."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class Runner:
     """Runs steps one after another inside one deadline, logging to OUT as it goes."""
 
@@ -158,7 +166,8 @@ class Runner:
             start = log.tell()
             begun = time.monotonic()
             proc = subprocess.Popen(step.command, cwd=ROOT, env=self.env, stdout=log,
-                                    stderr=subprocess.STDOUT, start_new_session=True)
+                                    stderr=subprocess.STDOUT, start_new_session=True,
+                                    preexec_fn=_interruptible)
             try:
                 proc.wait(timeout=limit)
                 step.status = "ok" if proc.returncode == 0 else f"failed (exit {proc.returncode})"
