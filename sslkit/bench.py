@@ -20,6 +20,7 @@ benchmark's own environment (``make bench``), and is skipped with a note otherwi
 
 from __future__ import annotations
 
+import importlib
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -147,17 +148,28 @@ def check_counts(batch: int, steps: int, warmup: int) -> None:
                           "steps before the timed ones")
 
 
-def lightly_available() -> bool:
-    """False when lightly is not installed. One that is installed but fails to import (a
-    dependency missing, another torchvision) counts as available: row (c) then shows why."""
+def installed(package: str, *modules: str) -> bool:
+    """False when `package` is not installed. One that is installed but fails to import its
+    `modules` (a dependency missing, a build for another torch) counts as installed: its row
+    then says why (failed_row)."""
     try:
-        import lightly.loss  # noqa: F401
-        import lightly.transforms  # noqa: F401
+        for module in modules:
+            importlib.import_module(module)
     except ImportError as err:
-        return (err.name or "").split(".")[0] != "lightly"
+        return (err.name or "").split(".")[0] != package
     except Exception:
         return True
     return True
+
+
+def failed_row(name: str, label: str, library: str, err: Exception) -> Result:
+    """The row of a library that broke while imported or measured: skipped, saying why."""
+    reason = " ".join(f"{type(err).__name__}: {err}".split())[:300]
+    return Result(name, label, None, None, f"{library} failed: {reason}")
+
+
+def lightly_available() -> bool:
+    return installed("lightly", "lightly.loss", "lightly.transforms")
 
 
 def _usable_cpus() -> int:
@@ -218,8 +230,7 @@ def run_bench(device: str = "auto", batch: int = 512, steps: int = 20, size: str
             add(_bench_lightly(arch, dev, images, batch, steps, warmup, workers, autocast,
                                compile))
         except Exception as err:  # a lightly that breaks here must not cost the other rows
-            reason = " ".join(f"{type(err).__name__}: {err}".split())[:300]
-            add(Result("c", "lightly", None, None, f"lightly failed: {reason}"))
+            add(failed_row("c", "lightly", "lightly", err))
     else:
         add(Result("c", "lightly", None, None, LIGHTLY_HINT))
 

@@ -31,7 +31,7 @@ from sslkit.augment import (
     view_config_for,
     view_transform,
 )
-from sslkit.bench import Result, _measure, check_counts, format_table
+from sslkit.bench import Result, _measure, check_counts, failed_row, format_table, installed
 from sslkit.errors import SSLKitError
 
 KORNIA_HINT = ("kornia is not installed here (it is never a dependency of sslkit): `make bench` "
@@ -39,16 +39,7 @@ KORNIA_HINT = ("kornia is not installed here (it is never a dependency of sslkit
 
 
 def kornia_available() -> bool:
-    """False when kornia is not installed. One that is installed but fails to import (a
-    dependency missing, a build for another torch) counts as available: row (v2) then shows
-    why, as row (c) does for lightly."""
-    try:
-        import kornia.augmentation  # noqa: F401
-    except ImportError as err:
-        return (err.name or "").split(".")[0] != "kornia"
-    except Exception:
-        return True
-    return True
+    return installed("kornia", "kornia.augmentation")
 
 
 def kornia_views(cfg: ViewConfig) -> torch.nn.Module:
@@ -101,9 +92,7 @@ def run_views_bench(device: torch.device, batch: int = 512, steps: int = 20, war
         try:
             results.append(_kornia_row(cfg, on_device, steps, warmup, device))
         except Exception as err:  # a kornia that breaks here must not cost the other rows
-            reason = " ".join(f"{type(err).__name__}: {err}".split())[:300]
-            results.append(Result("v2", "kornia.augmentation", None, None,
-                                  f"kornia failed: {reason}"))
+            results.append(failed_row("v2", "kornia.augmentation", "kornia", err))
     else:
         results.append(Result("v2", "kornia.augmentation", None, None, KORNIA_HINT))
 

@@ -285,6 +285,7 @@ def cmd_bench(args) -> int:
 
     device = resolve_device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"  # in the title
+
     def measured(result) -> None:  # each row as it is done: a later row's crash loses none
         speed = "skipped" if result.images_per_s is None else f"{result.images_per_s:.1f} images/s"
         print(f"measured ({result.name}) {result.label}: {speed}", flush=True)

@@ -231,7 +231,8 @@ def scaled_warmup(method: str, epochs: int) -> int:
     """The gpu recipe's warm-up of `method` scaled from the profile's epochs to `epochs`: a
     20-epoch run of a 100-epoch recipe with 10 warm-up epochs warms up for 2, not for half the
     run (MoCo's recipe has none, and keeps none)."""
-    sys.path.insert(0, str(ROOT))
+    if str(ROOT) not in sys.path:  # run as a script, only tests/gpu is on the path
+        sys.path.insert(0, str(ROOT))
     from sslkit.profiles import get_profile
     from sslkit.recipes import recipe_for
 
