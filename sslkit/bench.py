@@ -21,7 +21,6 @@ benchmark's own environment (``make bench``), and is skipped with a note otherwi
 from __future__ import annotations
 
 import importlib
-import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from dataclasses import dataclass
 import torch
 
 from sslkit.augment import view_config_for
+from sslkit.cores import usable_cpus
 from sslkit.errors import SSLKitError
 from sslkit.methods import SimCLR, build_method
 from sslkit.train import fast_cuda_settings, resolve_device, train_step
@@ -172,13 +172,6 @@ def lightly_available() -> bool:
     return installed("lightly", "lightly.loss", "lightly.transforms")
 
 
-def _usable_cpus() -> int:
-    """The cores this process may run on (a container's share, not the host's count)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
-
-
 def run_bench(device: str = "auto", batch: int = 512, steps: int = 20, size: str = "full",
               warmup: int = 3, workers: int | None = None, compile: bool = False,
               lightly: bool | None = None,
@@ -197,7 +190,7 @@ def run_bench(device: str = "auto", batch: int = 512, steps: int = 20, size: str
     dev = resolve_device(device)
     fast_cuda_settings(dev)  # as in training, for every pipeline (lightly's too)
     arch, n_images = SIZES[size]
-    workers = min(8, _usable_cpus()) if workers is None else workers
+    workers = min(8, usable_cpus()) if workers is None else workers
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (max(n_images, batch), 3, 32, 32), dtype=torch.uint8,
                            generator=g)

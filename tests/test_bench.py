@@ -4,7 +4,9 @@ pipeline wired as it should be (with a stand-in lightly module)."""
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
 import sys
 import types
 
@@ -419,3 +421,15 @@ def test_a_row_that_crashes_leaves_the_rows_before_it_printed(capsys, monkeypatc
                                                         "measured (c"]
     assert re.fullmatch(r"measured \(a\) sslkit, device path: \d+\.\d images/s", printed[0])
     assert printed[2].endswith(": skipped")
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs Linux CPU affinity")
+def test_the_default_workers_count_the_cores_this_process_may_use():
+    """Pinned to one core (as a container or taskset does), the benchmark's default DataLoader
+    workers and the report's machine line see 1 core, not the host's count."""
+    code = ("import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})\n"
+            "from sslkit.cores import usable_cpus; from sslkit.experiments.report import machine\n"
+            "print(usable_cpus(), os.cpu_count(), machine('cpu'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.split(maxsplit=2)
+    assert out[0] == "1" and out[2].startswith("1-core CPU")  # os.cpu_count() says out[1]

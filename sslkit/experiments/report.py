@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from sslkit.atomic import write_atomic
+from sslkit.cores import usable_cpus
 from sslkit.errors import SSLKitError
 
 FILES = ("table.md", "figure.png", "results.json")
@@ -118,5 +119,5 @@ def machine(device: str) -> str:
     """The machine in words: the GPU's name, or the CPU's core count."""
     if device.startswith("cuda") and torch.cuda.is_available():
         return torch.cuda.get_device_name(torch.device(device))
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"{cores}-core CPU ({platform.machine()}), {torch.get_num_threads()} torch threads"
+    threads = torch.get_num_threads()
+    return f"{usable_cpus()}-core CPU ({platform.machine()}), {threads} torch threads"

@@ -53,6 +53,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository
+if str(ROOT) not in sys.path:  # run as a script, only tests/gpu is on the path
+    sys.path.insert(0, str(ROOT))
 KIT = ROOT / ".gpu"  # git-ignored
 DATA_ARCHIVE = KIT / "cifar10.tar.xz"
 WHEELS = KIT / "wheels"
@@ -231,8 +233,6 @@ def scaled_warmup(method: str, epochs: int) -> int:
     """The gpu recipe's warm-up of `method` scaled from the profile's epochs to `epochs`: a
     20-epoch run of a 100-epoch recipe with 10 warm-up epochs warms up for 2, not for half the
     run (MoCo's recipe has none, and keeps none)."""
-    if str(ROOT) not in sys.path:  # run as a script, only tests/gpu is on the path
-        sys.path.insert(0, str(ROOT))
     from sslkit.profiles import get_profile
     from sslkit.recipes import recipe_for
 
@@ -244,13 +244,15 @@ def scaled_warmup(method: str, epochs: int) -> int:
 def plan(names: list[str], tiny: bool, data_root: Path | None, runs: Path,
          epochs: int) -> list[Step]:
     """The steps' commands: full size on CUDA, or the smallest sizes on the CPU (--tiny)."""
+    from sslkit.cores import usable_cpus
+
     py = [sys.executable]
     sslkit = [*py, "-m", "sslkit"]
     device = "cpu" if tiny else "cuda"
     bench = [*sslkit, "bench", "--device", device]
     bench += (["--size", "tiny", "--batch", "32", "--steps", "2", "--warmup", "1", "--workers",
                "0"] if tiny else ["--size", "full", "--batch", "512", "--steps", "30", "--workers",
-                             str(max(1, len(os.sched_getaffinity(0)) - 1))])  # all but main
+                             str(max(1, usable_cpus() - 1))])  # all but main
     tests = [*py, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=", "-rs",
              "tests/test_cuda.py", "tests/test_no_host_sync.py",
              "tests/test_losses.py::test_cuda_half_under_autocast_matches_cpu",
