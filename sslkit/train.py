@@ -671,10 +671,20 @@ def stream_seed(seed: int, rank: int, epoch: int = 0) -> int:
 
 
 def monitor_knn(encoder: torch.nn.Module, data: ImageData, k: int) -> float:
-    """kNN accuracy (cosine, T=0.1) of the encoder's features, train -> test."""
-    train_f = extract_features(encoder, data.train_x)
-    test_f = extract_features(encoder, data.test_x)
+    """kNN accuracy (cosine, T=0.1) of the encoder's features, train -> test.
+
+    A compiled encoder (--compile) runs eagerly here: in eval mode and on the short last
+    batches, its compiled forward would be recompiled, which costs more than the monitor."""
+    with _eager():
+        train_f = extract_features(encoder, data.train_x)
+        test_f = extract_features(encoder, data.test_x)
     return round(knn_accuracy(train_f, data.train_y, test_f, data.test_y, k=k), 4)
+
+
+def _eager():
+    """A context in which torch.compile'd modules run their eager forward (torch >= 2.6)."""
+    stance = getattr(torch.compiler, "set_stance", None)
+    return stance("force_eager") if stance is not None else contextlib.nullcontext()
 
 
 def load_trained(out: str | Path, device: str = "cpu", data_root: str | Path | None = None,

@@ -124,6 +124,25 @@ def test_compile_option_compiles_encoder_and_head(tmp_path, monkeypatch):
     assert compiled == [method.encoder, method.head]
 
 
+@pytest.mark.skipif(not hasattr(torch.compiler, "set_stance"), reason="needs torch >= 2.6")
+def test_the_knn_monitor_adds_no_compiled_graph(tmp_path, monkeypatch):
+    """--compile with --knn-every: the monitor's eval mode and its last, shorter batches would
+    each make torch.compile trace the encoder again (a recompile per run, minutes at full
+    size); it runs the encoder eagerly, so the run traces the same graphs as without it."""
+    from torch._dynamo.utils import counters
+
+    eager_backend = nn.Module.compile  # dynamo traces and guards as always, compiles nothing
+    monkeypatch.setattr(nn.Module, "compile", lambda self: eager_backend(self, backend="eager"))
+    graphs = {}
+    for every in (0, 1):
+        torch._dynamo.reset()
+        counters.clear()
+        cfg = _cfg(compile=True, knn_every=every, n_train=48, n_test=40, batch_size=16)
+        _, rows = train(cfg, tmp_path / f"every{every}", progress=False)
+        graphs[every] = counters["stats"]["unique_graphs"]
+    assert "knn" in rows[-1] and graphs[1] == graphs[0] > 0
+
+
 @pytest.mark.parametrize("overrides,fix", [({"batch_size": 15, "accumulate": 2}, "divisible by 2"),
                                            ({"accumulate": 0}, "--accumulate 1"),
                                            ({"loader": "disk"}, "device, dataloader")])
