@@ -167,6 +167,8 @@ def evaluate_run(out: str | Path, k: int | None = None, labels_per_class: int | 
 
     out = run_folder(out)
     show = show or (lambda scores: None)
+    if tsne_path is not None:  # before the work: matplotlib would fail, or write elsewhere
+        check_figure_path(tsne_path, "--tsne")
     ckpt = load_checkpoint(out)
     try:
         method, cfg, data = load_trained(out, data_root=data_root, checkpoint=ckpt)
@@ -226,6 +228,25 @@ def evaluate_run(out: str | Path, k: int | None = None, labels_per_class: int | 
     _write(out / "eval.json", save_json, "the figure is saved; the scores are shown above")
     show({"tsne": result["tsne"]})
     return result
+
+
+def check_figure_path(path: str | Path, flag: str) -> None:
+    """One-line error unless `path` names a figure file that matplotlib writes where it says:
+    not a folder (matplotlib saved --tsne /tmp as /tmp.png), with an extension (it adds .png
+    to one without), and one it has a format for (else it fails after the scores)."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    path = Path(path)
+    if path.is_dir():
+        raise SSLKitError(f"{flag} {path} is a folder: give the figure's file, e.g. "
+                          f"{flag} {path / 'tsne.png'}")
+    suffix = path.suffix.lower().lstrip(".")
+    if not suffix:
+        raise SSLKitError(f"{flag} {path} has no file extension, so the figure would be "
+                          f"saved as {path}.png: give one, e.g. {flag} {path}.png")
+    if suffix not in FigureCanvasBase.get_supported_filetypes():
+        raise SSLKitError(f"{flag} {path}: matplotlib cannot write .{suffix} files: use "
+                          f"{path.with_suffix('.png')} (or .pdf, .svg)")
 
 
 def _write(path: Path, write, fix: str) -> None:

@@ -50,6 +50,9 @@ def _scores(train_f, test_f, data, k: int) -> tuple[float, float]:
 
 def run_demo(out: str | Path = "demo-output", epochs: int | None = None) -> dict:
     """Train (or reuse a finished run in out/simclr), evaluate, draw; returns the scores."""
+    if str(out).strip() == "":  # Path("") is the current folder, which was not asked for
+        raise SSLKitError("--out is empty (an unset shell variable?): give the demo's folder, "
+                          "e.g. --out demo-output")
     out = Path(out)
     cfg = TrainConfig.from_profile(get_profile("laptop"), device="cpu")
     if epochs is not None:  # 0 too: an error, not the default of 200

@@ -134,7 +134,10 @@ def _calls(run: Path) -> list[dict]:
 
 def run_folder(path: str | Path) -> Path:
     """The run folder that `path` names: the folder itself, or the folder of its checkpoint
-    file (OUT/last.pt). Any other file is a one-line error."""
+    file (OUT/last.pt). Any other file, or an empty name, is a one-line error."""
+    if str(path).strip() == "":  # Path("") is the current folder, which was not asked for
+        raise SSLKitError("the run folder is empty (an unset shell variable?): give the "
+                          "folder that was passed to `sslkit train --out`")
     path = Path(path)
     if path.is_file():
         if path.name == CHECKPOINT:

@@ -242,9 +242,14 @@ def load_checkpoint(out: str | Path) -> dict:
         )
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except OSError as err:  # not the file's fault: permissions, a vanished mount
-        raise SSLKitError(f"{path} cannot be opened ({err.strerror or err}): check that it "
-                          "is readable by you") from None
+    except OSError as err:
+        # opening it failed (permissions, a vanished mount): not the file's fault. torch.load
+        # also raises a bare OSError(EINVAL), with no file name, on a cut-off file.
+        if isinstance(err, PermissionError) or err.filename is not None:
+            raise SSLKitError(f"{path} cannot be opened ({err.strerror or err}): check that "
+                              "it is readable by you") from None
+        raise SSLKitError(f"{path} cannot be read ({type(err).__name__}): the file is damaged; "
+                          "copy the run again, or train it anew") from None
     except Exception as err:  # torch.load fails in many ways on a damaged file
         raise SSLKitError(f"{path} cannot be read ({type(err).__name__}): the file is damaged; "
                           "copy the run again, or train it anew") from None
@@ -254,6 +259,43 @@ def load_checkpoint(out: str | Path) -> dict:
         raise SSLKitError(f"{path} is not a checkpoint of `sslkit train` (or one from another "
                           "version of sslkit): give the --out folder of an sslkit run")
     return ckpt
+
+
+def _squeeze(err: BaseException) -> str:
+    """An exception's message on one line (its first line, at most 160 characters)."""
+    lines = str(err).strip().splitlines()
+    text = " ".join(lines[0].split()) if lines else type(err).__name__
+    return text if len(text) <= 160 else text[:157] + "..."
+
+
+def _weights_mismatch(model: dict, saved) -> str | None:
+    """What keeps `saved` (a checkpoint's "model") from loading into a model whose state_dict
+    is `model`: the first missing, unexpected or differently shaped entry, or None."""
+    if not isinstance(saved, dict):
+        return f"its weights are a {type(saved).__name__}, not a dict of tensors"
+    for what, keys in (("no", [key for key in model if key not in saved]),
+                       ("an unexpected", [key for key in saved if key not in model])):
+        if keys:
+            return f"{what} {keys[0]}" + (f" and {len(keys) - 1} more" if len(keys) > 1 else "")
+    for key, value in model.items():
+        shape = tuple(getattr(saved[key], "shape", ()))
+        if shape != tuple(value.shape):
+            return f"{key} is {shape} in the file but {tuple(value.shape)} in the model"
+    return None
+
+
+def load_weights(method: torch.nn.Module, ckpt: dict, out: str | Path, name: str) -> None:
+    """The checkpoint's weights into `method` (built from its saved settings), with a
+    one-line error when they do not fit: a checkpoint saved by another version of sslkit,
+    whose networks had other layers or sizes, or one whose settings were edited."""
+    try:
+        method.load_state_dict(ckpt["model"])
+    except (RuntimeError, KeyError, TypeError, ValueError, AttributeError) as err:
+        detail = _weights_mismatch(method.state_dict(), ckpt["model"]) or _squeeze(err)
+        raise SSLKitError(f"{Path(out) / CHECKPOINT} holds weights that do not fit the {name} "
+                          f"model its saved settings describe ({detail}): it was saved by "
+                          "another version of sslkit, or edited; use the version that trained "
+                          "it, or train the run anew") from None
 
 
 def _read_metrics(out: Path, up_to_epoch: int) -> list[dict]:
@@ -405,6 +447,9 @@ def train(
     MoCo's BatchNorm running statistics, which are per rank).
     """
     call_started = time.perf_counter()  # this call's wall time, recorded in OUT/run.json
+    if str(out).strip() == "":  # Path("") is the current folder: the run would land there
+        raise SSLKitError("--out is empty (an unset shell variable?): give the run folder, "
+                          "e.g. --out runs/simclr")
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise SSLKitError(f"--out {out} is a file: give a folder for the run")
@@ -471,10 +516,16 @@ def train(
     if distributed.is_distributed():
         torch.manual_seed(stream_seed(cfg.seed, distributed.rank()))
     if ckpt is not None:
-        method.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        generator.set_state(ckpt["generator"])
-        rngs = ckpt.get("torch_rngs", [ckpt["torch_rng"]])
+        load_weights(method, ckpt, out, cfg.method)
+        try:  # what only resuming needs: a checkpoint cut down to its weights lacks it
+            optimizer.load_state_dict(ckpt["optimizer"])
+            generator.set_state(ckpt["generator"])
+            rngs = ckpt.get("torch_rngs", [ckpt["torch_rng"]])
+        except (KeyError, TypeError, ValueError, RuntimeError) as err:
+            what = f"no {err.args[0]!r}" if isinstance(err, KeyError) else _squeeze(err)
+            raise SSLKitError(f"{out / CHECKPOINT} holds no usable training state to resume "
+                              f"from ({what}): it can still be evaluated (sslkit eval {out}); "
+                              "to train on, start a new run in another --out") from None
         views_states = ckpt.get("views_generators")
         start_epoch = ckpt["epoch"]
         cuda_rngs = ckpt.get("cuda_rngs")
@@ -701,7 +752,7 @@ def load_trained(out: str | Path, device: str = "cpu", data_root: str | Path | N
         cfg = replace(cfg, data_root=str(data_root))
     data = load_data(cfg, unlabeled=False)  # evaluation never reads STL-10's unlabeled split
     method = build(cfg, data)
-    method.load_state_dict(ckpt["model"])
+    load_weights(method, ckpt, out, cfg.method)
     # the layout training used: the same weights in another layout give other round-off, and a
     # kNN vote on the edge could differ from the one the run logged
     return method.to(device, memory_format=torch.channels_last).eval(), cfg, data

@@ -462,3 +462,40 @@ def test_the_documented_commands_parse():
             pytest.fail(f"{doc}: `{command}` does not parse")
         for text in getattr(args, "option", None) or []:
             parse_option(text)
+
+
+@pytest.mark.parametrize("tsne,expected", [
+    # matplotlib saved the figure as FOLDER.png, next to the folder, and eval.json named FOLDER
+    ("{tmp}", "--tsne {tmp} is a folder: give the figure's file, e.g. --tsne {tmp}/tsne.png"),
+    # saved as {tmp}/figure.png while eval.json and the printout named {tmp}/figure
+    ("{tmp}/figure", "has no file extension, so the figure would be saved as {tmp}/figure.png: "
+                     "give one, e.g. --tsne {tmp}/figure.png"),
+    # matplotlib's ValueError traceback, after the kNN, probe and t-SNE had been computed
+    ("{tmp}/figure.jpgg", "matplotlib cannot write .jpgg files: use {tmp}/figure.png"),
+])
+def test_eval_with_a_tsne_path_matplotlib_cannot_honour_exits_2_first(
+        trained_run, tmp_path, capsys, monkeypatch, tsne, expected):
+    from sslkit import evaluate
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("features extracted before --tsne was checked")
+
+    monkeypatch.setattr(evaluate, "extract_features", no_work)
+    err = run_error(["eval", str(trained_run), "--tsne", tsne.format(tmp=tmp_path)], capsys)
+    assert expected.format(tmp=tmp_path) in err
+    assert list(tmp_path.iterdir()) == [] and not Path(f"{tmp_path}.png").exists()
+
+
+@pytest.mark.parametrize("argv", [["eval", ""], ["results", ""], ["demo", "--out", ""],
+                                  ["train", "simclr", "--out", "", *SMALL]])
+def test_an_empty_run_folder_exits_2_instead_of_using_the_current_one(tmp_path, monkeypatch,
+                                                                      capsys, argv):
+    """`--out $RUN` with RUN unset: train wrote last.pt, metrics.jsonl and run.json into the
+    current folder ("checkpoint and metrics in " nothing), and eval evaluated whatever run
+    the current folder held."""
+    monkeypatch.chdir(tmp_path)
+    err = run_error(argv, capsys)
+    assert "empty (an unset shell variable?)" in err
+    assert ("--out runs/simclr" in err if argv[0] == "train" else
+            "--out demo-output" in err if argv[0] == "demo" else "sslkit train --out" in err)
+    assert list(tmp_path.iterdir()) == []

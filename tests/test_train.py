@@ -542,3 +542,75 @@ def test_resume_on_a_gpu_continues_the_devices_random_stream(tmp_path, data):
     train(cfg, tmp_path / "split", resume=True, progress=False, data=data)
     assert torch.equal(torch.cuda.get_rng_state(), full)
     assert torch.equal(load_checkpoint(tmp_path / "split")["cuda_rngs"][0], full)
+
+
+# ------------------------------------------- checkpoints that load but do not fit, empty --out
+@pytest.mark.parametrize("cut", [8_000, 20_000])
+def test_a_checkpoint_cut_off_near_its_start_is_called_damaged(tmp_path, full_run, cut):
+    """torch.load raises a bare OSError (Invalid argument) on a checkpoint cut off within its
+    first records: it was reported as a file that "cannot be opened ... check that it is
+    readable by you", sending the user after permissions instead of a fresh copy."""
+    out = tmp_path / "cut"
+    out.mkdir()
+    (out / CHECKPOINT).write_bytes((full_run[2] / CHECKPOINT).read_bytes()[:cut])
+    msg = one_line_error(lambda: load_checkpoint(out)).replace(str(out / CHECKPOINT), "FILE")
+    assert "FILE cannot be read" in msg and "the file is damaged" in msg
+    assert "readable by you" not in msg and "copy the run again" in msg
+
+
+def _edited_checkpoint(full_run, out, edit):
+    out.mkdir()
+    ckpt = torch.load(full_run[2] / CHECKPOINT, weights_only=False)
+    edit(ckpt)
+    torch.save(ckpt, out / CHECKPOINT)
+    return TrainConfig(**ckpt["config"])
+
+
+@pytest.mark.parametrize("edit,detail", [
+    (lambda c: c["config"].update(arch="convnet"), "in the file but"),
+    (lambda c: c["model"].pop(next(iter(c["model"]))), "(no encoder."),
+    (lambda c: c["model"].update(extra=torch.zeros(1)), "(an unexpected extra)"),
+    (lambda c: c.update(model=[1, 2]), "its weights are a list"),
+])
+def test_weights_that_do_not_fit_the_saved_settings_are_a_one_line_error(
+        tmp_path, full_run, data, monkeypatch, edit, detail):
+    """A checkpoint from another sslkit version (other layers or sizes) or with edited settings
+    ended `sslkit eval` and `--resume` in torch's load_state_dict traceback (70 lines)."""
+    out = tmp_path / "edited"
+    cfg = _edited_checkpoint(full_run, out, edit)
+    before = (out / CHECKPOINT).read_bytes()
+    monkeypatch.setattr("sslkit.train.load_data", lambda cfg, unlabeled=True: data)
+    for call in (lambda: load_trained(out),
+                 lambda: train(cfg, out, resume=True, progress=False, data=data)):
+        msg = one_line_error(call)
+        assert f"{out / CHECKPOINT} holds weights that do not fit the simclr model" in msg
+        assert detail in msg and "another version of sslkit" in msg
+        assert "train the run anew" in msg
+    assert (out / CHECKPOINT).read_bytes() == before
+    assert not (out / METRICS).exists() and not (out / RUN_INFO).exists()
+
+
+@pytest.mark.parametrize("edit,detail", [
+    (lambda c: c.pop("optimizer"), "(no 'optimizer')"),
+    (lambda c: c["optimizer"]["param_groups"][0].update(params=[0]), "parameter group"),
+    (lambda c: c.update(generator=torch.zeros(3)), "RNG state"),
+])
+def test_a_checkpoint_without_its_training_state_cannot_resume(tmp_path, full_run, data,
+                                                               edit, detail):
+    """A checkpoint cut down to its weights (or whose optimiser state does not fit) ended
+    --resume in a KeyError, ValueError or TypeError traceback; it can still be evaluated."""
+    out = tmp_path / "slim"
+    cfg = _edited_checkpoint(full_run, out, lambda c: (c["config"].update(epochs=4), edit(c)))
+    msg = one_line_error(lambda: train(cfg, out, resume=True, progress=False, data=data))
+    assert f"{out / CHECKPOINT} holds no usable training state to resume from" in msg
+    assert detail in msg and f"sslkit eval {out}" in msg and "another --out" in msg
+    assert not (out / METRICS).exists() and not (out / RUN_INFO).exists()
+
+
+def test_an_empty_out_is_an_error_not_the_current_folder(tmp_path, data, monkeypatch):
+    """`--out $RUN` with RUN unset gave --out "", i.e. Path(""), the current folder: the run's
+    files landed there and it printed "checkpoint and metrics in " (nothing)."""
+    monkeypatch.chdir(tmp_path)
+    msg = one_line_error(lambda: train(CFG, "", progress=False, data=data))
+    assert "--out is empty" in msg and "--out runs/simclr" in msg
+    assert list(tmp_path.iterdir()) == []
