@@ -7,6 +7,7 @@ what self-supervision adds.
 
 from __future__ import annotations
 
+import math
 from numbers import Integral
 
 import numpy as np
@@ -42,6 +43,15 @@ def _check_finite(features: torch.Tensor, name: str) -> None:
     if not bool(torch.isfinite(features).all()):
         raise SSLKitError(f"{name} contain NaN or infinite values: the encoder diverged or "
                           "the input is broken; check the training loss and the images")
+
+
+def _check_tensors(who: str, **tensors) -> None:
+    """One-line error unless every argument is a torch tensor (a NumPy array or a list failed
+    deep inside with an AttributeError or TypeError)."""
+    for name, value in tensors.items():
+        if not isinstance(value, torch.Tensor):
+            raise SSLKitError(f"{who}: {name} must be a torch.Tensor (got "
+                              f"{type(value).__name__}): convert it with torch.as_tensor(...)")
 
 
 def _check_whole(value, name: str, example: str) -> None:
@@ -148,6 +158,8 @@ def knn_predict(
     Everything runs in float32, also inside an autocast region (whose bfloat16 or float16
     similarities, ~3 significant digits, would reorder close neighbours).
     """
+    _check_tensors("knn_predict", train_features=train_features, train_labels=train_labels,
+                   test_features=test_features)
     if train_features.ndim != 2 or test_features.ndim != 2:
         raise SSLKitError(
             "knn_predict needs 2-D features (N, D) and (M, D), got "
@@ -196,10 +208,13 @@ def knn_accuracy(train_f, train_y, test_f, test_y, k: int = 200, temperature: fl
     Unlike knn_predict, which caps k at the N training points, this is the accuracy *at k*: a k
     above N is a one-line error rather than a number reported for a k that was not used. So
     are training labels of a single class, with which every prediction is right."""
+    _check_tensors("knn_accuracy", train_f=train_f, train_y=train_y, test_f=test_f,
+                   test_y=test_y)
     _check_whole(k, "k", "200")
     if test_y.shape != (len(test_f),):
         raise SSLKitError(f"knn_accuracy: {len(test_f)} test features but test labels of shape "
                           f"{tuple(test_y.shape)}: pass one label per test row, (M,)")
+    _check_labels(test_y, len(test_f), None, "knn_accuracy (test)")  # 0.7 would never match
     if k > len(train_f) > 0:
         raise SSLKitError(f"knn_accuracy: k={k} neighbours but only {len(train_f)} training "
                           f"samples: use k={len(train_f)} or less")
@@ -255,6 +270,8 @@ def linear_probe(
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
+    _check_tensors("linear_probe", train_f=train_f, train_y=train_y, test_f=test_f,
+                   test_y=test_y)
     if labels_per_class is not None and labels_per_class < 1:
         raise SSLKitError(f"labels_per_class must be at least 1 (got {labels_per_class}): use "
                           "e.g. 10, or None for every label")
@@ -310,11 +327,15 @@ def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, k: int = 1) -> flo
     k=1 is the accuracy of argmax and k=C is 1. The label's rank is the number of classes ranked
     before it: those with a larger logit, or an equal logit and a lower index.
     """
+    _check_tensors("topk_accuracy", logits=logits, labels=labels)
     if logits.ndim != 2 or labels.shape != logits.shape[:1]:
         raise SSLKitError(
             f"topk_accuracy needs logits (N, C) and labels (N,), got {tuple(logits.shape)} and "
             f"{tuple(labels.shape)}: pass one row of class scores per label"
         )
+    if isinstance(k, bool) or not isinstance(k, Integral):  # k=1.5 counted ranks 0 and 1
+        raise SSLKitError(f"k must be a whole number of classes (got {k!r}): use e.g. k=1 or "
+                          "k=5")
     if not 1 <= k:
         raise SSLKitError(f"k={k} is not a number of classes: use k >= 1")
     if len(labels) == 0:
@@ -386,12 +407,17 @@ def train_linear_probe(
     probe in eval mode, on the features' device; probe(features) (M, D) -> logits (M, C).
     Starting from zero weights, the (convex) problem and the seed fix the result.
     """
+    _check_tensors("train_linear_probe", train_f=train_f, train_y=train_y)
     if train_f.ndim != 2 or len(train_f) != len(train_y) or len(train_f) < 2:
         raise SSLKitError(
             f"train_linear_probe needs features (N, D) and labels (N,) with N >= 2, got "
             f"{tuple(train_f.shape)} and {tuple(train_y.shape)}: extract features first"
         )
     _check_whole(batch_size, "batch_size", "256")
+    _check_whole(epochs, "epochs", "100")  # 0 returned the untrained, all-zero probe
+    if not 0 < lr < math.inf:
+        raise SSLKitError(f"train_linear_probe needs a positive, finite lr (got {lr}): use e.g. "
+                          "lr=1e-2")
     _check_labels(train_y, len(train_f), num_classes, "train_linear_probe")
     _check_finite(train_f, "train_linear_probe: the features")
     # detached: features computed with gradient (enc(x) outside no_grad) would keep their graph

@@ -581,8 +581,10 @@ def test_image_folder_errors(tmp_path):
         load_image_folder(tmp_path, image_size=8)
     assert "\n" not in str(info.value)
 
-    with pytest.raises(SSLKitError, match="image_size"):
+    with pytest.raises(SSLKitError, match="image_size") as info:
         load_image_folder(tmp_path, image_size=0)
+    # the message named the problem only; now it names the flag that fixes it
+    assert "got 0: use e.g. --image-size 32" in str(info.value) and "\n" not in str(info.value)
 
 
 def test_image_folder_mixed_modes_and_sizes_become_rgb(tmp_path):

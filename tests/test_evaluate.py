@@ -413,3 +413,55 @@ def test_extract_features_restores_the_mode_of_every_module():
     images = torch.randint(0, 256, (5, 1, 8, 8), dtype=torch.uint8, generator=gen(43))
     extract_features(enc, images)
     assert {name: m.training for name, m in enc.named_modules()} == before
+
+
+@pytest.mark.parametrize("call,expected", [
+    # NumPy arrays (e.g. from scikit-learn) and lists failed deep inside with an
+    # AttributeError ('numpy.ndarray' object has no attribute 'unique') or a TypeError
+    (lambda f, y: knn_predict(f.numpy(), y, f, k=2), "knn_predict: train_features must be a "
+     "torch.Tensor \\(got ndarray\\): convert it with torch.as_tensor"),
+    (lambda f, y: knn_predict(f, y.tolist(), f, k=2), "train_labels must be a torch.Tensor "
+     "\\(got list\\)"),
+    (lambda f, y: knn_accuracy(f.numpy(), y.numpy(), f.numpy(), y.numpy(), k=2),
+     "knn_accuracy: train_f must be a torch.Tensor \\(got ndarray\\)"),
+    (lambda f, y: linear_probe(f, y, f.numpy(), y), "linear_probe: test_f must be a "
+     "torch.Tensor \\(got ndarray\\)"),
+    # float test labels were compared with the predictions as they were: 0.7 never matches
+    (lambda f, y: knn_accuracy(f, y, f, y.float(), k=2), "knn_accuracy \\(test\\): labels "
+     "must be integer class indices, got torch.float32: use labels.long\\(\\)"),
+])
+def test_evaluation_input_of_the_wrong_type_is_a_one_line_error(call, expected):
+    f, y = torch.randn(6, 3, generator=gen(3)), torch.tensor([0, 1, 2, 0, 1, 2])
+    with pytest.raises(SSLKitError, match=expected) as err:
+        call(f, y)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("options,expected", [
+    ({"epochs": 0}, "epochs must be a whole number of at least 1 \\(got 0\\): use e.g. "
+                    "epochs=100"),
+    ({"epochs": -3}, "epochs must be a whole number of at least 1 \\(got -3\\)"),
+    ({"lr": float("nan")}, "positive, finite lr \\(got nan\\): use e.g. lr=1e-2"),
+    ({"lr": -0.1}, "positive, finite lr \\(got -0.1\\)"),
+])
+def test_train_linear_probe_settings_out_of_range_are_one_line_errors(options, expected):
+    """epochs=0 returned the untrained, all-zero probe (every prediction class 0) without a
+    word, and lr=nan ended in torch's optimiser traceback."""
+    from sslkit.evaluate import train_linear_probe
+
+    f, y = torch.randn(6, 3, generator=gen(3)), torch.tensor([0, 1, 2, 0, 1, 2])
+    with pytest.raises(SSLKitError, match=expected) as err:
+        train_linear_probe(f, y, **options)
+    assert "\n" not in str(err.value)
+
+
+def test_topk_accuracy_with_a_fractional_k_is_a_one_line_error():
+    """k=1.5 counted the labels ranked 0 and 1, the top-2 accuracy, reported for "k=1.5"."""
+    from sslkit.evaluate import topk_accuracy
+
+    logits, labels = torch.randn(8, 4, generator=gen(1)), torch.arange(8) % 4
+    with pytest.raises(SSLKitError, match="k must be a whole number of classes \\(got 1.5\\): "
+                                          "use e.g. k=1") as err:
+        topk_accuracy(logits, labels, 1.5)
+    assert "\n" not in str(err.value)
+    assert topk_accuracy(logits, labels, 4) == 1.0  # whole k as before

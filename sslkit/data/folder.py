@@ -173,7 +173,8 @@ def load_image_folder(root: str | Path, image_size: int = 32) -> dict:
     folder names of ``train/``) and ``unlabeled_x`` = None.
     """
     if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
-        raise SSLKitError(f"image_size must be a positive integer, got {image_size!r}")
+        raise SSLKitError(f"image_size must be a positive whole number of pixels, got "
+                          f"{image_size!r}: use e.g. --image-size 32 (image_size=32 in Python)")
     root = Path(root)
     if not root.is_dir():
         raise DataNotFound(
