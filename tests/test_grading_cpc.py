@@ -136,8 +136,9 @@ def test_column_context_wrong_answers():
     assert "column" in fails(check, along_rows, False, "differs")
     assert "top" in fails(check, bottom_up, False, "differs")
     assert "whole grid" in fails(check, whole_grid, False, "differs")
-    check(detached)  # the value is right ...
-    fails(check, detached, True, "gradient")  # ... but nothing reaches the patch encoder
+    # the value is right, but nothing reaches the patch encoder: the visible check says so too
+    fails(check, detached, False, "no gradient reaches z")
+    fails(check, detached, True, "gradient")
     fails(check, lambda g, z: g(z.flatten(1, 2))[0], False, "shape")
     fails(check, lambda *a: cpc_method.column_context(*a), True, "reference")
 
@@ -182,7 +183,7 @@ def test_cpc_loss_wrong_answers():
     fails(check, transposed, False, "raised")
     # ... the hidden cases have square maps, where it runs and gives another value
     assert "transpose" in fails(check, transposed, True, "expected")
-    check(detached_w)
+    fails(check, detached_w, False, "no gradient reaches W")  # visible too (it passed before)
     fails(check, detached_w, True, "gradient with respect to W")
     fails(check, lambda *a: losses.cpc_loss(*a), True, "reference")
     fails(check, lambda *a: losses.cpc_loss_loop(*a), True, "reference")

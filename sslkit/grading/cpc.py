@@ -22,9 +22,11 @@ from sslkit.grading.guard import (
     quiet,
     randn,
     require_grad,
+    require_graph,
     require_unchanged,
     scalar,
     stale_gradients,
+    train_mode_kept,
 )
 from sslkit.methods import cpc as cpc_method
 
@@ -162,7 +164,10 @@ def check_column_context(column_context: Callable, hidden: bool = False) -> None
             raise AssertionError(f"{ex}: c differs from the GRU run down each column by up to "
                                  f"{float((got.detach() - expected).abs().max()):.2g}{where}"
                                  f"{hint}")
-        if hidden:
+        if not hidden:  # the context trains the patch encoder too: its gradient reaches z
+            require_graph(ex, lambda v, g=gru, w=where: _call(ex, column_context, g, v, where=w),
+                          (z,), where, ("z",), what="c")
+        else:
             require_grad(ex, got, where)
             grad = _call(ex, _grad, got.sum(), z_in, where=where + " in backward")
             if grad[0] is None or not bool(grad[0].abs().max() > 0):
@@ -260,7 +265,9 @@ def check_cpc_loss(cpc_loss: Callable, hidden: bool = False) -> None:
         expected = losses.cpc_loss(z, c, W)
         if not close(got, expected):
             match_value(ex, got, expected, _loss_variants(z, c, W), where)
-        if not hidden:
+        if not hidden:  # the loss trains g_enc (through z and c), g_ar (through c) and W
+            require_graph(ex, functools.partial(_call, ex, cpc_loss, where=where), (z, c, W),
+                          where, ("z", "c", "W"))
             continue
         require_grad(ex, got, where)
         got_grads = _call(ex, _grad, got, inputs, where=where + " in backward")
@@ -329,8 +336,9 @@ def _check_steps(ex: str, cpc_step: Callable, seed: int, steps: int, guard: bool
         label = f"step {step + 1}: " if steps > 1 else ""
         stale_gradients(parts, ref, seed + step)  # zero_grad must clear them
         before = copy.deepcopy(parts)
-        got = _call(ex, cpc_step, parts.g_enc, parts.g_ar, parts.W, optimizer, patches.clone(),
-                    where=where, guard=guard)
+        with train_mode_kept(ex, {"g_enc": parts.g_enc, "g_ar": parts.g_ar}, label, where):
+            got = _call(ex, cpc_step, parts.g_enc, parts.g_ar, parts.W, optimizer,
+                        patches.clone(), where=where, guard=guard)
         expected = _reference_step(ref, ref_opt, patches)
         if isinstance(got, float) and not math.isfinite(got):
             raise AssertionError(f"{ex}: {label}the loss is {got}{where}: check that every step "

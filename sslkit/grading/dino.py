@@ -23,9 +23,11 @@ from sslkit.grading.guard import (
     quiet,
     randn,
     require_grad,
+    require_graph,
     require_unchanged,
     scalar,
     stale_gradients,
+    train_mode_kept,
 )
 from sslkit.methods import dino as dino_method
 from sslkit.methods.momentum import update_momentum
@@ -125,7 +127,11 @@ def _compare_loss(ex: str, fn: Callable, case, grad: bool) -> None:
     expected = losses.dino_loss(s, t, c, ts, tt)
     if not close(got, expected):
         match_value(ex, got, expected, _loss_variants(s, t, c, ts, tt), where)
-    if not grad:
+    if not grad:  # gradients reach every student crop, no teacher output
+        frozen = {name: f"the teacher is not trained by gradient: use {name}.detach()"
+                  for name in names[v:]}
+        require_graph(ex, lambda *x: _call(ex, fn, list(x[:v]), list(x[v:]), c.clone(), ts, tt,
+                                           where=where), (*s, *t), where, tuple(names), frozen)
         return
     require_grad(ex, got, where)
     # the teacher must get no gradient: differentiate with respect to both and compare
@@ -313,8 +319,9 @@ def _check_one_step(ex: str, dino_step: Callable, seed: int, steps: int, guard: 
         label = f"step {step + 1}: " if steps > 1 else ""
         stale_gradients(student, ref_s, seed + step)  # zero_grad must clear them
         before, teacher_before = copy.deepcopy(student), copy.deepcopy(teacher)
-        result = _call(ex, dino_step, student, teacher, center.clone(), optimizer,
-                       [v.clone() for v in crops], *h.values(), where=where, guard=guard)
+        with train_mode_kept(ex, {"student": student, "teacher": teacher}, label, where):
+            result = _call(ex, dino_step, student, teacher, center.clone(), optimizer,
+                           [v.clone() for v in crops], *h.values(), where=where, guard=guard)
         if not isinstance(result, tuple) or len(result) != 2:
             raise AssertionError(f"{ex}: expected (loss, new_center), got "
                                  f"{type(result).__name__}{where}")

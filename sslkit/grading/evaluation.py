@@ -12,7 +12,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from sslkit import evaluate
-from sslkit.grading.guard import as_tensor, call, match_step, quiet, randn, stale_gradients
+from sslkit.grading.guard import (
+    as_tensor,
+    call,
+    match_step,
+    quiet,
+    randn,
+    stale_gradients,
+    train_mode_kept,
+)
 
 REFERENCES = {
     "knn_predict": {"sslkit.evaluate.knn_predict": evaluate.knn_predict,
@@ -250,8 +258,9 @@ def check_linear_probe_step(linear_probe_step: Callable, hidden: bool = False) -
             label = f"step {step + 1}: " if steps > 1 else ""
             stale_gradients(head, ref, seed + step)  # zero_grad must clear them
             before = copy.deepcopy(head)
-            got = _call(ex, linear_probe_step, head, optimizer, x.clone(), y.clone(),
-                        where=where, guard=hidden)
+            with train_mode_kept(ex, {"head": head}, label, where):
+                got = _call(ex, linear_probe_step, head, optimizer, x.clone(), y.clone(),
+                            where=where, guard=hidden)
             expected = evaluate.linear_probe_step(ref, ref_opt, x, y)
             match_step(ex, got, expected, head, before, ref, label, where,
                        hint=functools.partial(_probe_hint, before, x, y, got))

@@ -192,17 +192,62 @@ def require_grad(exercise: str, got: torch.Tensor, where: str) -> None:
 
 
 def require_graph(exercise: str, run: Callable, inputs: tuple[torch.Tensor, ...],
-                  where: str) -> None:
+                  where: str, names: tuple[str, ...] = (),
+                  frozen: dict[str, str] | None = None, what: str = "the loss") -> None:
     """The visible checks' look at gradients: ``run(*inputs)`` once more, with copies of the
-    inputs that require grad, must give a result that carries a gradient. An answer with the
-    right value computed through .item(), numpy, .detach() or torch.no_grad() fails here; the
-    hidden checks compare the gradients themselves."""
-    got = run(*(t.detach().clone().requires_grad_() for t in inputs))
+    inputs that all require grad, must give a result that carries a gradient. An answer with
+    the right value computed through .item(), numpy, .detach() or torch.no_grad() fails here.
+
+    names: the inputs' names, in order; then ``require_flow`` also checks which inputs the
+    gradient reaches (every named input not in ``frozen``, none in ``frozen``). The hidden
+    checks compare the gradients themselves. what: the result, as the failure names it."""
+    copies = [t.detach().clone().requires_grad_() for t in inputs]
+    got = run(*copies)
     if not (isinstance(got, torch.Tensor) and got.requires_grad):
-        raise AssertionError(f"{exercise}: the value is right, but the loss carries no gradient"
+        raise AssertionError(f"{exercise}: the value is right, but {what} carries no gradient"
                              f"{where}: training backpropagates through it, so keep the "
                              "computation in torch (no .item(), float(), numpy, .detach() or "
                              "torch.no_grad())")
+    if names:
+        require_flow(exercise, got, dict(zip(names, copies)), where, frozen)
+
+
+def require_flow(exercise: str, got: torch.Tensor, inputs: dict[str, torch.Tensor], where: str,
+                 frozen: dict[str, str] | None = None) -> None:
+    """Which inputs the gradient of ``got`` (a result that requires grad) reaches: each of
+    ``inputs`` (name -> leaf tensor that requires grad) must be in the graph (autograd gives it
+    a gradient, if only zeros), except those named in ``frozen`` (name -> the hint that says
+    why it must get none), which must get none (None or zeros). A loss that detaches one of its
+    inputs, or keeps in the graph one the method does not train through, fails with the
+    input's name. The graph is kept: a hidden check may go on to compare the gradients."""
+    frozen = frozen or {}
+    weight = randn(*got.shape, seed=11).to(got.dtype) if got.numel() > 1 else 1.0
+    out = (got * weight).sum()  # a random loss of a non-scalar result: every entry counts
+    names = list(inputs)
+    try:
+        grads = torch.autograd.grad(out, [inputs[n] for n in names], allow_unused=True,
+                                    retain_graph=True)
+    except RuntimeError as e:
+        if "modified by an inplace operation" in str(e):
+            raise AssertionError(
+                f"{exercise}: the value is right, but an in-place operation (z /= n, .div_(), "
+                f".mul_()) breaks the backward pass{where}: autograd needs the tensors it "
+                "saved, so write z = z / n") from None
+        raise AssertionError(f"{exercise}: the backward pass through your result failed"
+                             f"{where}: {one_line(e)[:160]}") from None
+    if len(grads) > 1 and all(g is None for g in grads):  # torch.tensor(v, requires_grad=True)
+        raise AssertionError(f"{exercise}: no gradient flows from your result back to the inputs"
+                             f"{where}: compute it from the inputs with torch operations (no "
+                             "torch.tensor(...), .item(), .detach() or numpy)")
+    for name, g in zip(names, grads):
+        if name in frozen and g is not None and bool((g != 0).any()):
+            raise AssertionError(f"{exercise}: a gradient reaches {name}{where}: "
+                                 f"{frozen[name]}")
+        if name not in frozen and g is None:  # a zero gradient can be right (an inactive hinge)
+            raise AssertionError(
+                f"{exercise}: the value is right, but no gradient reaches {name}{where}: "
+                f"training backpropagates through {name} too, so keep it in the graph (no "
+                f".detach(), .data, torch.no_grad() or numpy on its way into the loss)")
 
 
 def max_param_diff(a: torch.nn.Module, b: torch.nn.Module) -> float:
@@ -241,6 +286,68 @@ def match_step(exercise: str, got, expected: float, model: torch.nn.Module,
             "before loss.backward(), then optimizer.step(), once per step; and keep every "
             "stage in the graph (a .detach() or torch.no_grad() stops the gradient on its way "
             "to those weights)")
+
+
+def _mode_dependent(module: torch.nn.Module) -> str | None:
+    """What eval mode changes in ``module`` (None where it changes nothing)."""
+    nn = torch.nn
+    if isinstance(module, nn.modules.batchnorm._NormBase) and module.track_running_stats:
+        return "normalises with running statistics, not the batch's, and stops updating them"
+    if isinstance(module, nn.modules.dropout._DropoutNd) and module.p > 0:
+        return "drops nothing"
+    if isinstance(module, nn.MultiheadAttention) and module.dropout > 0:
+        return "drops no attention weights"
+    if isinstance(module, nn.RNNBase) and module.dropout > 0 and module.num_layers > 1:
+        return "drops nothing between its layers"
+    return None
+
+
+@contextmanager
+def train_mode_kept(exercise: str, nets: dict[str, torch.nn.Module], label: str,
+                    where: str) -> Iterator[None]:
+    """Around one call of a student's training step: every module of ``nets`` (name -> network
+    as the step's arguments call it) whose behaviour depends on the mode (BatchNorm, dropout)
+    must run its forward passes in train mode, as the reference's step does, and be left in the
+    mode it came in. A step that calls model.eval() (for the key pass, say, or after the update)
+    fails with a hint that names the network; its loss alone would only have been wrong."""
+    runs: list[tuple[str, str, bool]] = []  # (network, module, training) of each forward pass
+    came_in: dict[tuple[str, str], bool] = {}
+    handles = []
+
+    def recorder(net: str, name: str):  # a closure: deepcopy keeps it (and the list) as it is
+        return lambda module, args: runs.append((net, name, module.training))
+
+    try:
+        for net, module in nets.items():
+            for name, m in module.named_modules():
+                if _mode_dependent(m):
+                    came_in[net, name] = m.training
+                    handles.append(m.register_forward_pre_hook(recorder(net, name)))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+    modules = {(net, name): m for net, module in nets.items()
+               for name, m in module.named_modules()}
+
+    def named(net: str, name: str) -> str:
+        m = modules.get((net, name))
+        if m is None:  # the step took the module out of the network
+            return f"{net}.{name}"
+        return f"{net}.{name} is a {type(m).__name__}, which in eval mode {_mode_dependent(m)}"
+
+    for net, name, training in runs:
+        if came_in[net, name] and not training:
+            raise AssertionError(
+                f"{exercise}: {label}{net} ran in eval mode during the step{where}: "
+                f"{named(net, name)}; a training step keeps every network in train mode: do not "
+                f"call {net}.eval() in it")
+    for (net, name), was in came_in.items():
+        if was and (net, name) in modules and not modules[net, name].training:
+            raise AssertionError(
+                f"{exercise}: {label}the step left {net} in eval mode{where}, so the next step "
+                f"would run in it: {named(net, name)}; do not call {net}.eval() in a training "
+                "step")
 
 
 def stale_gradients(model: torch.nn.Module, reference: torch.nn.Module, seed: int) -> None:

@@ -20,6 +20,7 @@ from sslkit.grading.guard import (
     match_value,
     quiet,
     randn,
+    require_flow,
     require_grad,
     require_graph,
     require_unchanged,
@@ -112,6 +113,9 @@ def _info_nce_variants(q, p, neg, t: float) -> dict[str, torch.Tensor]:
     return out
 
 
+_NAMES = ("query", "positive", "negatives")
+
+
 def _compare_info_nce(fn: Callable, q, p, neg, t: float, grad: bool) -> None:
     ex = "info_nce"
     n, d = q.shape
@@ -122,18 +126,20 @@ def _compare_info_nce(fn: Callable, q, p, neg, t: float, grad: bool) -> None:
         raise AssertionError(f"{ex}: expected a scalar (the mean over the N queries), got shape "
                              f"{tuple(got.shape)}{where}: average with .mean()")
     got = got.reshape(())
-    require_unchanged(ex, ("query", "positive", "negatives"), (a, b, c), (q, p, neg), where)
+    require_unchanged(ex, _NAMES, (a, b, c), (q, p, neg), where)
     expected = losses.info_nce(q, p, neg, t)
     if not close(got, expected):  # the variants are only computed for a wrong answer
         match_value(ex, got, expected, _info_nce_variants(q, p, neg, t), where)
     if not grad:
-        require_graph(ex, lambda *v: _call(ex, fn, *v, t, where=where), (q, p, neg), where)
+        require_graph(ex, lambda *v: _call(ex, fn, *v, t, where=where), (q, p, neg), where,
+                      _NAMES)
         return
     require_grad(ex, got, where)
+    require_flow(ex, got, dict(zip(_NAMES, (a, b, c))), where)
     grads = _call(ex, torch.autograd.grad, got, (a, b, c), where=where + " in backward")
     refs = [v.clone().requires_grad_() for v in (q, p, neg)]
     expected_grads = torch.autograd.grad(losses.info_nce(*refs, t), refs)
-    for name, g, e in zip(("query", "positive", "negatives"), grads, expected_grads):
+    for name, g, e in zip(_NAMES, grads, expected_grads):
         if not torch.allclose(g, e, atol=1e-5, rtol=1e-4):
             raise AssertionError(f"{ex}: the gradient with respect to {name} differs from the "
                                  f"reference by up to {float((g - e).abs().max()):.2g}{where}")

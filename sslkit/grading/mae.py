@@ -19,9 +19,11 @@ from sslkit.grading.guard import (
     quiet,
     randn,
     require_grad,
+    require_graph,
     require_unchanged,
     scalar,
     stale_gradients,
+    train_mode_kept,
 )
 from sslkit.methods import cpc
 from sslkit.methods.mae import MAE
@@ -263,6 +265,13 @@ def _loss_variants(pred, target, mask, norm_pix) -> dict[str, torch.Tensor]:
     return out
 
 
+_NO_GRADIENT = {"target": "the target is data, not a prediction: use target.detach()"}
+
+
+def _run_loss(mae_loss: Callable, mask, norm_pix: bool, where: str, pred, target):
+    return _call("mae_loss", mae_loss, pred, target, mask.clone(), norm_pix, where=where)
+
+
 def _case(n: int, length: int, p: int, seed: int):
     pred = randn(n, length, p, seed=seed)
     target = randn(n, length, p, seed=seed + 1) * 2 + 0.5
@@ -289,7 +298,9 @@ def check_mae_loss(mae_loss: Callable, hidden: bool = False) -> None:
         expected = losses.mae_loss(pred, target, mask, norm_pix)
         if not close(got, expected):
             match_value(ex, got, expected, _loss_variants(pred, target, mask, norm_pix), where)
-        if not hidden:
+        if not hidden:  # the gradient reaches pred, not the target
+            run = functools.partial(_run_loss, mae_loss, mask, norm_pix, where)
+            require_graph(ex, run, (pred, target), where, ("pred", "target"), _NO_GRADIENT)
             continue
         require_grad(ex, got, where)
         grad_fn = functools.partial(torch.autograd.grad, allow_unused=True)
@@ -370,8 +381,9 @@ def _check_steps(ex: str, mae_step: Callable, seed: int, steps: int, norm_pix: b
         label = f"step {step + 1}: " if steps > 1 else ""
         stale_gradients(model, reference, seed + step)  # zero_grad must clear them
         before = copy.deepcopy(model)
-        got = _call(ex, mae_step, model, optimizer, imgs.clone(), 0.75, noise.clone(),
-                    where=where, guard=guard)
+        with train_mode_kept(ex, {"model": model}, label, where):
+            got = _call(ex, mae_step, model, optimizer, imgs.clone(), 0.75, noise.clone(),
+                        where=where, guard=guard)
         expected = _reference_step(reference, ref_opt, imgs, 0.75, noise)
         match_step(ex, got, expected, model, before, reference, label, where,
                    hint=functools.partial(_step_hint, before, imgs, 0.75, noise, got))

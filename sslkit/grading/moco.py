@@ -23,8 +23,10 @@ from sslkit.grading.guard import (
     quiet,
     randn,
     require_grad,
+    require_graph,
     require_unchanged,
     scalar,
+    train_mode_kept,
 )
 from sslkit.methods import momentum
 from sslkit.methods.moco import MoCo
@@ -224,6 +226,12 @@ def _loss_variants(q, k, queue, t) -> dict[str, torch.Tensor]:
     }
 
 
+_NO_GRADIENT = {
+    "k": "the keys carry no gradient (only the query encoder learns): use k.detach()",
+    "queue": "the queue carries no gradient (its keys are constants): use queue.detach()",
+}
+
+
 def _compare_moco_loss(ex: str, fn: Callable, q, k, queue, t: float, grad: bool,
                        where: str) -> None:
     a = q.clone().requires_grad_(grad)
@@ -234,7 +242,9 @@ def _compare_moco_loss(ex: str, fn: Callable, q, k, queue, t: float, grad: bool,
     expected = losses.moco_loss(q, k, queue, t)
     if not close(got, expected):
         match_value(ex, got, expected, _loss_variants(q, k, queue, t), where)
-    if not grad:
+    if not grad:  # the gradient trains the query encoder only
+        require_graph(ex, lambda *v: _call(ex, fn, *v, t, where=where), (q, k, queue), where,
+                      ("q", "k", "queue"), _NO_GRADIENT)
         return
     require_grad(ex, got, where)
     _call(ex, got.backward, where=where + " in backward")
@@ -352,14 +362,16 @@ def _check_one_step(ex: str, moco_step: Callable, seed: int, steps: int, guard: 
             p.grad = torch.randn(p.shape, generator=g)  # stale gradients zero_grad must clear
             r.grad = p.grad.clone()
         before = copy.deepcopy(query_net)
-        got = _call(ex, moco_step, query_net, key_net, queue, ptr, optimizer, v1.clone(),
-                    v2.clone(), method.momentum, method.temperature, where=where, guard=guard)
+        label = f"step {step + 1}: " if steps > 1 else ""
+        with train_mode_kept(ex, {"query_net": query_net, "key_net": key_net}, label, where):
+            got = _call(ex, moco_step, query_net, key_net, queue, ptr, optimizer, v1.clone(),
+                        v2.clone(), method.momentum, method.temperature, where=where,
+                        guard=guard)
         hint_state = copy.deepcopy(reference)
         loss = reference.loss_on_views(v1, v2)
         ref_optimizer.zero_grad()
         loss.backward()
         ref_optimizer.step()
-        label = f"step {step + 1}: " if steps > 1 else ""
         if not (isinstance(got, tuple) and len(got) == 2):
             raise AssertionError(f"{ex}: expected (loss, ptr), got {type(got).__name__}{where}:"
                                  " return loss.item(), the new pointer")

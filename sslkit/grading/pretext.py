@@ -15,7 +15,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from sslkit import augment
-from sslkit.grading.guard import as_tensor, call, match_step, quiet, randn, stale_gradients
+from sslkit.grading.guard import (
+    as_tensor,
+    call,
+    match_step,
+    quiet,
+    randn,
+    stale_gradients,
+    train_mode_kept,
+)
 from sslkit.methods.jigsaw import Jigsaw
 from sslkit.methods.relative_patch import RelativePatch
 from sslkit.methods.rotation import Rotation
@@ -178,12 +186,13 @@ def _check_one_step(ex: str, step_fn: Callable, seed: int, steps: int, guard: bo
         stale_gradients(model, reference, seed + step)  # zero_grad must clear them
         before = copy.deepcopy(model)
         hint_state = copy.deepcopy(reference)
-        got = _call(ex, step_fn, model, optimizer, x.clone(), where=where, guard=guard)
+        label = f"step {step + 1}: " if steps > 1 else ""
+        with train_mode_kept(ex, {"model": model}, label, where):
+            got = _call(ex, step_fn, model, optimizer, x.clone(), where=where, guard=guard)
         loss = reference(x)
         ref_optimizer.zero_grad()
         loss.backward()
         ref_optimizer.step()
-        label = f"step {step + 1}: " if steps > 1 else ""
         match_step(ex, got, loss.item(), model, before,
                    nn.Sequential(reference.encoder, reference.head), label, where,
                    hint=lambda s=hint_state, g=got: _step_hint(s, x, g))

@@ -329,7 +329,7 @@ def _compare_loss(ex: str, fn: Callable, x, recon, mask, expected: float | None,
     if not guard:
         if mask.any():  # with nothing masked a constant 0 is allowed
             require_graph(ex, lambda r: _call(ex, fn, x.clone(), r, mask.clone(), where=where),
-                          (recon,), where)  # the gradient that trains: through recon
+                          (recon,), where, ("recon",))  # the gradient that trains: via recon
         return
     nothing_masked = not bool(mask.any())
     if nothing_masked and not got.requires_grad:

@@ -22,11 +22,13 @@ from sslkit.grading.guard import (
     match_value,
     quiet,
     randn,
+    require_flow,
     require_grad,
     require_graph,
     require_unchanged,
     scalar,
     stale_gradients,
+    train_mode_kept,
 )
 from sslkit.methods.simclr import SimCLR
 from sslkit.models.convnet import ConvNet
@@ -155,9 +157,10 @@ def _check_jitter_kinds(ex: str, transform, n: int, size: int) -> None:
 
 
 # The steps the text fixes, read from the returned Compose: exact, and a hint that names the
-# parameter. Statistics of the views (below) cannot tell p = 0.1 from 0.2 or a hue of 0.1 from
-# 0.2 without thousands of views; an answer that is not made of torchvision transforms
-# (a function of its own) is judged by those statistics alone.
+# parameter. Statistics of the views cannot tell p = 0.1 from 0.2 or a hue of 0.1 from 0.2
+# without a thousand views; an answer that is not made of torchvision transforms (a function of
+# its own) is judged by statistics alone: the coarse ones of check_build_augmentation, then the
+# binomial tests of _check_distributions, on 1280 views.
 _NEUTRAL = {"ToDtype", "ConvertImageDtype", "ToImage", "ToPureTensor", "Identity"}
 _JITTER = {"brightness": (0.6, 1.4), "contrast": (0.6, 1.4), "saturation": (0.6, 1.4),
            "hue": (-0.1, 0.1)}  # v2.ColorJitter(0.8 s, 0.8 s, 0.8 s, 0.2 s) with s = 0.5
@@ -257,11 +260,128 @@ def _check_steps(ex: str, transform) -> None:
                              "expected 0.2: v2.RandomGrayscale(p=0.2) (its default is 0.1)")
 
 
+# Distributions measured on the views, for an answer whose steps cannot be read. The views are
+# 8x8 crops of a 64x64 image whose red channel is 4x and green channel 4y (x, y the pixel's
+# column and row) and whose blue channel is 77 everywhere. A view is grayscale where its three
+# channels are equal. A colour view that the jitter left alone has blue 77 everywhere, red the
+# same in every row and green the same in every column (resizing is separable); the jitter
+# breaks one of them but for a chance of a few in a million (brightness and contrast that bring
+# blue back to 77 after rounding, with saturation and hue too close to 1 and 0 to mix the
+# channels; none of 100 000 jittered views did), and such a view only looks like a smaller
+# crop (its red and green are squeezed alike, its aspect ratio kept). The red and green slopes
+# along a plain view give the crop's width and height to within 1 % (bilinear or bicubic
+# resizing; 7 % nearest). In the text's pipeline the grayscale, the jitter and the crop are
+# drawn independently, so the counts below are binomial; each of the six tails tested fails a
+# right answer with probability below _TAIL (the exact binomial tail at the measured count),
+# and the bound on single crops' areas needs 3 crops below it (3 look-alikes, each squeezed
+# that far: below 1e-8): a right answer fails with probability below 1e-7 at any seed. (Over
+# 200 seeds each of RandomResizedCrop and of a crop of one's own, the counts' means and spreads
+# were the binomial's, the smallest of the 2 400 tails 7e-5.) At the check's fixed seed a
+# given answer passes or fails every time.
+_GRID, _GRID_VIEW, _GRID_VIEWS = 64, 8, 1280
+_TAIL = 1e-8
+_SMALL = 0.19  # a "small" crop covers less than this fraction of the image
+# P(area < 0.19): 0.136 for RandomResizedCrop(scale=(0.08, 1.0)) on 64x64 (its rounding and
+# redraws of crops that do not fit), 0.120 for an area uniform in [0.08, 1]; the tests use a
+# range around both, so that a crop of one's own that is right passes too
+_SMALL_P = (0.115, 0.145)
+
+
+def _binomial_tail(k: int, n: int, p: float, upper: bool) -> float:
+    """P(X <= k) (upper: P(X >= k)) for X ~ Binomial(n, p)."""
+    terms = range(k, n + 1) if upper else range(0, k + 1)
+    return sum(math.exp(math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1)
+                        + i * math.log(p) + (n - i) * math.log1p(-p)) for i in terms)
+
+
+def _unlikely(k: int, n: int, p: tuple[float, float]) -> bool:
+    """k of n is too few for probability p[0] or too many for p[1] (tail below _TAIL)."""
+    return (_binomial_tail(k, n, p[0], upper=False) < _TAIL
+            or _binomial_tail(k, n, p[1], upper=True) < _TAIL)
+
+
+def _grid_image() -> torch.Tensor:
+    ramp = torch.arange(_GRID) * 4  # 0 .. 252
+    red, green = ramp.view(1, -1).expand(_GRID, -1), ramp.view(-1, 1).expand(-1, _GRID)
+    return torch.stack([red, green, torch.full((_GRID, _GRID), 77)]).to(torch.uint8)
+
+
+def _crop_sides(views: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Width and height in pixels of the crop each un-jittered colour view of the grid image
+    shows: least-squares slopes of its red channel along x and its green channel along y, one
+    border pixel left out (where resizing kernels are cut off)."""
+    v = _GRID_VIEW
+    j = torch.arange(1, v - 1, dtype=torch.float64)
+    j = j - j.mean()
+    red = views[:, 0].double().mean(1)[:, 1:v - 1]  # (M, v - 2): mean over rows
+    green = views[:, 1].double().mean(2)[:, 1:v - 1]  # mean over columns
+
+    def slope(profile: torch.Tensor) -> torch.Tensor:
+        return (profile * j).sum(1) / (j * j).sum()
+
+    per_pixel = 255 * v / 4  # slope (per view pixel, values in [0, 1]) -> source pixels
+    return slope(red).abs() * per_pixel, slope(green).abs() * per_pixel
+
+
+def _measure_grid(views: torch.Tensor):
+    """Of views (n, 3, v, v) of the grid image: which are grayscale (n,), which of the colour
+    ones the jitter left alone (n_colour,), and the area (a fraction of the image's) and aspect
+    ratio (width / height) of the crop each of those shows."""
+    gray = (views.amax(1) - views.amin(1)).flatten(1).amax(1) < 1e-3
+
+    def flat(x: torch.Tensor, dim: int) -> torch.Tensor:  # (M, v, v) -> (M,): constant along dim
+        return (x - x.mean(dim, keepdim=True)).abs().flatten(1).amax(1) < 0.5 / 255
+
+    colour = views[~gray]
+    blue = (colour[:, 2] - 77 / 255).abs().flatten(1).amax(1) < 0.5 / 255
+    plain = blue & flat(colour[:, 0], 1) & flat(colour[:, 1], 2)
+    w, h = _crop_sides(colour[plain])
+    return gray, plain, w * h / _GRID ** 2, w / h
+
+
+def _check_distributions(ex: str, transform) -> None:
+    n, size = _GRID_VIEWS, _GRID_VIEW
+    where = (f" ({n} views of size {size} of a 64x64 image whose red and green channels grow "
+             "along x and y)")
+    gray, plain, area, ratio = _measure_grid(_views(ex, transform, _grid_image(), n, size,
+                                                    where, True))
+    n_gray, n_plain = int(gray.sum()), int(plain.sum())
+    if _unlikely(n_gray, n, (0.2, 0.2)):
+        raise AssertionError(f"{ex}: expected about 20% grayscale views, got {n_gray / n:.1%}"
+                             f"{where}: v2.RandomGrayscale(p=0.2) (its default p is 0.1)")
+    if _unlikely(n_plain, len(plain), (0.2, 0.2)):
+        raise AssertionError(f"{ex}: expected about 20% of the colour views without colour "
+                             f"jitter, got {n_plain / len(plain):.1%}{where}: apply it with "
+                             "probability 0.8, v2.RandomApply([v2.ColorJitter(...)], p=0.8)")
+    crop = "v2.RandomResizedCrop(size, scale=(0.08, 1.0))"
+    tiny = area < 0.055  # 8 %, less the rounding of the crop's sides
+    if int(tiny.sum()) >= 3:
+        raise AssertionError(f"{ex}: {int(tiny.sum())} of {len(area)} crops cover less than 5.5% "
+                             f"of the image, the smallest {float(area.min()):.1%}{where}: {crop} "
+                             "crops 8 % to 100 % of the image's area (draw the area, not the "
+                             "side, uniformly)")
+    skewed = (ratio < 0.62) | (ratio > 1.6)  # 3/4 and 4/3, less the rounding
+    if int(skewed.sum()) >= 3:
+        worst = float(ratio[skewed][(ratio[skewed].log()).abs().argmax()])
+        raise AssertionError(f"{ex}: {int(skewed.sum())} of {len(area)} crops have an aspect "
+                             f"ratio (width / height) outside [0.62, 1.6], e.g. {worst:.2f}"
+                             f"{where}: {crop} keeps it between 3/4 and 4/3 (draw the ratio "
+                             "with the area, not the width and height apart)")
+    n_small = int((area < _SMALL).sum())
+    if _unlikely(n_small, len(area), _SMALL_P):
+        raise AssertionError(f"{ex}: expected about 13% of the crops to cover less than "
+                             f"{_SMALL:.0%} of the image, got {n_small} of {len(area)} (the "
+                             f"smallest covers {float(area.min()):.0%}){where}: {crop}, the "
+                             "area drawn uniformly from 8 % to 100 %")
+
+
 @quiet
 def check_build_augmentation(build_augmentation: Callable, hidden: bool = False) -> None:
     """Views of a photo: float32 (C, size, size) in [0, 1], new random parameters each call;
-    hidden: crop, flip, colour jitter (its strength and probability) and grayscale each
-    present, statistically."""
+    the parameters of a Compose of torchvision transforms; hidden: crop, flip, colour jitter
+    (its strength and probability) and grayscale each present, statistically, and, where the
+    steps cannot be read, the probabilities of grayscale and jitter and the crops' areas and
+    aspect ratios measured (_check_distributions)."""
     ex = "build_augmentation"
     photo = _photo()
     with torch.random.fork_rng(devices=[]):
@@ -357,6 +477,10 @@ def check_build_augmentation(build_augmentation: Callable, hidden: bool = False)
                                  f"got {untouched:.0%} (a flat grey image): apply it with "
                                  f"probability 0.8, v2.RandomApply([v2.ColorJitter(...)], p=0.8)")
 
+        if _steps(transform) is None:  # steps that cannot be read: measure their parameters
+            small = _call(ex, build_augmentation, _GRID_VIEW, guard=True)
+            _check_distributions(ex, small)
+
 
 # ----------------------------------------------------------------------------------------------
 # 2. similarity_matrix(z1, z2)
@@ -398,6 +522,9 @@ def _compare_similarity(ex: str, fn: Callable, z1, z2, where: str, guard: bool) 
             f"[{i}, {j}]{where}{_similarity_hint(values, z1, z2)}")
     if guard:  # NT-Xent trains through this matrix: its gradient must be the reference's
         _compare_similarity_grad(ex, got, a, b, z1, z2, where)
+    else:  # ... and reaches both views
+        require_graph(ex, lambda *v: _call(ex, fn, *v, where=where), (z1, z2), where,
+                      ("z1", "z2"), what="the matrix")
 
 
 def _compare_similarity_grad(ex: str, got, a, b, z1, z2, where: str) -> None:
@@ -498,9 +625,11 @@ def _compare_loss(ex: str, fn: Callable, z1, z2, t: float, grad: bool) -> None:
     if not close(got, expected):  # the variants are only computed for a wrong answer
         match_value(ex, got, expected, _nt_xent_variants(z1, z2, t), where)
     if not grad:
-        require_graph(ex, lambda *v: _call(ex, fn, *v, t, where=where), (z1, z2), where)
+        require_graph(ex, lambda *v: _call(ex, fn, *v, t, where=where), (z1, z2), where,
+                      ("z1", "z2"))
         return
     require_grad(ex, got, where)
+    require_flow(ex, got, {"z1": a, "z2": b}, where)
     ga, gb = _call(ex, torch.autograd.grad, got, (a, b), where=where + " in backward")
     ra, rb = z1.clone().requires_grad_(), z2.clone().requires_grad_()
     ea, eb = torch.autograd.grad(losses.nt_xent(ra, rb, t), (ra, rb))
@@ -597,14 +726,15 @@ def _check_one_step(ex: str, simclr_step: Callable, seed: int, steps: int,
     for step in range(steps):
         stale_gradients(model, reference, seed + step)  # zero_grad must clear them
         before = copy.deepcopy(model)
-        got = _call(ex, simclr_step, model, optimizer, v1.clone(), v2.clone(), t, where=where,
-                    guard=guard)
+        label = f"step {step + 1}: " if steps > 1 else ""
+        with train_mode_kept(ex, {"model": model}, label, where):
+            got = _call(ex, simclr_step, model, optimizer, v1.clone(), v2.clone(), t,
+                        where=where, guard=guard)
         hint_state = copy.deepcopy(reference)
         loss = reference.loss_on_views(v1, v2)
         ref_optimizer.zero_grad()
         loss.backward()
         ref_optimizer.step()
-        label = f"step {step + 1}: " if steps > 1 else ""
         match_step(ex, got, loss.item(), model, before,
                    nn.Sequential(reference.encoder, reference.head), label, where,
                    hint=lambda s=hint_state, g=got: _step_hint(s, v1, v2, g))

@@ -18,6 +18,7 @@ from sslkit.grading.guard import (
     match_value,
     quiet,
     randn,
+    require_flow,
     require_grad,
     require_graph,
     require_unchanged,
@@ -78,22 +79,27 @@ def _loss_variants(a, p, n, margin: float) -> dict[str, torch.Tensor]:
     }
 
 
+_NAMES = ("anchor", "positive", "negative")
+
+
 def _compare_triplet_loss(ex: str, fn: Callable, a, p, n, margin: float, grad: bool) -> None:
     where = case_label(*a.shape) + f", margin={margin}"
     args = [t.clone().requires_grad_(grad) for t in (a, p, n)]
     got = scalar(ex, _call(ex, fn, *args, margin, where=where, guard=grad), where)
-    require_unchanged(ex, ("anchor", "positive", "negative"), args, (a, p, n), where)
+    require_unchanged(ex, _NAMES, args, (a, p, n), where)
     expected = losses.triplet_loss(a, p, n, margin)
     if not close(got, expected):  # the variants are only computed for a wrong answer
         match_value(ex, got, expected, _loss_variants(a, p, n, margin), where)
     if not grad:
-        require_graph(ex, lambda *v: _call(ex, fn, *v, margin, where=where), (a, p, n), where)
+        require_graph(ex, lambda *v: _call(ex, fn, *v, margin, where=where), (a, p, n), where,
+                      _NAMES)
         return
     require_grad(ex, got, where)
+    require_flow(ex, got, dict(zip(_NAMES, args)), where)
     grads = _call(ex, torch.autograd.grad, got, args, where=where + " in backward")
     refs = [t.clone().requires_grad_() for t in (a, p, n)]
     expected_grads = torch.autograd.grad(losses.triplet_loss(*refs, margin), refs)
-    for name, g, e in zip(("anchor", "positive", "negative"), grads, expected_grads):
+    for name, g, e in zip(_NAMES, grads, expected_grads):
         if not torch.allclose(g, e, atol=1e-5, rtol=1e-4):
             raise AssertionError(f"{ex}: the gradient with respect to {name} differs from the "
                                  f"reference by up to {float((g - e).abs().max()):.2g}{where}")
