@@ -33,6 +33,8 @@ Conventions
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -68,6 +70,34 @@ __all__ = [
 
 def _shape(t: Tensor) -> str:
     return str(tuple(t.shape))
+
+
+def _check_device(fn: str, tensors: dict[str, Tensor]) -> None:
+    """One-line error unless every tensor sits on the device of the first (a comparison of
+    device objects: no value is read, so no GPU wait)."""
+    (first_name, first), *rest = tensors.items()
+    for name, t in rest:
+        if t.device != first.device:
+            raise SSLKitError(f"{fn}: {first_name} is on {first.device} but {name} is on "
+                              f"{t.device}: move them to one device, e.g. "
+                              f"{name}.to({first_name}.device)")
+
+
+def _check_temperature(fn: str, name: str, temperature: float, fix: str) -> None:
+    """One-line error unless temperature is a finite number > 0: 0 divides by zero, a negative
+    one rewards the wrong candidates, NaN gives NaN and inf makes every logit 0 (a constant
+    loss that trains nothing)."""
+    if not 0 < temperature < math.inf:
+        raise SSLKitError(f"{fn}: {name} must be > 0 and finite (got {temperature}): {fix}")
+
+
+def _check_margin(fn: str, margin: float, example: float) -> None:
+    """One-line error unless margin is a finite number >= 0. A negative margin counts a triplet
+    as satisfied while its negative is still closer than its positive, so a collapsed
+    embedding (every distance equal) already has loss 0 and nothing is learnt; NaN gives NaN."""
+    if not 0 <= margin < math.inf:
+        raise SSLKitError(f"{fn}: margin must be >= 0 and finite (got {margin}): use e.g. "
+                          f"margin={example} (a negative margin is met by a collapsed embedding)")
 
 
 def _check_inputs(
@@ -107,9 +137,10 @@ def _check_inputs(
     if n < min_pairs:
         raise SSLKitError(f"{fn} needs at least {min_pairs} pairs per batch (got {n}): "
                           f"use a batch size of {min_pairs} or more")
-    if temperature is not None and not temperature > 0:
-        raise SSLKitError(f"{fn}: temperature must be > 0 (got {temperature}): "
-                          f"use a positive value such as 0.1 or 0.5")
+    if temperature is not None:
+        _check_temperature(fn, "temperature", temperature,
+                           "use a positive value such as 0.1 or 0.5")
+    _check_device(fn, tensors)
     if negatives is not None:
         if not isinstance(negatives, Tensor) or negatives.ndim not in (2, 3):
             got = _shape(negatives) if isinstance(negatives, Tensor) else type(negatives).__name__
@@ -132,6 +163,7 @@ def _check_inputs(
         if negatives.shape[-2] == 0:
             raise SSLKitError(f"{fn}: negatives is empty (shape {_shape(negatives)}): "
                               f"pass at least one negative (K >= 1)")
+        _check_device(fn, {first_name: first, "negatives": negatives})
 
 
 def _pair_similarities(z1: Tensor, z2: Tensor):
@@ -187,10 +219,13 @@ def triplet_loss(anchor: Tensor, positive: Tensor, negative: Tensor,
     For each row i:  ``max(0, ||a_i - p_i||^2 - ||a_i - n_i||^2 + margin)``; returns the mean
     over the N rows. No normalisation: the loss depends on the scale of the embeddings.
 
-    anchor, positive, negative: (N, D).
+    anchor, positive, negative: (N, D). margin: a finite number >= 0 (0 lets a collapsed
+    embedding, every image at one point, reach loss 0; a negative margin is met by it even
+    more easily, so it is an error).
     """
     _check_inputs("triplet_loss", {"anchor": anchor, "positive": positive,
                                    "negative": negative})
+    _check_margin("triplet_loss", margin, 1.0)
     d_pos = (anchor - positive).pow(2).sum(dim=1)  # (N,)
     d_neg = (anchor - negative).pow(2).sum(dim=1)  # (N,)
     return F.relu(d_pos - d_neg + margin).mean()
@@ -332,9 +367,11 @@ def margin_triplet(z1: Tensor, z2: Tensor, margin: float = 0.5,
     Reduction: summed over the negatives, then averaged over the 2N anchors. Needs N >= 2.
     semi_hard=True sums only over the negatives less similar than the positive, so a hinge is
     active only for s(i, pos) - m < s(i, k) < s(i, pos): FaceNet's semi-hard band ("Margin (sh)"
-    in the paper); by default every negative counts.
+    in the paper); by default every negative counts. A negative or non-finite margin is an
+    error (a negative one is met by a collapsed embedding, s(i, k) = s(i, pos) for all k).
     """
     _check_inputs("margin_triplet", {"z1": z1, "z2": z2}, min_pairs=2)
+    _check_margin("margin_triplet", margin, 0.5)
     sim, partner, negative_mask = _pair_similarities(z1, z2)  # (2N, 2N), ...
     if semi_hard:
         negative_mask = _semi_hard(sim, partner, negative_mask)
@@ -359,6 +396,7 @@ def _check_queue(fn: str, q: Tensor, queue: Tensor) -> None:
     if queue.dtype != q.dtype:
         raise SSLKitError(f"{fn}: queue must have the dtype of q, got {queue.dtype} and "
                           f"{q.dtype}: call queue.to(q.dtype)")
+    _check_device(fn, {"q": q, "queue": queue})
 
 
 @in_float32
@@ -429,10 +467,13 @@ def _check_dino(fn: str, student_out, teacher_out, center, student_temp: float,
         got = _shape(center) if isinstance(center, Tensor) else type(center).__name__
         raise SSLKitError(f"{fn}: center must be a tensor of shape (K,) or (1, K) with "
                           f"K={shape[1]}, got {got}: keep it as torch.zeros(1, K)")
-    for name, temp in (("student_temp", student_temp), ("teacher_temp", teacher_temp)):
-        if not temp > 0:
-            raise SSLKitError(f"{fn}: {name} must be > 0 (got {temp}): use DINO's 0.1 for the "
-                              f"student and 0.04-0.07 for the teacher")
+    for name, temp, value in (("student_temp", student_temp, 0.1),
+                              ("teacher_temp", teacher_temp, 0.04)):
+        _check_temperature(fn, name, temp, f"use DINO's {name}={value} (--option "
+                           f"{name}={value} on the command line)")
+    _check_device(fn, {**{f"student_out[{i}]": t for i, t in enumerate(student_out)},
+                       **{f"teacher_out[{i}]": t for i, t in enumerate(teacher_out)},
+                       "center": center})
 
 
 def dino_loss(student_out, teacher_out, center: Tensor, student_temp: float = 0.1,
@@ -503,6 +544,15 @@ def _check_mae(fn: str, pred, target, mask, norm_pix: bool) -> None:
     if norm_pix and pred.shape[2] < 2:
         raise SSLKitError(f"{fn}: norm_pix needs at least 2 values per patch (got P="
                           f"{pred.shape[2]}): use norm_pix=False")
+    _check_device(fn, {"pred": pred, "target": target, "mask": mask})
+    # Its values are read on the CPU only, where that costs no wait: on a GPU the check would
+    # make the host wait for the device at every training step (tests/test_no_host_sync.py).
+    if mask.device.type == "cpu" and mask.dtype != torch.bool and bool(
+            ((mask != 0) & (mask != 1)).any()):
+        bad = mask[(mask != 0) & (mask != 1)][0].item()
+        raise SSLKitError(f"{fn}: mask must hold only 0 (visible) and 1 (masked), got {bad}: "
+                          "pass the 0/1 mask from random_masking (a weighted mask is not MAE's "
+                          "loss), e.g. (mask > 0.5).float()")
 
 
 def _normalise_patches(target: Tensor) -> Tensor:
@@ -517,8 +567,10 @@ def mae_loss(pred: Tensor, target: Tensor, mask: Tensor, norm_pix: bool = False)
     """MAE's reconstruction loss: mean squared error over the masked patches only.
 
     pred, target: (N, L, P) pixels of the L patches of each image (``models.vit.patchify``);
-    mask: (N, L), 1 = masked (hidden from the encoder), 0 = visible. With norm_pix, each target
-    patch is first normalised by its own mean and unbiased variance (+ 1e-6), as MAE's code does.
+    mask: (N, L), 1 = masked (hidden from the encoder), 0 = visible; float, integer or bool
+    (True = masked). Any other value is an error (checked on the CPU; on a GPU the values are
+    not read, which would make every training step wait). With norm_pix, each target patch is
+    first normalised by its own mean and unbiased variance (+ 1e-6), as MAE's code does.
 
         per_patch[n, l] = mean_p (pred[n, l, p] - target[n, l, p])^2          (N, L)
         loss = sum(per_patch * mask) / sum(mask)
@@ -577,6 +629,7 @@ def _check_cpc(fn: str, z, c, W) -> None:
     if W.shape[0] >= z.shape[1]:
         raise SSLKitError(f"{fn}: predicting K={W.shape[0]} rows ahead needs more than K rows, "
                           f"got {z.shape[1]}: use K <= {z.shape[1] - 1} or a finer patch grid")
+    _check_device(fn, {"z": z, "c": c, "W": W})
 
 
 @in_float32
@@ -610,6 +663,8 @@ def cpc_logits(z: Tensor, c: Tensor, W: Tensor, candidates: Tensor | None = None
                           f"z's {n * rows * cols} patches from row offset={offset}, got "
                           f"{_shape(candidates)} {candidates.dtype}: pass the gathered patch "
                           f"encodings, flattened rank-major")
+    else:
+        _check_device("cpc_logits", {"z": z, "candidates": candidates})
     flat = torch.arange(n * rows * cols, device=z.device).view(n, rows, cols) + offset  # (N,R,C)
     out = []
     for k in range(1, W.shape[0] + 1):

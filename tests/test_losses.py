@@ -630,3 +630,99 @@ def test_zero_embedding_has_cosine_zero_not_nan():
     partner_of_zero = -math.log(1 / (1 + 4 * math.exp(0.0)))  # z2[0]: positive 0, negatives 0
     kept = -math.log(math.exp(1 / tau) / (math.exp(1 / tau) + 4))
     assert close(value, (lost + partner_of_zero + 4 * kept) / 6)
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs on two devices, margins, non-finite temperatures, MAE masks that are not 0/1
+# ---------------------------------------------------------------------------------------------
+
+M = torch.empty(4, 8, device="meta")  # another device that needs no GPU
+
+DEVICE_CALLS = {
+    "triplet_loss": lambda: triplet_loss(Z, Z, M),
+    "nt_xent": lambda: nt_xent(Z, M),
+    "nt_logistic": lambda: nt_logistic(Z, M),
+    "margin_triplet": lambda: margin_triplet(Z, M),
+    "info_nce negatives": lambda: info_nce(Z, Z, torch.empty(5, 8, device="meta")),
+    "moco_loss queue": lambda: moco_loss(Z, Z, torch.empty(16, 8, device="meta")),
+    "dino_loss center": lambda: dino_loss(S_OUT, T_OUT, torch.zeros(5, device="meta")),
+    "mae_loss mask": lambda: mae_loss(torch.zeros(2, 4, 3), torch.zeros(2, 4, 3),
+                                      torch.ones(2, 4, device="meta")),
+    "cpc_loss W": lambda: cpc_loss(*CPC_ZCW[:2], CPC_ZCW[2].to("meta")),
+}
+
+
+@pytest.mark.parametrize("name", list(DEVICE_CALLS))
+def test_inputs_on_two_devices_are_a_one_line_error_naming_both(name):
+    # they failed inside torch ("Tensor on device meta is not on the expected device cpu!"),
+    # and info_nce with its negatives elsewhere even returned a number
+    with pytest.raises(SSLKitError) as info:
+        DEVICE_CALLS[name]()
+    message = str(info.value)
+    assert "\n" not in message and "is on cpu but" in message and "is on meta" in message
+    assert ".to(" in message.rpartition(": ")[2]
+
+
+@pytest.mark.parametrize("margin", [-0.1, math.nan, math.inf])
+def test_triplet_margins_below_zero_or_not_finite_are_errors(margin):
+    # A negative margin is met by a collapsed embedding (every distance 0 gives loss 0), so
+    # nothing is learnt; NaN gave a NaN loss. Both returned a number before.
+    for call, fix in ((lambda: triplet_loss(Z, Z, Z, margin), "margin=1.0"),
+                      (lambda: margin_triplet(Z, Z, margin=margin), "margin=0.5")):
+        with pytest.raises(SSLKitError, match="margin must be >= 0 and finite") as info:
+            call()
+        assert "\n" not in str(info.value) and f"use e.g. {fix}" in str(info.value)
+
+
+def test_margin_zero_is_allowed_as_notebook_02_uses_it():
+    same = torch.ones(4, 8)
+    assert float(triplet_loss(same, same, same, 0.0)) == 0.0
+    assert float(margin_triplet(same, same, margin=0.0)) == 0.0
+
+
+@pytest.mark.parametrize("call", [
+    lambda: nt_xent(Z, Z, temperature=math.inf),
+    lambda: info_nce(Z, Z, Z, temperature=math.inf),
+    lambda: moco_loss(Z, Z, Z, temperature=math.inf),
+    lambda: dino_loss(S_OUT, T_OUT, CENTER, math.inf, 0.04),
+], ids=["nt_xent", "info_nce", "moco_loss", "dino_loss"])
+def test_an_infinite_temperature_is_an_error_not_a_constant_loss(call):
+    # every logit divided by inf is 0: the loss was log(candidates) whatever the embeddings
+    with pytest.raises(SSLKitError, match="must be > 0 and finite"):
+        call()
+
+
+def test_dino_temperature_errors_name_the_option_for_python_and_the_command_line():
+    for args, name, value in (((0.0, 0.04), "student_temp", 0.1),
+                              ((0.1, -1.0), "teacher_temp", 0.04)):
+        with pytest.raises(SSLKitError) as info:
+            dino_loss(S_OUT, T_OUT, CENTER, *args)
+        assert f"use DINO's {name}={value} (--option {name}={value} on the command line" in str(
+            info.value)
+
+
+MAE_PRED, MAE_TARGET = randn(2, 5, 3, seed=1), randn(2, 5, 3, seed=2)
+MAE_MASK = torch.tensor([[1.0, 0.0, 1.0, 1.0, 0.0], [0.0, 1.0, 1.0, 0.0, 1.0]])
+
+
+@pytest.mark.parametrize("bad", [0.5, 2.0, -1.0, math.nan])
+def test_mae_mask_values_other_than_0_and_1_are_an_error(bad):
+    # the contract defines the mask as 1 = masked, 0 = visible; a 0.5 was silently a weight
+    mask = MAE_MASK.clone()
+    mask[0, 1] = bad
+    with pytest.raises(SSLKitError, match="mask must hold only 0 .visible. and 1 .masked.") as e:
+        mae_loss(MAE_PRED, MAE_TARGET, mask)
+    assert "\n" not in str(e.value) and "random_masking" in str(e.value)
+
+
+def test_mae_mask_may_be_bool_or_integer_and_all_zero_gives_zero():
+    expected = mae_loss(MAE_PRED, MAE_TARGET, MAE_MASK, True)
+    assert torch.equal(mae_loss(MAE_PRED, MAE_TARGET, MAE_MASK.bool(), True), expected)
+    assert torch.equal(mae_loss(MAE_PRED, MAE_TARGET, MAE_MASK.long(), True), expected)
+    assert float(mae_loss(MAE_PRED, MAE_TARGET, torch.zeros(2, 5))) == 0.0
+
+
+def test_mae_mask_values_are_not_read_off_the_cpu():
+    # meta tensors raise on any read of a value: the check must not make a GPU step wait
+    pred, target, mask = (t.to("meta") for t in (MAE_PRED, MAE_TARGET, MAE_MASK))
+    assert mae_loss(pred, target, mask).device.type == "meta"
