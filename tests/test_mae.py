@@ -215,7 +215,8 @@ def test_decoder_output_and_loss_on_masked_patches():
 def test_decoder_unshuffles_to_the_original_positions():
     # With an identity-like decoder (no blocks, pred = the token's first values), the output at
     # patch l comes from the visible token of patch l, or the mask token if l was hidden.
-    mae = small_mae(decoder_depth=0)
+    mae = small_mae(decoder_depth=1)
+    mae.decoder_blocks = torch.nn.ModuleList()  # (decoder_depth=0 is refused: see below)
     n, length, d = 2, 16, 8
     g = gen(4)
     noise = torch.rand(n, length, generator=g)
@@ -278,8 +279,8 @@ def test_forward_from_uint8_and_features_for_evaluation():
 def test_bad_input_is_one_line():
     cases = [
         (lambda: small_mae(image_size=18), "not a multiple of the patch size"),
-        (lambda: small_mae(mask_ratio=1.0), "mask ratio"),
-        (lambda: small_mae(mask_ratio=-0.1), "mask ratio"),
+        (lambda: small_mae(mask_ratio=1.0), "mask_ratio=0.75 on the command line"),
+        (lambda: small_mae(mask_ratio=-0.1), "mask_ratio must be a number in"),
         (lambda: small_mae().forward_encoder(torch.rand(1, 1, 16, 16), 1.0), "mask ratio"),
         (lambda: small_mae()(torch.rand(1, 1, 20, 20)), "MAE built for images"),
         (lambda: small_mae()(torch.rand(1, 3, 16, 16)), "MAE built for images"),

@@ -15,9 +15,10 @@ from sslkit.augment import SimCLRViews, view_config_for
 from sslkit.errors import SSLKitError
 from sslkit.methods.cpc import CPC, build_cpc
 from sslkit.methods.dino import DINO, MultiCropViews
-from sslkit.methods.jigsaw import Jigsaw, check_tile_side
+from sslkit.methods.jigsaw import Jigsaw, check_jigsaw_options, check_tile_side
 from sslkit.methods.mae import MAE, mae_view_config
 from sslkit.methods.moco import MoCo, check_moco_options, moco_view_config
+from sslkit.methods.options import check_options
 from sslkit.methods.relative_patch import RelativePatch
 from sslkit.methods.rotation import Rotation
 from sslkit.methods.simclr import SimCLR
@@ -34,11 +35,18 @@ METHODS = ("simclr", "triplet", "rotation", "jigsaw", "relative_patch", "moco", 
 _OPTION_TAKERS = {"simclr": SimCLR, "moco": MoCo, "dino": DINO, "mae": MAE, "jigsaw": Jigsaw}
 # constructor arguments that build_method supplies
 _NOT_OPTIONS = {"encoder", "views", "self", "generator"}
+# ... and those it takes from a flag or the data, which --option must not set twice
+_SET_ELSEWHERE = {"image_size": "--image-size sets it: use --image-size {value}",
+                  "in_channels": "the dataset's images set it: drop the option"}
+# The range checks of each method's options (sizes >= 1, temperatures > 0, ...): the same
+# function its constructor calls, so a bad value stops before any run folder is made.
+_RANGE_CHECKS = {"moco": check_moco_options, "jigsaw": check_jigsaw_options}
 
 
 def check_method_options(name: str, method_options: dict) -> None:
     """One-line error unless every key is a keyword of the method's constructor, each value
-    of its default's kind (and, for MoCo, in its range: sslkit.methods.moco.check_moco_options)."""
+    of its default's kind and in its range (sslkit.methods.options.check_options; MoCo's:
+    sslkit.methods.moco.check_moco_options)."""
     if not method_options:
         return
     if name not in _OPTION_TAKERS:
@@ -50,7 +58,11 @@ def check_method_options(name: str, method_options: dict) -> None:
             raise SSLKitError(f"--option {key}={value} sets {name}'s {key}, which has its own "
                               f"flag: use {flag} {value} (the run saves and reports it)")
     parameters = inspect.signature(_OPTION_TAKERS[name]).parameters
-    known = [k for k in parameters if k not in _NOT_OPTIONS]
+    for key, value in method_options.items():
+        if key in _SET_ELSEWHERE and key in parameters:
+            raise SSLKitError(f"--option {key}={value} is not an option of {name}, "
+                              + _SET_ELSEWHERE[key].format(value=value))
+    known = [k for k in parameters if k not in _NOT_OPTIONS | set(_SET_ELSEWHERE)]
     unknown = [k for k in method_options if k not in known]
     if unknown:
         raise SSLKitError(f"unknown option {unknown[0]!r} for {name}: use one of "
@@ -60,8 +72,10 @@ def check_method_options(name: str, method_options: dict) -> None:
         if not _same_kind(value, default):
             raise SSLKitError(f"option {key!r} of {name} must be {_kind_name(default)} like its "
                               f"default, got {value!r}: write e.g. --option {key}={default}")
-    if name == "moco":  # its sizes and ranges, before any run folder is made
-        check_moco_options(method_options)
+    if name in _RANGE_CHECKS:  # sizes and ranges, before any run folder is made
+        _RANGE_CHECKS[name](method_options)
+    else:
+        check_options(_OPTION_TAKERS[name], method_options)
 
 
 # The methods that use the shared settings --proj-dim, --temperature and --head (the others
@@ -167,6 +181,11 @@ def build_method(
         method = (Jigsaw(encoder, generator=generator, **method_options) if name == "jigsaw"
                   else RelativePatch(encoder, generator=generator))
         check_tile_side(image_size, method.gap, getattr(method, "grid", 3))
+        smallest = getattr(encoder, "min_image_size", 1)
+        if name == "jigsaw" and method.tile_size < smallest:  # else the encoder fails later
+            raise SSLKitError(f"{name}'s tile_size={method.tile_size} is too small for --arch "
+                              f"{arch}, whose max-pools need a side of at least {smallest}: use "
+                              f"--option tile_size={smallest} or more")
         return method
     if name == "moco":  # v2: MLP head and blur
         return MoCo(encoder, SimCLRViews(moco_view_config(view_config_for(dataset, image_size)),

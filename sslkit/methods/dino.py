@@ -47,6 +47,7 @@ from sslkit.augment import PerImageViews, SimCLRViews, ViewConfig
 from sslkit.errors import SSLKitError
 from sslkit.losses import dino_loss
 from sslkit.methods.momentum import StepPosition, update_momentum
+from sslkit.methods.options import check_options
 from sslkit.precision import in_float32
 from sslkit.schedules import cosine_schedule
 
@@ -172,6 +173,13 @@ class DINO(nn.Module, StepPosition):
         #                                         split, 0.4); its ResNet recipe: 0.14
     ):
         super().__init__()
+        check_options(DINO, dict(
+            out_dim=out_dim, hidden_dim=hidden_dim, bottleneck_dim=bottleneck_dim,
+            student_temp=student_temp, teacher_temp=teacher_temp,
+            warmup_teacher_temp=warmup_teacher_temp, warmup_steps=warmup_steps,
+            total_steps=total_steps, momentum=momentum, center_momentum=center_momentum,
+            clip_grad=clip_grad, freeze_last_layer_epochs=freeze_last_layer_epochs,
+            steps_per_epoch=steps_per_epoch))
         if min_global_scale is not None:
             views = views.split_at(min_global_scale)
         self.min_global_scale = min_global_scale

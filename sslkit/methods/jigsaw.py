@@ -29,12 +29,15 @@ trained on tiles of mean 0 and std 1, then meets raw [0, 1] images at evaluation
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from sslkit.augment import hamming_permutations, jigsaw_tiles, jitter_tiles
 from sslkit.errors import SSLKitError
+from sslkit.methods.options import check_options, fix
 from sslkit.transfer import to_device
 
 
@@ -53,6 +56,20 @@ def check_head_batch(head: nn.Module, n: int, what: str) -> None:
     if head.training and n < 2 and any(type(m) is nn.BatchNorm1d for m in head.modules()):
         raise SSLKitError(f"the {what} head's BatchNorm needs at least 2 images per training "
                           f"batch, got {n}: use a batch of 2 or more, or call .eval() first")
+
+
+def check_jigsaw_options(options: dict) -> None:
+    """One-line error naming the option and a valid value for a size below its least (a gap
+    below 0, a tile_size or hidden_dim below 1, a grid other than 2 or 3, fewer than 2
+    permutations) or more permutations than the grid's tiles have orders, among `options`
+    (keywords of Jigsaw's constructor; the others take their defaults)."""
+    check_options(Jigsaw, options)
+    grid, count = options.get("grid", 3), options.get("num_permutations", 30)
+    orders = math.factorial(grid * grid)
+    if count > orders:  # the set is made of distinct orders of the grid^2 tiles
+        raise SSLKitError(f"Jigsaw's num_permutations must be a whole number from 2 to "
+                          f"{grid * grid}! = {orders} for a {grid}x{grid} grid (got {count}): "
+                          f"use e.g. {fix('num_permutations', min(30, orders))}")
 
 
 def normalise_tiles(tiles: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
@@ -84,6 +101,8 @@ class Jigsaw(nn.Module):
         generator: torch.Generator | None = None,  # permutations drawn per image, crops
     ):
         super().__init__()
+        check_jigsaw_options(dict(num_permutations=num_permutations, grid=grid, gap=gap,
+                                  tile_size=tile_size, hidden_dim=hidden_dim))
         self.encoder = encoder
         self.grid, self.gap, self.tile_size = grid, gap, tile_size
         self.normalise = normalise

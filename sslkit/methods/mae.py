@@ -37,6 +37,7 @@ gpu`` sets all of it (sslkit.recipes), and ``--optimizer adamw --adam-beta2 0.95
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 import torch
@@ -45,6 +46,7 @@ from torch import nn
 from sslkit.augment import ViewConfig
 from sslkit.errors import SSLKitError
 from sslkit.losses import mae_loss
+from sslkit.methods.options import check_options, fix
 from sslkit.models.vit import Block, ViT, patchify, random_masking, unpatchify
 
 __all__ = ["MAE", "mae_view_config", "patchify", "random_masking", "sincos_pos_embed",
@@ -80,6 +82,25 @@ def sincos_pos_embed(dim: int, grid: int, cls_token: bool = True) -> torch.Tenso
     return emb.float()
 
 
+def _check_width(key: str, width: int, heads_key: str, heads: int, mlp_ratio: float) -> None:
+    """One-line error unless a transformer of width `width` fits: divisible by 4 (its 2-D
+    sine-cosine positions), by its number of heads (each takes width / heads values), and with
+    an MLP of at least one unit (int(width * mlp_ratio))."""
+    if width % 4:
+        good = width + (-width) % math.lcm(4, heads)
+        raise SSLKitError(f"MAE's {key}={width} must be divisible by 4 (its 2-D sine-cosine "
+                          f"positions) and by {heads_key}={heads}: use e.g. {fix(key, good)}")
+    if width % heads:
+        good = max(h for h in range(1, heads + 1) if width % h == 0)
+        raise SSLKitError(f"MAE's {key}={width} must be divisible by {heads_key}={heads} (each "
+                          f"attention head takes {key} / {heads_key} values): use e.g. "
+                          f"{fix(heads_key, good)}")
+    if int(width * mlp_ratio) < 1:
+        raise SSLKitError(f"MAE's mlp_ratio={mlp_ratio} leaves the MLP of its {key}={width} "
+                          f"blocks no unit (int({width} x {mlp_ratio}) = 0): use e.g. "
+                          f"{fix('mlp_ratio', 2.0)}")
+
+
 class MAE(nn.Module):
     def __init__(
         self,
@@ -98,8 +119,13 @@ class MAE(nn.Module):
         views: nn.Module | None = None,  # augmentation; None: the images as they are
     ):
         super().__init__()
-        if not 0 <= mask_ratio < 1:
-            raise SSLKitError(f"mask ratio must be in [0, 1), got {mask_ratio}: use e.g. 0.75")
+        check_options(MAE, dict(image_size=image_size, patch_size=patch_size,
+                                in_channels=in_channels, dim=dim, depth=depth, heads=heads,
+                                decoder_dim=decoder_dim, decoder_depth=decoder_depth,
+                                decoder_heads=decoder_heads, mlp_ratio=mlp_ratio,
+                                mask_ratio=mask_ratio))
+        _check_width("dim", dim, "heads", heads, mlp_ratio)
+        _check_width("decoder_dim", decoder_dim, "decoder_heads", decoder_heads, mlp_ratio)
         if image_size % patch_size:
             raise SSLKitError(f"image size {image_size} is not a multiple of the patch size "
                               f"{patch_size}: use a side that is (--image-size), or a patch size "

@@ -19,7 +19,8 @@ from sslkit.errors import SSLKitError
 def update_momentum(online: nn.Module, target: nn.Module, m: float) -> None:
     """target <- m * target + (1 - m) * online for every parameter; online is not changed."""
     if not 0.0 <= m <= 1.0:
-        raise SSLKitError(f"momentum m must be in [0, 1] (got {m}): MoCo uses 0.99-0.999")
+        raise SSLKitError(f"momentum m must be in [0, 1] (got {m}): use e.g. 0.99 (MoCo's key "
+                          "encoder: 0.99-0.999; DINO's teacher: 0.996, rising to 1)")
     online_params, target_params = list(online.parameters()), list(target.parameters())
     if len(online_params) != len(target_params) or any(
         a.shape != b.shape for a, b in zip(online_params, target_params)

@@ -22,6 +22,7 @@ from torch import nn
 
 from sslkit.augment import jitter_tiles, patch_pairs
 from sslkit.methods.jigsaw import check_head_batch, check_tile_side, tile_head
+from sslkit.methods.options import check_options
 from sslkit.transfer import to_device
 
 
@@ -35,6 +36,8 @@ class RelativePatch(nn.Module):
         generator: torch.Generator | None = None,  # positions and crops
     ):
         super().__init__()
+        check_options(RelativePatch, dict(gap=gap, tile_size=tile_size, hidden_dim=hidden_dim),
+                      command_line=False)
         self.encoder = encoder
         self.gap, self.tile_size = gap, tile_size
         self.head = tile_head(2 * encoder.feature_dim, hidden_dim, 8)

@@ -19,12 +19,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from sslkit.augment import rotate_batch
+from sslkit.methods.options import check_options
 from sslkit.models.heads import projection_head
 
 
 class Rotation(nn.Module):
     def __init__(self, encoder: nn.Module, hidden_dim: int | None = None):
         super().__init__()
+        check_options(Rotation, dict(hidden_dim=hidden_dim), command_line=False)
         self.encoder = encoder
         self.head = projection_head(encoder.feature_dim, 4, hidden_dim, kind="mlp")
 

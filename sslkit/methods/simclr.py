@@ -24,6 +24,7 @@ from torch import nn
 from sslkit import distributed
 from sslkit.augment import SimCLRViews
 from sslkit.losses import _check_inputs, cosine_similarity_matrix, nt_xent
+from sslkit.methods.options import check_options
 from sslkit.models.heads import projection_head
 from sslkit.precision import in_float32
 
@@ -67,6 +68,8 @@ class SimCLR(nn.Module):
         temperature: float = 0.5,
     ):
         super().__init__()
+        check_options(SimCLR, dict(proj_dim=proj_dim, hidden_dim=hidden_dim,
+                                   temperature=temperature))
         self.encoder = encoder
         self.head = projection_head(encoder.feature_dim, proj_dim, hidden_dim, kind=head)
         self.views = views

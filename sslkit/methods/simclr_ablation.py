@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from sslkit.errors import SSLKitError
 from sslkit.losses import margin_triplet, nt_logistic, nt_xent, nt_xent_logits
+from sslkit.methods.options import check_options
 from sslkit.methods.simclr import SimCLR
 
 LOSSES = ("nt_xent", "nt_logistic", "margin_triplet")
@@ -37,6 +38,7 @@ class SimCLRAblation(SimCLR):
         if not normalize and loss != "nt_xent":
             raise SSLKitError(f"normalize=False applies to nt_xent only, not {loss}: "
                               "drop it or use loss='nt_xent'")
+        check_options(SimCLRAblation, dict(margin=margin), command_line=False)
         self.loss = loss
         self.semi_hard = semi_hard
         self.normalize = normalize

@@ -34,6 +34,7 @@ from sslkit import distributed
 from sslkit.augment import SimCLRViews
 from sslkit.errors import SSLKitError
 from sslkit.losses import triplet_loss
+from sslkit.methods.options import check_options
 from sslkit.models.heads import projection_head
 from sslkit.transfer import to_device
 
@@ -166,6 +167,8 @@ class Triplet(nn.Module):
         super().__init__()
         if mining not in MINING:
             raise SSLKitError(f"unknown mining {mining!r}: use one of {', '.join(MINING)}")
+        check_options(Triplet, dict(proj_dim=proj_dim, hidden_dim=hidden_dim, margin=margin),
+                      command_line=False)
         self.encoder = encoder
         self.head = projection_head(encoder.feature_dim, proj_dim, hidden_dim, kind=head)
         self.views = views
