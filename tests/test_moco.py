@@ -107,6 +107,20 @@ def test_shuffle_bn_groups_the_keys_by_a_random_permutation():
     assert torch.allclose(method.embed_keys(v), key_net(v), atol=1e-6)
 
 
+def test_shuffle_bn_groups_take_one_pass_of_the_network():
+    # bn_splits=4 on 16 samples: each network runs ONCE on all 16 (not 4 times on 4, which
+    # leaves a GPU idle); its BatchNorm layers take the groups' statistics (the test above, and
+    # tests/test_grouped_batchnorm.py against the per-group loop).
+    method = tiny_moco(bn_splits=4).train()
+    sizes = []
+    for net in (method.encoder, method.head, method.key_encoder, method.key_head):
+        net.register_forward_hook(lambda module, args, out: sizes.append(len(args[0])))
+    v = torch.rand(16, 1, 8, 8)
+    method.embed_query(v)
+    method.embed_keys(v)
+    assert sizes == [16, 16, 16, 16]
+
+
 @pytest.mark.parametrize("bn_splits", [1, 2])
 def test_key_network_moves_by_momentum_and_gets_no_gradient(bn_splits):
     method = tiny_moco(momentum=0.9, bn_splits=bn_splits).train()

@@ -36,6 +36,11 @@ groups in all, and one process with ``bn_splits = W·s`` computes exactly the ke
 with ``bn_splits = s`` compute, given the same permutation. One process with ``bn_splits=1``
 has nothing to shuffle and skips it.
 
+The bn_splits groups take ONE pass of the network, not one each: every BatchNorm layer
+normalises each contiguous group v.chunk(bn_splits)[g] with that group's own statistics
+(``sslkit.models.grouped_batchnorm``), exactly as one pass per group would, without the small
+batches that leave a GPU idle.
+
 Several processes: the keys of every rank are gathered before the queue update, so all ranks
 enqueue the same keys in the same order and hold the same queue (a per-rank queue would give
 each rank other negatives). Gradient accumulation: the key encoder moves at the first
@@ -57,6 +62,7 @@ from sslkit.augment import SimCLRViews, ViewConfig
 from sslkit.errors import SSLKitError
 from sslkit.losses import moco_loss
 from sslkit.methods.momentum import StepPosition, update_momentum
+from sslkit.models.grouped_batchnorm import batchnorm_groups, group_batchnorms
 from sslkit.models.heads import projection_head
 
 
@@ -119,8 +125,11 @@ class MoCo(nn.Module, StepPosition):
         super().__init__()
         check_moco_options(dict(queue_size=queue_size, bn_splits=bn_splits, proj_dim=proj_dim,
                                 hidden_dim=hidden_dim, momentum=momentum, temperature=temperature))
-        self.encoder = encoder  # f_q, the representation kept after training
-        self.head = projection_head(encoder.feature_dim, proj_dim, hidden_dim, kind=head)
+        # f_q, the representation kept after training, and g_q. Their BatchNorm layers become
+        # grouped ones in place (still BatchNorm1d/2d, same state_dict), for bn_splits > 1.
+        self.encoder = group_batchnorms(encoder)
+        self.head = group_batchnorms(
+            projection_head(encoder.feature_dim, proj_dim, hidden_dim, kind=head))
         self.key_encoder = copy.deepcopy(self.encoder)  # f_k
         self.key_head = copy.deepcopy(self.head)  # g_k
         for p in [*self.key_encoder.parameters(), *self.key_head.parameters()]:
@@ -154,36 +163,20 @@ class MoCo(nn.Module, StepPosition):
 
     def _grouped(self, encoder: nn.Module, head: nn.Module, v: torch.Tensor) -> torch.Tensor:
         """head(encoder(v)) with BatchNorm statistics per group of len(v) / bn_splits samples,
-        in order. The running statistics move ONCE, by the mean of the groups' statistics (as
-        MoCo's SplitBatchNorm): every group starts from the same running values and the
-        results are averaged, so evaluation uses an average over steps, not over the last few
-        groups of the last step."""
+        the contiguous chunks v.chunk(bn_splits) in order, in ONE pass: each BatchNorm layer
+        normalises each group with that group's statistics (sslkit.models.grouped_batchnorm),
+        as if the network ran once per group. The running statistics move ONCE, by the mean of
+        the groups' statistics (as MoCo's SplitBatchNorm): every group steps from the same
+        running values and the results are averaged, so evaluation uses an average over steps,
+        not over the last few groups of the last step."""
         s = self.bn_splits
         if s <= 1:
             return head(encoder(v))
         if len(v) % s:
             raise SSLKitError(f"bn_splits={s} needs a batch divisible by it (got {len(v)}): "
                               f"use a batch size that is a multiple of {s}")
-        norms = [m for net in (encoder, head) for m in net.modules()
-                 if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training
-                 and m.track_running_stats]
-        names = ("running_mean", "running_var", "num_batches_tracked")
-        kept = [{a: m._buffers[a] for a in names} for m in norms]  # the modules' own tensors
-        results: list[list[dict[str, torch.Tensor]]] = [[] for _ in norms]
-        out = []
-        for part in v.chunk(s):
-            for m, own in zip(norms, kept):  # a fresh copy per group: autograd saves the
-                m._buffers.update({a: t.clone() for a, t in own.items()})  # one it ran with
-            out.append(head(encoder(part)))
-            for m, moved in zip(norms, results):
-                moved.append({a: m._buffers[a] for a in names})
-        with torch.no_grad():
-            for m, own, moved in zip(norms, kept, results):
-                m._buffers.update(own)
-                for a in names[:2]:
-                    own[a].copy_(torch.stack([r[a] for r in moved]).mean(dim=0))
-                own[names[2]].add_(1)
-        return torch.cat(out)
+        with batchnorm_groups((encoder, head), s):
+            return head(encoder(v))  # (N, D)
 
     def embed_query(self, v: torch.Tensor) -> torch.Tensor:
         """v (N, C, S, S) -> q (N, D) through the query network (with gradient)."""
