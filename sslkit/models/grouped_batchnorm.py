@@ -76,26 +76,24 @@ def _step_running_stats(bn: _BatchNorm, means: torch.Tensor, variances: torch.Te
     bn.running_var.mul_(1 - m).add_(m * variances.mean(dim=0))
 
 
-class GroupedBatchNorm1d(nn.BatchNorm1d):
+class _Grouped:
+    """The forward of a grouped BatchNorm: per-group batch statistics while ``groups`` > 1,
+    else the BatchNorm class it is mixed into."""
+
+    groups = 1  # set by batchnorm_groups while a network runs in groups
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.groups > 1 and (self.training or self.running_mean is None):
+            return grouped_batch_norm(self, x, self.groups)
+        return super().forward(x)
+
+
+class GroupedBatchNorm1d(_Grouped, nn.BatchNorm1d):
     """nn.BatchNorm1d that takes its batch statistics per group while ``groups`` > 1."""
 
-    groups = 1  # set by batchnorm_groups while a network runs in groups
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.groups > 1 and (self.training or self.running_mean is None):
-            return grouped_batch_norm(self, x, self.groups)
-        return super().forward(x)
-
-
-class GroupedBatchNorm2d(nn.BatchNorm2d):
+class GroupedBatchNorm2d(_Grouped, nn.BatchNorm2d):
     """nn.BatchNorm2d that takes its batch statistics per group while ``groups`` > 1."""
-
-    groups = 1  # set by batchnorm_groups while a network runs in groups
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.groups > 1 and (self.training or self.running_mean is None):
-            return grouped_batch_norm(self, x, self.groups)
-        return super().forward(x)
 
 
 GROUPED = {nn.BatchNorm1d: GroupedBatchNorm1d, nn.BatchNorm2d: GroupedBatchNorm2d}
