@@ -10,7 +10,7 @@ the kernelspec ``kernels/sslkit-sandbox/kernel.json``, whose command is this fil
 
 The kernel process tree sees (see README.md, "The sandbox", for what this does not cover):
 
-    /usr, /bin, /lib...   the system, read-only
+    /usr, /bin, /lib...   the system, read-only (and /etc/fonts, fontconfig's settings)
     the interpreter       sys.prefix (the virtual environment) and sys.base_prefix, read-only
                           (at their real paths, and where a symbolic link leads there, at the
                           linked path too)
@@ -168,6 +168,11 @@ def readonly_mounts(stage: Path | None) -> tuple[list[str], list[tuple[str, Path
             args += ["--symlink", os.readlink(top), str(top)]
         elif top.is_dir():
             args += ["--ro-bind", str(top), str(top)]
+    # fontconfig's configuration: without it matplotlib's font scan (fc-list, run on the first
+    # `import matplotlib.pyplot` in a fresh MPLCONFIGDIR) writes "Fontconfig error: Cannot load
+    # default config file" to stderr, into the cell's output and the feedback
+    if Path("/etc/fonts").is_dir():
+        args += ["--ro-bind", "/etc/fonts", "/etc/fonts"]
     sslkit = importlib.util.find_spec("sslkit")
     if sslkit is None or not sslkit.submodule_search_locations:
         raise SystemExit("sslkit-sandbox: sslkit is not installed in this interpreter; "

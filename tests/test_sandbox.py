@@ -273,3 +273,26 @@ def test_a_virtual_environment_behind_a_symbolic_link_starts_in_the_sandbox(tmp_
                            capture_output=True, text=True, timeout=120)  # fmt: skip
     assert check.returncode == 0, check.stdout + check.stderr
     assert f"starts {python}" in check.stdout
+
+
+def test_matplotlib_imports_in_the_sandbox_without_writing_to_stderr(tmp_path):
+    """The first `import matplotlib.pyplot` in a fresh MPLCONFIGDIR scans the fonts with
+    fc-list; without fontconfig's configuration it writes "Fontconfig error: ..." to stderr,
+    which lands in every notebook's setup cell and feedback (and scores 0 in a test cell)."""
+    import shutil
+    import tempfile
+
+    sandbox = load_sandbox_module()
+    root = Path(tempfile.mkdtemp(prefix="sandbox-test-"))
+    os.chmod(root, 0o711)
+    try:
+        stage = root / "stage" if os.geteuid() == 0 else None
+        env = {"PATH": "/usr/bin:/bin", "HOME": "/tmp", "MPLCONFIGDIR": "/tmp/matplotlib",
+               "MPLBACKEND": "agg"}  # fmt: skip
+        command = sandbox.sandbox_command(0, env, stage)
+        done = subprocess.run([*command, sys.executable, "-c", "import matplotlib.pyplot"],
+                              capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert done.stderr == ""
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
