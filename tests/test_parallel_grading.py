@@ -304,3 +304,30 @@ def test_no_gradebook_is_one_line(tmp_path):
     with pytest.raises(SystemExit, match="there is no gradebook .* run `python autograder/"):
         parallel.connect(tmp_path / "gradebook.db")
     assert not (tmp_path / "gradebook.db").exists()
+
+
+def test_a_failed_plain_autograde_is_no_earlier_grade(tmp_path):
+    """A failed plain ``nbgrader autograde`` (``make grade``) leaves the submission in the
+    gradebook with every score NULL; a later ``course.py run`` that fails too must not flag it
+    "stale grade ... from an earlier grading": there was none. Only the tables read are made."""
+    with sqlite3.connect(tmp_path / "gradebook.db") as db:
+        db.executescript("""
+            CREATE TABLE assignment (id TEXT, name TEXT);
+            CREATE TABLE submitted_assignment (id TEXT, assignment_id TEXT, student_id TEXT);
+            CREATE TABLE submitted_notebook (id TEXT, assignment_id TEXT);
+            CREATE TABLE grade (notebook_id TEXT, auto_score FLOAT, manual_score FLOAT,
+                                extra_credit FLOAT);
+            INSERT INTO assignment VALUES ('a', '00_tiny'), ('b', '01_other');
+            INSERT INTO submitted_assignment VALUES
+                ('s1', 'a', 'graded'), ('s2', 'a', 'leftover'), ('s3', 'a', 'byhand'),
+                ('s4', 'b', 'other');
+            INSERT INTO submitted_notebook VALUES ('n1', 's1'), ('n2', 's2'), ('n3', 's3'),
+                                                  ('n4', 's4');
+            INSERT INTO grade VALUES ('n1', 0.0, NULL, NULL), ('n1', NULL, NULL, NULL),
+                                     ('n2', NULL, NULL, NULL), ('n2', NULL, NULL, NULL),
+                                     ('n3', NULL, 1.0, NULL), ('n4', 2.0, NULL, NULL);
+        """)
+    db.close()
+    gradebook = tmp_path / "gradebook.db"
+    assert parallel.graded_students(gradebook, "00_tiny") == {"graded", "leftover", "byhand"}
+    assert parallel.scored_students(gradebook, "00_tiny") == {"graded", "byhand"}
