@@ -161,11 +161,8 @@ def run(args) -> None:
              check=False)  # fmt: skip
     entries = grader.journal.entries()
     current = [entries[s] for s in grader.students() if s in entries] + grader.misplaced()
-    unmatched = []
-    if (reports / "import.txt").exists():
-        unmatched = [line.strip() for line in (reports / "import.txt").read_text().splitlines()
-                     if line.startswith("  ")]  # fmt: skip
-    path = report.write(COURSE_ROOT, args.assignment, current, unmatched)
+    unmatched, late = report.import_notes(reports)
+    path = report.write(COURSE_ROOT, args.assignment, current, unmatched, late)
     flagged = sum(bool(e.flags) for e in current)
     print(f"{len(current)} submissions, {flagged} flagged: {path}", flush=True)
 

@@ -25,6 +25,7 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+LATE_LINE = "marked LATE by the LMS: "  # the import report's line naming the late students
 CANVAS = re.compile(r"^(?P<student>.+?)_(?P<late>LATE_)?(?P<user>\d+)_(?P<submission>\d+)_"
                     r"(?P<file>.+)$")  # fmt: skip
 UPLOAD = re.compile(r"^(?P<stem>.+?)(?:-(?P<copy>\d+))?\.ipynb$")
@@ -122,7 +123,7 @@ def write_report(result: Imported, course: Path, assignment: str, archive: Path)
              f"not imported: {len(result.unmatched)}"]  # fmt: skip
     lines += [f"  {text}" for text in result.unmatched]
     if result.late:
-        lines.append(f"marked LATE by the LMS: {', '.join(sorted(result.late))}")
+        lines.append(f"{LATE_LINE}{', '.join(sorted(result.late))}")
     path = folder / "import.txt"
     path.write_text("\n".join(lines) + "\n")
     return path

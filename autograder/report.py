@@ -37,6 +37,7 @@ from pathlib import Path
 import nbformat
 from capped_output import CUT
 from feedback import HIDDEN, is_test_cell
+from lms import LATE_LINE
 from restore_cells import released_flags
 
 BUDGET_MESSAGE = "ran past its time budget"  # printed by sandbox.py and parallel.py
@@ -220,9 +221,24 @@ def flags(course: Path, course_id: str, assignment: str, student: str, output: s
     return list(dict.fromkeys(found))  # each once, in order
 
 
-def write(course: Path, assignment: str, entries: list, unmatched: list[str]) -> Path:
+def import_notes(folder: Path) -> tuple[list[str], list[str]]:
+    """(the files not imported, the students marked late) from the import report
+    ``folder/import.txt`` that lms.py wrote; both empty when there was no import."""
+    path = folder / "import.txt"
+    if not path.exists():
+        return [], []
+    lines = path.read_text().splitlines()
+    unmatched = [line.strip() for line in lines if line.startswith("  ")]
+    late = [name.strip() for line in lines if line.startswith(LATE_LINE)
+            for name in line[len(LATE_LINE):].split(",") if name.strip()]  # fmt: skip
+    return unmatched, late
+
+
+def write(course: Path, assignment: str, entries: list, unmatched: list[str],
+          late: list[str] = ()) -> Path:  # fmt: skip
     """reports/ASSIGNMENT/report.md and flags.csv from the journal's entries (one per
-    submission) and the import's unmatched files; returns the report's path."""
+    submission), the import's unmatched files and the students the LMS marked late; returns
+    the report's path."""
     folder = course / "reports" / assignment
     folder.mkdir(parents=True, exist_ok=True)
     flagged = [e for e in entries if e.flags]
@@ -237,6 +253,18 @@ def write(course: Path, assignment: str, entries: list, unmatched: list[str]) ->
         for e in flagged:
             grade = f"{e.score:g}/{e.max_score:g}" if e.score is not None else "none"
             lines.append(f"| {e.student} | {grade} | {'<br>'.join(e.flags)} |")
+        lines.append("")
+    if late:
+        scores = {e.student: e for e in entries}
+        lines += ["## Submitted late (marked LATE by the LMS)", "",
+                  "The zip has no submission times: nbgrader applied no late penalty "
+                  "(`late_submission_penalty` is 0 in grades.csv). Apply it by hand.",
+                  ""]  # fmt: skip
+        for student in late:
+            e = scores.get(student)
+            grade = (f"{e.score:g}/{e.max_score:g}" if e is not None and e.score is not None
+                     else "no grade")  # fmt: skip
+            lines.append(f"- {student}: {grade}")
         lines.append("")
     if unmatched:
         lines += ["## Files in the LMS archive that were not imported", ""]

@@ -113,6 +113,8 @@ def test_the_import_report_lists_what_it_could_not_match(ran):
     assert "submissions/solvedsam_1001_5001_notes.py: not a notebook of 00_tiny" in text
     assert "submissions/latelucy_1005_5000_00_tiny.ipynb: an older upload" in text
     assert "marked LATE by the LMS: latelucy" in text
+    report = (ran["reports"] / "report.md").read_text()  # where the instructor reads it
+    assert "## Submitted late" in report and "- latelucy: 3/3" in report
 
 
 def test_grades_csv_has_every_student_with_the_expected_score(ran):
