@@ -162,31 +162,21 @@ def released_cells(gradebook: Path, assignment: str) -> str:
     return hashlib.sha256(json.dumps([cells, points]).encode()).hexdigest()
 
 
-def graded_students(gradebook: Path, assignment: str) -> set[str]:
-    """The students with a submission of the assignment in the gradebook."""
+def graded_students(gradebook: Path, assignment: str, scored: bool = False) -> set[str]:
+    """The students with a submission of the assignment in the gradebook. scored: only those
+    whose submission has a score, an earlier grading, not the empty record that a failed plain
+    ``nbgrader autograde`` (``make grade``) leaves behind, every score of which is NULL."""
+    query = ("SELECT DISTINCT submitted_assignment.student_id FROM submitted_assignment "
+             "JOIN assignment ON submitted_assignment.assignment_id = assignment.id ")
+    if scored:
+        query += ("JOIN submitted_notebook ON submitted_notebook.assignment_id = "
+                  "submitted_assignment.id JOIN grade ON grade.notebook_id = submitted_notebook.id "
+                  "WHERE assignment.name = ? AND (grade.auto_score IS NOT NULL OR "
+                  "grade.manual_score IS NOT NULL OR grade.extra_credit IS NOT NULL)")
+    else:
+        query += "WHERE assignment.name = ?"
     with connect(gradebook) as db:
-        rows = db.execute(
-            "SELECT submitted_assignment.student_id FROM submitted_assignment "
-            "JOIN assignment ON submitted_assignment.assignment_id = assignment.id "
-            "WHERE assignment.name = ?", (assignment,)
-        ).fetchall()
-    db.close()
-    return {student for (student,) in rows}
-
-
-def scored_students(gradebook: Path, assignment: str) -> set[str]:
-    """The students whose submission of the assignment has a score in the gradebook: an
-    earlier grading, not the empty record that a failed plain ``nbgrader autograde`` (``make
-    grade``) leaves behind, every score of which is NULL."""
-    with connect(gradebook) as db:
-        rows = db.execute(
-            "SELECT DISTINCT submitted_assignment.student_id FROM submitted_assignment "
-            "JOIN assignment ON submitted_assignment.assignment_id = assignment.id "
-            "JOIN submitted_notebook ON submitted_notebook.assignment_id = submitted_assignment.id "
-            "JOIN grade ON grade.notebook_id = submitted_notebook.id "
-            "WHERE assignment.name = ? AND (grade.auto_score IS NOT NULL "
-            "OR grade.manual_score IS NOT NULL OR grade.extra_credit IS NOT NULL)", (assignment,)
-        ).fetchall()
+        rows = db.execute(query, (assignment,)).fetchall()
     db.close()
     return {student for (student,) in rows}
 
@@ -363,7 +353,7 @@ class Grader:
         reasons = ("crash", "timeout", "missing", "unreadable")
         if not merged and not any(f.startswith(reasons) for f in flags):
             flags.append(f"crash: nbgrader could not grade it ({report.last_error(output)})")
-        earlier = scored_students(self.course / "gradebook.db", self.assignment)
+        earlier = graded_students(self.course / "gradebook.db", self.assignment, scored=True)
         if not merged and student in earlier:
             score, top = self.score(student)
             flags.append(f"stale grade: the gradebook and grades.csv still hold {score:g}/{top:g}"
