@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from sslkit.data import DataNotFound
-from sslkit.errors import SSLKitError
+from sslkit.errors import SSLKitError, one_line
 
 IMAGE_SHAPE = (3, 32, 32)
 ROW_SIZE = 3 * 32 * 32
@@ -73,12 +73,6 @@ _ALLOWED_GLOBALS = {
 }
 
 
-def _one_line(exc: BaseException) -> str:
-    """``Type: message`` of an exception, squeezed onto one line."""
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
 def _refetch(folder: Path) -> str:
     """The fix for a damaged file in the data set's folder: fetch the data set again."""
     return f"delete {folder} and pass --download to fetch it again"
@@ -100,7 +94,7 @@ def _read_pickle(path: Path) -> dict:
             obj = _SafeUnpickler(f, encoding="bytes").load()
     except Exception as exc:  # corrupt, truncated or foreign file
         raise SSLKitError(
-            f"cannot read CIFAR file {path} ({_one_line(exc)}): {_refetch(path.parent)}"
+            f"cannot read CIFAR file {path} ({one_line(exc)}): {_refetch(path.parent)}"
         ) from exc
     if not isinstance(obj, dict):
         raise SSLKitError(
@@ -151,7 +145,7 @@ def _read_class_names(path: Path, names_key: str) -> list[str]:
         return [n.decode("utf-8") if isinstance(n, bytes) else str(n) for n in names]
     except UnicodeDecodeError as exc:
         raise SSLKitError(
-            f"CIFAR file {path}: class names are not UTF-8 ({_one_line(exc)}): "
+            f"CIFAR file {path}: class names are not UTF-8 ({one_line(exc)}): "
             f"{_refetch(path.parent)}"
         ) from exc
 
@@ -180,7 +174,7 @@ def _download(root: Path, spec: dict) -> None:
     except Exception as exc:
         raise SSLKitError(
             f"downloading {spec['name']} with torchvision into {root} failed "
-            f"({_one_line(exc)}): check the network connection, or put the unpacked "
+            f"({one_line(exc)}): check the network connection, or put the unpacked "
             f"{spec['folder']} folder there yourself"
         ) from exc
 

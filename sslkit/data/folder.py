@@ -35,17 +35,11 @@ except ImportError:  # pragma: no cover - depends on the torchvision version
     decode_image = None
 
 from sslkit.data import DataNotFound
-from sslkit.errors import SSLKitError
+from sslkit.errors import SSLKitError, one_line
 
 IMAGE_EXTENSIONS = (
     ".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff", ".ppm", ".pgm",
 )  # fmt: skip
-
-
-def _one_line(exc: BaseException) -> str:
-    """``Type: message`` of an exception, squeezed onto one line."""
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _visible_dirs(folder: Path) -> list[Path]:
@@ -99,7 +93,7 @@ def decode_rgb(path: Path) -> torch.Tensor:
         data = path.read_bytes()
     except OSError as exc:
         raise SSLKitError(
-            f"cannot read image file {path} ({_one_line(exc)}): replace or delete the file"
+            f"cannot read image file {path} ({one_line(exc)}): replace or delete the file"
         ) from exc
     try:
         if decode_image is None:
@@ -117,7 +111,7 @@ def decode_rgb(path: Path) -> torch.Tensor:
             if type(exc).__name__ == "UnidentifiedImageError":  # its message names a buffer
                 detail = "empty file" if not data else "not an image format PIL knows"
             else:
-                detail = _one_line(exc)
+                detail = one_line(exc)
             raise SSLKitError(
                 f"cannot decode image file {path} ({detail}): replace or delete the file"
             ) from exc

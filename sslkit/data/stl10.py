@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from sslkit.data import DataNotFound
-from sslkit.errors import SSLKitError
+from sslkit.errors import SSLKitError, one_line
 
 FOLDER = "stl10_binary"
 IMAGE_SIZE = 96
@@ -30,12 +30,6 @@ IMAGE_BYTES = 3 * IMAGE_SIZE * IMAGE_SIZE
 _CHUNK = 2048  # images copied (and transposed) per step
 _LABELED_FILES = ["train_X.bin", "train_y.bin", "test_X.bin", "test_y.bin", "class_names.txt"]
 _UNLABELED_FILE = "unlabeled_X.bin"
-
-
-def _one_line(exc: BaseException) -> str:
-    """``Type: message`` of an exception, squeezed onto one line."""
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _refetch(folder: Path) -> str:
@@ -62,7 +56,7 @@ def _read_images(path: Path) -> torch.Tensor:
         del raw
     except OSError as exc:
         raise SSLKitError(
-            f"cannot read STL-10 file {path} ({_one_line(exc)}): {_refetch(path.parent)}"
+            f"cannot read STL-10 file {path} ({one_line(exc)}): {_refetch(path.parent)}"
         ) from exc
     return out
 
@@ -75,7 +69,7 @@ def _read_labels(path: Path, num_classes: int) -> torch.Tensor:
         raw = np.fromfile(path, dtype=np.uint8)
     except OSError as exc:
         raise SSLKitError(
-            f"cannot read STL-10 file {path} ({_one_line(exc)}): {_refetch(path.parent)}"
+            f"cannot read STL-10 file {path} ({one_line(exc)}): {_refetch(path.parent)}"
         ) from exc
     labels = raw.astype(np.int64) - 1
     if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
@@ -92,7 +86,7 @@ def _read_class_names(path: Path) -> list[str]:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise SSLKitError(
-            f"cannot read STL-10 file {path} ({_one_line(exc)}): {_refetch(path.parent)}"
+            f"cannot read STL-10 file {path} ({one_line(exc)}): {_refetch(path.parent)}"
         ) from exc
     names = [line.strip() for line in text.splitlines() if line.strip()]
     if len(names) != 10:
@@ -116,7 +110,7 @@ def _download(root: Path) -> None:
         torchvision.datasets.STL10(root=str(root), split="test", download=True)
     except Exception as exc:
         raise SSLKitError(
-            f"downloading STL-10 with torchvision into {root} failed ({_one_line(exc)}): "
+            f"downloading STL-10 with torchvision into {root} failed ({one_line(exc)}): "
             f"check the network connection, or put the unpacked {FOLDER} folder there yourself"
         ) from exc
 
