@@ -11,6 +11,7 @@ import math
 
 import pytest
 import torch
+from one_line import one_line_error
 
 from sslkit.augment import SimCLRViews, ViewConfig
 from sslkit.cli import main
@@ -91,20 +92,12 @@ BAD = [
 ]
 
 
-def one_line(make) -> str:
-    with pytest.raises(SSLKitError) as info:
-        make()
-    message = str(info.value)
-    assert "\n" not in message
-    return message
-
-
 @pytest.mark.parametrize("method,key,value,expected", BAD,
                          ids=[f"{m}-{k}={v}" for m, k, v, _ in BAD])
 def test_a_value_out_of_range_stops_before_the_run_and_in_the_constructor(method, key, value,
                                                                           expected):
-    assert expected in one_line(lambda: check_method_options(method, {key: value}))
-    assert expected in one_line(lambda: build(method, {key: value}))
+    assert expected in one_line_error(lambda: check_method_options(method, {key: value}))
+    assert expected in one_line_error(lambda: build(method, {key: value}))
 
 
 GOOD = [("jigsaw", {"gap": 0}), ("jigsaw", {"grid": 2, "num_permutations": 24}),
@@ -133,11 +126,11 @@ def test_the_edges_of_each_range_are_accepted(method, options):
 def test_mae_widths_that_do_not_fit_are_one_line_errors(options, expected):
     # heads=3 and dim=30 failed in the ViT without naming an option, mlp_ratio=0.01 trained
     # blocks whose MLP had no unit, and image_size / in_channels ended in a TypeError
-    assert expected in one_line(lambda: build("mae", options))
+    assert expected in one_line_error(lambda: build("mae", options))
 
 
 def test_jigsaw_tiles_smaller_than_the_encoder_takes_are_refused_before_training():
-    message = one_line(lambda: build("jigsaw", {"tile_size": 8}))
+    message = one_line_error(lambda: build("jigsaw", {"tile_size": 8}))
     assert "tile_size=8 is too small for --arch convnet-small" in message
     assert "--option tile_size=16" in message
 
@@ -167,7 +160,7 @@ def encoder():
     (lambda: RelativePatch(encoder(), tile_size=0), "tile_size=16"),
 ])
 def test_the_constructors_notebooks_call_check_the_same_ranges(make, expected):
-    assert expected in one_line(make)
+    assert expected in one_line_error(make)
 
 
 def test_a_bad_option_on_the_command_line_is_one_line_without_a_traceback(tmp_path, capsys):
@@ -195,5 +188,5 @@ def test_methods_the_command_line_builds_with_fixed_settings_name_no_option_flag
     for make in (lambda: Triplet(encoder(), _views(), margin=-1.0),
                  lambda: Rotation(encoder(), hidden_dim=0),
                  lambda: RelativePatch(encoder(), gap=-1)):
-        message = one_line(make)
+        message = one_line_error(make)
         assert "use e.g. " in message and "--option" not in message

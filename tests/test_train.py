@@ -11,6 +11,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+from one_line import one_line_error
 
 from sslkit.data import ImageData
 from sslkit.errors import SSLKitError
@@ -177,14 +178,6 @@ def test_failed_save_keeps_the_previous_checkpoint(tmp_path, data, monkeypatch):
     # and the run can still be continued
     _, rows = train(CFG, out, resume=True, stop_after_epoch=2, progress=False, data=data)
     assert [r["epoch"] for r in rows] == [1, 2]
-
-
-def one_line_error(call) -> str:
-    with pytest.raises(SSLKitError) as err:
-        call()
-    msg = str(err.value)
-    assert "\n" not in msg
-    return msg
 
 
 def test_existing_run_without_resume_is_an_error(full_run, data):
