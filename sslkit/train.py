@@ -724,11 +724,13 @@ def stream_seed(seed: int, rank: int, epoch: int = 0) -> int:
 def monitor_knn(encoder: torch.nn.Module, data: ImageData, k: int) -> float:
     """kNN accuracy (cosine, T=0.1) of the encoder's features, train -> test.
 
-    A compiled encoder (--compile) runs eagerly here: in eval mode and on the short last
+    The features stay on the encoder's device and the neighbours are voted for there: on a
+    GPU, CIFAR-10's 10,000 x 50,000 similarities take milliseconds instead of seconds on the
+    CPU. A compiled encoder (--compile) runs eagerly here: in eval mode and on the short last
     batches, its compiled forward would be recompiled, which costs more than the monitor."""
     with _eager():
-        train_f = extract_features(encoder, data.train_x)
-        test_f = extract_features(encoder, data.test_x)
+        train_f = extract_features(encoder, data.train_x, to_cpu=False)  # (N, D)
+        test_f = extract_features(encoder, data.test_x, to_cpu=False)  # (M, D)
     return round(knn_accuracy(train_f, data.train_y, test_f, data.test_y, k=k), 4)
 
 

@@ -8,7 +8,8 @@ tests/gpu/device_checks.py) and are skipped elsewhere.
   CPU generator, so only floating-point rounding may differ.
 * One float32 training step on the GPU gives the CPU's loss and weights; a bfloat16 autocast
   step stays close to it; torch.compile gives the eager loss.
-* The training loop and the benchmark run end to end on the GPU.
+* The training loop and the benchmark run end to end on the GPU; the kNN monitor votes there
+  and gets the CPU's accuracy.
 """
 
 from __future__ import annotations
@@ -167,6 +168,24 @@ def test_train_runs_on_the_gpu_and_its_checkpoint_loads_on_a_cpu(tmp_path):
     for name, weight in method.state_dict().items():
         assert weight.device.type == "cpu", name
         torch.testing.assert_close(weight, trained.state_dict()[name].cpu(), msg=name)
+
+
+def test_the_knn_monitor_votes_on_the_gpu_as_on_the_cpu(exact_float32):
+    """The monitor keeps the features on the GPU for the vote; its accuracy is the CPU's (a
+    rounding difference may at most reorder a near tie: one test image in 200)."""
+    from sslkit.data import ImageData
+    from sslkit.models import ConvNet
+    from sslkit.train import monitor_knn
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randint(0, 256, (1200, 3, 32, 32), dtype=torch.uint8, generator=g)
+    y = torch.randint(0, 10, (1200,), generator=g)
+    data = ImageData("random", x[:1000], y[:1000], x[1000:], y[1000:], [str(c) for c in range(10)])
+    torch.manual_seed(0)
+    encoder = ConvNet(in_channels=3)
+    on_cpu = monitor_knn(encoder, data, k=20)
+    on_gpu = monitor_knn(encoder.to(CUDA), data, k=20)
+    assert abs(on_gpu - on_cpu) <= 1 / 200
 
 
 def test_bench_measures_every_pipeline_on_the_gpu():

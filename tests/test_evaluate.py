@@ -212,6 +212,18 @@ def test_extract_features_restores_mode_and_matches_eval_forward(training):
     torch.testing.assert_close(feats, direct)
 
 
+def test_extract_features_can_leave_the_features_on_the_encoders_device():
+    """to_cpu=False (the kNN monitor's, so that it votes on the GPU) keeps the features where
+    the encoder ran; the meta device stands in for a GPU: nothing can be copied out of it."""
+    torch.manual_seed(0)
+    enc = nn.Sequential(nn.Flatten(), nn.Linear(16, 3))
+    images = torch.randint(0, 256, (10, 1, 4, 4), dtype=torch.uint8, generator=gen(3))
+    on_cpu = extract_features(enc, images, batch_size=4)
+    torch.testing.assert_close(extract_features(enc, images, batch_size=4, to_cpu=False), on_cpu)
+    kept = extract_features(enc.to("meta"), images, batch_size=4, to_cpu=False)
+    assert kept.device.type == "meta" and kept.shape == (10, 3) and kept.dtype == torch.float32
+
+
 def test_knn_small_temperature_does_not_overflow_into_ties():
     # exp(sim / 0.01) overflows float32 for sim > 0.89: both near neighbours would vote inf and
     # the tie would go to class 0, though the nearest one (class 1) is clearly closer.

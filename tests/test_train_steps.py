@@ -143,6 +143,22 @@ def test_the_knn_monitor_adds_no_compiled_graph(tmp_path, monkeypatch):
     assert "knn" in rows[-1] and graphs[1] == graphs[0] > 0
 
 
+def test_the_knn_monitor_votes_on_the_encoders_device(monkeypatch):
+    """The monitor's features are not copied to the CPU for the vote (seconds per check at
+    CIFAR-10's size there, milliseconds on a GPU); the meta device stands in for a GPU."""
+    import sslkit.train as train_module
+    from sslkit.data import ImageData
+
+    votes = []
+    monkeypatch.setattr(train_module, "knn_accuracy", lambda train_f, train_y, test_f, test_y,
+                        k: votes.append((train_f.device.type, test_f.device.type, k)) or 0.5)
+    images = torch.zeros(6, 1, 8, 8, dtype=torch.uint8)
+    labels = torch.tensor([0, 1, 0, 1, 0, 1])
+    data = ImageData("toy", images, labels, images[:4], labels[:4], classes=["a", "b"])
+    assert train_module.monitor_knn(Flat().to("meta"), data, k=3) == 0.5
+    assert votes == [("meta", "meta", 3)]
+
+
 @pytest.mark.parametrize("overrides,fix", [({"batch_size": 15, "accumulate": 2}, "divisible by 2"),
                                            ({"accumulate": 0}, "--accumulate 1"),
                                            ({"loader": "disk"}, "device, dataloader")])
