@@ -177,6 +177,23 @@ def test_wrong_options_are_one_line_errors():
     assert "normalise" in str(e.value)  # what build_method supplies is no option
 
 
+@pytest.mark.parametrize("method", ["simclr", "moco", "dino", "mae", "jigsaw"])
+def test_the_keys_an_unknown_option_suggests_are_all_accepted(method):
+    """The "use one of" list names only what --option may set: not proj_dim or temperature,
+    which have their own flags and are refused as options."""
+    import inspect
+
+    from sslkit.methods import _OPTION_TAKERS, check_method_options
+
+    with pytest.raises(SSLKitError, match="use one of") as e:
+        check_method_options(method, {"no_such_option": 1})
+    suggested = str(e.value).split("use one of ")[1].split(", ")
+    defaults = inspect.signature(_OPTION_TAKERS[method]).parameters
+    assert suggested
+    for key in suggested:
+        check_method_options(method, {key: defaults[key].default})  # no error
+
+
 def test_jigsaw_takes_the_papers_tile_normalisation_as_an_option():
     key, value = parse_option("normalise=true")
     method = build_method("jigsaw", "convnet-small", 1, "digits", 32,

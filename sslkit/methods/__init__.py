@@ -62,7 +62,8 @@ def check_method_options(name: str, method_options: dict) -> None:
         if key in _SET_ELSEWHERE and key in parameters:
             raise SSLKitError(f"--option {key}={value} is not an option of {name}, "
                               + _SET_ELSEWHERE[key].format(value=value))
-    known = [k for k in parameters if k not in _NOT_OPTIONS | set(_SET_ELSEWHERE)]
+    known = [k for k in parameters  # what --option may set: not what a flag sets
+             if k not in _NOT_OPTIONS | set(_SET_ELSEWHERE) | set(SHARED_SETTINGS.get(name, ()))]
     unknown = [k for k in method_options if k not in known]
     if unknown:
         raise SSLKitError(f"unknown option {unknown[0]!r} for {name}: use one of "
