@@ -34,6 +34,7 @@ Conventions
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 import torch.nn.functional as F
@@ -83,10 +84,19 @@ def _check_device(fn: str, tensors: dict[str, Tensor]) -> None:
                               f"{name}.to({first_name}.device)")
 
 
+def _check_number(fn: str, name: str, value, fix: str) -> None:
+    """One-line error unless value is a real number (or a tensor): a string or None would
+    otherwise fail in a comparison with a TypeError that names no argument."""
+    if isinstance(value, bool) or not isinstance(value, (numbers.Real, Tensor)):
+        raise SSLKitError(f"{fn}: {name} must be a number (got {type(value).__name__} "
+                          f"{value!r}): {fix}")
+
+
 def _check_temperature(fn: str, name: str, temperature: float, fix: str) -> None:
     """One-line error unless temperature is a finite number > 0: 0 divides by zero, a negative
     one rewards the wrong candidates, NaN gives NaN and inf makes every logit 0 (a constant
     loss that trains nothing)."""
+    _check_number(fn, name, temperature, fix)
     if not 0 < temperature < math.inf:
         raise SSLKitError(f"{fn}: {name} must be > 0 and finite (got {temperature}): {fix}")
 
@@ -95,9 +105,13 @@ def _check_margin(fn: str, margin: float, example: float) -> None:
     """One-line error unless margin is a finite number >= 0. A negative margin counts a triplet
     as satisfied while its negative is still closer than its positive, so a collapsed
     embedding (every distance equal) already has loss 0 and nothing is learnt; NaN gives NaN."""
+    _check_number(fn, "margin", margin, f"use e.g. margin={example}")
     if not 0 <= margin < math.inf:
         raise SSLKitError(f"{fn}: margin must be >= 0 and finite (got {margin}): use e.g. "
                           f"margin={example} (a negative margin is met by a collapsed embedding)")
+
+
+_NO_TEMPERATURE = object()  # what _check_inputs gets from a loss that has no temperature
 
 
 def _check_inputs(
@@ -105,7 +119,7 @@ def _check_inputs(
     tensors: dict[str, Tensor],
     *,
     min_pairs: int = 1,
-    temperature: float | None = None,
+    temperature: float | object = _NO_TEMPERATURE,
     negatives: Tensor | None = None,
 ) -> None:
     """Raise SSLKitError (one line: problem + fix) unless the inputs of loss ``fn`` are valid.
@@ -137,7 +151,7 @@ def _check_inputs(
     if n < min_pairs:
         raise SSLKitError(f"{fn} needs at least {min_pairs} pairs per batch (got {n}): "
                           f"use a batch size of {min_pairs} or more")
-    if temperature is not None:
+    if temperature is not _NO_TEMPERATURE:  # None among them: a mistake, not a default
         _check_temperature(fn, "temperature", temperature,
                            "use a positive value such as 0.1 or 0.5")
     _check_device(fn, tensors)
@@ -206,6 +220,18 @@ def cosine_similarity_matrix(a: Tensor, b: Tensor) -> Tensor:
 
     Rows are L2-normalised first (``F.normalize``, eps 1e-12, so an all-zero row gives 0).
     """
+    for name, t in (("a", a), ("b", b)):
+        if not isinstance(t, Tensor) or t.ndim != 2 or not t.is_floating_point():
+            got = (f"{t.dtype} of shape {_shape(t)}" if isinstance(t, Tensor)
+                   else type(t).__name__)
+            raise SSLKitError(f"cosine_similarity_matrix: {name} must be a floating tensor of "
+                              f"rows (N, D), got {got}: stack the embeddings as rows, e.g. "
+                              f"torch.stack(rows).float()")
+    if a.shape[1] != b.shape[1] or a.dtype != b.dtype:
+        raise SSLKitError(f"cosine_similarity_matrix: a and b must have the same width D and "
+                          f"dtype, got {_shape(a)} {a.dtype} and {_shape(b)} {b.dtype}: embed "
+                          "both with the same network")
+    _check_device("cosine_similarity_matrix", {"a": a, "b": b})
     a = F.normalize(a, dim=-1)  # (N, D), unit rows
     b = F.normalize(b, dim=-1)  # (M, D), unit rows
     return a @ b.T  # (N, M)
@@ -459,13 +485,19 @@ def _check_dino(fn: str, student_out, teacher_out, center, student_temp: float,
     shape = student_out[0].shape
     for name, outs in (("student_out", student_out), ("teacher_out", teacher_out)):
         for i, t in enumerate(outs):
-            if len(shape) != 2 or t.shape != shape:
+            if not t.is_floating_point():
+                raise SSLKitError(f"{fn}: every output must be floating logits, got {name}[{i}] "
+                                  f"of {t.dtype}: pass the heads' outputs as they are")
+            if len(shape) != 2 or t.shape != shape or 0 in shape:
                 raise SSLKitError(f"{fn}: every output must be (N, K) like student_out[0] "
-                                  f"{_shape(student_out[0])}, got {name}[{i}] {_shape(t)}: give "
-                                  f"every crop's head output for the same N images")
-    if not isinstance(center, Tensor) or center.shape not in ((shape[1],), (1, shape[1])):
-        got = _shape(center) if isinstance(center, Tensor) else type(center).__name__
-        raise SSLKitError(f"{fn}: center must be a tensor of shape (K,) or (1, K) with "
+                                  f"{_shape(student_out[0])} with N, K >= 1, got {name}[{i}] "
+                                  f"{_shape(t)}: give every crop's head output for the same N "
+                                  "images")
+    if (not isinstance(center, Tensor) or center.shape not in ((shape[1],), (1, shape[1]))
+            or not center.is_floating_point()):
+        got = (f"{_shape(center)} {center.dtype}" if isinstance(center, Tensor)
+               else type(center).__name__)
+        raise SSLKitError(f"{fn}: center must be a tensor of floats, of shape (K,) or (1, K) with "
                           f"K={shape[1]}, got {got}: keep it as torch.zeros(1, K)")
     for name, temp, value in (("student_temp", student_temp, 0.1),
                               ("teacher_temp", teacher_temp, 0.04)):
@@ -616,6 +648,9 @@ def _check_cpc(fn: str, z, c, W) -> None:
             got = t.dtype if isinstance(t, Tensor) else type(t).__name__
             raise SSLKitError(f"{fn}: {name} must be a floating tensor {want} (got {got}): "
                               f"convert it with torch.as_tensor(...).float()")
+    if not z.dtype == c.dtype == W.dtype:
+        raise SSLKitError(f"{fn}: z, c and W must share one dtype, got {z.dtype}, {c.dtype} and "
+                          f"{W.dtype}: convert them alike, e.g. z.to(W.dtype)")
     if z.ndim != 4 or 0 in z.shape:
         raise SSLKitError(f"{fn}: z must be (N, rows, cols, D), one encoding per patch of the "
                           f"grid, got shape {_shape(z)}: reshape the patch encodings to the grid")
@@ -657,12 +692,14 @@ def cpc_logits(z: Tensor, c: Tensor, W: Tensor, candidates: Tensor | None = None
     n, rows, cols, d = z.shape
     if candidates is None:
         candidates = z.reshape(n * rows * cols, d)  # (M, D)
-    elif (candidates.ndim != 2 or candidates.shape[1] != d or candidates.dtype != z.dtype
+    elif (not isinstance(candidates, Tensor) or candidates.ndim != 2
+          or candidates.shape[1] != d or candidates.dtype != z.dtype
           or not 0 <= offset <= candidates.shape[0] - n * rows * cols):
+        got = (f"{_shape(candidates)} {candidates.dtype}" if isinstance(candidates, Tensor)
+               else type(candidates).__name__)
         raise SSLKitError(f"cpc_logits: candidates must be ({z.dtype}) rows (M', {d}) holding "
-                          f"z's {n * rows * cols} patches from row offset={offset}, got "
-                          f"{_shape(candidates)} {candidates.dtype}: pass the gathered patch "
-                          f"encodings, flattened rank-major")
+                          f"z's {n * rows * cols} patches from row offset={offset}, got {got}: "
+                          "pass the gathered patch encodings, flattened rank-major, as a tensor")
     else:
         _check_device("cpc_logits", {"z": z, "candidates": candidates})
     flat = torch.arange(n * rows * cols, device=z.device).view(n, rows, cols) + offset  # (N,R,C)

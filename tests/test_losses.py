@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from one_line import one_line_error
 
 from sslkit.errors import SSLKitError
 from sslkit.losses import (
@@ -726,3 +727,52 @@ def test_mae_mask_values_are_not_read_off_the_cpu():
     # meta tensors raise on any read of a value: the check must not make a GPU step wait
     pred, target, mask = (t.to("meta") for t in (MAE_PRED, MAE_TARGET, MAE_MASK))
     assert mae_loss(pred, target, mask).device.type == "meta"
+
+
+def _cpc_inputs(dtype=torch.float32):
+    g = torch.Generator().manual_seed(4)
+    return (torch.randn(2, 4, 3, 5, generator=g, dtype=dtype),
+            torch.randn(2, 4, 3, 6, generator=g, dtype=dtype),
+            torch.randn(2, 5, 6, generator=g, dtype=dtype))
+
+
+LIBRARY_MISTAKES = {  # what a script calling the losses directly gets wrong -> the message
+    "cosine 1-D rows": (lambda: cosine_similarity_matrix(torch.randn(8), torch.randn(8)),
+                        "rows (N, D), got torch.float32 of shape (8,)"),
+    "cosine widths": (lambda: cosine_similarity_matrix(torch.randn(2, 3), torch.randn(2, 4)),
+                      "same width D and dtype"),
+    "cosine dtypes": (lambda: cosine_similarity_matrix(torch.randn(2, 3),
+                                                       torch.randn(2, 3, dtype=torch.float64)),
+                      "same width D and dtype"),
+    "cosine integers": (lambda: cosine_similarity_matrix(torch.ones(2, 3, dtype=torch.long),
+                                                         torch.randn(2, 3)), "torch.int64"),
+    "cosine a list": (lambda: cosine_similarity_matrix([[1.0, 0.0]], torch.randn(2, 2)),
+                      "got list"),
+    "dino empty batch": (lambda: dino_loss([torch.zeros(0, 5)] * 3, [torch.zeros(0, 5)] * 2,
+                                           CENTER), "with N, K >= 1"),
+    "dino integer logits": (lambda: dino_loss([t.long() for t in S_OUT], T_OUT, CENTER),
+                            "student_out[0] of torch.int64"),
+    "dino integer center": (lambda: dino_loss(S_OUT, T_OUT, CENTER.long()), "tensor of floats"),
+    "cpc mixed dtypes": (lambda: cpc_loss(*_cpc_inputs()[:2], _cpc_inputs(torch.float64)[2]),
+                         "share one dtype"),
+    "cpc candidates a list": (lambda: cpc_logits(*_cpc_inputs(), candidates=[[0.0] * 5]),
+                              "got list"),
+    "temperature a string": (lambda: nt_xent(randn(4, 3), randn(4, 3), "0.5"),
+                             "temperature must be a number (got str '0.5')"),
+    "temperature None": (lambda: info_nce(randn(4, 3), randn(4, 3), randn(6, 3), None),
+                         "temperature must be a number (got NoneType"),
+    "margin None": (lambda: triplet_loss(randn(4, 3), randn(4, 3), randn(4, 3), None),
+                    "margin must be a number"),
+}
+
+
+@pytest.mark.parametrize("case", LIBRARY_MISTAKES)
+def test_mistakes_of_a_direct_call_are_one_line_errors(case):
+    call, expected = LIBRARY_MISTAKES[case]
+    assert expected in one_line_error(call)
+
+
+def test_cosine_similarity_matrix_is_n_by_m_cosines():
+    a, b = randn(3, 4, seed=5), randn(5, 4, seed=6)
+    expected = torch.tensor([[float(F.cosine_similarity(x, y, dim=0)) for y in b] for x in a])
+    torch.testing.assert_close(cosine_similarity_matrix(a, b), expected)
