@@ -26,6 +26,7 @@ bounds of mutual information", for the Gaussian benchmark and the log n ceiling;
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 import torch.nn.functional as F
@@ -52,6 +53,17 @@ __all__ = [
 # ----------------------------------------------------------------------------------------------
 
 
+def _check_rho_d(who: str, rho: float, d: int) -> None:
+    """One-line error unless -1 < rho < 1 and d is a whole number >= 1: at |rho| = 1 the
+    information is infinite, and d <= 0 dimensions would carry 0 or negative nats."""
+    if not -1 < rho < 1:
+        raise SSLKitError(f"{who}: rho must be in (-1, 1) (got {rho}): at |rho| = 1 the mutual "
+                          "information is infinite")
+    if isinstance(d, bool) or not isinstance(d, numbers.Integral) or d < 1:
+        raise SSLKitError(f"{who}: d must be a whole number of dimensions >= 1 (got {d!r}): "
+                          "e.g. d=4")
+
+
 def correlated_gaussians(n: int, d: int, rho: float,
                          generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
     """n pairs of correlated Gaussian vectors -> x, y, each (n, d), float32.
@@ -59,9 +71,10 @@ def correlated_gaussians(n: int, d: int, rho: float,
     x ~ N(0, I_d) and y = rho x + sqrt(1 - rho^2) eps with eps ~ N(0, I_d), so that y ~ N(0, I_d)
     as well and corr(x_j, y_j) = rho for every coordinate j (coordinates are independent).
     """
-    if not -1 < rho < 1:
-        raise SSLKitError(f"correlated_gaussians: rho must be in (-1, 1) (got {rho}): "
-                          f"at |rho| = 1 the mutual information is infinite")
+    _check_rho_d("correlated_gaussians", rho, d)
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
+        raise SSLKitError(f"correlated_gaussians: n must be a whole number of pairs >= 1 (got "
+                          f"{n!r}): e.g. n=512")
     x = torch.randn(n, d, generator=generator)  # (n, d)
     eps = torch.randn(n, d, generator=generator)  # (n, d)
     y = rho * x + math.sqrt(1 - rho**2) * eps  # (n, d)
@@ -74,9 +87,7 @@ def gaussian_mi(rho: float, d: int) -> float:
     Per coordinate: I = h(y) - h(y | x) = 1/2 log(2 pi e) - 1/2 log(2 pi e (1 - rho^2))
     = -1/2 log(1 - rho^2); the d coordinates are independent, so their informations add.
     """
-    if not -1 < rho < 1:
-        raise SSLKitError(f"gaussian_mi: rho must be in (-1, 1) (got {rho}): at |rho| = 1 the "
-                          "mutual information is infinite")
+    _check_rho_d("gaussian_mi", rho, d)
     return -0.5 * d * math.log(1 - rho**2)
 
 
@@ -124,9 +135,14 @@ def infonce_scores_loss(scores: Tensor) -> Tensor:
     -mean_i log softmax(scores[i])_i, i.e. ``F.cross_entropy`` with labels 0..N-1; averaged over
     the rows of every matrix. L >= 0, so the estimate log N - L is at most log N.
     """
-    if scores.ndim < 2 or scores.shape[-1] != scores.shape[-2]:
-        raise SSLKitError(f"infonce_scores_loss needs square score matrices (..., N, N), got "
-                          f"{tuple(scores.shape)}: score every x of a group against every y")
+    if not isinstance(scores, Tensor) or not scores.is_floating_point():
+        got = scores.dtype if isinstance(scores, Tensor) else type(scores).__name__
+        raise SSLKitError(f"infonce_scores_loss needs floating scores (got {got}): pass the "
+                          "critic's scores, or call scores.float()")
+    if scores.ndim < 2 or scores.shape[-1] != scores.shape[-2] or scores.numel() == 0:
+        raise SSLKitError(f"infonce_scores_loss needs square score matrices (..., N, N) with "
+                          f"N >= 1, got {tuple(scores.shape)}: score every x of a group against "
+                          "every y")
     n = scores.shape[-1]
     logits = scores.reshape(-1, n)  # (G * N, N): all matrices' rows stacked
     labels = torch.arange(n, device=scores.device).repeat(logits.shape[0] // n)  # (G * N,)
@@ -186,6 +202,7 @@ def optimal_scores(x: Tensor, y: Tensor, rho: float) -> Tensor:
     Its mean over true pairs is I(x; y). (Terms in x alone cancel in the softmax over the
     candidates; they are kept so that these are the exact log density ratios.)
     """
+    _check_rho_d("optimal_scores", rho, x.shape[-1])
     v = 1 - rho**2
     d = x.shape[-1]
     xy = x @ y.transpose(-1, -2)  # (..., N, N): x_i . y_j

@@ -218,6 +218,14 @@ def test_optimal_estimate_never_exceeds_log_n_even_with_huge_mi():
     (lambda: rho_for_mi(1.0, 0), "d >= 1"),
     (lambda: evaluate_bound(SeparableCritic(2), 1, 2, 0.5), "n must be >= 2"),
     (lambda: optimal_bound(0), "n must be >= 2"),
+    (lambda: gaussian_mi(0.5, 0), "d must be a whole number"),  # gave 0 nats
+    (lambda: gaussian_mi(0.5, -2), "d must be a whole number"),  # gave -0.29 nats
+    (lambda: gaussian_mi(0.5, 2.5), "got 2.5"),
+    (lambda: correlated_gaussians(2.0, 3, 0.5), "n must be a whole number of pairs"),
+    (lambda: correlated_gaussians(4, 0, 0.5), "d must be a whole number"),
+    (lambda: optimal_scores(torch.zeros(3, 2), torch.zeros(3, 2), 1.0), "rho must be in"),
+    (lambda: infonce_scores_loss(torch.zeros(3, 3, dtype=torch.long)), "torch.int64"),
+    (lambda: infonce_scores_loss(torch.zeros(0, 0)), "N >= 1"),
 ])
 def test_bad_input_is_a_one_line_error(call, expected):
     with pytest.raises(SSLKitError, match=expected) as err:
