@@ -149,6 +149,22 @@ def test_images_with_the_wrong_channel_count_are_a_one_line_error(arch):
         net(torch.rand(1, 32, 32))  # one image without its batch axis
 
 
+@pytest.mark.parametrize("arch", ["convnet-small", "resnet18", "vit"])
+@pytest.mark.parametrize("images,expected", [
+    (torch.zeros(2, 3, 32, 32, dtype=torch.uint8), "float images in [0, 1], got torch.uint8"),
+    (torch.zeros(2, 32, 32, 3), "channels-last (N, H, W, C): pass x.permute(0, 3, 1, 2)"),
+    (torch.zeros(3, 32, 32), "add the batch axis, x[None]"),
+    ([[0.0]], "got list"),
+])
+def test_every_encoder_names_the_fix_for_images_as_pil_or_numpy_give_them(arch, images, expected):
+    """uint8 pixels failed inside conv1 ("expected scalar type Byte"); channels-last images
+    were taken for 32 channels (ViT: for non-square images)."""
+    net = build_encoder(arch, 3).eval()
+    with pytest.raises(SSLKitError) as info:
+        net(images)
+    assert expected in str(info.value) and "\n" not in str(info.value)
+
+
 def test_convnet_images_smaller_than_its_pools_are_a_one_line_error():
     """8x8 images through four max-pools failed in the fourth ("Output size is too small")."""
     net = ConvNet(1, (4, 8, 12, 16)).eval()

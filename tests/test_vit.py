@@ -107,7 +107,8 @@ def test_non_square_images_are_a_one_line_error():
 
 def test_an_image_without_its_batch_axis_is_named_as_such():
     """(C, S, S) was reported as 'built for 3 channels, got 32': the side read as channels."""
-    with pytest.raises(SSLKitError, match=r"\(N, C, S, S\), got \(3, 32, 32\)"):
+    with pytest.raises(SSLKitError, match=r"got \(3, 32, 32\): for one image add the batch "
+                                          r"axis, x\[None\]"):
         ViT(32, 4, 3, dim=8, depth=1, heads=2)(torch.rand(3, 32, 32))
 
 

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from sslkit.errors import SSLKitError
+from sslkit.models.image_input import check_image_batch
 
 
 def conv_block(c_in: int, c_out: int) -> nn.Sequential:
@@ -41,11 +42,9 @@ class ConvNet(nn.Module):
         self.min_image_size = 2 ** len(widths)  # each block's max-pool halves the side
 
     def check_images(self, x: torch.Tensor) -> None:
-        """One-line error unless x is (N, in_channels, H, W) with sides the max-pools can take."""
-        if x.ndim != 4 or x.shape[1] != self.in_channels:
-            raise SSLKitError(f"ConvNet built for images (N, C, H, W) with {self.in_channels} "
-                              f"channel(s), got {tuple(x.shape)}: build it with the images' "
-                              f"channel count")
+        """One-line error unless x is float images (N, in_channels, H, W) with sides the
+        max-pools can take."""
+        check_image_batch(x, self.in_channels, "ConvNet")
         if min(x.shape[2:]) < self.min_image_size:
             raise SSLKitError(f"ConvNet's {len(self.blocks)} max-pools need image sides of at "
                               f"least {self.min_image_size}, got {tuple(x.shape[2:])}: resize "

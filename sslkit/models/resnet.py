@@ -13,14 +13,13 @@ import torchvision
 from torch import nn
 
 from sslkit.errors import SSLKitError
+from sslkit.models.image_input import check_image_batch
 
 
 def check_images(net: nn.Module, args: tuple[torch.Tensor]) -> None:
-    """Forward pre-hook: a one-line error unless the input is (N, C, H, W) with conv1's C."""
-    x, channels = args[0], net.conv1.in_channels
-    if x.ndim != 4 or x.shape[1] != channels:
-        raise SSLKitError(f"ResNet built for images (N, C, H, W) with {channels} channel(s), got "
-                          f"{tuple(x.shape)}: build it with the images' channel count")
+    """Forward pre-hook: a one-line error unless the input is float images (N, C, H, W) with
+    conv1's C."""
+    check_image_batch(args[0] if args else None, net.conv1.in_channels, "ResNet")
 
 
 def resnet(depth: int = 18, in_channels: int = 3, cifar_stem: bool = True) -> nn.Module:

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sslkit.errors import SSLKitError
+from sslkit.models.image_input import check_image_batch
 from sslkit.transfer import to_device
 
 
@@ -143,14 +144,10 @@ class ViT(nn.Module):
 
     def tokens(self, x: torch.Tensor) -> torch.Tensor:
         """(N, C, S, S) -> (N, 1 + L, dim): [CLS] and patch embeddings with positions."""
-        if x.ndim != 4:
-            raise SSLKitError(f"ViT takes a batch of images (N, C, S, S), got {tuple(x.shape)}: "
-                              "for one image add the batch axis, x[None]")
+        check_image_batch(x, self.in_channels, "ViT")  # float images (N, C, H, W)
         if x.shape[2] != x.shape[3]:
             raise SSLKitError(f"ViT takes square images (N, C, S, S), got {tuple(x.shape)}: "
                               "crop or resize them to a square")
-        if x.shape[1] != self.in_channels:
-            raise SSLKitError(f"ViT built for {self.in_channels} channels, got {x.shape[1]}")
         patches = self.patch_embed(patchify(x, self.patch_size))  # (N, L, dim)
         cls = self.cls_token.expand(x.shape[0], -1, -1)  # (N, 1, dim)
         return torch.cat([cls, patches], dim=1) + self._pos_embed(x.shape[-1] // self.patch_size)
