@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 
+from sslkit.errors import SSLKitError
 from sslkit.schedules import cosine_schedule
 
 
@@ -63,3 +64,24 @@ def test_warmup_longer_than_the_run_is_all_ramp():
     lr = cosine_schedule(1.0, 0.0, epochs=2, steps_per_epoch=3, warmup_epochs=5)
     assert lr.shape == (6,)
     np.testing.assert_allclose(lr, np.arange(6) / 6)
+
+
+@pytest.mark.parametrize("args,expected", [
+    ((0.1, 0.0, -3, 10), "epochs must be a whole number >= 1 (got -3)"),  # numpy's own error
+    ((0.1, 0.0, 2.5, 10), "epochs must be a whole number >= 1 (got 2.5)"),
+    ((0.1, 0.0, 3, 0), "steps_per_epoch must be a whole number >= 1"),  # an empty schedule
+    ((math.nan, 0.0, 3, 10), "base must be a finite number (got nan)"),  # all NaN
+    ((0.1, math.inf, 3, 10), "final must be a finite number"),
+    ((0.1, 0.0, 3, 10, -1), "warmup_epochs must be >= 0"),
+    (("0.1", 0.0, 3, 10), "base must be a finite number (got '0.1')"),
+])
+def test_settings_out_of_range_are_one_line_errors(args, expected):
+    with pytest.raises(SSLKitError) as info:
+        cosine_schedule(*args)
+    assert expected in str(info.value) and "\n" not in str(info.value)
+
+
+def test_numpy_counts_and_values_are_taken():
+    expected = cosine_schedule(0.1, 0.0, 3, 4, 1)
+    got = cosine_schedule(np.float32(0.1), np.float64(0.0), np.int64(3), np.int32(4), 1)
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
