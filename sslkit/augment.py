@@ -29,7 +29,8 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from numbers import Integral, Real
 
 import torch
 import torch.nn.functional as F
@@ -39,8 +40,10 @@ from torchvision.transforms import v2
 from sslkit.errors import SSLKitError
 from sslkit.precision import in_float32
 from sslkit.transfer import to_device
+from sslkit.unit_images import check_channels_first, unit_floats
 
 LUMA = (0.2989, 0.587, 0.114)  # ITU-R 601 weights as torchvision rounds them (sum 0.9999)
+MAX_JITTER = 2.5  # torchvision's ColorJitter takes hue shifts up to 0.5 = 0.2 * 2.5
 
 
 @dataclass(frozen=True)
@@ -51,7 +54,7 @@ class ViewConfig:
     flip_p: float = 0.5  # probability of a horizontal flip
     rotate_degrees: float = 0.0  # crops rotated by an angle ~ U(-d, d) (0 in SimCLR)
     jitter_p: float = 0.8  # probability of colour jitter
-    jitter_strength: float = 0.5  # s: brightness, contrast, saturation 0.8s; hue 0.2s
+    jitter_strength: float = 0.5  # s in [0, 2.5]: brightness, contrast, saturation 0.8s; hue 0.2s
     gray_p: float = 0.2  # probability of grayscale (colour images only)
     blur_p: float = 0.0  # probability of Gaussian blur (SimCLR drops it on CIFAR)
     blur_sigma: tuple[float, float] = (0.1, 2.0)  # blur sigma in pixels at 224 px, scaled to size
@@ -62,8 +65,15 @@ class ViewConfig:
         def bad(what: str, fix: str) -> SSLKitError:
             return SSLKitError(f"ViewConfig: {what}: {fix}")
 
-        if self.size < 1:
-            raise bad(f"size must be at least 1 pixel (got {self.size})", "use e.g. size=32")
+        for field in fields(self):  # NaN passes every comparison below; inf breaks the draws
+            value = getattr(self, field.name)
+            for v in value if isinstance(value, tuple) else (value,):
+                if isinstance(v, bool) or not isinstance(v, Real) or not math.isfinite(v):
+                    raise bad(f"{field.name} must be made of finite numbers, got {value!r}",
+                              f"use e.g. {field.name}={field.default!r}")
+        if not isinstance(self.size, Integral) or self.size < 1:
+            raise bad(f"size must be at least 1 pixel, a whole number (got {self.size!r})",
+                      "use e.g. size=32")
         (s_lo, s_hi), (r_lo, r_hi) = self.crop_scale, self.crop_ratio
         if not 0 < s_lo <= s_hi <= 1:
             raise bad(f"crop_scale must be (low, high) with 0 < low <= high <= 1, got "
@@ -78,6 +88,10 @@ class ViewConfig:
         if self.jitter_strength < 0 or self.rotate_degrees < 0:
             raise bad(f"jitter_strength and rotate_degrees must be >= 0 (got "
                       f"{self.jitter_strength} and {self.rotate_degrees})", "use 0 to switch off")
+        if self.jitter_strength > MAX_JITTER:  # the hue shift 0.2 s must stay within 0.5
+            raise bad(f"jitter_strength must be at most {MAX_JITTER}, so that its hue shift "
+                      f"0.2 * strength stays within torchvision's 0.5 (got {self.jitter_strength})",
+                      "use e.g. jitter_strength=1.0")
         if not 0 < self.blur_sigma[0] <= self.blur_sigma[1]:
             raise bad(f"blur_sigma must be (low, high) with 0 < low <= high, got "
                       f"{self.blur_sigma}", "use e.g. blur_sigma=(0.1, 2.0)")
@@ -322,6 +336,10 @@ def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, kernel_size: int | None 
     image's result never depends on the other images' sigmas. One grouped convolution per
     axis blurs all N*C planes at once.
     """
+    if x.ndim != 4 or sigma.shape != (len(x),):
+        raise SSLKitError(f"gaussian_blur needs images x (N, C, H, W) and one sigma per image, "
+                          f"sigma (N,), got {tuple(x.shape)} and {tuple(sigma.shape)}: pass e.g. "
+                          "torch.full((len(x),), 1.0)")
     n, c, h, w = x.shape
     s = sigma.cpu().double().clamp_min(1e-3)  # (N,) on the CPU, where the kernel is built
     if kernel_size is None:
@@ -340,11 +358,24 @@ def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, kernel_size: int | None 
     return planes.view(n, c, h, w)
 
 
+def view_input(x: torch.Tensor, who: str) -> torch.Tensor:
+    """The views' input check: x (N, C, H, W), uint8 in [0, 255] or floats in [0, 1] ->
+    float32 in [0, 1], or a one-line error (a missing batch axis, channels-last images, a dtype
+    other than uint8 or floating; float values outside [0, 1] on the CPU only: reading them on a
+    GPU would make every training step wait for it)."""
+    if x.ndim != 4:
+        raise SSLKitError(f"{who} needs a batch of shape (N, C, H, W), got {tuple(x.shape)}: "
+                          "add a batch axis with x[None]")
+    check_channels_first(x, who)
+    return unit_floats(x, who, check_range=x.device.type == "cpu")
+
+
 class SimCLRViews(nn.Module):
     """Random SimCLR views of a batch, new parameters for every sample.
 
     forward(x) with x (N, C, H, W), uint8 in [0, 255] or float in [0, 1], on any device
-    -> (N, C, size, size) float32 in [0, 1]. ``two_views(x)`` -> (v1, v2), two independent draws.
+    -> (N, C, size, size) float32 in [0, 1] (other input: see ``view_input``).
+    ``two_views(x)`` -> (v1, v2), two independent draws.
     A ``torch.Generator`` (on the CPU) makes the draws reproducible.
     """
 
@@ -354,13 +385,8 @@ class SimCLRViews(nn.Module):
         self.generator = generator
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.ndim != 4:
-            raise SSLKitError(
-                f"views need a batch of shape (N, C, H, W), got {tuple(x.shape)}: "
-                "add a batch axis with x[None]"
-            )
+        x = view_input(x, "SimCLRViews")  # (N, C, H, W) float32
         cfg, g, n = self.cfg, self.generator, x.shape[0]
-        x = x.float() / 255 if x.dtype == torch.uint8 else x.float()
         box = crop_params(n, cfg, g, image_size=x.shape[-2:])
         flip = torch.rand(n, generator=g) < cfg.flip_p
         angle = None
@@ -449,6 +475,12 @@ def rotate_batch(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def split_tiles(x: torch.Tensor, grid: int = 3) -> torch.Tensor:
     """x (N, C, H, W) with H, W divisible by grid -> tiles (N, grid*grid, C, H/grid, W/grid)."""
+    if isinstance(grid, bool) or not isinstance(grid, Integral) or grid < 1:
+        raise SSLKitError(f"split_tiles needs grid, the tiles per side, to be a whole number of at "
+                          f"least 1 (got {grid!r}): use e.g. grid=3")
+    if x.ndim != 4:
+        raise SSLKitError(f"split_tiles needs images (N, C, H, W), got {tuple(x.shape)}: add a "
+                          "batch axis with x[None]")
     n, c, h, w = x.shape
     if h % grid or w % grid:
         raise SSLKitError(f"split_tiles needs H and W divisible by grid={grid}, got "
@@ -460,6 +492,10 @@ def split_tiles(x: torch.Tensor, grid: int = 3) -> torch.Tensor:
 
 def merge_tiles(tiles: torch.Tensor, grid: int = 3) -> torch.Tensor:
     """The inverse of split_tiles: (N, grid*grid, C, th, tw) -> (N, C, grid*th, grid*tw)."""
+    if tiles.ndim != 5 or tiles.shape[1] != grid * grid:
+        raise SSLKitError(f"merge_tiles needs tiles (N, grid*grid, C, th, tw) = (N, {grid * grid}"
+                          f", C, th, tw) for grid={grid}, got {tuple(tiles.shape)}: pass what "
+                          "split_tiles or jigsaw_tiles returned, with the same grid")
     n, _, c, th, tw = tiles.shape
     x = tiles.reshape(n, grid, grid, c, th, tw)  # (N, row, col, C, th, tw)
     x = x.permute(0, 3, 1, 4, 2, 5)  # (N, C, row, th, col, tw)
@@ -470,6 +506,19 @@ def jigsaw_tiles(x: torch.Tensor, perms: torch.Tensor, grid: int = 3) -> torch.T
     """The shuffled tiles of each image: x (N, C, H, W), perms (N, grid*grid) int
     -> (N, grid*grid, C, H/grid, W/grid) with out[n, i] = tile perms[n, i] of image n."""
     tiles = split_tiles(x, grid)  # (N, T, C, th, tw)
+    t = grid * grid
+    if perms.shape != (len(x), t) or perms.is_floating_point() or perms.dtype == torch.bool:
+        raise SSLKitError(f"jigsaw_tiles needs integer perms (N, grid*grid) = ({len(x)}, {t}), "
+                          f"one order of the tiles per image, got {perms.dtype} "
+                          f"{tuple(perms.shape)}: pass e.g. hamming_permutations(P)[labels]")
+    # Values are read on the CPU only: on a GPU (Jigsaw's training step) it would make the host
+    # wait for the device (tests/test_no_host_sync.py).
+    if perms.device.type == "cpu":
+        wrong = (perms.sort(dim=1).values != torch.arange(t)).any(dim=1)  # (N,)
+        if bool(wrong.any()):
+            raise SSLKitError(f"jigsaw_tiles: every row of perms must be an order of the tiles "
+                              f"0..{t - 1}, each once, got {perms[wrong][0].tolist()}: pass rows "
+                              "of hamming_permutations(P, grid)")
     idx = to_device(perms.long(), x.device)[:, :, None, None, None].expand_as(tiles)
     return tiles.gather(1, idx)
 
@@ -522,7 +571,14 @@ def jitter_tiles(tiles: torch.Tensor, size: int, generator: torch.Generator | No
     """A random size x size crop of every tile, its own offset each: (N, T, C, th, tw) ->
     (N, T, C, size, size). The gaps this leaves between neighbouring tiles stop a network from
     matching edges that continue from tile to tile (a shortcut both tile tasks warn about)."""
+    if tiles.ndim != 5:
+        raise SSLKitError(f"jitter_tiles needs tiles (N, T, C, th, tw), got "
+                          f"{tuple(tiles.shape)}: for images (N, C, H, W) pass x[:, None]")
     n, t, c, th, tw = tiles.shape
+    if isinstance(size, bool) or not isinstance(size, Integral) or not 1 <= size <= min(th, tw):
+        raise SSLKitError(f"jitter_tiles crops each {th}x{tw} tile to size x size, so size must be "
+                          f"a whole number from 1 to {min(th, tw)} (got {size!r}): use a smaller "
+                          "size or larger tiles")
     oy = to_device(torch.randint(0, th - size + 1, (n, t), generator=generator), tiles.device)
     ox = to_device(torch.randint(0, tw - size + 1, (n, t), generator=generator), tiles.device)
     steps = torch.arange(size, device=tiles.device)
@@ -542,6 +598,18 @@ def patch_pairs(x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, to
     0..7 -> (centre (N, C, H/3, W/3), neighbour (N, C, H/3, W/3)): the middle tile of the 3x3
     grid and its neighbour NEIGHBOURS[label]."""
     tiles = split_tiles(x, 3)  # (N, 9, C, th, tw)
+    if labels.shape != (len(x),) or labels.is_floating_point() or labels.dtype == torch.bool:
+        raise SSLKitError(f"patch_pairs needs integer labels (N,) = ({len(x)},) in 0..7, one per "
+                          f"image, got {labels.dtype} {tuple(labels.shape)}: pass e.g. "
+                          f"torch.randint(8, ({len(x)},))")
+    # Values are read on the CPU only: on a GPU (RelativePatch's training step) it would make
+    # the host wait for the device (tests/test_no_host_sync.py).
+    if labels.device.type == "cpu":
+        wrong = (labels < 0) | (labels >= len(NEIGHBOURS))  # (N,)
+        if bool(wrong.any()):
+            raise SSLKitError(f"patch_pairs: labels must be neighbour positions 0..7, got "
+                              f"{labels[wrong][0].item()}: count the 8 neighbours of the centre "
+                              "tile in reading order")
     neighbours = to_device(torch.tensor(NEIGHBOURS), x.device)  # (8,)
     which = neighbours[to_device(labels.long(), x.device)]  # (N,)
     rows = torch.arange(len(x), device=x.device)
@@ -578,8 +646,13 @@ def sobel(x: torch.Tensor) -> torch.Tensor:
     """Edge magnitude of the luminance, in every channel: (N, C, H, W) -> (N, C, H, W) in [0, 1].
 
     g = sqrt(gx^2 + gy^2) with the 3x3 Sobel kernels (replicate padding, so a constant image
-    gives 0), divided by 4 sqrt(2), the largest value an image in [0, 1] can reach.
+    gives 0), divided by 4 sqrt(2), the largest value an image in [0, 1] can reach. uint8
+    images are divided by 255 first.
     """
+    if x.ndim != 4:
+        raise SSLKitError(f"sobel needs images (N, C, H, W), got {tuple(x.shape)}: add a batch "
+                          "axis with x[None]")
+    x = unit_floats(x, "sobel", check_range=x.device.type == "cpu")  # values: on the CPU only
     gray = to_gray(x) if x.shape[1] == 3 else x.mean(dim=1, keepdim=True)  # (N, 1, H, W)
     kx = to_device(torch.tensor(SOBEL_X, dtype=x.dtype), x.device)  # (3, 3)
     kernels = torch.stack([kx, kx.T])[:, None]  # (2, 1, 3, 3): d/dx, d/dy
@@ -646,10 +719,14 @@ class ComposedViews(nn.Module):
             return gaussian_noise(x, self.noise_std, g)
         if op == "blur":
             return gaussian_blur(x, _uniform(n, *cfg.blur_sigma, g))
-        return random_quarter_turns(x, g)[0]  # rotate
+        if x.shape[-2] != x.shape[-1]:  # rotate
+            raise SSLKitError(f"ComposedViews' rotate needs square images (a quarter turn swaps "
+                              f"H and W), got {tuple(x.shape)}: put 'crop' before 'rotate' or "
+                              "crop the images to H = W first")
+        return random_quarter_turns(x, g)[0]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.float() / 255 if x.dtype == torch.uint8 else x.float()
+        x = view_input(x, "ComposedViews")  # (N, C, H, W) float32
         for op in self.ops:
             x = self.apply(op, x)
         return x
@@ -657,6 +734,23 @@ class ComposedViews(nn.Module):
     def two_views(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self(x), self(x)
 
-    def per_image(self) -> PerImageViews:
-        """The same two views for one image with torchvision (the DataLoader path)."""
-        return PerImageViews([self.cfg, self.cfg])
+    def per_image(self) -> ComposedPerImage:
+        """The same two views for one image (the DataLoader path): these ops applied to a batch
+        of one, as there is no torchvision form of sobel, noise or the quarter turns."""
+        return ComposedPerImage(self.ops, self.cfg, self.noise_std)
+
+
+class ComposedPerImage:
+    """One image (C, H, W) uint8 or [0, 1] floats -> two views made by ComposedViews' ops on a
+    batch of one. Picklable, so DataLoader worker processes can run it; it draws from torch's
+    global generator, which the DataLoader seeds differently in every worker."""
+
+    def __init__(self, ops: tuple[str, ...], cfg: ViewConfig, noise_std: float):
+        self.views = ComposedViews(ops, cfg, None, noise_std)
+
+    def __call__(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if image.ndim != 3:
+            raise SSLKitError(f"per-image views take one image (C, H, W), got "
+                              f"{tuple(image.shape)}: pass images one at a time, e.g. x[0]")
+        first, second = self.views.two_views(image[None])  # (1, C, S, S) each
+        return first[0], second[0]

@@ -16,25 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sslkit.errors import SSLKitError
-
-
-def _unit_floats(images: torch.Tensor, who: str, check_range: bool = True) -> torch.Tensor:
-    """Images as the training views take them -> float32 in [0, 1]: uint8 is divided by 255,
-    floats must already be in [0, 1] (they pass unchanged). Floats clearly outside that range
-    (e.g. 0..255 after a bare ``.float()``, or standardised pixels) are a one-line error rather
-    than features of a wrongly scaled input."""
-    if images.dtype == torch.uint8:
-        return images.float() / 255
-    if not images.is_floating_point():
-        raise SSLKitError(f"{who} takes uint8 images in [0, 255] or floats in [0, 1], got "
-                          f"{images.dtype}: convert with images.to(torch.uint8)")
-    images = images.float()
-    if check_range and len(images):
-        low, high = (float(v) for v in torch.aminmax(images))
-        if low < -0.01 or high > 1.01:
-            raise SSLKitError(f"{who} got float images in [{low:.3g}, {high:.3g}]: pass uint8 "
-                              "in [0, 255] or floats in [0, 1] (e.g. images.float() / 255)")
-    return images
+from sslkit.unit_images import unit_floats
 
 
 def _check_finite(features: torch.Tensor, name: str) -> None:
@@ -109,7 +91,7 @@ def extract_features(
     feats = []  # (b, D) per batch
     try:
         for start in range(0, len(images), batch_size):
-            x = _unit_floats(images[start : start + batch_size], "extract_features")
+            x = unit_floats(images[start : start + batch_size], "extract_features")
             h = encoder(x.to(device, dtype))
             if not isinstance(h, torch.Tensor) or h.shape[:1] != x.shape[:1] or h.ndim != 2:
                 shape = tuple(h.shape) if isinstance(h, torch.Tensor) else type(h).__name__
@@ -133,7 +115,7 @@ def pixels(images: torch.Tensor) -> torch.Tensor:
     if images.ndim < 2 or len(images) == 0:
         raise SSLKitError(f"pixels needs a non-empty batch of images (N, C, H, W), got shape "
                           f"{tuple(images.shape)}: pass e.g. data.test_x")
-    return _unit_floats(images, "pixels").reshape(len(images), -1)
+    return unit_floats(images, "pixels").reshape(len(images), -1)
 
 
 def knn_predict(
@@ -515,14 +497,14 @@ def fine_tune(
                           f"batch_size={batch_size}): use e.g. steps=300, batch_size=64")
     _check_labels(labels, len(images), num_classes, "fine_tune")
     if images.dtype != torch.uint8:
-        _unit_floats(images, "fine_tune")  # floats: checked once here to be in [0, 1]
+        unit_floats(images, "fine_tune")  # floats: checked once here to be in [0, 1]
     labels = labels.long()
     num_classes = num_classes or int(labels.max()) + 1
     device = next(encoder.parameters()).device
     head = _zero_linear(encoder.feature_dim, num_classes)
     body = copy.deepcopy(encoder)
     if standardize:
-        pixels_ = _unit_floats(images, "fine_tune")
+        pixels_ = unit_floats(images, "fine_tune")
         std = float(pixels_.std()) or 1.0
         body = nn.Sequential(_Standardize(float(pixels_.mean()), std), body)
     model = nn.Sequential(body, head).to(device).train()
@@ -536,7 +518,7 @@ def fine_tune(
                 for group in optimizer.param_groups:
                     group["lr"] = lr * min(1.0, (step + 1) / warmup_steps)
             idx = torch.randint(0, len(images), (batch_size,), generator=generator)
-            x = _unit_floats(images[idx.to(images.device)], "fine_tune", check_range=False)
+            x = unit_floats(images[idx.to(images.device)], "fine_tune", check_range=False)
             if augment is not None:  # x: (B, C, H, W) floats in [0, 1]
                 x = _augment(x, augment, generator)
             # the probe's step (cross-entropy, zero_grad, backward, step), through the encoder

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from sslkit.errors import SSLKitError
+from sslkit.unit_images import unit_floats
 
 
 def save(fig, path: str | Path | None):
@@ -27,8 +28,9 @@ def image_grid(images: torch.Tensor, nrow: int = 8, title: str | None = None, pa
         raise SSLKitError(f"image_grid needs a non-empty batch (N, C, H, W) with 1, 3 or 4 "
                           f"channels and nrow >= 1, got {tuple(images.shape)}, nrow={nrow}: "
                           "pass e.g. data.train_x[:16]")
-    images = images.detach().cpu()
-    images = images.float() / 255 if images.dtype == torch.uint8 else images.float()
+    # on the CPU, where reading the values costs nothing: floats must be in [0, 1] (0..255 or
+    # standardised pixels would show all white or clipped), integers must be uint8
+    images = unit_floats(images.detach().cpu(), "image_grid")
     n = len(images)
     rows = (n + nrow - 1) // nrow
     fig, axes = plt.subplots(rows, nrow, figsize=(1.2 * nrow, 1.2 * rows), squeeze=False)

@@ -549,3 +549,108 @@ def test_views_under_autocast_are_the_float32_views():
             mixed = make(torch.Generator().manual_seed(3))
         assert mixed.dtype == torch.float32, name
         assert torch.equal(mixed, plain), (name, float((mixed - plain).abs().max()))
+
+
+# ------------------------------------------------------------- bad images and settings (audit)
+def _image_takers():
+    """Everything that takes a batch of images (N, C, H, W) as the views do, by name."""
+    from sslkit.augment import ComposedViews
+    from sslkit.methods import Jigsaw, RelativePatch, Rotation
+    from sslkit.methods.dino import MultiCropViews
+    from sslkit.models import ConvNet
+
+    return {
+        "SimCLRViews": SimCLRViews(ViewConfig(size=8)),
+        "ComposedViews": ComposedViews(("crop", "colour"), ViewConfig(size=8)),
+        "MultiCropViews": MultiCropViews(ViewConfig(size=8), n_local=1, local_size=4),
+        "Rotation": Rotation(ConvNet(3, (4, 8))).logits_labels,
+        "Jigsaw": Jigsaw(ConvNet(3, (4, 8)), num_permutations=2, gap=0, tile_size=4,
+                         hidden_dim=4).make_puzzles,
+        "RelativePatch": RelativePatch(ConvNet(3, (4, 8)), gap=0, tile_size=4,
+                                       hidden_dim=4).make_pairs,
+    }
+
+
+@pytest.mark.parametrize("who", ["SimCLRViews", "ComposedViews", "MultiCropViews", "Rotation",
+                                 "Jigsaw", "RelativePatch"])
+def test_images_in_0_to_255_as_floats_or_int64_are_one_line_errors(who):
+    """They used to give all-white views (every value clamped to 1) without a word, or fail
+    deep inside torch for int64."""
+    take = _image_takers()[who]
+    images = torch.randint(0, 256, (4, 3, 12, 12), generator=gen(40), dtype=torch.uint8)
+    images[0, 0, 0, :2] = torch.tensor([0, 255])
+    take(images)  # uint8 and [0, 1] floats are what they take
+    take(images.float() / 255)
+    wrongs = [(images.long(), "torch.int64"), (images.bool(), "torch.bool")]
+    if who not in ("Jigsaw", "RelativePatch"):  # tiles take any float range (their tests)
+        wrongs.append((images.float(), r"float images in \[0, 255\]"))
+    for wrong, expected in wrongs:
+        with pytest.raises(SSLKitError, match=expected) as err:
+            take(wrong)
+        msg = str(err.value)
+        assert "\n" not in msg and who in msg and ("/ 255" in msg or "uint8" in msg)
+
+
+def test_the_range_check_reads_no_device_values():
+    """The value check runs on the CPU only: on a GPU it would make every training step wait
+    (tests/test_no_host_sync.py). Meta tensors have no values, so any read would raise here;
+    the dtype check still runs there."""
+    meta = torch.empty(2, 3, 12, 12, device="meta")
+    assert SimCLRViews(ViewConfig(size=8))(meta).shape == (2, 3, 8, 8)
+    with pytest.raises(SSLKitError, match="torch.int64"):
+        SimCLRViews(ViewConfig(size=8))(meta.long())
+
+
+@pytest.mark.parametrize("channels", [1, 3, 4])
+def test_channels_last_images_are_a_one_line_error(channels):
+    """(N, H, W, C) used to give views of shape (N, H, size, size) silently."""
+    for who, take in _image_takers().items():
+        if who in ("Rotation", "Jigsaw", "RelativePatch"):  # not views: they take any C
+            continue
+        images = torch.rand(2, 12, 12, channels, generator=gen(41))
+        with pytest.raises(SSLKitError, match=r"permute\(0, 3, 1, 2\)") as err:
+            take(images)
+        assert "\n" not in str(err.value) and "channels-last" in str(err.value)
+        take(images.permute(0, 3, 1, 2))  # the fix the message gives
+
+
+@pytest.mark.parametrize("settings,expected", [
+    ({"jitter_strength": math.nan}, "jitter_strength must be made of finite numbers"),
+    ({"rotate_degrees": math.nan}, "rotate_degrees must be made of finite numbers"),
+    ({"rotate_degrees": math.inf}, "rotate_degrees must be made of finite numbers"),
+    ({"size": math.nan}, "size must be made of finite numbers"),
+    ({"size": 32.5}, "size must be at least 1 pixel, a whole number"),  # gave 33x33 views
+    ({"crop_ratio": (0.5, math.inf)}, "crop_ratio must be made of finite numbers"),
+    ({"blur_sigma": (0.1, math.inf)}, "blur_sigma must be made of finite numbers"),
+    ({"flip_p": "0.5"}, "flip_p must be made of finite numbers"),  # a TypeError in a comparison
+    ({"jitter_strength": 3.0}, "at most 2.5"),  # torchvision's hue bound (0.2 * 3 > 0.5)
+])
+def test_view_settings_that_broke_the_views_silently_are_one_line_errors(settings, expected):
+    with pytest.raises(SSLKitError, match=expected) as err:
+        ViewConfig(**settings)
+    assert "\n" not in str(err.value) and "use e.g." in str(err.value)
+
+
+def test_the_largest_jitter_strength_works_in_both_pipelines():
+    """2.5 is the bound: hue shift 0.2 * 2.5 = 0.5, the most torchvision's ColorJitter takes."""
+    cfg = ViewConfig(size=8, jitter_strength=2.5)
+    image = torch.randint(0, 256, (3, 12, 12), generator=gen(42), dtype=torch.uint8)
+    assert view_transform(cfg)(image).shape == (3, 8, 8)
+    assert SimCLRViews(cfg, gen(0))(image[None]).shape == (1, 3, 8, 8)
+
+
+def test_composed_per_image_views_apply_its_ops():
+    """per_image() (the DataLoader path) used to give the full SimCLR pipeline whatever the
+    ops; sobel alone is deterministic, so both views are the Sobel image."""
+    import pickle
+
+    from sslkit.augment import ComposedViews, sobel
+
+    image = torch.randint(0, 256, (3, 12, 12), generator=gen(43), dtype=torch.uint8)
+    per_image = pickle.loads(pickle.dumps(ComposedViews(("sobel",)).per_image()))  # to workers
+    first, second = per_image(image)
+    expected = sobel(image[None].float() / 255)[0]
+    torch.testing.assert_close(first, expected)
+    torch.testing.assert_close(second, expected)
+    crop, _ = ComposedViews(("crop",), ViewConfig(size=8)).per_image()(image)
+    assert crop.shape == (3, 8, 8)

@@ -10,9 +10,15 @@ from sslkit.augment import (
     ComposedViews,
     ViewConfig,
     cutout,
+    gaussian_blur,
     gaussian_noise,
+    jigsaw_tiles,
+    jitter_tiles,
+    merge_tiles,
+    patch_pairs,
     random_quarter_turns,
     sobel,
+    split_tiles,
 )
 from sslkit.errors import SSLKitError
 
@@ -78,3 +84,54 @@ def test_composed_views_apply_ops_in_order_and_reject_unknown_ones():
     assert torch.allclose(both(x), sobel(x))
     with pytest.raises(SSLKitError, match="unknown augmentation 'jpeg'"):
         ComposedViews(("crop", "jpeg"))
+
+
+# ------------------------------------------------------------- bad input to the helpers (audit)
+def _tiles_images():
+    return torch.rand(2, 1, 9, 9, generator=torch.Generator().manual_seed(5))
+
+
+@pytest.mark.parametrize("call,expected", [
+    (lambda x: split_tiles(x, 0), "grid=3"),  # / 0
+    (lambda x: split_tiles(x, 1.5), "whole number"),
+    (lambda x: split_tiles(x[0]), r"x\[None\]"),  # unpack
+    (lambda x: merge_tiles(x), "split_tiles"),
+    (lambda x: jigsaw_tiles(
+        x, torch.tensor([[0, 1, 2, 3, 4, 5, 6, 7, 9]] * 2)), r"got \[0, 1, 2, 3, 4, 5, 6, 7, 9\]"),
+    (lambda x: jigsaw_tiles(
+        x, torch.tensor([[0, 0, 2, 3, 4, 5, 6, 7, 8]] * 2)), "each once"),  # a tile twice
+    (lambda x: jigsaw_tiles(x, torch.arange(9)), r"\(2, 9\)"),
+    (lambda x: patch_pairs(x, torch.tensor([0, 8])),
+     "got 8"),  # an IndexError
+    (lambda x: patch_pairs(x, torch.tensor([-1, 0])),
+     "got -1"),  # silently neighbour 7
+    (lambda x: patch_pairs(x, torch.tensor([0.0, 1.0])),
+     "integer labels"),
+    (lambda x: jitter_tiles(x[:, None], 10), "from 1 to 9"),
+    (lambda x: jitter_tiles(x, 2), r"x\[:, None\]"),
+    (lambda x: gaussian_blur(x, torch.ones(3)),
+     "one sigma per image"),  # a reshape error
+    (lambda x: ComposedViews(("rotate",))(x[:, :, :, :8]), "square"),  # a torch.stack error
+    (lambda x: sobel(x.long()), "torch.int64"),
+])
+def test_helpers_give_one_line_errors_for_plausible_mistakes(call, expected):
+    with pytest.raises(SSLKitError, match=expected) as err:
+        call(_tiles_images())
+    assert "\n" not in str(err.value)
+
+
+def test_sobel_takes_uint8_images_as_the_views_do():
+    """sobel(uint8) used to fail with an overflow error; it is the Sobel image of x / 255."""
+    x = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8,
+                      generator=torch.Generator().manual_seed(6))
+    torch.testing.assert_close(sobel(x), sobel(x.float() / 255))
+
+
+def test_helper_value_checks_read_no_device_values():
+    """Labels and permutations live on the GPU in Jigsaw's and RelativePatch's training steps:
+    their values are checked on the CPU only (meta tensors have none to read)."""
+    x = torch.empty(2, 1, 9, 9, device="meta")
+    assert jigsaw_tiles(x, torch.empty(2, 9, dtype=torch.long, device="meta")).shape == (
+        2, 9, 1, 3, 3)
+    assert patch_pairs(x, torch.empty(2, dtype=torch.long, device="meta"))[1].shape == (2, 1, 3, 3)
+    assert jitter_tiles(x[:, None], 6).shape == (2, 1, 1, 6, 6)

@@ -477,3 +477,16 @@ def test_topk_accuracy_with_a_fractional_k_is_a_one_line_error():
         topk_accuracy(logits, labels, 1.5)
     assert "\n" not in str(err.value)
     assert topk_accuracy(logits, labels, 4) == 1.0  # whole k as before
+
+
+def test_images_with_nan_are_a_one_line_error():
+    """NaN passed the [0, 1] check of the images (every comparison with NaN is False) and gave
+    NaN features; the check is shared with the views and the plots (sslkit.unit_images)."""
+    from sslkit.unit_images import unit_floats
+
+    images = torch.rand(3, 1, 4, 4, generator=gen(60))
+    images[1, 0, 2, 2] = math.nan
+    with pytest.raises(SSLKitError, match="NaN") as err:
+        pixels(images)
+    assert "\n" not in str(err.value) and "pixels" in str(err.value)
+    assert unit_floats(images, "x", check_range=False).shape == images.shape  # not read: passes

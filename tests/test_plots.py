@@ -85,3 +85,18 @@ def test_bad_input_is_a_one_line_error(call, expected):
     with pytest.raises(SSLKitError, match=expected) as err:
         call()
     assert "\n" not in str(err.value)
+
+
+RAMP = torch.linspace(0, 255, 4 * 3 * 4 * 4).reshape(4, 3, 4, 4)  # values 0..255
+
+
+@pytest.mark.parametrize("images,expected", [
+    (RAMP, r"float images in \[0, 255\]"),  # a forgotten / 255
+    (RAMP.long(), "torch.int64"),
+    (RAMP / 255 * 6 - 3, r"float images in \[-3, 3\]"),  # standardised pixels
+])
+def test_image_grid_refuses_images_it_would_show_all_white(images, expected):
+    """The grid clamped these to [0, 1] and showed white (or clipped) squares without a word."""
+    with pytest.raises(SSLKitError, match=expected) as err:
+        plots.image_grid(images)
+    assert "\n" not in str(err.value) and "image_grid" in str(err.value)

@@ -374,3 +374,15 @@ def test_inpainting_on_images_of_the_wrong_channel_count_is_a_one_line_error():
     with pytest.raises(SSLKitError, match=r"\(N, 3, H, W\), got shape \(2, 1, 16, 16\)") as err:
         tiny_inpainting(3)(torch.rand(2, 1, 16, 16))
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("make", [lambda: Colorization(), lambda: Inpainting(3)])
+@pytest.mark.parametrize("images,expected", [
+    (torch.full((2, 3, 32, 32), 200.0), "got float images in [200, 200]"),  # forgot / 255
+    (torch.zeros(2, 3, 32, 32, dtype=torch.long), "got torch.int64"),
+])
+def test_pixels_in_0_to_255_as_floats_or_int64_are_one_line_errors(make, images, expected):
+    """Both took the floats without an error, training on pixels 255 times too large."""
+    with pytest.raises(SSLKitError) as info:
+        make()(images)
+    assert expected in str(info.value) and "\n" not in str(info.value)

@@ -34,6 +34,7 @@ from torch import nn
 from sslkit.errors import SSLKitError
 from sslkit.models.decoder import decoder_for, feature_map, resolve_encoder
 from sslkit.transfer import to_device
+from sslkit.unit_images import unit_floats
 
 # sRGB (linear) -> XYZ, D65 (IEC 61966-2-1); rows give X, Y, Z.
 RGB_TO_XYZ = (
@@ -90,9 +91,10 @@ def merge_lab(L: torch.Tensor, ab: torch.Tensor) -> torch.Tensor:
     return lab_to_rgb(torch.cat([L, ab], dim=1)).clamp(0, 1)
 
 
-def to_float(x: torch.Tensor) -> torch.Tensor:
-    """uint8 in [0, 255] or float in [0, 1] -> float32 in [0, 1]."""
-    return x.float() / 255 if x.dtype == torch.uint8 else x.float()
+def to_float(x: torch.Tensor, who: str) -> torch.Tensor:
+    """uint8 in [0, 255] or float in [0, 1] -> float32 in [0, 1]; other dtypes, and on the CPU
+    floats outside [0, 1] (a forgotten / 255), are one-line errors naming `who`."""
+    return unit_floats(x, who, check_range=x.device.type == "cpu")
 
 
 def check_image_side(encoder: nn.Module, h: int, w: int, who: str) -> None:
@@ -135,7 +137,7 @@ class Colorization(nn.Module):
             raise SSLKitError(f"Colorization needs RGB images (N, 3, H, W), got shape "
                               f"{tuple(x.shape)}: train it on colour_patches()")
         with torch.autocast(x.device.type, enabled=False):
-            return split_lab(to_float(x))
+            return split_lab(to_float(x, "Colorization"))
 
     def predict_ab(self, L: torch.Tensor) -> torch.Tensor:
         """L (N, 1, H, W) in [0, 100] -> predicted ab (N, 2, H, W) in (-110, 110)."""

@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sslkit import distributed
-from sslkit.augment import PerImageViews, SimCLRViews, ViewConfig
+from sslkit.augment import PerImageViews, SimCLRViews, ViewConfig, view_input
 from sslkit.errors import SSLKitError
 from sslkit.losses import dino_loss
 from sslkit.methods.momentum import StepPosition, update_momentum
@@ -126,7 +126,7 @@ class MultiCropViews(nn.Module):
                                        generator)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        x = x.float() / 255 if x.dtype == torch.uint8 else x  # converted once for every crop
+        x = view_input(x, "MultiCropViews")  # float32 in [0, 1], converted once for every crop
         return ([self.global_views(x) for _ in range(2)]
                 + [self.local_views(x) for _ in range(self.n_local)])
 

@@ -109,7 +109,7 @@ class Inpainting(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (N, C, H, W), uint8 or float in [0, 1] -> scalar loss."""
-        x = to_float(x)
+        x = to_float(x, "Inpainting")
         masked, mask = self.mask_batch(x)
         recon = self.forward_decoder(self.forward_encoder(masked))
         return self.forward_loss(x, recon, mask)
@@ -122,7 +122,7 @@ class Inpainting(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            x = to_float(x)
+            x = to_float(x, "Inpainting")
             masked, mask = self.mask_batch(x)
             return masked, self.forward_decoder(self.forward_encoder(masked)), mask
         finally:

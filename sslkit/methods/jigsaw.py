@@ -39,6 +39,7 @@ from sslkit.augment import hamming_permutations, jigsaw_tiles, jitter_tiles
 from sslkit.errors import SSLKitError
 from sslkit.methods.options import check_options, fix
 from sslkit.transfer import to_device
+from sslkit.unit_images import unit_floats
 
 
 def check_tile_side(side: int, gap: int, grid: int = 3) -> None:
@@ -53,7 +54,7 @@ def check_tile_side(side: int, gap: int, grid: int = 3) -> None:
 def check_head_batch(head: nn.Module, n: int, what: str) -> None:
     """One-line error for a training batch of one: the head's BatchNorm1d needs 2 samples.
     (A BatchNorm synchronised across processes, which torchrun swaps in, may see 1 per rank.)"""
-    if head.training and n < 2 and any(type(m) is nn.BatchNorm1d for m in head.modules()):
+    if head.training and n < 2 and any(isinstance(m, nn.BatchNorm1d) for m in head.modules()):
         raise SSLKitError(f"the {what} head's BatchNorm needs at least 2 images per training "
                           f"batch, got {n}: use a batch of 2 or more, or call .eval() first")
 
@@ -113,7 +114,8 @@ class Jigsaw(nn.Module):
 
     def make_puzzles(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x (N, C, H, W) uint8 or [0, 1] floats -> (tiles (N, T, C, S, S), labels (N,))."""
-        x = x.float() / 255 if x.dtype == torch.uint8 else x
+        # float32; any float range is taken (the tiles' positions do not depend on the values)
+        x = unit_floats(x, "Jigsaw", check_range=False)
         n, g = len(x), self.generator
         check_tile_side(min(x.shape[2:]), self.gap, self.grid)
         cell = min(x.shape[2:]) // self.grid

@@ -24,6 +24,7 @@ from sslkit.augment import jitter_tiles, patch_pairs
 from sslkit.methods.jigsaw import check_head_batch, check_tile_side, tile_head
 from sslkit.methods.options import check_options
 from sslkit.transfer import to_device
+from sslkit.unit_images import unit_floats
 
 
 class RelativePatch(nn.Module):
@@ -45,7 +46,8 @@ class RelativePatch(nn.Module):
 
     def make_pairs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x (N, C, H, W) uint8 or [0, 1] floats -> (centre, neighbour (N, C, S, S), labels)."""
-        x = x.float() / 255 if x.dtype == torch.uint8 else x
+        # float32; any float range is taken (the tiles' positions do not depend on the values)
+        x = unit_floats(x, "RelativePatch", check_range=False)
         n, g = len(x), self.generator
         check_tile_side(min(x.shape[2:]), self.gap)
         cell = min(x.shape[2:]) // 3

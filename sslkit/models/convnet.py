@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from sslkit.errors import SSLKitError
-from sslkit.models.image_input import check_image_batch
+from sslkit.unit_images import check_encoder_input
 
 
 def conv_block(c_in: int, c_out: int) -> nn.Sequential:
@@ -44,7 +44,7 @@ class ConvNet(nn.Module):
     def check_images(self, x: torch.Tensor) -> None:
         """One-line error unless x is float images (N, in_channels, H, W) with sides the
         max-pools can take."""
-        check_image_batch(x, self.in_channels, "ConvNet")
+        check_encoder_input(x, self.in_channels, "ConvNet")
         if min(x.shape[2:]) < self.min_image_size:
             raise SSLKitError(f"ConvNet's {len(self.blocks)} max-pools need image sides of at "
                               f"least {self.min_image_size}, got {tuple(x.shape[2:])}: resize "

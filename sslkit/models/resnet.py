@@ -13,13 +13,13 @@ import torchvision
 from torch import nn
 
 from sslkit.errors import SSLKitError
-from sslkit.models.image_input import check_image_batch
+from sslkit.unit_images import check_encoder_input
 
 
 def check_images(net: nn.Module, args: tuple[torch.Tensor]) -> None:
     """Forward pre-hook: a one-line error unless the input is float images (N, C, H, W) with
     conv1's C."""
-    check_image_batch(args[0] if args else None, net.conv1.in_channels, "ResNet")
+    check_encoder_input(args[0] if args else None, net.conv1.in_channels, "ResNet")
 
 
 def resnet(depth: int = 18, in_channels: int = 3, cifar_stem: bool = True) -> nn.Module:

@@ -16,8 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from sslkit.errors import SSLKitError
-from sslkit.models.image_input import check_image_batch
 from sslkit.transfer import to_device
+from sslkit.unit_images import check_encoder_input
 
 
 def patchify(imgs: torch.Tensor, patch_size: int) -> torch.Tensor:
@@ -144,7 +144,7 @@ class ViT(nn.Module):
 
     def tokens(self, x: torch.Tensor) -> torch.Tensor:
         """(N, C, S, S) -> (N, 1 + L, dim): [CLS] and patch embeddings with positions."""
-        check_image_batch(x, self.in_channels, "ViT")  # float images (N, C, H, W)
+        check_encoder_input(x, self.in_channels, "ViT")  # float images (N, C, H, W)
         if x.shape[2] != x.shape[3]:
             raise SSLKitError(f"ViT takes square images (N, C, S, S), got {tuple(x.shape)}: "
                               "crop or resize them to a square")
