@@ -272,3 +272,14 @@ def test_v2_blur_at_32_pixels_is_next_to_none():
     point[0, 0, 2, 2] = 1.0
     blurred = gaussian_blur(point, torch.tensor([sigma_high]), kernel)[0, 0]
     assert blurred[2, 2] > 0.99 and blurred[2, 1] < 0.003 and blurred[1, 1] < 1e-5
+
+
+def test_a_training_batch_of_one_is_a_one_line_error():
+    """Its head's BatchNorm (grouped, for shuffle-BN) failed with torch's "Expected more than 1
+    value per channel"; in eval mode one image is fine."""
+    method = build_method("moco", "convnet-small", 3, "cifar10", 32)
+    with pytest.raises(SSLKitError, match="MoCo query head's BatchNorm needs at least 2") as e:
+        method(torch.zeros(1, 3, 32, 32, dtype=torch.uint8))
+    assert "\n" not in str(e.value)
+    method.eval()
+    assert torch.isfinite(method(torch.zeros(1, 3, 32, 32, dtype=torch.uint8)))

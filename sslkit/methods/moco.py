@@ -61,6 +61,7 @@ from sslkit import distributed
 from sslkit.augment import SimCLRViews, ViewConfig
 from sslkit.errors import SSLKitError
 from sslkit.losses import moco_loss
+from sslkit.methods.jigsaw import check_head_batch
 from sslkit.methods.momentum import StepPosition, update_momentum
 from sslkit.models.grouped_batchnorm import batchnorm_groups, group_batchnorms
 from sslkit.models.heads import projection_head
@@ -214,6 +215,7 @@ class MoCo(nn.Module, StepPosition):
 
     def loss_on_views(self, v1: torch.Tensor, v2: torch.Tensor) -> torch.Tensor:
         """One MoCo loss: momentum update, keys, loss against the queue, then enqueue."""
+        check_head_batch(self.head, len(v1), "MoCo query")
         n = len(v1) * distributed.world_size()  # keys per step from all ranks
         check_queue_size(self.queue.shape[0], 2 * n if self.symmetric else n)
         q1 = self.embed_query(v1)  # (N, D)
