@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sslkit.augment import ViewConfig, crop_params, resized_crop_flip
 from sslkit.errors import SSLKitError
 from sslkit.unit_images import unit_floats
 
@@ -350,7 +351,8 @@ class Standardize(nn.Module):
         self.register_buffer("std", torch.where(std < eps, 1.0, std + eps))  # (D,)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.mean) / self.std
+        """x (M, D) features of any float dtype -> (M, D) in the dtype the probe was fit in."""
+        return (x.to(self.mean.dtype) - self.mean) / self.std
 
 
 def linear_probe_step(
@@ -429,8 +431,6 @@ def train_linear_probe(
 def _augment(x: torch.Tensor, cfg, generator: torch.Generator) -> torch.Tensor:
     """Label-preserving views for supervised training: the crop, flip and rotation of cfg (a
     ViewConfig), no colour changes. x (N, C, H, W) floats -> (N, C, cfg.size, cfg.size)."""
-    from sslkit.augment import crop_params, resized_crop_flip
-
     n = len(x)
     box = crop_params(n, cfg, generator, image_size=x.shape[-2:])  # (n, 4)
     flip = torch.rand(n, generator=generator) < cfg.flip_p
@@ -492,9 +492,13 @@ def fine_tune(
     if not hasattr(encoder, "feature_dim"):
         raise SSLKitError("fine_tune needs an encoder with .feature_dim (see sslkit.models): "
                           "pass method.encoder, not the whole method")
-    if steps < 0 or batch_size < 1:
-        raise SSLKitError(f"fine_tune needs steps >= 0 and batch_size >= 1 (got steps={steps}, "
-                          f"batch_size={batch_size}): use e.g. steps=300, batch_size=64")
+    _check_whole(batch_size, "batch_size", "64")
+    if isinstance(steps, bool) or not isinstance(steps, Integral) or steps < 0:
+        raise SSLKitError(f"fine_tune needs a whole number of steps >= 0 (got {steps!r}): use "
+                          "e.g. steps=300")
+    if augment is not None and not isinstance(augment, ViewConfig):
+        raise SSLKitError(f"fine_tune's augment is a ViewConfig (its crop, flip and rotation) or "
+                          f"None, got {augment!r}: pass e.g. augment=view_config_for('digits')")
     _check_labels(labels, len(images), num_classes, "fine_tune")
     if images.dtype != torch.uint8:
         unit_floats(images, "fine_tune")  # floats: checked once here to be in [0, 1]

@@ -182,6 +182,17 @@ def test_a_feature_constant_in_training_cannot_swamp_the_test_logits():
     assert torch.equal(shifted.argmax(1), plain(x).argmax(1))
 
 
+def test_the_probe_takes_features_of_any_float_dtype():
+    """Fit in float32, it failed on float64 features with "mat1 and mat2 must have the same
+    dtype"; it casts them to its own dtype."""
+    train_f = torch.randn(20, 3, generator=gen(7))
+    train_y = (train_f[:, 0] > 0).long()
+    probe = train_linear_probe(train_f, train_y, epochs=3)
+    with torch.no_grad():
+        torch.testing.assert_close(probe(train_f.double()), probe(train_f))
+        torch.testing.assert_close(probe(train_f.half()), probe(train_f.half().float()))
+
+
 def test_probe_bad_input():
     with pytest.raises(SSLKitError, match="features"):
         train_linear_probe(torch.zeros(5, 2), torch.zeros(4, dtype=torch.long))

@@ -77,6 +77,12 @@ def test_fine_tune_bad_input():
         fine_tune(encoder, images, labels[:5])
     with pytest.raises(SSLKitError, match="feature_dim"):
         fine_tune(nn.Sequential(encoder), images, labels)
+    for kwargs, expected in (({"batch_size": 4.0}, "batch_size must be a whole number"),
+                             ({"steps": 2.5}, "a whole number of steps"),
+                             ({"augment": True}, "augment is a ViewConfig")):
+        with pytest.raises(SSLKitError, match=expected) as info:  # randint's / an attribute's
+            fine_tune(encoder, images, labels, **kwargs)  # multi-line errors before
+        assert "\n" not in str(info.value)
 
 
 def test_supervised_augmentation_keeps_geometry_only():
@@ -126,7 +132,7 @@ def test_fine_tune_takes_float_images_in_unit_range_like_uint8():
 @pytest.mark.parametrize("options,expected", [
     (dict(num_classes=2), "outside 0..1"),  # labels reach 2: was an index error in the loss
     (dict(steps=-1), "steps >= 0"),
-    (dict(batch_size=0), "batch_size >= 1"),
+    (dict(batch_size=0), "batch_size must be a whole number of at least 1"),
 ])
 def test_fine_tune_settings_out_of_range_are_one_line_errors(options, expected):
     encoder = build_encoder("convnet-small", 1)
