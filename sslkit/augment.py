@@ -40,7 +40,7 @@ from torchvision.transforms import v2
 from sslkit.errors import SSLKitError
 from sslkit.precision import in_float32
 from sslkit.transfer import to_device
-from sslkit.unit_images import check_channels_first, unit_floats
+from sslkit.unit_images import check_channels_first, check_tensor, unit_floats
 
 LUMA = (0.2989, 0.587, 0.114)  # ITU-R 601 weights as torchvision rounds them (sum 0.9999)
 MAX_JITTER = 2.5  # torchvision's ColorJitter takes hue shifts up to 0.5 = 0.2 * 2.5
@@ -363,6 +363,7 @@ def view_input(x: torch.Tensor, who: str) -> torch.Tensor:
     float32 in [0, 1], or a one-line error (a missing batch axis, channels-last images, a dtype
     other than uint8 or floating; float values outside [0, 1] on the CPU only: reading them on a
     GPU would make every training step wait for it)."""
+    check_tensor(x, who)
     if x.ndim != 4:
         raise SSLKitError(f"{who} needs a batch of shape (N, C, H, W), got {tuple(x.shape)}: "
                           "add a batch axis with x[None]")

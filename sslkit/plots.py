@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from sslkit.errors import SSLKitError
-from sslkit.unit_images import unit_floats
+from sslkit.unit_images import check_tensor, unit_floats
 
 
 def save(fig, path: str | Path | None):
@@ -24,6 +24,7 @@ def save(fig, path: str | Path | None):
 def image_grid(images: torch.Tensor, nrow: int = 8, title: str | None = None, path=None):
     """images (N, C, H, W), uint8 or floats in [0, 1], on any device -> a grid of N images,
     nrow per row."""
+    check_tensor(images, "image_grid")
     if images.ndim != 4 or len(images) == 0 or images.shape[1] not in (1, 3, 4) or nrow < 1:
         raise SSLKitError(f"image_grid needs a non-empty batch (N, C, H, W) with 1, 3 or 4 "
                           f"channels and nrow >= 1, got {tuple(images.shape)}, nrow={nrow}: "

@@ -24,6 +24,15 @@ from sslkit.errors import SSLKitError
 CHANNELS = (1, 3, 4)  # grey, RGB, RGBA: the channel counts an image batch has in practice
 
 
+def check_tensor(images, who: str) -> None:
+    """One-line error unless images is a torch.Tensor: a NumPy array or a list would fail on the
+    first tensor method with an AttributeError."""
+    if not isinstance(images, torch.Tensor):
+        raise SSLKitError(f"{who} takes a torch.Tensor of images (N, C, H, W), got "
+                          f"{type(images).__name__}: convert it with torch.as_tensor(...) (NumPy "
+                          "images (N, H, W, C) also need .permute(0, 3, 1, 2))")
+
+
 def unit_floats(images: torch.Tensor, who: str, check_range: bool = True) -> torch.Tensor:
     """images uint8 in [0, 255] or floats in [0, 1] -> float32 in [0, 1], same shape: uint8 is
     divided by 255, floats pass unchanged.
@@ -33,6 +42,7 @@ def unit_floats(images: torch.Tensor, who: str, check_range: bool = True) -> tor
     pixels, NaN) are one too; it reads the values, so pass False for a tensor on a GPU inside a
     training step. ``who`` names the caller in the message.
     """
+    check_tensor(images, who)
     if images.dtype == torch.uint8:
         return images.float() / 255
     if not images.is_floating_point():
@@ -63,9 +73,7 @@ def check_encoder_input(x, channels: int, net: str) -> None:
     """One-line error unless x is a floating tensor (N, channels, H, W): what an encoder takes,
     the views' floats in [0, 1], never the datasets' uint8 pixels. ``net`` names the encoder.
     Shapes and dtypes only, so it costs no GPU wait."""
-    if not isinstance(x, torch.Tensor):
-        raise SSLKitError(f"{net} takes a tensor of images (N, C, H, W), got "
-                          f"{type(x).__name__}: convert it with torch.as_tensor(...)")
+    check_tensor(x, net)
     check_channels_first(x, net)
     if x.ndim != 4 or x.shape[1] != channels:
         fix = ("for one image add the batch axis, x[None]" if x.ndim == 3 and x.shape[0] == channels

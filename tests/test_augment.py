@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
+from sslkit import plots
 from sslkit.augment import (
     LUMA,
     SimCLRViews,
@@ -29,6 +30,7 @@ from sslkit.augment import (
     view_transform,
 )
 from sslkit.errors import SSLKitError
+from sslkit.evaluate import extract_features, pixels
 
 FULL = torch.tensor([1.0, 1.0, 0.5, 0.5])  # the whole image as a crop box (w, h, cx, cy)
 IDENTITY_JITTER = torch.tensor([1.0, 1.0, 1.0, 0.0])
@@ -654,3 +656,19 @@ def test_composed_per_image_views_apply_its_ops():
     torch.testing.assert_close(second, expected)
     crop, _ = ComposedViews(("crop",), ViewConfig(size=8)).per_image()(image)
     assert crop.shape == (3, 8, 8)
+
+
+@pytest.mark.parametrize("who,call", [
+    ("SimCLRViews", lambda x: SimCLRViews(ViewConfig())(x)),
+    ("image_grid", lambda x: plots.image_grid(x)),
+    ("extract_features", lambda x: extract_features(torch.nn.Flatten(), x)),
+    ("pixels", lambda x: pixels(x)),
+])
+@pytest.mark.parametrize("images", [np.zeros((2, 32, 32, 3), np.uint8), [[0.0, 1.0]]],
+                         ids=["numpy", "list"])
+def test_numpy_or_list_images_are_a_one_line_error(who, call, images):
+    """They failed with an AttributeError (a list has no .ndim; NumPy has no .device)."""
+    with pytest.raises(SSLKitError, match="must be a torch.Tensor|takes a torch.Tensor") as info:
+        call(images)
+    assert who in str(info.value) and "torch.as_tensor" in str(info.value)
+    assert "\n" not in str(info.value)
