@@ -811,3 +811,46 @@ def test_evaluating_an_stl10_run_does_not_read_the_unlabeled_split(tmp_path):
     assert saved.dataset == "stl10" and data.unlabeled_x is None and len(data.train_x) == 4
     with pytest.raises(SSLKitError, match="unlabeled_X.bin"):  # pre-training still needs it
         train(cfg, tmp_path / "again", progress=False)
+
+
+# ----------------------------------------------------------------------------- ImageData layout
+def _image_data(train_x, test_x=None):
+    from sslkit.data import ImageData
+
+    n = len(train_x)
+    test_x = train_x[:2] if test_x is None else test_x
+    return ImageData("folder", train_x, torch.zeros(n, dtype=torch.int64), test_x,
+                     torch.zeros(len(test_x), dtype=torch.int64), ["a"])
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_channels_last_images_are_refused_with_the_permute_that_fixes_them(channels):
+    """(N, H, W, C) images trained as images of side C: "--image-size 1 is too small for
+    --arch convnet-small", deep in training. Now ImageData says what to do."""
+    from one_line import one_line_error
+
+    last = torch.zeros(4, 32, 32, channels, dtype=torch.uint8)
+    msg = one_line_error(lambda: _image_data(last))
+    assert "(4, 32, 32, " in msg and "channels last" in msg
+    assert msg.endswith("x.permute(0, 3, 1, 2)")
+    data = _image_data(last.permute(0, 3, 1, 2))  # the fix works
+    assert data.channels == channels and data.image_size == 32
+
+
+def test_images_of_another_type_or_shape_are_one_line_errors():
+    from one_line import one_line_error
+
+    good = torch.zeros(4, 3, 8, 8, dtype=torch.uint8)
+    for bad, expected in ((good.float() / 255, "(x * 255).round().to(torch.uint8)"),
+                          (good.long(), "x.to(torch.uint8)"),
+                          (good[:, 0], "x[:, None]"),
+                          (good[None], "got shape (1, 4, 3, 8, 8)"),
+                          (torch.zeros(4, 2, 8, 8, dtype=torch.uint8), "has 2 channels"),
+                          (good.numpy(), "torch.as_tensor(x)")):
+        msg = one_line_error(lambda bad=bad: _image_data(bad))
+        assert "ImageData.train_x" in msg and expected in msg, msg
+    msg = one_line_error(lambda: _image_data(good, test_x=torch.zeros(2, 3, 9, 9,
+                                                                      dtype=torch.uint8)))
+    assert "ImageData.test_x" in msg and "(3, 9, 9)" in msg and "(3, 8, 8)" in msg
+    msg = one_line_error(lambda: _image_data(good, test_x=good.permute(0, 2, 3, 1)))
+    assert "ImageData.test_x" in msg and "x.permute(0, 3, 1, 2)" in msg

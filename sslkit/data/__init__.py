@@ -22,6 +22,7 @@ import torch
 from sslkit.errors import SSLKitError
 
 DATASETS = ("shifted_digits", "digits", "cifar10", "cifar100", "stl10", "folder")
+CHANNELS = (1, 3)  # grey or RGB: the channel counts the augmentations and methods handle
 
 
 class DataNotFound(SSLKitError):
@@ -43,6 +44,22 @@ class ImageData:
     test_y: torch.Tensor  # (M,) int64
     classes: list[str]
     unlabeled_x: torch.Tensor | None = None  # (U, C, H, W) uint8, extra images without labels
+
+    def __post_init__(self) -> None:
+        """One-line error for images in another layout or type than (N, C, H, W) uint8, here
+        rather than deep in training (a channels-last (N, H, W, C) set would train as images of
+        side C, "too small for --arch ..."). Reads shapes and dtypes only, never values."""
+        for split in ("train_x", "test_x", "unlabeled_x"):
+            x = getattr(self, split)
+            if x is not None:
+                _check_images(f"ImageData.{split}", x)
+        for split in ("test_x", "unlabeled_x"):
+            x = getattr(self, split)
+            if x is not None and x.shape[1:] != self.train_x.shape[1:]:
+                raise SSLKitError(
+                    f"ImageData.{split} holds images of (C, H, W) = {tuple(x.shape[1:])} but "
+                    f"train_x holds {tuple(self.train_x.shape[1:])}: give every split the same "
+                    "channels and size")
 
     @property
     def channels(self) -> int:
@@ -72,7 +89,7 @@ class ImageData:
         (default: where the images are). With an unlabeled split the result is filled part by
         part where it lives, so moving STL-10's 2.6 GiB to a GPU makes no joined copy on the
         host first."""
-        device = self.train_x.device if device is None else torch.device(device)
+        device = self.train_x.device if device is None else _target_device(device)
         if self.unlabeled_x is None:
             return self.train_x.to(device)
         parts = (self.train_x, self.unlabeled_x)
@@ -116,6 +133,43 @@ class ImageData:
             self.classes,
             self.unlabeled_x if un is None else self.unlabeled_x[un],
         )
+
+
+def _check_images(what: str, x) -> None:
+    """One-line error unless x is a tensor of images (N, C, H, W) uint8 with C in CHANNELS."""
+    layout = "images (N, C, H, W) uint8"
+    if not isinstance(x, torch.Tensor):
+        raise SSLKitError(f"{what} must be a torch.Tensor of {layout}, got a "
+                          f"{type(x).__name__}: convert it with torch.as_tensor(x)")
+    shape = tuple(x.shape)
+    if x.ndim == 3:
+        raise SSLKitError(f"{what} must be {layout}, got shape {shape}: for grey images add "
+                          "their channel axis with x[:, None]")
+    if x.ndim != 4:
+        raise SSLKitError(f"{what} must be {layout}, got shape {shape}: give one (C, H, W) "
+                          "image per row")
+    if shape[1] not in CHANNELS:
+        if shape[-1] in CHANNELS:
+            raise SSLKitError(f"{what} must be {layout}, got shape {shape}, channels last "
+                              f"(N, H, W, C): pass x.permute(0, 3, 1, 2)")
+        raise SSLKitError(f"{what} has {shape[1]} channels (shape {shape}): sslkit trains on "
+                          "grey (1) or RGB (3) images (N, C, H, W)")
+    if x.dtype != torch.uint8:
+        fix = ("(x * 255).round().to(torch.uint8) for values in [0, 1]"
+               if x.dtype.is_floating_point else "x.to(torch.uint8) for values in 0..255")
+        raise SSLKitError(f"{what} must be {layout}, got {str(x.dtype).removeprefix('torch.')}: "
+                          f"pass {fix}")
+
+
+def _target_device(device: torch.device | str) -> torch.device:
+    """The device to move images to, checked to exist: a one-line error for "gpu", or for
+    "cuda" on a machine without one (sslkit.train.resolve_device). "meta" (shapes without
+    values, which tests use to stand in for a GPU) is taken as it is."""
+    from sslkit.train import resolve_device  # sslkit.train imports this module
+
+    if str(device) == "meta":
+        return torch.device("meta")
+    return resolve_device(str(device))
 
 
 def stratified_draw(labels: torch.Tensor, n: int, generator: torch.Generator) -> torch.Tensor:
