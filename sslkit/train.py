@@ -27,11 +27,13 @@ Mixed precision (bfloat16 autocast) is used on CUDA only.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import os
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
+from numbers import Integral, Real
 from pathlib import Path
 
 import torch
@@ -167,6 +169,51 @@ def load_data(cfg: TrainConfig, unlabeled: bool = True) -> ImageData:
     return data.subset(cfg.n_train, cfg.n_test)
 
 
+def given_data(cfg: TrainConfig, data, call: str = "train") -> ImageData:
+    """Images passed to train(data=...) (or load_trained), checked against cfg and cut as
+    load_data cuts cfg's dataset: their name must be cfg.dataset (it picks the augmentations,
+    and the run is reloaded by it), and cfg.n_train / n_test take the same seeded, stratified
+    draw from them (no copy when they hold no more images than that already)."""
+    if not isinstance(data, ImageData):
+        raise SSLKitError(f"{call}(data=...) takes an ImageData (e.g. sslkit.data.load_dataset"
+                          f"(...)), got a {type(data).__name__}: pass one, or leave data out to "
+                          "load the config's dataset")
+    if data.name != cfg.dataset:
+        from sslkit.data import DATASETS
+
+        fix = (f"set TrainConfig(dataset={data.name!r}) for them" if data.name in DATASETS else
+               f"name them after the dataset they are, ImageData(name=...) with one of "
+               f"{', '.join(DATASETS)} (folder for your own images)")
+        raise SSLKitError(f"{call}(data=...) got images named {data.name!r} but the config's "
+                          f"dataset is {cfg.dataset!r}, which picks the augmentations and is "
+                          f"saved with the run: {fix}")
+    return data.subset(cfg.n_train, cfg.n_test)
+
+
+def _data_digest(x: torch.Tensor, y: torch.Tensor) -> str:
+    """A digest of one labelled split: images and labels, with their shapes and types."""
+    h = hashlib.blake2b(digest_size=16)
+    for t in (x, y):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{tuple(t.shape)} {t.dtype};".encode())
+        h.update(t.view(-1).view(torch.uint8).numpy())
+    return h.hexdigest()
+
+
+def data_record(data: ImageData) -> dict:
+    """What the checkpoint of a run trained on images given to train(data=...) says of them,
+    so that resuming or reloading it can tell whether it has the same images: the dataset
+    name, the size of each split and a digest of the train and test splits."""
+    unlabeled = 0 if data.unlabeled_x is None else len(data.unlabeled_x)
+    return {"name": data.name, "train": len(data.train_x), "test": len(data.test_x),
+            "unlabeled": unlabeled, "train_digest": _data_digest(data.train_x, data.train_y),
+            "test_digest": _data_digest(data.test_x, data.test_y)}
+
+
+def _described(record: dict) -> str:
+    return f"{record['train']} training and {record['test']} test {record['name']} images"
+
+
 def build(cfg: TrainConfig, data: ImageData, generator: torch.Generator | None = None,
           total_steps: int | None = None):
     """The method module for this config and data, freshly initialised from cfg.seed.
@@ -197,16 +244,27 @@ def check_settings(cfg: TrainConfig) -> None:
     _check_numbers(cfg)
 
 
+AT_LEAST = {"epochs": 1, "knn_k": 1, "warmup_epochs": 0, "proj_dim": 1,  # checked ranges
+            "knn_every": 0, "workers": 0, "n_train": 1, "n_test": 1}
+
+
 def _check_numbers(cfg: TrainConfig) -> None:
-    """Fail on a setting outside its range before any data is loaded or any epoch is run."""
+    """Fail on a setting outside its range, or not a number of its kind (epochs=1.5,
+    batch_size=32.0, lr="0.1"), before any data is loaded or any epoch is run."""
+    for f in fields(TrainConfig):
+        value = getattr(cfg, f.name)
+        if f.type in ("int", "int | None") and not (value is None and f.type != "int"):
+            _check_whole(f.name, value)
+        elif f.type == "float" and (isinstance(value, bool) or not isinstance(value, Real)):
+            flag = "--" + f.name.replace("_", "-")
+            raise SSLKitError(f"{flag} must be a number (got {value!r}): use e.g. {flag} "
+                              f"{f.default}")
     if cfg.batch_size < 2:
         raise SSLKitError(f"batch size {cfg.batch_size} leaves no negatives for the loss: use "
                           "--batch-size 2 or more")
     if cfg.optimizer not in OPTIMIZERS:
         raise SSLKitError(f"unknown optimizer {cfg.optimizer!r}: use {', '.join(OPTIMIZERS)}")
-    at_least = {"epochs": 1, "knn_k": 1, "warmup_epochs": 0, "proj_dim": 1,
-                "knn_every": 0, "workers": 0, "n_train": 1, "n_test": 1}
-    for name, low in at_least.items():
+    for name, low in AT_LEAST.items():
         value = getattr(cfg, name)
         if value is not None and value < low:
             flag = "--" + name.replace("_", "-")
@@ -223,6 +281,35 @@ def _check_numbers(cfg: TrainConfig) -> None:
     if not 0 <= cfg.adam_beta2 < 1:
         raise SSLKitError(f"--adam-beta2 must be in [0, 1) (got {cfg.adam_beta2}): use e.g. "
                           "--adam-beta2 0.999")
+
+
+def _check_whole(name: str, value) -> None:
+    """One-line error unless `value` of setting `name` is a whole number (an int, not a bool):
+    epochs=1.5 or batch_size=32.0 failed in range() after the run folder was written."""
+    if isinstance(value, Integral) and not isinstance(value, bool):
+        return
+    flag = "--" + name.replace("_", "-")
+    default = next((f.default for f in fields(TrainConfig) if f.name == name), None)
+    if isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value):
+        low = {"batch_size": 2, "accumulate": 1, "stop_after_epoch": 1, **AT_LEAST}.get(name)
+        fix = f"use {flag} {round(value) if low is None else max(round(value), low)}"
+    elif default is None:
+        fix = f"give a whole number, or leave {flag} out"
+    else:
+        fix = f"use e.g. {flag} {default}"
+    raise SSLKitError(f"{flag} must be a whole number (got {value!r}): {fix}")
+
+
+def _plain_numbers(cfg: TrainConfig) -> TrainConfig:
+    """cfg (checked) with numpy numbers, e.g. np.int64(32), as Python int and float: the
+    metrics log is JSON, which cannot write them, and would fail after the first epoch."""
+    plain = {}
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        if f.type in ("int", "int | None", "float") and value is not None \
+                and type(value) not in (int, float):
+            plain[f.name] = float(value) if f.type == "float" else int(value)
+    return replace(cfg, **plain) if plain else cfg
 
 
 def save_atomic(obj, path: Path) -> None:
@@ -361,7 +448,20 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, micro_b
     forward sits in the step (``set_step_position``); a method's ``before_optimizer_step``, if
     it has one, sees the step's whole gradient just before the optimiser does. Returns the
     step's mean loss (detached).
+
+    micro_batches: a list (or tuple) of at least one micro-batch, e.g. ``[x]`` for one batch
+    x (B, C, H, W); a bare tensor, or an empty list, is a one-line error (no optimiser step).
     """
+    if isinstance(micro_batches, torch.Tensor):  # iterating it would give single images
+        raise SSLKitError(f"train_step takes a list of micro-batches, got a tensor of shape "
+                          f"{tuple(micro_batches.shape)}: pass [x] for one batch x")
+    if not isinstance(micro_batches, (list, tuple)):
+        raise SSLKitError(f"train_step takes a list of micro-batches, got a "
+                          f"{type(micro_batches).__name__}: pass [x] for one batch x, or "
+                          "list(...) of several")
+    if not micro_batches:  # the loss would be 0.0, and the optimiser step on no gradient
+        raise SSLKitError("train_step got an empty list of micro-batches, so there is nothing "
+                          "to train on: pass [x] for one batch x")
     autocast = autocast or contextlib.nullcontext()
     optimizer.zero_grad(set_to_none=True)
     total = 0.0
@@ -434,6 +534,14 @@ def train(
     command: the command line that started this call, appended to OUT/run.json with the device
     it ran on (``sslkit results`` puts both in its table).
 
+    data: the images to train on (an ImageData) instead of loading cfg.dataset from
+    cfg.data_root, e.g. a notebook's data already in memory. Their name must be cfg.dataset,
+    and cfg.n_train / n_test cut them as they cut the loaded dataset (the same seeded draw;
+    images already that few are kept as they are), so a run given the full dataset trains on
+    what the config says. The checkpoint records the images' sizes and a digest of them:
+    load_trained(out) reloads cfg.dataset and checks that it gives the same images, else it
+    says to pass them, load_trained(out, data=...); resuming checks them the same way.
+
     resume=True continues the run saved in `out` with its saved settings. asked: the settings
     this call was given explicitly (the command line's flags), default every field of cfg. Any
     of them that differs from the saved run is an error, except those in RESUME_MAY_CHANGE
@@ -454,6 +562,9 @@ def train(
     if out.exists() and not out.is_dir():
         raise SSLKitError(f"--out {out} is a file: give a folder for the run")
     check_settings(cfg)
+    cfg = _plain_numbers(cfg)
+    if stop_after_epoch is not None:
+        _check_whole("stop_after_epoch", stop_after_epoch)
     if stop_after_epoch is not None and stop_after_epoch < 1:
         raise SSLKitError(f"--stop-after-epoch must be at least 1 (got {stop_after_epoch}): "
                           "give the epoch after which this call ends")
@@ -481,7 +592,16 @@ def train(
     _check_writable(out)
     device = distributed.setup(resolve_device(cfg.device))
     fast_cuda_settings(device)
-    data = data or load_data(cfg)
+    given = data is not None
+    data = given_data(cfg, data) if given else load_data(cfg)
+    # A run trained on given images saves what they are (data_record), so that resuming or
+    # reloading it can tell whether it has the same ones; a run on cfg's own dataset as
+    # load_data reads it is described by its settings.
+    record = ckpt.get("data") if ckpt is not None else None
+    if given or record is not None:
+        if ckpt is not None:
+            _check_resumed_data(out, cfg, record, data, given)
+        record = data_record(data)
     if ckpt is None and (asked or {}).get("image_size", data.image_size) != data.image_size:
         raise SSLKitError(f"--image-size {asked['image_size']} does not resize --dataset "
                           f"{cfg.dataset}, whose images are {data.image_size}x{data.image_size}: "
@@ -604,6 +724,8 @@ def train(
         state = {"config": asdict(cfg), "epoch": epoch + 1, "model": method.state_dict(),
                  "optimizer": optimizer.state_dict(), "generator": generator.get_state(),
                  "torch_rng": torch.get_rng_state()}
+        if record is not None:
+            state["data"] = record
         # the device's own generator: MAE's masks and MoCo's shuffle-BN are drawn there on a GPU
         cuda_rng = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
         state["cuda_rngs"] = distributed.gather_objects(cuda_rng)  # one per rank
@@ -671,6 +793,25 @@ def _check_resume_settings(out: Path, saved: TrainConfig, asked: dict) -> None:
     raise SSLKitError(f"{out} holds a {saved.method} run and --resume keeps its settings, but "
                       f"this call asks for {said}{hint}: drop those flags to continue it, or "
                       "give another --out for a new run")
+
+
+def _check_resumed_data(out: Path, cfg: TrainConfig, saved: dict | None, data: ImageData,
+                        given: bool) -> None:
+    """A resumed run must train on the images it was trained on: the given ones (data=...)
+    must be those, and a run trained on given images cannot resume on cfg's dataset as loaded
+    unless that is them. The test split may differ (n_test may change on resume)."""
+    if saved is None:  # trained on cfg's dataset as loaded: the given images must be it
+        saved = data_record(load_data(cfg))
+    now = data_record(data)
+    if (now["train_digest"], now["unlabeled"]) == (saved["train_digest"], saved["unlabeled"]):
+        return
+    if given:
+        raise SSLKitError(f"the data given to resume {out} are not the images it was trained "
+                          f"on ({_described(saved)}): pass the same data= as the call that "
+                          "started it, or train them as a new run in another --out")
+    raise SSLKitError(f"{out} was trained on images given to train(data=...) ("
+                      f"{_described(saved)}), not on --dataset {cfg.dataset} as loaded here: "
+                      "resume it with the same data=")
 
 
 def _check_writable(out: Path) -> None:
@@ -741,18 +882,44 @@ def _eager():
 
 
 def load_trained(out: str | Path, device: str = "cpu", data_root: str | Path | None = None,
-                 checkpoint: dict | None = None):
+                 checkpoint: dict | None = None, data: ImageData | None = None):
     """(method, config, data) of the run saved in `out`, weights loaded, in eval mode.
 
+    device: where the method goes (cpu | cuda | cuda:N | mps | auto), checked to exist.
     data_root: where the run's dataset files are, when not at the path saved with the run
     (which is relative to the folder the run was started from). checkpoint: the run's
-    checkpoint, if the caller has loaded it already (``load_checkpoint(out)``)."""
+    checkpoint, if the caller has loaded it already (``load_checkpoint(out)``).
+    data: the images the run was trained on, for a run trained with train(data=...) on images
+    its settings do not reload (a subset of a subset, say); checked against the checkpoint's
+    record of them. Without it, the run's dataset is reloaded and, for such a run, checked to
+    be the images it was trained on: a one-line error if it is not."""
     ckpt = checkpoint if checkpoint is not None else load_checkpoint(out)
+    device = resolve_device(device)  # "gpu", or "cuda" without one: one line, before any work
     # never download again on evaluation: a missing dataset is an error naming --data-root
     cfg = replace(TrainConfig(**ckpt["config"]), download=False)
     if data_root is not None:
         cfg = replace(cfg, data_root=str(data_root))
-    data = load_data(cfg, unlabeled=False)  # evaluation never reads STL-10's unlabeled split
+    saved = ckpt.get("data")  # what a run trained on given images trained on (data_record)
+    if data is not None:
+        data = given_data(cfg, data, call="load_trained")
+        if saved is None:  # trained on its dataset as loaded: the given images must be it
+            saved = data_record(load_data(cfg, unlabeled=False))
+        now = data_record(data)
+        if (now["train_digest"], now["test_digest"]) != (saved["train_digest"],
+                                                          saved["test_digest"]):
+            raise SSLKitError(f"the data given to load {out} are not the images it was trained "
+                              f"and evaluated on ({_described(saved)}): pass the same images as "
+                              "the train(data=...) call that made it, or leave data out")
+    else:
+        data = load_data(cfg, unlabeled=False)  # evaluation never reads STL-10's unlabeled split
+        if saved is not None:
+            now = data_record(data)
+            if (now["train_digest"], now["test_digest"]) != (saved["train_digest"],
+                                                              saved["test_digest"]):
+                raise SSLKitError(
+                    f"{out} was trained on images given to train(data=...) ("
+                    f"{_described(saved)}) that its settings do not reload (they give "
+                    f"{_described(now)}): pass those images, load_trained({str(out)!r}, data=...)")
     method = build(cfg, data)
     load_weights(method, ckpt, out, cfg.method)
     # the layout training used: the same weights in another layout give other round-off, and a

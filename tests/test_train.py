@@ -386,11 +386,12 @@ def test_the_knn_monitor_is_checked_before_the_first_epoch(tmp_path, data):
     assert "--knn-k 200 is more than the 128 training images" in msg
     one_class = ImageData(name="folder", train_x=data.train_x, train_y=data.train_y * 0,
                           test_x=data.test_x, test_y=data.test_y * 0, classes=["only"])
-    msg = one_line_error(lambda: train(replace(CFG, knn_every=1), tmp_path / "c",
+    folder = replace(CFG, dataset="folder")  # the images' name, which train(data=) checks
+    msg = one_line_error(lambda: train(replace(folder, knn_every=1), tmp_path / "c",
                                        progress=False, data=one_class))
     assert "only one class" in msg
     assert not (tmp_path / "k").exists() and not (tmp_path / "c").exists()
-    train(replace(CFG, knn_every=0, epochs=1), tmp_path / "c", progress=False, data=one_class)
+    train(replace(folder, knn_every=0, epochs=1), tmp_path / "c", progress=False, data=one_class)
 
 
 def test_ctrl_c_in_the_knn_monitor_keeps_the_trained_epoch(tmp_path, data, full_run,
