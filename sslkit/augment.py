@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.transforms import v2
 
+from sslkit.data import DATASETS
 from sslkit.errors import SSLKitError
 from sslkit.precision import in_float32
 from sslkit.transfer import to_device
@@ -98,7 +99,12 @@ class ViewConfig:
 
 
 def view_config_for(dataset: str, size: int | None = None) -> ViewConfig:
-    """Per-dataset presets (SimCLR's CIFAR settings; milder crops and no flip for digits)."""
+    """Per-dataset presets (SimCLR's CIFAR settings; milder crops and no flip for digits). A
+    name that is none of sslkit.data.DATASETS is a one-line error (a typo would silently get
+    the CIFAR preset)."""
+    if dataset not in DATASETS:
+        raise SSLKitError(f"unknown dataset {dataset!r} for the views' preset: use one of "
+                          f"{', '.join(DATASETS)} (folder for your own images)")
     if dataset in ("shifted_digits", "digits"):
         # Digits are not mirror-symmetric, so no flip; small rotations and crops that keep most
         # of the digit; brightness/contrast jitter (saturation and hue do not apply to grey).

@@ -27,6 +27,7 @@ from sslkit.augment import (
     resized_crop_flip,
     rotate_batch,
     to_gray,
+    view_config_for,
     view_transform,
 )
 from sslkit.errors import SSLKitError
@@ -672,3 +673,12 @@ def test_numpy_or_list_images_are_a_one_line_error(who, call, images):
         call(images)
     assert who in str(info.value) and "torch.as_tensor" in str(info.value)
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("name", ["cifar11", "mnist", "CIFAR10"])
+def test_an_unknown_dataset_name_gets_no_preset_silently(name):
+    """A typo got SimCLR's CIFAR preset, as did every name the presets do not list."""
+    with pytest.raises(SSLKitError, match=f"unknown dataset '{name}'.*cifar10, cifar100") as e:
+        view_config_for(name)
+    assert "\n" not in str(e.value)
+    assert view_config_for("folder") == view_config_for("cifar10")  # own images: CIFAR's
