@@ -23,6 +23,7 @@ import json
 import os
 import shlex
 import sys
+import warnings
 from dataclasses import fields
 from pathlib import Path
 
@@ -382,13 +383,21 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)  # imports torch: Ctrl-C may come here too
         args.argv = argv
-        return commands[args.command](args)
+        with warnings.catch_warnings():  # restores Python's own display afterwards
+            warnings.showwarning = _show_warning
+            return commands[args.command](args)
     except SSLKitError as err:
         print(f"sslkit: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"sslkit: interrupted{interrupted_train(args)}", file=sys.stderr)
         return 130
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A warning as one line, like the errors ("sslkit: warning: ..."), without Python's file,
+    line number and source line, which point into sslkit rather than at the command."""
+    print(f"sslkit: warning: {message}", file=sys.stderr)
 
 
 def interrupted_train(args) -> str:

@@ -70,12 +70,26 @@ def test_a_run_on_images_its_settings_do_not_reload_says_so(tmp_path, full):
     settings reload: load_trained said nothing and evaluated other images."""
     picked = full.subset(256, 100).subset(64)
     train(CFG, tmp_path / "run", progress=False, data=picked)
-    msg = one_line_error(lambda: load_trained(tmp_path / "run"))
-    assert "train(data=...)" in msg and "load_trained(" in msg and "data=..." in msg
+    # still evaluated on the run's dataset (sslkit eval has no data=), but said, in one line
+    with pytest.warns(UserWarning, match=r"train\(data=\.\.\.\).*other 64 training and 100 "
+                                         r"test.*pass data= for those images") as said:
+        _, _, reloaded = load_trained(tmp_path / "run")
+    assert "\n" not in str(said[0].message) and not torch.equal(reloaded.train_x, picked.train_x)
     _, _, data = load_trained(tmp_path / "run", data=picked)  # the same images: fine
     assert torch.equal(data.train_x, picked.train_x)
     msg = one_line_error(lambda: load_trained(tmp_path / "run", data=full.subset(64, 100)))
     assert "not the images it was trained" in msg
+
+
+def test_sslkit_eval_of_such_a_run_evaluates_its_dataset_and_says_so_in_one_line(
+        tmp_path, full, capsys):
+    from sslkit.cli import main
+
+    train(CFG, tmp_path / "run", progress=False, data=full.subset(256, 100).subset(64))
+    assert main(["eval", str(tmp_path / "run"), "--labels-per-class", "2"]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("sslkit: warning: ") and "data=" in err[0]
+    assert json.loads((tmp_path / "run" / "eval.json").read_text())["knn"] >= 0
 
 
 def test_resuming_a_run_on_given_images_needs_the_same_images(tmp_path, full):
@@ -86,10 +100,37 @@ def test_resuming_a_run_on_given_images_needs_the_same_images(tmp_path, full):
                                        data=full.subset(64, 100)))
     assert "not the images it was trained on" in msg and "same data=" in msg
     msg = one_line_error(lambda: train(two, tmp_path / "run", resume=True, progress=False))
-    assert "train(data=...)" in msg and "same data=" in msg
+    assert "train(data=...)" in msg and "resume=True, data=those images" in msg
     assert load_checkpoint(tmp_path / "run")["epoch"] == 1  # nothing trained on other images
     _, rows = train(two, tmp_path / "run", resume=True, progress=False, data=picked)
     assert [r["epoch"] for r in rows] == [1, 2]
+
+
+def test_a_run_without_a_record_resumes_on_the_images_given_without_reloading(
+        tmp_path, full, monkeypatch):
+    """A run started without data= (as from the command line) has no record to check given
+    images against: resuming it with data= must not reload its dataset, whose files may have
+    moved (a review found it failing with the dataset's DataNotFound)."""
+    import sslkit.train as train_module
+
+    two = replace(CFG, epochs=2)
+    train(two, tmp_path / "run", stop_after_epoch=1, progress=False)
+    given = train_module.load_data(two)
+
+    def moved(*args, **kwargs):
+        raise AssertionError("the dataset was reloaded")
+
+    monkeypatch.setattr(train_module, "load_data", moved)
+    _, rows = train(two, tmp_path / "run", resume=True, progress=False, data=given)
+    assert [r["epoch"] for r in rows] == [1, 2]
+    method, _, data = load_trained(tmp_path / "run", data=given)
+    assert data is not None and method is not None
+
+
+def test_load_trained_takes_device_none_as_the_cpu(tmp_path, full):
+    train(CFG, tmp_path / "run", progress=False, data=full)
+    method, _, _ = load_trained(tmp_path / "run", device=None)
+    assert next(method.parameters()).device.type == "cpu"
 
 
 def test_train_documents_its_data_parameter():
@@ -185,3 +226,17 @@ def test_numpy_whole_numbers_still_train(tmp_path, full):
     _, rows = train(cfg, tmp_path / "run", progress=False, data=full)
     assert rows[0]["step"] == 2
     assert json.loads((tmp_path / "run" / "metrics.jsonl").read_text())["epoch"] == 1
+
+
+@pytest.mark.parametrize("channels,dtype", [(4, torch.uint8), (3, torch.float32)])
+def test_images_the_views_take_train_rgba_or_unit_floats(tmp_path, channels, dtype):
+    """RGBA uint8 and float [0, 1] image sets trained before ImageData checked its images; a
+    review caught the check refusing them, so they stay taken."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (96, channels, 32, 32), dtype=torch.uint8, generator=g)
+    x = x if dtype == torch.uint8 else x.float() / 255
+    y = torch.arange(96) % 2
+    data = ImageData("folder", x, y, x[:40], y[:40], ["a", "b"])
+    cfg = replace(CFG, dataset="folder", n_train=None, n_test=None, knn_every=1, knn_k=5)
+    _, rows = train(cfg, tmp_path / "run", progress=False, data=data)
+    assert rows[-1]["loss"] > 0 and 0 <= rows[-1]["knn"] <= 1
