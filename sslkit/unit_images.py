@@ -50,15 +50,23 @@ def unit_floats(images: torch.Tensor, who: str, check_range: bool = True) -> tor
                           f"{images.dtype}: convert with images.to(torch.uint8) (values 0..255) "
                           "or images.float() / 255")
     images = images.float()
-    if check_range and images.numel():
-        low, high = (float(v) for v in torch.aminmax(images))
-        if math.isnan(low) or math.isnan(high):
-            raise SSLKitError(f"{who} got float images containing NaN: pass uint8 in [0, 255] "
-                              "or floats in [0, 1] (check where the images were made)")
-        if low < -0.01 or high > 1.01:
-            raise SSLKitError(f"{who} got float images in [{low:.3g}, {high:.3g}]: pass uint8 "
-                              "in [0, 255] or floats in [0, 1] (e.g. images.float() / 255)")
+    if check_range:
+        check_unit_range(images, who)
     return images
+
+
+def check_unit_range(images: torch.Tensor, who: str) -> None:
+    """One-line error unless the float images hold values in [0, 1] (beyond 0.01 either way,
+    or NaN, is an error). Reads the values: for a GPU tensor, never inside a training step."""
+    if not images.numel():
+        return
+    low, high = (float(v) for v in torch.aminmax(images))
+    if math.isnan(low) or math.isnan(high):
+        raise SSLKitError(f"{who} got float images containing NaN: pass uint8 in [0, 255] "
+                          "or floats in [0, 1] (check where the images were made)")
+    if low < -0.01 or high > 1.01:
+        raise SSLKitError(f"{who} got float images in [{low:.3g}, {high:.3g}]: pass uint8 "
+                          "in [0, 255] or floats in [0, 1] (e.g. images.float() / 255)")
 
 
 def check_channels_first(images: torch.Tensor, who: str) -> None:

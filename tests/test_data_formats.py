@@ -831,7 +831,7 @@ def test_channels_last_images_are_refused_with_the_permute_that_fixes_them(chann
 
     last = torch.zeros(4, 32, 32, channels, dtype=torch.uint8)
     msg = one_line_error(lambda: _image_data(last))
-    assert "(4, 32, 32, " in msg and "channels last" in msg
+    assert "(4, 32, 32, " in msg and "channels-last" in msg
     assert msg.endswith("x.permute(0, 3, 1, 2)")
     data = _image_data(last.permute(0, 3, 1, 2))  # the fix works
     assert data.channels == channels and data.image_size == 32
@@ -841,14 +841,17 @@ def test_images_of_another_type_or_shape_are_one_line_errors():
     from one_line import one_line_error
 
     good = torch.zeros(4, 3, 8, 8, dtype=torch.uint8)
-    for bad, expected in ((good.float() / 255, "(x * 255).round().to(torch.uint8)"),
+    for bad, expected in ((good.float() + 255, "got float images in [255, 255]"),  # no / 255
                           (good.long(), "x.to(torch.uint8)"),
                           (good[:, 0], "x[:, None]"),
                           (good[None], "got shape (1, 4, 3, 8, 8)"),
-                          (torch.zeros(4, 2, 8, 8, dtype=torch.uint8), "has 2 channels"),
-                          (good.numpy(), "torch.as_tensor(x)")):
+                          (good.numpy(), "torch.as_tensor(...)")):
         msg = one_line_error(lambda bad=bad: _image_data(bad))
         assert "ImageData.train_x" in msg and expected in msg, msg
+    # what the views take is taken: floats in [0, 1], and any number of channels (RGBA, 2, 5)
+    for fine in (good.float() / 255, torch.zeros(4, 4, 8, 8, dtype=torch.uint8),
+                 torch.zeros(4, 2, 8, 8, dtype=torch.uint8), torch.zeros(4, 5, 8, 8)):
+        assert _image_data(fine, test_x=fine[:2]).channels == fine.shape[1]
     msg = one_line_error(lambda: _image_data(good, test_x=torch.zeros(2, 3, 9, 9,
                                                                       dtype=torch.uint8)))
     assert "ImageData.test_x" in msg and "(3, 9, 9)" in msg and "(3, 8, 8)" in msg

@@ -20,9 +20,9 @@ from pathlib import Path
 import torch
 
 from sslkit.errors import SSLKitError
+from sslkit.unit_images import check_channels_first, check_tensor, check_unit_range
 
 DATASETS = ("shifted_digits", "digits", "cifar10", "cifar100", "stl10", "folder")
-CHANNELS = (1, 3)  # grey or RGB: the channel counts the augmentations and methods handle
 
 
 class DataNotFound(SSLKitError):
@@ -38,7 +38,7 @@ class DataNotFound(SSLKitError):
 @dataclass(frozen=True)
 class ImageData:
     name: str
-    train_x: torch.Tensor  # (N, C, H, W) uint8
+    train_x: torch.Tensor  # (N, C, H, W) uint8 (loaders) or floats in [0, 1]
     train_y: torch.Tensor  # (N,) int64
     test_x: torch.Tensor  # (M, C, H, W) uint8
     test_y: torch.Tensor  # (M,) int64
@@ -46,9 +46,10 @@ class ImageData:
     unlabeled_x: torch.Tensor | None = None  # (U, C, H, W) uint8, extra images without labels
 
     def __post_init__(self) -> None:
-        """One-line error for images in another layout or type than (N, C, H, W) uint8, here
-        rather than deep in training (a channels-last (N, H, W, C) set would train as images of
-        side C, "too small for --arch ..."). Reads shapes and dtypes only, never values."""
+        """One-line error for images in another layout or type than (N, C, H, W) uint8 (or
+        floats in [0, 1]), here rather than deep in training (a channels-last (N, H, W, C) set
+        would train as images of side C, "too small for --arch ..."). Reads the values of float
+        images only, once, to check their range."""
         for split in ("train_x", "test_x", "unlabeled_x"):
             x = getattr(self, split)
             if x is not None:
@@ -136,29 +137,24 @@ class ImageData:
 
 
 def _check_images(what: str, x) -> None:
-    """One-line error unless x is a tensor of images (N, C, H, W) uint8 with C in CHANNELS."""
-    layout = "images (N, C, H, W) uint8"
-    if not isinstance(x, torch.Tensor):
-        raise SSLKitError(f"{what} must be a torch.Tensor of {layout}, got a "
-                          f"{type(x).__name__}: convert it with torch.as_tensor(x)")
+    """One-line error unless x is a tensor of images (N, C, H, W), uint8 or floats in [0, 1]
+    (the views take either): a NumPy array, a missing channel axis, channels-last images, an
+    integer type other than uint8 or floats in 0..255 (read once, here, not per step)."""
+    check_tensor(x, what)
     shape = tuple(x.shape)
     if x.ndim == 3:
-        raise SSLKitError(f"{what} must be {layout}, got shape {shape}: for grey images add "
-                          "their channel axis with x[:, None]")
-    if x.ndim != 4:
-        raise SSLKitError(f"{what} must be {layout}, got shape {shape}: give one (C, H, W) "
-                          "image per row")
-    if shape[1] not in CHANNELS:
-        if shape[-1] in CHANNELS:
-            raise SSLKitError(f"{what} must be {layout}, got shape {shape}, channels last "
-                              f"(N, H, W, C): pass x.permute(0, 3, 1, 2)")
-        raise SSLKitError(f"{what} has {shape[1]} channels (shape {shape}): sslkit trains on "
-                          "grey (1) or RGB (3) images (N, C, H, W)")
+        raise SSLKitError(f"{what} must be images (N, C, H, W), got shape {shape}: for grey "
+                          "images add their channel axis with x[:, None]")
+    if x.ndim != 4 or 0 in shape[1:]:
+        raise SSLKitError(f"{what} must be images (N, C, H, W), got shape {shape}: give one "
+                          "(C, H, W) image per row")
+    check_channels_first(x, what)
     if x.dtype != torch.uint8:
-        fix = ("(x * 255).round().to(torch.uint8) for values in [0, 1]"
-               if x.dtype.is_floating_point else "x.to(torch.uint8) for values in 0..255")
-        raise SSLKitError(f"{what} must be {layout}, got {str(x.dtype).removeprefix('torch.')}: "
-                          f"pass {fix}")
+        if not x.is_floating_point():
+            raise SSLKitError(f"{what} must be uint8 images (or floats in [0, 1]), got "
+                              f"{str(x.dtype).removeprefix('torch.')}: pass x.to(torch.uint8) "
+                              "for values in 0..255")
+        check_unit_range(x, what)
 
 
 def _target_device(device: torch.device | str) -> torch.device:
