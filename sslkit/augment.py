@@ -68,6 +68,10 @@ class ViewConfig:
 
         for field in fields(self):  # NaN passes every comparison below; inf breaks the draws
             value = getattr(self, field.name)
+            if isinstance(value, list) or hasattr(value, "tolist"):  # a list, a NumPy or torch
+                value = value.tolist() if hasattr(value, "tolist") else value  # array or number
+                value = tuple(value) if isinstance(value, list) else value
+                object.__setattr__(self, field.name, value)  # frozen: set once, here
             for v in value if isinstance(value, tuple) else (value,):
                 if isinstance(v, bool) or not isinstance(v, Real) or not math.isfinite(v):
                     raise bad(f"{field.name} must be made of finite numbers, got {value!r}",

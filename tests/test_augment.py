@@ -682,3 +682,14 @@ def test_an_unknown_dataset_name_gets_no_preset_silently(name):
         view_config_for(name)
     assert "\n" not in str(e.value)
     assert view_config_for("folder") == view_config_for("cifar10")  # own images: CIFAR's
+
+
+def test_view_settings_as_lists_arrays_or_tensors_are_taken_as_numbers():
+    """The finiteness check refused crop_scale=[0.2, 1.0] ("must be made of finite numbers"),
+    which the views took before; a review caught it. They are stored as plain tuples and
+    numbers, so equal settings compare equal."""
+    as_tuple = ViewConfig(crop_scale=(0.2, 1.0), flip_p=0.5, size=32)
+    for kwargs in (dict(crop_scale=[0.2, 1.0]), dict(crop_scale=np.array([0.2, 1.0])),
+                   dict(flip_p=torch.tensor(0.5)), dict(size=np.int64(32))):
+        cfg = ViewConfig(**{**dict(crop_scale=(0.2, 1.0), flip_p=0.5, size=32), **kwargs})
+        assert cfg == as_tuple and type(cfg.size) is int and type(cfg.crop_scale) is tuple
