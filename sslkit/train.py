@@ -27,12 +27,10 @@ Mixed precision (bfloat16 autocast) is used on CUDA only.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import math
 import os
 import time
-import warnings
 from dataclasses import asdict, dataclass, field, fields, replace
 from numbers import Integral, Real
 from pathlib import Path
@@ -50,6 +48,7 @@ from sslkit.methods import build_method, check_method_options, check_shared_sett
 from sslkit.methods.momentum import set_step_position
 from sslkit.profiles import Profile
 from sslkit.recipes import recipe_for
+from sslkit.run_data import check_loaded_data, check_resumed_data, data_record, given_data
 from sslkit.schedules import cosine_schedule
 from sslkit.transfer import to_device
 
@@ -168,54 +167,6 @@ def load_data(cfg: TrainConfig, unlabeled: bool = True) -> ImageData:
     else:
         data = load(cfg.download)
     return data.subset(cfg.n_train, cfg.n_test)
-
-
-def given_data(cfg: TrainConfig, data, call: str = "train") -> ImageData:
-    """Images passed to train(data=...) (or load_trained), checked against cfg and cut as
-    load_data cuts cfg's dataset: their name must be cfg.dataset (it picks the augmentations,
-    and the run is reloaded by it), and cfg.n_train / n_test take the same seeded, stratified
-    draw from them (no copy when they hold no more images than that already)."""
-    if not isinstance(data, ImageData):
-        raise SSLKitError(f"{call}(data=...) takes an ImageData (e.g. sslkit.data.load_dataset"
-                          f"(...)), got a {type(data).__name__}: pass one, or leave data out to "
-                          "load the config's dataset")
-    if data.name != cfg.dataset:
-        from sslkit.data import DATASETS
-
-        fix = (f"set TrainConfig(dataset={data.name!r}) for them" if data.name in DATASETS else
-               f"name them after the dataset they are, ImageData(name=...) with one of "
-               f"{', '.join(DATASETS)} (folder for your own images)")
-        raise SSLKitError(f"{call}(data=...) got images named {data.name!r} but the config's "
-                          f"dataset is {cfg.dataset!r}, which picks the augmentations and is "
-                          f"saved with the run: {fix}")
-    return data.subset(cfg.n_train, cfg.n_test)
-
-
-def _data_digest(x: torch.Tensor, y: torch.Tensor) -> str:
-    """A digest of one labelled split: images and labels, with their shapes and types."""
-    h = hashlib.blake2b(digest_size=16)
-    for t in (x, y):
-        t = t.detach().cpu().contiguous()
-        h.update(f"{tuple(t.shape)} {t.dtype};".encode())
-        h.update(t.view(-1).view(torch.uint8).numpy())
-    return h.hexdigest()
-
-
-def data_record(data: ImageData) -> dict:
-    """What the checkpoint of a run trained on images given to train(data=...) says of them,
-    so that resuming or reloading it can tell whether it has the same images: the dataset
-    name, the size of each split and a digest of the train and test splits."""
-    unlabeled = 0 if data.unlabeled_x is None else len(data.unlabeled_x)
-    return {"name": data.name, "train": len(data.train_x), "test": len(data.test_x),
-            "unlabeled": unlabeled, "train_digest": _data_digest(data.train_x, data.train_y),
-            "test_digest": _data_digest(data.test_x, data.test_y)}
-
-
-def _described(record: dict, other: bool = False) -> str:
-    """'N training and M test NAME images' (other: 'other N training ...', for a record of the
-    same sizes as the one it is compared with)."""
-    return (f"{'other ' * other}{record['train']} training and {record['test']} test "
-            f"{record['name']} images")
 
 
 def build(cfg: TrainConfig, data: ImageData, generator: torch.Generator | None = None,
@@ -604,7 +555,7 @@ def train(
     record = ckpt.get("data") if ckpt is not None else None
     if given or record is not None:
         if record is not None:  # a run without a record resumes on what it is given, as ever
-            _check_resumed_data(out, record, data, given)
+            check_resumed_data(out, record, data, given)
         record = data_record(data)
     if ckpt is None and (asked or {}).get("image_size", data.image_size) != data.image_size:
         raise SSLKitError(f"--image-size {asked['image_size']} does not resize --dataset "
@@ -799,22 +750,6 @@ def _check_resume_settings(out: Path, saved: TrainConfig, asked: dict) -> None:
                       "give another --out for a new run")
 
 
-def _check_resumed_data(out: Path, saved: dict, data: ImageData, given: bool) -> None:
-    """A run trained on given images (its checkpoint holds their record, `saved`) resumes only
-    on those training images: the given ones, or cfg's dataset as loaded when that is them.
-    The test split may differ (n_test may change on resume)."""
-    now = data_record(data)
-    if (now["train_digest"], now["unlabeled"]) == (saved["train_digest"], saved["unlabeled"]):
-        return
-    if given:
-        raise SSLKitError(f"the data given to resume {out} are not the images it was trained "
-                          f"on ({_described(saved)}): pass the same data= as the call that "
-                          "started it, or train them as a new run in another --out")
-    raise SSLKitError(f"{out} was trained from Python on images given to train(data=...) "
-                      f"({_described(saved)}), which its settings do not reload: resume it from "
-                      f"Python, train(cfg, {str(out)!r}, resume=True, data=those images)")
-
-
 def _check_writable(out: Path) -> None:
     """Fail before any work when `out` (or the folder it would be made in) is not writable."""
     existing = next(p for p in (out, *out.parents) if p.exists())
@@ -904,25 +839,11 @@ def load_trained(out: str | Path, device: str = "cpu", data_root: str | Path | N
     if data_root is not None:
         cfg = replace(cfg, data_root=str(data_root))
     saved = ckpt.get("data")  # what a run trained on given images trained on (data_record)
-    if data is not None:
-        data = given_data(cfg, data, call="load_trained")
-        now = data_record(data)
-        if saved is not None and (now["train_digest"], now["test_digest"]) != (
-                saved["train_digest"], saved["test_digest"]):
-            raise SSLKitError(f"the data given to load {out} are not the images it was trained "
-                              f"and evaluated on ({_described(saved)}): pass the same images as "
-                              "the train(data=...) call that made it, or leave data out")
-    else:
-        data = load_data(cfg, unlabeled=False)  # evaluation never reads STL-10's unlabeled split
-        now = data_record(data) if saved is not None else None
-        if now is not None and (now["train_digest"], now["test_digest"]) != (
-                saved["train_digest"], saved["test_digest"]):
-            # still a fair evaluation (the run's dataset, its own train/test split), but not on
-            # the images it was trained on: said, not refused (sslkit eval has no data=)
-            returned = _described(now, other=_described(now) == _described(saved))
-            warnings.warn(f"{out} was trained on images given to train(data=...) "
-                          f"({_described(saved)}), which its settings do not reload: the data "
-                          f"returned are {returned}; pass data= for those images", stacklevel=2)
+    given = data is not None
+    # evaluation never reads STL-10's unlabeled split
+    data = given_data(cfg, data, "load_trained") if given else load_data(cfg, unlabeled=False)
+    if saved is not None:
+        check_loaded_data(out, saved, data, given)
     method = build(cfg, data)
     load_weights(method, ckpt, out, cfg.method)
     # the layout training used: the same weights in another layout give other round-off, and a
