@@ -181,6 +181,7 @@ class MoCo(nn.Module, StepPosition):
 
     def embed_query(self, v: torch.Tensor) -> torch.Tensor:
         """v (N, C, S, S) -> q (N, D) through the query network (with gradient)."""
+        check_head_batch(self.head, len(v), "MoCo query")  # its BatchNorm needs 2 images
         return self._grouped(self.encoder, self.head, v)
 
     @torch.no_grad()
@@ -215,7 +216,6 @@ class MoCo(nn.Module, StepPosition):
 
     def loss_on_views(self, v1: torch.Tensor, v2: torch.Tensor) -> torch.Tensor:
         """One MoCo loss: momentum update, keys, loss against the queue, then enqueue."""
-        check_head_batch(self.head, len(v1), "MoCo query")
         n = len(v1) * distributed.world_size()  # keys per step from all ranks
         check_queue_size(self.queue.shape[0], 2 * n if self.symmetric else n)
         q1 = self.embed_query(v1)  # (N, D)
