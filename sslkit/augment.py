@@ -41,7 +41,7 @@ from sslkit.data import DATASETS
 from sslkit.errors import SSLKitError
 from sslkit.precision import in_float32
 from sslkit.transfer import to_device
-from sslkit.unit_images import check_channels_first, check_tensor, unit_floats
+from sslkit.unit_images import check_channels_first, check_tensor, step_floats
 
 LUMA = (0.2989, 0.587, 0.114)  # ITU-R 601 weights as torchvision rounds them (sum 0.9999)
 MAX_JITTER = 2.5  # torchvision's ColorJitter takes hue shifts up to 0.5 = 0.2 * 2.5
@@ -68,10 +68,11 @@ class ViewConfig:
 
         for field in fields(self):  # NaN passes every comparison below; inf breaks the draws
             value = getattr(self, field.name)
-            if isinstance(value, list) or hasattr(value, "tolist"):  # a list, a NumPy or torch
-                value = value.tolist() if hasattr(value, "tolist") else value  # array or number
-                value = tuple(value) if isinstance(value, list) else value
-                object.__setattr__(self, field.name, value)  # frozen: set once, here
+            if hasattr(value, "tolist"):  # a NumPy or torch array or number
+                value = value.tolist()
+            if isinstance(value, list):
+                value = tuple(value)
+            object.__setattr__(self, field.name, value)  # frozen: set once, here
             for v in value if isinstance(value, tuple) else (value,):
                 if isinstance(v, bool) or not isinstance(v, Real) or not math.isfinite(v):
                     raise bad(f"{field.name} must be made of finite numbers, got {value!r}",
@@ -378,7 +379,7 @@ def view_input(x: torch.Tensor, who: str) -> torch.Tensor:
         raise SSLKitError(f"{who} needs a batch of shape (N, C, H, W), got {tuple(x.shape)}: "
                           "add a batch axis with x[None]")
     check_channels_first(x, who)
-    return unit_floats(x, who, check_range=x.device.type == "cpu")
+    return step_floats(x, who)
 
 
 class SimCLRViews(nn.Module):
@@ -521,7 +522,7 @@ def jigsaw_tiles(x: torch.Tensor, perms: torch.Tensor, grid: int = 3) -> torch.T
     if perms.shape != (len(x), t) or perms.is_floating_point() or perms.dtype == torch.bool:
         raise SSLKitError(f"jigsaw_tiles needs integer perms (N, grid*grid) = ({len(x)}, {t}), "
                           f"one order of the tiles per image, got {perms.dtype} "
-                          f"{tuple(perms.shape)}: pass e.g. hamming_permutations(P)[labels]")
+                          f"{tuple(perms.shape)}: pass e.g. hamming_permutations(P, grid)[labels]")
     # Values are read on the CPU only: on a GPU (Jigsaw's training step) it would make the host
     # wait for the device (tests/test_no_host_sync.py).
     if perms.device.type == "cpu":
@@ -663,7 +664,7 @@ def sobel(x: torch.Tensor) -> torch.Tensor:
     if x.ndim != 4:
         raise SSLKitError(f"sobel needs images (N, C, H, W), got {tuple(x.shape)}: add a batch "
                           "axis with x[None]")
-    x = unit_floats(x, "sobel", check_range=x.device.type == "cpu")  # values: on the CPU only
+    x = step_floats(x, "sobel")
     gray = to_gray(x) if x.shape[1] == 3 else x.mean(dim=1, keepdim=True)  # (N, 1, H, W)
     kx = to_device(torch.tensor(SOBEL_X, dtype=x.dtype), x.device)  # (3, 3)
     kernels = torch.stack([kx, kx.T])[:, None]  # (2, 1, 3, 3): d/dx, d/dy

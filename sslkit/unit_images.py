@@ -1,16 +1,17 @@
 """Image batches as sslkit takes them: (N, C, H, W), uint8 in [0, 255] or floats in [0, 1].
 
 The views, the pretext methods, feature extraction and the plots all accept both and turn them
-into float32 in [0, 1]. Two mistakes would otherwise give silently wrong numbers: floats in
-0..255 (a bare ``.float()`` without ``/ 255``) or integers other than uint8 become views,
-features or plots that are all white; and channels-last images (N, H, W, C) are read as H
-channels of W x C pixels. ``unit_floats`` and ``check_channels_first`` turn both into one-line
-errors. The encoders take the views' floats only, never uint8 pixels: ``check_encoder_input``.
+into float32 in [0, 1] (jigsaw and relative patch leave floats of any range as they are). Two
+mistakes would otherwise give silently wrong numbers: floats in 0..255 (a bare ``.float()``
+without ``/ 255``) or integers other than uint8 become views, features or plots that are all
+white; and channels-last images (N, H, W, C) are read as H channels of W x C pixels.
+``unit_floats`` and ``check_channels_first`` turn both into one-line errors. The encoders take
+the views' floats only, never uint8 pixels: ``check_encoder_input``.
 
 Reading a value of a tensor on a GPU makes the host wait for the GPU, which a training step
 must never do (tests/test_no_host_sync.py): the dtype and shape checks are free and always run;
-the range check reads values, so code that runs inside a training step asks for it on the CPU
-only (``check_range=x.device.type == "cpu"``).
+the range check reads values, so code that runs inside a training step uses ``step_floats``,
+which reads them on the CPU only.
 """
 
 from __future__ import annotations
@@ -55,6 +56,12 @@ def unit_floats(images: torch.Tensor, who: str, check_range: bool = True) -> tor
     return images
 
 
+def step_floats(images: torch.Tensor, who: str) -> torch.Tensor:
+    """``unit_floats`` for code inside a training step: the range is checked only where reading
+    it costs no GPU wait, on the CPU (a laptop's every step; on a GPU, never)."""
+    return unit_floats(images, who, check_range=images.device.type == "cpu")
+
+
 def check_unit_range(images: torch.Tensor, who: str) -> None:
     """One-line error unless the float images hold values in [0, 1] (beyond 0.01 either way,
     or NaN, is an error). Reads the values: for a GPU tensor, never inside a training step."""
@@ -82,7 +89,8 @@ def check_encoder_input(x, channels: int, net: str) -> None:
     the views' floats in [0, 1], never the datasets' uint8 pixels. ``net`` names the encoder.
     Shapes and dtypes only, so it costs no GPU wait."""
     check_tensor(x, net)
-    check_channels_first(x, net)
+    if x.ndim == 4 and x.shape[1] != channels:  # (a 2-channel net's input is not channels-last)
+        check_channels_first(x, net)
     if x.ndim != 4 or x.shape[1] != channels:
         fix = ("for one image add the batch axis, x[None]" if x.ndim == 3 and x.shape[0] == channels
                else "build it with the images' channel count")

@@ -386,3 +386,16 @@ def test_pixels_in_0_to_255_as_floats_or_int64_are_one_line_errors(make, images,
     with pytest.raises(SSLKitError) as info:
         make()(images)
     assert expected in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("method", ["mae", "cpc"])
+def test_mae_and_cpc_refuse_pixels_in_0_to_255_as_floats(method):
+    """Both trained on floats 255 times too large without an error (a forgotten / 255), with
+    their views (MAE's refuse them now) or without (MAE's own and CPC's patch check)."""
+    from sslkit.methods import build_method
+
+    model = build_method(method, "vit" if method == "mae" else "convnet-small", 3, "cifar10", 32)
+    model.views = None  # the method's own input check, not the views'
+    with pytest.raises(SSLKitError, match=f"{method.upper()} got float images in .200, 200.") as e:
+        model(torch.full((4, 3, 32, 32), 200.0))
+    assert "\n" not in str(e.value)

@@ -34,7 +34,7 @@ from torch import nn
 from sslkit.errors import SSLKitError
 from sslkit.models.decoder import decoder_for, feature_map, resolve_encoder
 from sslkit.transfer import to_device
-from sslkit.unit_images import unit_floats
+from sslkit.unit_images import step_floats
 
 # sRGB (linear) -> XYZ, D65 (IEC 61966-2-1); rows give X, Y, Z.
 RGB_TO_XYZ = (
@@ -94,7 +94,7 @@ def merge_lab(L: torch.Tensor, ab: torch.Tensor) -> torch.Tensor:
 def to_float(x: torch.Tensor, who: str) -> torch.Tensor:
     """uint8 in [0, 255] or float in [0, 1] -> float32 in [0, 1]; other dtypes, and on the CPU
     floats outside [0, 1] (a forgotten / 255), are one-line errors naming `who`."""
-    return unit_floats(x, who, check_range=x.device.type == "cpu")
+    return step_floats(x, who)
 
 
 def check_image_side(encoder: nn.Module, h: int, w: int, who: str) -> None:

@@ -44,6 +44,7 @@ from sslkit.errors import SSLKitError
 from sslkit.losses import cpc_logits, cpc_loss
 from sslkit.precision import in_float32
 from sslkit.transfer import to_device
+from sslkit.unit_images import step_floats
 
 # -- stages --------------------------------------------------------------------------------------
 
@@ -211,7 +212,7 @@ class CPC(nn.Module):
 
     def make_patches(self, x: torch.Tensor) -> torch.Tensor:
         """x (N, C, H, W) uint8 or [0, 1] floats -> augmented patches (N, R, Cc, C, p, p)."""
-        x = x.float() / 255 if x.dtype == torch.uint8 else x.float()
+        x = step_floats(x, "CPC")  # float32 in [0, 1]
         if self.views is not None:
             x = self.views(x)
         return augment_patches(self.encoder.grid(x), self.brightness, self.patch_flip_p,

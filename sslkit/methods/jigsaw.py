@@ -38,6 +38,7 @@ from torch import nn
 from sslkit.augment import hamming_permutations, jigsaw_tiles, jitter_tiles
 from sslkit.errors import SSLKitError
 from sslkit.methods.options import check_options, fix
+from sslkit.models.heads import check_head_batch
 from sslkit.transfer import to_device
 from sslkit.unit_images import unit_floats
 
@@ -49,14 +50,6 @@ def check_tile_side(side: int, gap: int, grid: int = 3) -> None:
     if side < smallest:
         raise SSLKitError(f"images of side {side} are too small for {grid}x{grid} tiles that each "
                           f"lose {gap} pixels to the gap: use --image-size {smallest} or more")
-
-
-def check_head_batch(head: nn.Module, n: int, what: str) -> None:
-    """One-line error for a training batch of one: the head's BatchNorm1d needs 2 samples.
-    (A BatchNorm synchronised across processes, which torchrun swaps in, may see 1 per rank.)"""
-    if head.training and n < 2 and any(isinstance(m, nn.BatchNorm1d) for m in head.modules()):
-        raise SSLKitError(f"the {what} head's BatchNorm needs at least 2 images per training "
-                          f"batch, got {n}: use a batch of 2 or more, or call .eval() first")
 
 
 def check_jigsaw_options(options: dict) -> None:
@@ -114,7 +107,8 @@ class Jigsaw(nn.Module):
 
     def make_puzzles(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x (N, C, H, W) uint8 or [0, 1] floats -> (tiles (N, T, C, S, S), labels (N,))."""
-        # float32; any float range is taken (the tiles' positions do not depend on the values)
+        # float32; floats in any range are taken, unchecked: where each tile goes does not
+        # depend on its values (the tests follow tiles through coordinate images)
         x = unit_floats(x, "Jigsaw", check_range=False)
         n, g = len(x), self.generator
         check_tile_side(min(x.shape[2:]), self.gap, self.grid)

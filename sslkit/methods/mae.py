@@ -48,6 +48,7 @@ from sslkit.errors import SSLKitError
 from sslkit.losses import mae_loss
 from sslkit.methods.options import check_options, fix
 from sslkit.models.vit import Block, ViT, patchify, random_masking, unpatchify
+from sslkit.unit_images import step_floats
 
 __all__ = ["MAE", "mae_view_config", "patchify", "random_masking", "sincos_pos_embed",
            "unpatchify"]
@@ -194,7 +195,7 @@ class MAE(nn.Module):
 
     # -- whole passes -------------------------------------------------------------------------
     def _as_float(self, x: torch.Tensor) -> torch.Tensor:
-        return x.float() / 255 if x.dtype == torch.uint8 else x
+        return step_floats(x, "MAE")  # float32 in [0, 1]
 
     def loss_on(self, x: torch.Tensor, mask_ratio: float | None = None,
                 noise: torch.Tensor | None = None):

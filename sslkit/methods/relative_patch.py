@@ -21,8 +21,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from sslkit.augment import jitter_tiles, patch_pairs
-from sslkit.methods.jigsaw import check_head_batch, check_tile_side, tile_head
+from sslkit.methods.jigsaw import check_tile_side, tile_head
 from sslkit.methods.options import check_options
+from sslkit.models.heads import check_head_batch
 from sslkit.transfer import to_device
 from sslkit.unit_images import unit_floats
 
@@ -46,7 +47,8 @@ class RelativePatch(nn.Module):
 
     def make_pairs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x (N, C, H, W) uint8 or [0, 1] floats -> (centre, neighbour (N, C, S, S), labels)."""
-        # float32; any float range is taken (the tiles' positions do not depend on the values)
+        # float32; floats in any range are taken, unchecked: where each tile goes does not
+        # depend on its values (the tests follow tiles through coordinate images)
         x = unit_floats(x, "RelativePatch", check_range=False)
         n, g = len(x), self.generator
         check_tile_side(min(x.shape[2:]), self.gap)

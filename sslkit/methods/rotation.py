@@ -21,7 +21,7 @@ from torch import nn
 from sslkit.augment import rotate_batch
 from sslkit.methods.options import check_options
 from sslkit.models.heads import projection_head
-from sslkit.unit_images import unit_floats
+from sslkit.unit_images import step_floats
 
 
 class Rotation(nn.Module):
@@ -33,8 +33,7 @@ class Rotation(nn.Module):
 
     def logits_labels(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x (N, C, H, W) uint8 or [0, 1] floats -> (logits (4N, 4), labels (4N,))."""
-        # float32 in [0, 1]; the values are checked on the CPU only (a GPU read makes the step wait)
-        x = unit_floats(x, "Rotation", check_range=x.device.type == "cpu")
+        x = step_floats(x, "Rotation")  # float32 in [0, 1]
         x_rot, labels = rotate_batch(x)  # all four rotations in one batch: BN sees them all
         return self.head(self.encoder(x_rot)), labels
 
