@@ -206,3 +206,10 @@ def test_decoder_for_an_encoder_without_conv_blocks_is_a_one_line_error():
         with pytest.raises(SSLKitError, match="conv blocks") as info:
             call()
         assert "\n" not in str(info.value)
+
+
+def test_an_encoder_of_another_channel_count_takes_its_own_images():
+    """A 2-channel ConvNet given its (N, 2, 4, 4) images was told they looked channels-last
+    (width 4 is a channel count); the channels-last hint is for a mismatch only."""
+    net = ConvNet(2, widths=(8,)).eval()
+    assert net(torch.rand(2, 2, 4, 4)).shape == (2, 8)

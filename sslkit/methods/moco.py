@@ -61,10 +61,9 @@ from sslkit import distributed
 from sslkit.augment import SimCLRViews, ViewConfig
 from sslkit.errors import SSLKitError
 from sslkit.losses import moco_loss
-from sslkit.methods.jigsaw import check_head_batch
 from sslkit.methods.momentum import StepPosition, update_momentum
 from sslkit.models.grouped_batchnorm import batchnorm_groups, group_batchnorms
-from sslkit.models.heads import projection_head
+from sslkit.models.heads import check_head_batch, projection_head
 
 
 def moco_view_config(base: ViewConfig, version: str = "v2") -> ViewConfig:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from torch import nn
 
+from sslkit.errors import SSLKitError
+
 
 def projection_head(
     in_dim: int, out_dim: int = 128, hidden_dim: int | None = None, kind: str = "mlp"
@@ -28,3 +30,11 @@ def projection_head(
     from sslkit.errors import SSLKitError
 
     raise SSLKitError(f"unknown projection head {kind!r}: use one of mlp, linear, none")
+
+
+def check_head_batch(head: nn.Module, n: int, what: str) -> None:
+    """One-line error for a training batch of one: the head's BatchNorm1d needs 2 samples.
+    (A BatchNorm synchronised across processes, which torchrun swaps in, may see 1 per rank.)"""
+    if head.training and n < 2 and any(isinstance(m, nn.BatchNorm1d) for m in head.modules()):
+        raise SSLKitError(f"the {what} head's BatchNorm needs at least 2 images per training "
+                          f"batch, got {n}: use a batch of 2 or more, or call .eval() first")
