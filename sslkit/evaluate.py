@@ -17,7 +17,7 @@ from torch import nn
 
 from sslkit.augment import ViewConfig, crop_params, resized_crop_flip
 from sslkit.errors import SSLKitError
-from sslkit.unit_images import unit_floats
+from sslkit.unit_images import check_tensor, unit_floats
 
 
 def _check_finite(features: torch.Tensor, name: str) -> None:
@@ -74,7 +74,7 @@ def extract_features(
     dtype of its parameters (float32, or e.g. float16 for a ``.half()`` encoder); the train/eval
     mode of each of its modules is restored afterwards, even when it raises.
     """
-    _check_tensors("extract_features", images=images)
+    check_tensor(images, "extract_features")
     if images.ndim < 2 or len(images) == 0:
         raise SSLKitError(f"extract_features needs a non-empty batch of images (N, C, H, W), "
                           f"got shape {tuple(images.shape)}: pass e.g. data.test_x")
@@ -114,7 +114,7 @@ def _other_device(have: torch.device, asked: torch.device) -> bool:
 def pixels(images: torch.Tensor) -> torch.Tensor:
     """images (N, C, H, W), uint8 in [0, 255] or floats in [0, 1] -> raw pixel features
     (N, C*H*W) in [0, 1], on the images' device."""
-    _check_tensors("pixels", images=images)
+    check_tensor(images, "pixels")
     if images.ndim < 2 or len(images) == 0:
         raise SSLKitError(f"pixels needs a non-empty batch of images (N, C, H, W), got shape "
                           f"{tuple(images.shape)}: pass e.g. data.test_x")

@@ -30,9 +30,13 @@ def given_data(cfg, data, call: str = "train") -> ImageData:
                           f"(...)), got a {type(data).__name__}: pass one, or leave data out to "
                           "load the config's dataset")
     if data.name != cfg.dataset:
-        fix = (f"set TrainConfig(dataset={data.name!r}) for them" if data.name in DATASETS else
-               f"name them after the dataset they are, ImageData(name=...) with one of "
-               f"{', '.join(DATASETS)} (folder for your own images)")
+        if call == "load_trained":  # the config is the checkpoint's: only the data can change
+            fix = f"pass the images the run was trained on (named {cfg.dataset!r})"
+        elif data.name in DATASETS:
+            fix = f"set TrainConfig(dataset={data.name!r}) for them"
+        else:
+            fix = (f"name them after the dataset they are, ImageData(name=...) with one of "
+                   f"{', '.join(DATASETS)} (folder for your own images)")
         raise SSLKitError(f"{call}(data=...) got images named {data.name!r} but the config's "
                           f"dataset is {cfg.dataset!r}, which picks the augmentations and is "
                           f"saved with the run: {fix}")
@@ -59,10 +63,10 @@ def data_record(data: ImageData) -> dict:
             "test_digest": _digest(data.test_x, data.test_y)}
 
 
-def described(record: dict, other: bool = False) -> str:
+def _describe(record: dict, other: bool = False) -> str:
     """'N training and M test NAME images' (other: 'other N training ...', for a record of the
     same sizes as the one it is compared with)."""
-    return (f"{'other ' * other}{record['train']} training and {record['test']} test "
+    return (f"{'other ' if other else ''}{record['train']} training and {record['test']} test "
             f"{record['name']} images")
 
 
@@ -75,10 +79,10 @@ def check_resumed_data(out: Path, saved: dict, data: ImageData, given: bool) -> 
         return
     if given:
         raise SSLKitError(f"the data given to resume {out} are not the images it was trained "
-                          f"on ({described(saved)}): pass the same data= as the call that "
-                          "started it, or train them as a new run in another --out")
+                          f"on ({_describe(saved)}): pass the same data= as the call that "
+                          "started it, or train them as a new run in another out folder")
     raise SSLKitError(f"{out} was trained from Python on images given to train(data=...) "
-                      f"({described(saved)}), which its settings do not reload: resume it from "
+                      f"({_describe(saved)}), which its settings do not reload: resume it from "
                       f"Python, train(cfg, {str(out)!r}, resume=True, data=those images)")
 
 
@@ -94,9 +98,9 @@ def check_loaded_data(out: str | Path, saved: dict, data: ImageData, given: bool
         return
     if given:
         raise SSLKitError(f"the data given to load {out} are not the images it was trained "
-                          f"and evaluated on ({described(saved)}): pass the same images as "
+                          f"and evaluated on ({_describe(saved)}): pass the same images as "
                           "the train(data=...) call that made it, or leave data out")
-    returned = described(now, other=described(now) == described(saved))
-    warnings.warn(f"{out} was trained on images given to train(data=...) ({described(saved)}), "
-                  f"which its settings do not reload: the data returned are {returned}; pass "
-                  "data= for those images", stacklevel=3)
+    returned = _describe(now, other=_describe(now) == _describe(saved))
+    warnings.warn(f"{out} was trained on images given to train(data=...) ({_describe(saved)}), "
+                  f"which its settings do not reload: the data returned are {returned}; for "
+                  "those, call load_trained(out, data=those images) from Python", stacklevel=3)

@@ -25,11 +25,12 @@ def cosine_schedule(
     for name, count in (("epochs", epochs), ("steps_per_epoch", steps_per_epoch)):
         if isinstance(count, bool) or not isinstance(count, numbers.Integral) or count < 1:
             raise SSLKitError(f"cosine_schedule: {name} must be a whole number >= 1 (got "
-                              f"{count!r})")
+                              f"{count!r}): e.g. {name}=100")
     for name, value in (("base", base), ("final", final), ("warmup_epochs", warmup_epochs)):
         if (isinstance(value, bool) or not isinstance(value, numbers.Real)
                 or not math.isfinite(value)):
-            raise SSLKitError(f"cosine_schedule: {name} must be a finite number (got {value!r})")
+            raise SSLKitError(f"cosine_schedule: {name} must be a finite number (got {value!r}): "
+                              f"e.g. {name}=0.0 or a learning rate such as 0.1")
     if warmup_epochs < 0:
         raise SSLKitError(f"cosine_schedule: warmup_epochs must be >= 0 (got {warmup_epochs}): "
                           "use 0 for no warm-up")

@@ -208,7 +208,7 @@ def _check_numbers(cfg: TrainConfig) -> None:
     batch_size=32.0, lr="0.1"), before any data is loaded or any epoch is run."""
     for f in fields(TrainConfig):
         value = getattr(cfg, f.name)
-        if f.type in ("int", "int | None") and not (value is None and f.type != "int"):
+        if f.type == "int" or (f.type == "int | None" and value is not None):
             _check_whole(f.name, value)
         elif f.type == "float" and (isinstance(value, bool) or not isinstance(value, Real)):
             flag = "--" + f.name.replace("_", "-")
@@ -520,9 +520,9 @@ def train(
     cfg = _plain_numbers(cfg)
     if stop_after_epoch is not None:
         _check_whole("stop_after_epoch", stop_after_epoch)
-    if stop_after_epoch is not None and stop_after_epoch < 1:
-        raise SSLKitError(f"--stop-after-epoch must be at least 1 (got {stop_after_epoch}): "
-                          "give the epoch after which this call ends")
+        if stop_after_epoch < 1:
+            raise SSLKitError(f"--stop-after-epoch must be at least 1 (got {stop_after_epoch}): "
+                              "give the epoch after which this call ends")
     if not resume and (out / CHECKPOINT).exists():
         raise SSLKitError(
             f"{out} already holds a run: pass --resume to continue it, or choose another --out"
@@ -552,11 +552,10 @@ def train(
     # A run trained on given images saves what they are (data_record), so that resuming or
     # reloading it can tell whether it has the same ones; a run on cfg's own dataset as
     # load_data reads it is described by its settings.
-    record = ckpt.get("data") if ckpt is not None else None
-    if given or record is not None:
-        if record is not None:  # a run without a record resumes on what it is given, as ever
-            check_resumed_data(out, record, data, given)
-        record = data_record(data)
+    trained_on = ckpt.get("data") if ckpt is not None else None  # given images' record
+    if trained_on is not None:  # a run trained on given images resumes only on them
+        check_resumed_data(out, trained_on, data, given)
+    record = data_record(data) if given or trained_on is not None else None
     if ckpt is None and (asked or {}).get("image_size", data.image_size) != data.image_size:
         raise SSLKitError(f"--image-size {asked['image_size']} does not resize --dataset "
                           f"{cfg.dataset}, whose images are {data.image_size}x{data.image_size}: "
@@ -817,7 +816,7 @@ def _eager():
     return stance("force_eager") if stance is not None else contextlib.nullcontext()
 
 
-def load_trained(out: str | Path, device: str = "cpu", data_root: str | Path | None = None,
+def load_trained(out: str | Path, device: str | None = "cpu", data_root: str | Path | None = None,
                  checkpoint: dict | None = None, data: ImageData | None = None):
     """(method, config, data) of the run saved in `out`, weights loaded, in eval mode.
 
@@ -832,7 +831,7 @@ def load_trained(out: str | Path, device: str = "cpu", data_root: str | Path | N
     when the data returned are not the images it was trained on (still a fair evaluation:
     the run's dataset and its own test split, which is what ``sslkit eval`` then uses)."""
     ckpt = checkpoint if checkpoint is not None else load_checkpoint(out)
-    # "gpu", or "cuda" without one: one line, before any work (None: the default, the CPU)
+    # "gpu", or "cuda" without one: one line, before any work (None means the CPU)
     device = resolve_device("cpu" if device is None else str(device))
     # never download again on evaluation: a missing dataset is an error naming --data-root
     cfg = replace(TrainConfig(**ckpt["config"]), download=False)

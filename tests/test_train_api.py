@@ -72,7 +72,7 @@ def test_a_run_on_images_its_settings_do_not_reload_says_so(tmp_path, full):
     train(CFG, tmp_path / "run", progress=False, data=picked)
     # still evaluated on the run's dataset (sslkit eval has no data=), but said, in one line
     with pytest.warns(UserWarning, match=r"train\(data=\.\.\.\).*other 64 training and 100 "
-                                         r"test.*pass data= for those images") as said:
+                                         r"test.*load_trained\(out, data=those images\)") as said:
         _, _, reloaded = load_trained(tmp_path / "run")
     assert "\n" not in str(said[0].message) and not torch.equal(reloaded.train_x, picked.train_x)
     _, _, data = load_trained(tmp_path / "run", data=picked)  # the same images: fine
@@ -240,3 +240,14 @@ def test_images_the_views_take_train_rgba_or_unit_floats(tmp_path, channels, dty
     cfg = replace(CFG, dataset="folder", n_train=None, n_test=None, knn_every=1, knn_k=5)
     _, rows = train(cfg, tmp_path / "run", progress=False, data=data)
     assert rows[-1]["loss"] > 0 and 0 <= rows[-1]["knn"] <= 1
+
+
+def test_load_trained_given_images_of_another_name_says_to_pass_the_runs(tmp_path, full):
+    """load_trained's config is the checkpoint's, so the fix is other images, not another
+    TrainConfig(dataset=...), which given_data suggests to train()."""
+    train(CFG, tmp_path / "run", progress=False, data=full)
+    other = ImageData("digits", full.train_x, full.train_y, full.test_x, full.test_y,
+                      full.classes)
+    msg = one_line_error(lambda: load_trained(tmp_path / "run", data=other))
+    assert "pass the images the run was trained on (named 'shifted_digits')" in msg
+    assert "TrainConfig" not in msg

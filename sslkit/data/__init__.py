@@ -1,4 +1,5 @@
-"""Datasets as in-memory uint8 tensors.
+"""Datasets as in-memory image tensors (the loaders give uint8; an ImageData built by hand may
+also hold floats in [0, 1]).
 
 ``load_dataset(name, root, ...)`` returns an ``ImageData``: train and test images (N, C, H, W)
 uint8, int64 labels, class names, and for STL-10 its unlabeled split. Views are made from these
@@ -40,10 +41,10 @@ class ImageData:
     name: str
     train_x: torch.Tensor  # (N, C, H, W) uint8 (loaders) or floats in [0, 1]
     train_y: torch.Tensor  # (N,) int64
-    test_x: torch.Tensor  # (M, C, H, W) uint8
+    test_x: torch.Tensor  # (M, C, H, W), as train_x
     test_y: torch.Tensor  # (M,) int64
     classes: list[str]
-    unlabeled_x: torch.Tensor | None = None  # (U, C, H, W) uint8, extra images without labels
+    unlabeled_x: torch.Tensor | None = None  # (U, C, H, W), as train_x: extra images, no labels
 
     def __post_init__(self) -> None:
         """One-line error for images in another layout or type than (N, C, H, W) uint8 (or
