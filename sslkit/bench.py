@@ -29,9 +29,10 @@ import torch
 
 from sslkit.augment import view_config_for
 from sslkit.cores import usable_cpus
+from sslkit.devices import resolve_device
 from sslkit.errors import SSLKitError
 from sslkit.methods import SimCLR, build_method
-from sslkit.train import fast_cuda_settings, resolve_device, train_step
+from sslkit.train import fast_cuda_settings, train_step
 from sslkit.transfer import to_device
 
 SIZES = {  # size -> (architecture, images in the synthetic dataset)

@@ -303,7 +303,7 @@ def cmd_bench(args) -> int:
 
     from sslkit.bench import format_table, run_bench
     from sslkit.bench_views import format_views_table, run_views_bench
-    from sslkit.train import resolve_device
+    from sslkit.devices import resolve_device
 
     device = resolve_device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"  # in the title

@@ -42,6 +42,7 @@ from tqdm.auto import tqdm
 from sslkit import distributed
 from sslkit.atomic import write_atomic
 from sslkit.data import ImageData, load_dataset
+from sslkit.devices import resolve_device
 from sslkit.errors import SSLKitError
 from sslkit.evaluate import extract_features, knn_accuracy
 from sslkit.methods import build_method, check_method_options, check_shared_settings
@@ -104,27 +105,6 @@ class TrainConfig:
         recipe = recipe_for(profile.name, overrides.get("method", base.method))
         options = {**recipe.options, **overrides.pop("method_options", {})}
         return replace(base, **{**recipe.train, **overrides, "method_options": options})
-
-
-def resolve_device(name: str) -> torch.device:
-    """The torch device named by --device (auto | cpu | cuda | cuda:N | mps), checked to exist."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    unknown = f"unknown device {name!r}: use --device auto, cpu, cuda or cuda:N"
-    try:
-        device = torch.device(name)
-    except RuntimeError:  # a name torch does not know, e.g. "gpu"
-        raise SSLKitError(unknown) from None
-    if device.type not in ("cpu", "cuda", "mps"):
-        raise SSLKitError(unknown)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SSLKitError(f"device {name!r} asked for but CUDA is not available: use --device cpu")
-    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        raise SSLKitError(f"device {name!r} asked for but this machine has "
-                          f"{torch.cuda.device_count()} CUDA device(s): use --device cuda:0")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise SSLKitError(f"device {name!r} asked for but MPS is not available: use --device cpu")
-    return device
 
 
 def fast_cuda_settings(device: torch.device) -> None:

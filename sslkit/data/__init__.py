@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from sslkit.devices import resolve_device
 from sslkit.errors import SSLKitError
 from sslkit.unit_images import check_channels_first, check_tensor, check_unit_range
 
@@ -160,10 +161,8 @@ def _check_images(what: str, x) -> None:
 
 def _target_device(device: torch.device | str) -> torch.device:
     """The device to move images to, checked to exist: a one-line error for "gpu", or for
-    "cuda" on a machine without one (sslkit.train.resolve_device). "meta" (shapes without
+    "cuda" on a machine without one (sslkit.devices.resolve_device). "meta" (shapes without
     values, which tests use to stand in for a GPU) is taken as it is."""
-    from sslkit.train import resolve_device  # sslkit.train imports this module
-
     if str(device) == "meta":
         return torch.device("meta")
     return resolve_device(str(device))

@@ -51,8 +51,8 @@ def run_experiment(name: str, profile: str = "laptop", out: str | Path | None = 
                    device: str = "auto") -> Result:
     """Run one experiment; its files go to out (default: experiments/NAME-PROFILE), which must
     not hold an earlier run's files. Bad input fails before any work."""
+    from sslkit.devices import resolve_device
     from sslkit.experiments.fit import check_profile
-    from sslkit.train import resolve_device
 
     module = get_experiment(name)
     check_profile(profile, module.SETTINGS)
