@@ -70,11 +70,11 @@ def _describe(record: dict, other: bool = False) -> str:
             f"{record['name']} images")
 
 
-def check_resumed_data(out: Path, saved: dict, data: ImageData, given: bool) -> None:
+def check_resumed_data(out: Path, saved: dict, now: dict, given: bool) -> None:
     """A run trained on given images (its checkpoint holds their record, `saved`) resumes only
     on those training images: the given ones, or cfg's dataset as loaded when that is them.
-    The test split may differ (n_test may change on resume)."""
-    now = data_record(data)
+    now: data_record of the images this call has (the one the checkpoint will keep, so they
+    are hashed once). The test split may differ (n_test may change on resume)."""
     if (now["train_digest"], now["unlabeled"]) == (saved["train_digest"], saved["unlabeled"]):
         return
     if given:

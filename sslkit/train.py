@@ -189,7 +189,7 @@ def _check_numbers(cfg: TrainConfig) -> None:
     for f in fields(TrainConfig):
         value = getattr(cfg, f.name)
         if f.type == "int" or (f.type == "int | None" and value is not None):
-            _check_whole(f.name, value)
+            _check_whole_setting(f.name, value)
         elif f.type == "float" and (isinstance(value, bool) or not isinstance(value, Real)):
             flag = "--" + f.name.replace("_", "-")
             raise SSLKitError(f"{flag} must be a number (got {value!r}): use e.g. {flag} "
@@ -218,7 +218,7 @@ def _check_numbers(cfg: TrainConfig) -> None:
                           "--adam-beta2 0.999")
 
 
-def _check_whole(name: str, value) -> None:
+def _check_whole_setting(name: str, value) -> None:
     """One-line error unless `value` of setting `name` is a whole number (an int, not a bool):
     epochs=1.5 or batch_size=32.0 failed in range() after the run folder was written."""
     if isinstance(value, Integral) and not isinstance(value, bool):
@@ -499,7 +499,7 @@ def train(
     check_settings(cfg)
     cfg = _plain_numbers(cfg)
     if stop_after_epoch is not None:
-        _check_whole("stop_after_epoch", stop_after_epoch)
+        _check_whole_setting("stop_after_epoch", stop_after_epoch)
         if stop_after_epoch < 1:
             raise SSLKitError(f"--stop-after-epoch must be at least 1 (got {stop_after_epoch}): "
                               "give the epoch after which this call ends")
@@ -533,9 +533,9 @@ def train(
     # reloading it can tell whether it has the same ones; a run on cfg's own dataset as
     # load_data reads it is described by its settings.
     trained_on = ckpt.get("data") if ckpt is not None else None  # given images' record
-    if trained_on is not None:  # a run trained on given images resumes only on them
-        check_resumed_data(out, trained_on, data, given)
     record = data_record(data) if given or trained_on is not None else None
+    if trained_on is not None:  # a run trained on given images resumes only on them
+        check_resumed_data(out, trained_on, record, given)
     if ckpt is None and (asked or {}).get("image_size", data.image_size) != data.image_size:
         raise SSLKitError(f"--image-size {asked['image_size']} does not resize --dataset "
                           f"{cfg.dataset}, whose images are {data.image_size}x{data.image_size}: "
