@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
 from sslkit import plots
@@ -636,10 +637,15 @@ def test_view_settings_that_broke_the_views_silently_are_one_line_errors(setting
 
 def test_the_largest_jitter_strength_works_in_both_pipelines():
     """2.5 is the bound: hue shift 0.2 * 2.5 = 0.5, the most torchvision's ColorJitter takes."""
-    cfg = ViewConfig(size=8, jitter_strength=2.5)
+    cfg = ViewConfig(size=8, jitter_strength=2.5, jitter_p=1.0)
     image = torch.randint(0, 256, (3, 12, 12), generator=gen(42), dtype=torch.uint8)
+    jitter = next(t for t in view_transform(cfg).transforms
+                  if isinstance(t, v2.RandomApply)).transforms[0]
+    assert jitter.hue == (-0.5, 0.5) and jitter.brightness == (0.0, 3.0)  # 0.2 s and 0.8 s
     assert view_transform(cfg)(image).shape == (3, 8, 8)
-    assert SimCLRViews(cfg, gen(0))(image[None]).shape == (1, 3, 8, 8)
+    views = SimCLRViews(cfg, gen(0))(image[None].expand(16, -1, -1, -1))
+    assert views.shape == (16, 3, 8, 8) and torch.isfinite(views).all()
+    assert 0 <= views.min() and views.max() <= 1 and views.std() > 0  # jittered, not blank
 
 
 def test_composed_per_image_views_apply_its_ops():
